@@ -1,0 +1,79 @@
+//! Checks shared by both daemons' config files. Each helper pushes a problem instead of
+//! failing, so that a config reports every problem at once.
+
+use std::path::{Path, PathBuf};
+
+use gapsync_protocol::{Profile, RawProfile};
+
+/// Names of nodes and pipes: they become folder names in the state folder.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !s.starts_with('.')
+}
+
+/// `p` resolved against the config file's folder.
+pub fn abs(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Checks a node or pipe name.
+pub fn check_name(problems: &mut Vec<String>, what: &str, value: &str) {
+    if !valid_name(value) {
+        problems.push(format!("{what} = {value:?} must be 1-64 letters, digits, '-', '_' or '.', not starting with '.'"));
+    }
+}
+
+/// Finds, loads and checks the profile named in a config, with its overrides.
+pub fn profile(
+    problems: &mut Vec<String>,
+    name: Option<&str>,
+    base: &Path,
+    profiles_dir: Option<&Path>,
+    overrides: &RawProfile,
+) -> Option<Profile> {
+    let Some(name) = name else {
+        problems.push("`profile` is missing: name a file in hardware-profiles/ (e.g. \"syskeeper-2000\") or give a path".into());
+        return None;
+    };
+    crate::profiles::locate(name, base, profiles_dir)
+        .and_then(|f| crate::profiles::load(&f, overrides))
+        .map_err(|e| problems.push(format!("{e:#}")))
+        .ok()
+}
+
+/// Checks `log_level`, defaulting to `info`.
+pub fn log_level(problems: &mut Vec<String>, level: Option<String>) -> String {
+    let level = level.unwrap_or_else(|| "info".into());
+    if level.parse::<tracing::Level>().is_err() {
+        problems.push(format!(
+            "`log_level` = {level:?} must be error, warn, info, debug or trace"
+        ));
+    }
+    level
+}
+
+/// Reads and parses a config file; on problems, one error listing all of them.
+pub fn load<R: serde::de::DeserializeOwned, C>(
+    path: &Path,
+    check: impl FnOnce(R, &Path) -> Result<C, Vec<String>>,
+) -> anyhow::Result<C> {
+    let text = crate::profiles::read_config(path)?;
+    let raw: R = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config {} is not valid: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    check(raw, base).map_err(|problems| {
+        anyhow::anyhow!(
+            "config {} has {} problem(s):\n  - {}",
+            path.display(),
+            problems.len(),
+            problems.join("\n  - ")
+        )
+    })
+}

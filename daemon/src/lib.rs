@@ -1,0 +1,23 @@
+//! # gapsync-daemon
+//!
+//! Plumbing shared by `gapsync-sender` and `gapsync-receiver`, kept out of the I/O-free
+//! protocol crate: finding and loading hardware profiles, log files, durable file writes,
+//! systemd readiness and rate-limited warnings.
+
+pub mod config;
+pub mod durable;
+pub mod logging;
+pub mod profiles;
+pub mod ratelimit;
+
+/// Tells systemd (`Type=notify`) that the daemon is ready. Does nothing outside systemd.
+pub fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not notify systemd that the service is ready");
+    }
+}
+
+/// Tells systemd the daemon is stopping.
+pub fn notify_stopping() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}

@@ -1,0 +1,130 @@
+//! The fixed 44-byte frame header and the encoder.
+//!
+//! ```text
+//!  0      4      5      6       8              16             24             32      36      40      44
+//!  +------+------+------+-------+--------------+--------------+--------------+-------+-------+-------+
+//!  |magic |ver   |kind  |flags  | sequence     | transfer id  | offset       |length |pl crc |hdr crc|
+//!  |GSYN  |u8=1  |u8    |u16=0  | u64          | u64          | u64          |u32    |u32    |u32    |
+//!  +------+------+------+-------+--------------+--------------+--------------+-------+-------+-------+
+//! ```
+//! All integers are big-endian. `hdr crc` is the CRC32 of bytes 0..40, `pl crc` the CRC32 of the
+//! payload (`length` bytes following the header).
+
+use crate::envelope::Envelope;
+
+/// Frame magic: ASCII `GSYN`.
+pub const MAGIC: [u8; 4] = *b"GSYN";
+/// Wire protocol version carried in every frame header and in the handshake.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Size of the fixed frame header in bytes.
+pub const HEADER_LEN: usize = 44;
+
+/// What a frame carries. Every kind is answered by exactly one ack byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// Handshake; payload is a bincode [`crate::Hello`]. Always sequence 0.
+    Hello = 1,
+    /// Announces a transfer; payload is a bincode [`crate::OpenFile`].
+    Open = 2,
+    /// Raw file bytes at `offset` of transfer `transfer`.
+    Data = 3,
+    /// Ends a transfer; payload is a bincode [`crate::Commit`] with the whole-file digest.
+    Commit = 4,
+    /// Keep-alive with an empty payload.
+    Heartbeat = 5,
+}
+
+impl FrameKind {
+    /// The kind for a wire byte, or `None` for an unknown kind.
+    pub fn from_u8(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Hello),
+            2 => Some(Self::Open),
+            3 => Some(Self::Data),
+            4 => Some(Self::Commit),
+            5 => Some(Self::Heartbeat),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded (or to-be-encoded) frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// What the frame carries.
+    pub kind: FrameKind,
+    /// Position of the frame in its connection, starting at 0 for the Hello.
+    pub sequence: u64,
+    /// Transfer the frame belongs to; 0 for Hello and Heartbeat.
+    pub transfer: u64,
+    /// Byte offset in the file for Data frames; 0 otherwise.
+    pub offset: u64,
+    /// Payload length in bytes.
+    pub length: u32,
+    /// CRC32 of the payload.
+    pub payload_crc: u32,
+}
+
+impl FrameHeader {
+    /// Builds the header for `payload`, computing its length and CRC.
+    ///
+    /// Fails only when the payload is longer than `u32::MAX`, which no profile allows.
+    pub fn for_payload(
+        kind: FrameKind,
+        sequence: u64,
+        transfer: u64,
+        offset: u64,
+        payload: &[u8],
+    ) -> Option<Self> {
+        Some(Self {
+            kind,
+            sequence,
+            transfer,
+            offset,
+            length: u32::try_from(payload.len()).ok()?,
+            payload_crc: crc32fast::hash(payload),
+        })
+    }
+
+    /// The 44 header bytes, header CRC included.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..4].copy_from_slice(&MAGIC);
+        out[4] = PROTOCOL_VERSION;
+        out[5] = self.kind as u8;
+        // bytes 6..8: flags, always zero in version 1
+        out[8..16].copy_from_slice(&self.sequence.to_be_bytes());
+        out[16..24].copy_from_slice(&self.transfer.to_be_bytes());
+        out[24..32].copy_from_slice(&self.offset.to_be_bytes());
+        out[32..36].copy_from_slice(&self.length.to_be_bytes());
+        out[36..40].copy_from_slice(&self.payload_crc.to_be_bytes());
+        let crc = crc32fast::hash(&out[0..40]);
+        out[40..44].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+}
+
+/// Appends one whole frame (header and payload, wrapped in `envelope`) to `out`.
+///
+/// Fails when the payload is longer than `u32::MAX` bytes.
+pub fn encode_frame(
+    envelope: Envelope,
+    kind: FrameKind,
+    sequence: u64,
+    transfer: u64,
+    offset: u64,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<FrameHeader> {
+    let header = FrameHeader::for_payload(kind, sequence, transfer, offset, payload)?;
+    let head = header.to_bytes();
+    match envelope {
+        Envelope::Raw => {
+            out.reserve(HEADER_LEN + payload.len());
+            out.extend_from_slice(&head);
+            out.extend_from_slice(payload);
+        }
+        Envelope::ELanguage => crate::envelope::wrap(&head, payload, out),
+    }
+    Some(header)
+}

@@ -1,0 +1,37 @@
+//! # gapsync-protocol
+//!
+//! The wire protocol of gapsync, with no I/O: an encoder, one decoder, and the session state
+//! machines of both ends. Drivers feed them bytes and time and write out what they return.
+//!
+//! ```text
+//!  inside (sender)                         gate                         outside (receiver)
+//!  spool -> SenderSession --frames-->  [ TCP relay ]  --frames--> ReceiverSession -> dest
+//!                  ^                                                     |
+//!                  +------- exactly one byte per frame: OK / FAIL -------+
+//! ```
+//!
+//! A connection is: `Hello` (answered OK, or closed without a byte), then per file `Open`,
+//! `Data`..., `Commit`, with `Heartbeat` when idle. Each frame has a 44-byte header (see
+//! [`frame`]) and, on reverse gates, is wrapped in the E-language text envelope (see
+//! [`envelope`]). PROTOCOL.md describes every byte.
+#![forbid(unsafe_code)]
+
+pub mod decoder;
+pub mod envelope;
+pub mod error;
+pub mod frame;
+pub mod messages;
+pub mod profile;
+pub mod receiver_session;
+pub mod sender_session;
+pub mod wire_path;
+
+pub use decoder::{Decoder, Frame};
+pub use envelope::Envelope;
+pub use error::{DecodeError, ProtocolError};
+pub use frame::{FrameHeader, FrameKind, HEADER_LEN, PROTOCOL_VERSION, encode_frame};
+pub use messages::{Commit, DIGEST_LEN, Hello, OpenFile, ProfileSummary, decode_body, encode_body};
+pub use profile::{AckBytes, LinkKind, Profile, ProfileError, RawProfile};
+pub use receiver_session::{ReceiverSession, Request};
+pub use sender_session::{FrameInfo, SendError, SenderEvent, SenderSession};
+pub use wire_path::{PathError, WirePath};

@@ -1,0 +1,191 @@
+//! Structured frame bodies (Hello, Open, Commit), encoded with bincode 2.0.1.
+//!
+//! The encoding is bincode's `standard()` configuration: little-endian, variable-length
+//! integers (a value below 251 is one byte; 251, 252, 253 prefix a u16, u32, u64), strings and
+//! byte vectors as a varint length then the bytes, structs as their fields in order, enums as a
+//! varint variant index, fixed arrays as their elements without a length. PROTOCOL.md lists
+//! every body field by field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Envelope;
+use crate::error::DecodeError;
+
+/// Largest structured body accepted (handshake, open, commit). Bodies are small; this bound
+/// stops a hostile varint length from allocating.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// Length of the whole-file digest (BLAKE3, 256 bits).
+pub const DIGEST_LEN: usize = 32;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_BODY>()
+}
+
+/// The profile values both ends must agree on. The receiver compares them field by field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileSummary {
+    pub name: String,
+    pub max_frame_bytes: u32,
+    pub window: u32,
+    pub ok_byte: u8,
+    pub envelope: Envelope,
+    pub heartbeat_ms: u64,
+    pub ack_timeout_ms: u64,
+}
+
+impl ProfileSummary {
+    /// Every field that differs, as `field: ours != theirs`, for the operator's log line.
+    pub fn differences(&self, theirs: &Self) -> Vec<String> {
+        let mut out = Vec::new();
+        macro_rules! cmp {
+            ($f:ident) => {
+                if self.$f != theirs.$f {
+                    out.push(format!(
+                        "{}: receiver {:?} != sender {:?}",
+                        stringify!($f),
+                        self.$f,
+                        theirs.$f
+                    ));
+                }
+            };
+        }
+        cmp!(name);
+        cmp!(max_frame_bytes);
+        cmp!(window);
+        cmp!(ok_byte);
+        cmp!(envelope);
+        cmp!(heartbeat_ms);
+        cmp!(ack_timeout_ms);
+        out
+    }
+}
+
+/// Handshake body: the first frame of every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u8,
+    /// The sender's node name (`node` in its config).
+    pub node: String,
+    /// The pipe this connection carries.
+    pub pipe: String,
+    /// Increases at every sender start; the receiver drops connections of older sessions.
+    pub session_id: u64,
+    pub profile: ProfileSummary,
+}
+
+/// Opens (or reopens after a reconnect) a transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenFile {
+    /// Relative path, `/`-separated UTF-8, checked with [`crate::WirePath`].
+    pub path: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Modification time at the source, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
+/// Ends a transfer: the receiver verifies, makes it durable and visible, then answers OK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub size: u64,
+    /// BLAKE3-256 of the whole file.
+    pub digest: [u8; DIGEST_LEN],
+}
+
+/// Encodes a body.
+pub fn encode_body<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding plain structs of strings and integers into a Vec cannot fail.
+    bincode::serde::encode_to_vec(value, config()).unwrap_or_default()
+}
+
+/// Decodes a body; trailing bytes and bodies over [`MAX_BODY`] are errors.
+pub fn decode_body<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_BODY {
+        return Err(DecodeError::BadBody {
+            what,
+            reason: format!("{} bytes is over the limit of {MAX_BODY}", bytes.len()),
+        });
+    }
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| DecodeError::BadBody {
+            what,
+            reason: e.to_string(),
+        })?;
+    if used != bytes.len() {
+        return Err(DecodeError::BadBody {
+            what,
+            reason: format!("{} trailing bytes", bytes.len() - used),
+        });
+    }
+    Ok(value)
+}
+
+/// Fuzz body: decodes arbitrary bytes as each structured body.
+pub fn fuzz_bodies(data: &[u8]) {
+    let _ = decode_body::<Hello>("hello", data);
+    let _ = decode_body::<OpenFile>("open", data);
+    let _ = decode_body::<Commit>("commit", data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            protocol_version: 1,
+            node: "plant-a".into(),
+            pipe: "scada".into(),
+            session_id: 300,
+            profile: ProfileSummary {
+                name: "syskeeper-2000".into(),
+                max_frame_bytes: 1 << 20,
+                window: 1,
+                ok_byte: 0,
+                envelope: Envelope::Raw,
+                heartbeat_ms: 30_000,
+                ack_timeout_ms: 10_000,
+            },
+        }
+    }
+
+    #[test]
+    fn hello_roundtrips_and_has_the_documented_bytes() {
+        let bytes = encode_body(&hello());
+        // protocol_version 1, then "plant-a" as len 7 + bytes (PROTOCOL.md shows this dump).
+        assert_eq!(&bytes[..9], b"\x01\x07plant-a");
+        // session id 300 is a u16 varint: 251, then 300 little-endian.
+        assert_eq!(&bytes[15..18], &[251, 0x2c, 0x01]);
+        assert_eq!(
+            decode_body::<Hello>("hello", &bytes).expect("roundtrip"),
+            hello()
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_and_huge_lengths_are_refused() {
+        let mut bytes = encode_body(&hello());
+        bytes.push(0);
+        assert!(decode_body::<Hello>("hello", &bytes).is_err());
+        // protocol_version, then a string length of u64::MAX.
+        let hostile = [1u8, 253, 255, 255, 255, 255, 255, 255, 255, 255];
+        assert!(decode_body::<Hello>("hello", &hostile).is_err());
+        fuzz_bodies(&hostile);
+    }
+
+    #[test]
+    fn differences_name_each_field() {
+        let a = hello().profile;
+        let mut b = a.clone();
+        b.window = 8;
+        b.ok_byte = 0xff;
+        let d = a.differences(&b);
+        assert_eq!(d.len(), 2);
+        assert!(d[0].starts_with("window"));
+        assert!(d[1].starts_with("ok_byte"));
+    }
+}

@@ -1,0 +1,369 @@
+//! The sender's side of one connection: sequence numbers, the window of unacknowledged frames,
+//! matching each reply byte to its frame, ack timeouts and idle heartbeats.
+//!
+//! Fed reply bytes and the current time; returns encoded frames to write and events. Any
+//! failure (FAIL byte, unexpected byte, timeout) closes the session: the driver drops the
+//! connection, backs off and resumes on a new one.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::envelope::Envelope;
+use crate::error::ProtocolError;
+use crate::frame::{FrameKind, encode_frame};
+use crate::messages::{Hello, encode_body};
+use crate::profile::{AckBytes, Profile};
+
+/// What a sent frame was, returned with its acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    pub sequence: u64,
+    pub kind: FrameKind,
+    pub transfer: u64,
+    pub offset: u64,
+    pub length: u32,
+}
+
+/// What happened on the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderEvent {
+    /// The receiver answered OK to the Hello; frames may now be sent.
+    HandshakeAccepted,
+    /// The receiver verified and applied this frame.
+    Acked(FrameInfo),
+    /// The receiver refused this frame; the session is closed.
+    Failed(FrameInfo),
+    /// No answer within the ack timeout; the session is closed.
+    TimedOut(FrameInfo),
+    /// The reply stream broke the protocol; the session is closed.
+    Violation(ProtocolError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Handshaking,
+    Ready,
+    Closed,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the window is full or the handshake is not done")]
+    NotReady,
+    #[error("payload of {0} bytes does not fit in one frame")]
+    TooLarge(usize),
+}
+
+/// The sender end of one connection.
+#[derive(Debug)]
+pub struct SenderSession {
+    envelope: Envelope,
+    ack: AckBytes,
+    window: usize,
+    max_payload: usize,
+    ack_timeout: Duration,
+    handshake_timeout: Duration,
+    heartbeat: Duration,
+    next_seq: u64,
+    outstanding: VecDeque<(FrameInfo, Instant)>,
+    last_progress: Instant,
+    last_sent: Instant,
+    state: State,
+    out: Vec<u8>,
+    events: VecDeque<SenderEvent>,
+}
+
+impl SenderSession {
+    /// Starts a session: the Hello frame is queued for output at once.
+    pub fn new(profile: &Profile, hello: &Hello, now: Instant) -> Self {
+        let mut s = Self {
+            envelope: profile.envelope,
+            ack: profile.ack,
+            window: profile.window.get() as usize,
+            max_payload: profile.chunk_size(),
+            ack_timeout: profile.ack_timeout,
+            handshake_timeout: profile.handshake_timeout,
+            heartbeat: profile.heartbeat_interval,
+            next_seq: 0,
+            outstanding: VecDeque::new(),
+            last_progress: now,
+            last_sent: now,
+            state: State::Handshaking,
+            out: Vec::new(),
+            events: VecDeque::new(),
+        };
+        let body = encode_body(hello);
+        s.push(FrameKind::Hello, 0, 0, &body, now);
+        s
+    }
+
+    /// True once the handshake is accepted and until the session closes.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// True when the session has failed and the connection must be dropped.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// True when another frame may be sent now.
+    pub fn can_send(&self) -> bool {
+        self.state == State::Ready && self.outstanding.len() < self.window
+    }
+
+    /// Frames sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Largest payload one frame may carry.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Queues one frame for output.
+    pub fn send(
+        &mut self,
+        kind: FrameKind,
+        transfer: u64,
+        offset: u64,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<FrameInfo, SendError> {
+        if !self.can_send() {
+            return Err(SendError::NotReady);
+        }
+        if payload.len() > self.max_payload {
+            return Err(SendError::TooLarge(payload.len()));
+        }
+        Ok(self.push(kind, transfer, offset, payload, now))
+    }
+
+    fn push(
+        &mut self,
+        kind: FrameKind,
+        transfer: u64,
+        offset: u64,
+        payload: &[u8],
+        now: Instant,
+    ) -> FrameInfo {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        // The payload length was bounded by max_payload (< 64 MiB) or is a small body.
+        let length = encode_frame(
+            self.envelope,
+            kind,
+            seq,
+            transfer,
+            offset,
+            payload,
+            &mut self.out,
+        )
+        .map_or(0, |h| h.length);
+        let info = FrameInfo {
+            sequence: seq,
+            kind,
+            transfer,
+            offset,
+            length,
+        };
+        if self.outstanding.is_empty() {
+            self.last_progress = now;
+        }
+        self.outstanding.push_back((info, now));
+        self.last_sent = now;
+        info
+    }
+
+    /// Encoded bytes waiting to be written to the connection.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Marks all pending output as written.
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    /// Feeds reply bytes read from the connection.
+    pub fn on_bytes(&mut self, bytes: &[u8], now: Instant) {
+        for &b in bytes {
+            if self.state == State::Closed {
+                return;
+            }
+            let Some((info, _)) = self.outstanding.pop_front() else {
+                self.close(SenderEvent::Violation(ProtocolError::UnsolicitedByte(b)));
+                return;
+            };
+            if b == self.ack.ok {
+                self.last_progress = now;
+                if info.kind == FrameKind::Hello {
+                    self.state = State::Ready;
+                    self.events.push_back(SenderEvent::HandshakeAccepted);
+                } else {
+                    self.events.push_back(SenderEvent::Acked(info));
+                }
+            } else if b == self.ack.fail {
+                self.close(SenderEvent::Failed(info));
+            } else {
+                self.close(SenderEvent::Violation(ProtocolError::UnexpectedByte(b)));
+            }
+        }
+    }
+
+    fn close(&mut self, event: SenderEvent) {
+        self.state = State::Closed;
+        self.events.push_back(event);
+    }
+
+    /// When `handle_timeout` must next be called.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::Handshaking => Some(self.last_progress + self.handshake_timeout),
+            State::Ready if self.outstanding.is_empty() => Some(self.last_sent + self.heartbeat),
+            State::Ready => Some(self.last_progress + self.ack_timeout),
+        }
+    }
+
+    /// Fires the ack timeout or queues a heartbeat when due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(deadline) = self.next_deadline() else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        match self.outstanding.front() {
+            Some(&(info, _)) => self.close(SenderEvent::TimedOut(info)),
+            None => {
+                self.push(FrameKind::Heartbeat, 0, 0, &[], now);
+            }
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<SenderEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::decoder::Decoder;
+    use crate::messages::ProfileSummary;
+    use crate::profile::{LinkKind, Profile};
+    use std::num::NonZeroU32;
+
+    pub(crate) fn profile(window: u32) -> Profile {
+        Profile {
+            name: "t".into(),
+            description: None,
+            link: LinkKind::Tcp,
+            envelope: Envelope::Raw,
+            max_frame_bytes: 4096,
+            window: NonZeroU32::new(window).expect("nonzero"),
+            ack: AckBytes {
+                ok: 0xFF,
+                fail: 0x00,
+            },
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(2),
+            ack_timeout: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(20),
+            reconnect_backoff_min: Duration::from_secs(1),
+            reconnect_backoff_max: Duration::from_secs(4),
+            socket_buffer_bytes: None,
+            rate_limit_mbit: None,
+        }
+    }
+
+    fn hello(p: &Profile) -> Hello {
+        Hello {
+            protocol_version: 1,
+            node: "n".into(),
+            pipe: "p".into(),
+            session_id: 1,
+            profile: ProfileSummary { ..p.summary() },
+        }
+    }
+
+    fn ready(window: u32, t0: Instant) -> SenderSession {
+        let p = profile(window);
+        let mut s = SenderSession::new(&p, &hello(&p), t0);
+        s.clear_output();
+        s.on_bytes(&[0xFF], t0);
+        assert_eq!(s.poll_event(), Some(SenderEvent::HandshakeAccepted));
+        s
+    }
+
+    #[test]
+    fn window_limits_frames_in_flight_and_acks_match_in_order() {
+        let t0 = Instant::now();
+        let mut s = ready(3, t0);
+        for i in 0..3 {
+            s.send(FrameKind::Data, 7, i * 10, b"0123456789", t0)
+                .expect("room");
+        }
+        assert!(!s.can_send());
+        let mut d = Decoder::new(Envelope::Raw, 4096);
+        d.feed(s.pending_output());
+        let seqs: Vec<u64> = std::iter::from_fn(|| d.decode().expect("valid"))
+            .map(|f| f.header.sequence)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        s.on_bytes(&[0xFF, 0xFF], t0);
+        let offsets: Vec<u64> = std::iter::from_fn(|| s.poll_event())
+            .map(|e| match e {
+                SenderEvent::Acked(i) => i.offset,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(offsets, [0, 10]);
+        assert!(s.can_send());
+    }
+
+    #[test]
+    fn fail_unexpected_and_unsolicited_bytes_close_the_session() {
+        let t0 = Instant::now();
+        for (bytes, closed_by_fail) in [(&[0x00][..], true), (&[0x41][..], false)] {
+            let mut s = ready(2, t0);
+            s.send(FrameKind::Heartbeat, 0, 0, &[], t0).expect("room");
+            s.on_bytes(bytes, t0);
+            assert!(s.is_closed());
+            assert_eq!(
+                matches!(s.poll_event(), Some(SenderEvent::Failed(_))),
+                closed_by_fail
+            );
+        }
+        let mut s = ready(2, t0);
+        s.on_bytes(&[0xFF], t0);
+        assert_eq!(
+            s.poll_event(),
+            Some(SenderEvent::Violation(ProtocolError::UnsolicitedByte(0xFF)))
+        );
+    }
+
+    #[test]
+    fn ack_timeout_counts_from_the_last_progress_and_heartbeats_fill_idle_time() {
+        let t0 = Instant::now();
+        let mut s = ready(2, t0);
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        s.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(s.in_flight(), 1, "heartbeat sent");
+        s.on_bytes(&[0xFF], t0 + Duration::from_secs(11));
+        s.send(FrameKind::Data, 1, 0, b"x", t0 + Duration::from_secs(11))
+            .expect("room");
+        s.handle_timeout(t0 + Duration::from_secs(13));
+        assert!(!s.is_closed());
+        s.handle_timeout(t0 + Duration::from_secs(14));
+        assert!(s.is_closed());
+        assert!(
+            std::iter::from_fn(|| s.poll_event()).any(|e| matches!(e, SenderEvent::TimedOut(_)))
+        );
+    }
+}

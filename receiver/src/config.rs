@@ -1,0 +1,197 @@
+//! The receiver's config file: parsed into [`RawConfig`], then checked into [`Config`] with
+//! every problem reported at once.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gapsync_daemon::config::{abs, check_name};
+use gapsync_daemon::logging::LogFormat;
+use gapsync_protocol::{Profile, RawProfile};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Default for `summary_interval`.
+pub const DEFAULT_SUMMARY: Duration = Duration::from_secs(60);
+/// Default for `stale_partial_after`.
+pub const DEFAULT_STALE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default for `done_retention`.
+pub const DEFAULT_DONE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node: Option<String>,
+    pub profile: Option<String>,
+    pub profiles_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub allow: Option<Vec<String>>,
+    pub state_dir: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    pub log_level: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub summary_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stale_partial_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub done_retention: Option<Duration>,
+    #[serde(default)]
+    pub profile_overrides: RawProfile,
+    #[serde(default)]
+    pub pipe: Vec<RawPipe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipe {
+    pub name: Option<String>,
+    pub from: Option<String>,
+    pub dest: Option<PathBuf>,
+    pub staging: Option<PathBuf>,
+}
+
+/// One pipe this receiver lands: what `from` sends on `name` goes to `dest`.
+#[derive(Debug, Clone)]
+pub struct PipeConfig {
+    pub name: String,
+    pub from: String,
+    pub dest: PathBuf,
+    /// Partial files; on the same filesystem as `dest` so the final rename is atomic.
+    pub staging: PathBuf,
+}
+
+/// A checked receiver config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub profile: Profile,
+    pub listen: SocketAddr,
+    pub allow: Vec<IpNet>,
+    pub state_dir: PathBuf,
+    pub log_dir: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub summary_interval: Duration,
+    pub stale_partial_after: Duration,
+    pub done_retention: Duration,
+    pub pipes: Vec<PipeConfig>,
+}
+
+impl Config {
+    /// Loads and checks `path`, reporting every problem at once.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        gapsync_daemon::config::load(path, Self::check)
+    }
+
+    fn check(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
+        let mut p = Vec::new();
+        let node = raw.node.unwrap_or_default();
+        check_name(&mut p, "`node`", &node);
+        let profile = gapsync_daemon::config::profile(
+            &mut p,
+            raw.profile.as_deref(),
+            base,
+            raw.profiles_dir.as_deref(),
+            &raw.profile_overrides,
+        );
+        let listen = match raw.listen.as_deref().map(str::parse::<SocketAddr>) {
+            None => {
+                p.push("`listen` is missing, e.g. listen = \"0.0.0.0:28101\"".into());
+                None
+            }
+            Some(Err(e)) => {
+                p.push(format!("`listen` is not an address:port ({e})"));
+                None
+            }
+            Some(Ok(a)) => Some(a),
+        };
+        let mut allow = Vec::new();
+        match raw.allow {
+            None => p.push(
+                "`allow` is not set: the receiver refuses every sender until you list the networks that may connect, e.g. allow = [\"10.1.2.0/24\"]".into(),
+            ),
+            Some(list) => {
+                for a in list {
+                    match a.parse::<IpNet>().or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from)) {
+                        Ok(n) => allow.push(n),
+                        Err(_) => p.push(format!("`allow` entry {a:?} is not a network (CIDR like 10.1.2.0/24) or an address")),
+                    }
+                }
+            }
+        }
+        let state_dir = raw.state_dir.map(|d| abs(base, &d));
+        if state_dir.is_none() {
+            p.push("`state_dir` is missing, e.g. state_dir = \"/var/lib/gapsync\"".into());
+        }
+        let level = gapsync_daemon::config::log_level(&mut p, raw.log_level);
+        if raw.pipe.is_empty() {
+            p.push("no [[pipe]] is configured: add one with name, from and dest".into());
+        }
+        let mut pipes = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, rp) in raw.pipe.into_iter().enumerate() {
+            let label = format!(
+                "[[pipe]] #{} ({})",
+                i + 1,
+                rp.name.as_deref().unwrap_or("unnamed")
+            );
+            let name = rp.name.unwrap_or_default();
+            let from = rp.from.unwrap_or_default();
+            check_name(&mut p, &format!("{label}: `name`"), &name);
+            check_name(
+                &mut p,
+                &format!("{label}: `from` (the sender's node name)"),
+                &from,
+            );
+            if !seen.insert((from.clone(), name.clone())) {
+                p.push(format!(
+                    "{label}: pipe {name:?} from {from:?} is configured twice"
+                ));
+            }
+            let Some(dest) = rp.dest.map(|d| abs(base, &d)) else {
+                p.push(format!("{label}: `dest` is missing"));
+                continue;
+            };
+            let staging = match (rp.staging, &state_dir) {
+                (Some(s), _) => abs(base, &s),
+                (None, Some(sd)) => sd.join("receiver").join(&from).join(&name).join("staging"),
+                (None, None) => continue,
+            };
+            pipes.push(PipeConfig {
+                name,
+                from,
+                dest,
+                staging,
+            });
+        }
+        match (p.is_empty(), profile, listen, state_dir) {
+            (true, Some(profile), Some(listen), Some(state_dir)) => Ok(Config {
+                node,
+                profile,
+                listen,
+                allow,
+                state_dir,
+                log_dir: raw.log_dir.map(|d| abs(base, &d)),
+                log_format: raw.log_format,
+                log_level: level,
+                summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
+                stale_partial_after: raw.stale_partial_after.unwrap_or(DEFAULT_STALE),
+                done_retention: raw.done_retention.unwrap_or(DEFAULT_DONE_RETENTION),
+                pipes,
+            }),
+            _ => Err(p),
+        }
+    }
+
+    /// True when `ip` is in one of the allowed networks.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow.iter().any(|n| n.contains(&ip))
+    }
+}

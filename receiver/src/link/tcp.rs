@@ -1,0 +1,261 @@
+//! The TCP link: accept connections from allowed networks and drive one receiver session per
+//! connection (socket, idle timer, shutdown in one `select!`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use gapsync_daemon::ratelimit::RateLimiter;
+use gapsync_protocol::{Hello, PROTOCOL_VERSION, ReceiverSession, Request};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use crate::config::Config;
+use crate::pipes::{Pipe, Pipes};
+use crate::sink::Applied;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Shared by every connection.
+#[derive(Debug)]
+pub struct Server {
+    pub config: Config,
+    pub pipes: Pipes,
+    pub limiter: RateLimiter,
+}
+
+impl Server {
+    fn warn_limited(&self, key: &str) -> Option<u64> {
+        self.limiter.check(key, Instant::now())
+    }
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    server: Arc<Server>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        if !server.config.allows(peer.ip()) {
+            if let Some(suppressed) = server.warn_limited(&format!("refused {}", peer.ip())) {
+                tracing::error!(%peer, suppressed, "refused connection: address not in `allow`; add its network to the receiver's allow list if it is a legitimate sender");
+            }
+            drop(stream);
+            continue;
+        }
+        let server = server.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::info_span!("conn", %peer);
+        tokio::spawn(
+            async move { Connection::new(server, peer).run(stream, shutdown).await }
+                .instrument(span),
+        );
+    }
+}
+
+struct Connection {
+    server: Arc<Server>,
+    peer: SocketAddr,
+    session: ReceiverSession,
+    pipe: Option<(Arc<Pipe>, u64)>,
+}
+
+impl Connection {
+    fn new(server: Arc<Server>, peer: SocketAddr) -> Self {
+        let session = ReceiverSession::new(&server.config.profile);
+        Self {
+            server,
+            peer,
+            session,
+            pipe: None,
+        }
+    }
+
+    async fn run(mut self, mut stream: TcpStream, mut shutdown: watch::Receiver<bool>) {
+        let _ = stream.set_nodelay(true);
+        if let Some(n) = self.server.config.profile.socket_buffer_bytes {
+            let _ = socket2::SockRef::from(&stream).set_recv_buffer_size(n as usize);
+        }
+        let idle = self.server.config.profile.idle_timeout;
+        loop {
+            self.process();
+            let out = self.session.pending_output();
+            if !out.is_empty() {
+                if let Err(e) = stream.write_all(out).await {
+                    tracing::warn!(error = %e, "cannot write the reply byte; closing");
+                    break;
+                }
+                self.session.clear_output();
+            }
+            if self.session.is_closed() {
+                break;
+            }
+            let buf = self.session.decoder_mut().buffer_mut();
+            buf.reserve(READ_CHUNK);
+            tokio::select! {
+                r = stream.read_buf(buf) => match r {
+                    Ok(0) => {
+                        tracing::debug!("sender closed the connection");
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::info!(error = %e, "connection lost");
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep(idle) => {
+                    tracing::info!(idle = %humantime::format_duration(idle), "closing a connection silent for longer than the profile's idle_timeout");
+                    break;
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    /// Applies every whole request in the buffer, answering each.
+    fn process(&mut self) {
+        loop {
+            match self.session.next_request() {
+                Ok(None) => return,
+                Ok(Some(Request::Hello(h))) => self.hello(h),
+                Ok(Some(req)) => {
+                    let ok = self.apply(req);
+                    self.session.answer(ok);
+                }
+                Err(e) => {
+                    let key = format!("bad frames {}", self.peer.ip());
+                    if let Some(suppressed) = self.server.warn_limited(&key) {
+                        tracing::error!(error = %e, suppressed, "refused a frame; closing the connection (the sender reconnects and resends)");
+                    }
+                    if let Some((pipe, _)) = &self.pipe {
+                        pipe.stats.refused_frames.fetch_add(1, Relaxed);
+                    }
+                    return;
+                }
+            }
+            if self.session.is_closed() {
+                return;
+            }
+        }
+    }
+
+    fn hello(&mut self, h: Hello) {
+        let server = self.server.clone();
+        let refuse = |why: String| {
+            if let Some(suppressed) =
+                server.warn_limited(&format!("hello {} {}", self.peer.ip(), why))
+            {
+                tracing::error!(node = %h.node, pipe = %h.pipe, suppressed, "refused handshake, closed without a reply: {why}");
+            }
+        };
+        if h.protocol_version != PROTOCOL_VERSION {
+            refuse(format!(
+                "protocol version {} (this receiver speaks {PROTOCOL_VERSION}); upgrade the older side",
+                h.protocol_version
+            ));
+            return self.session.reject_hello();
+        }
+        let Some(pipe) = self.server.pipes.get(&h.node, &h.pipe) else {
+            refuse(format!(
+                "unknown pipe {:?} from node {:?}; add a [[pipe]] with that name and from to the receiver config",
+                h.pipe, h.node
+            ));
+            return self.session.reject_hello();
+        };
+        let diffs = self.server.config.profile.summary().differences(&h.profile);
+        if !diffs.is_empty() {
+            refuse(format!(
+                "profile mismatch: {}; both ends must use the same profile values",
+                diffs.join(", ")
+            ));
+            return self.session.reject_hello();
+        }
+        let current = pipe.session.fetch_max(h.session_id, Relaxed);
+        if h.session_id < current {
+            refuse(format!(
+                "session {} is older than the current session {current} (a stale connection)",
+                h.session_id
+            ));
+            return self.session.reject_hello();
+        }
+        pipe.stats.connections.fetch_add(1, Relaxed);
+        tracing::info!(node = %h.node, pipe = %h.pipe, session = h.session_id, "sender connected");
+        self.pipe = Some((pipe, h.session_id));
+        self.session.accept_hello();
+    }
+
+    fn apply(&mut self, req: Request) -> bool {
+        let Some((pipe, session)) = self.pipe.clone() else {
+            return false;
+        };
+        if pipe.session.load(Relaxed) != session {
+            tracing::warn!(pipe = %pipe.name, session, "a newer session of this sender took over; closing this connection");
+            self.session.close();
+            return false;
+        }
+        let result = tokio::task::block_in_place(|| {
+            pipe.with_sink(|sink| match &req {
+                Request::Open { transfer, open } => sink.open(*transfer, open).map(|_| None),
+                Request::Data {
+                    transfer,
+                    offset,
+                    payload,
+                } => sink.write(*transfer, *offset, payload).map(|a| {
+                    if a == Applied::Done {
+                        pipe.add_bytes(payload.len() as u64);
+                    }
+                    None
+                }),
+                Request::Commit { transfer, commit } => sink.commit(*transfer, commit),
+                Request::Heartbeat | Request::Hello(_) => Ok(None),
+            })
+        });
+        match result {
+            Ok(Some(d)) => {
+                pipe.stats.files.fetch_add(1, Relaxed);
+                let secs = d.elapsed.as_secs_f64().max(1e-6);
+                tracing::info!(
+                    pipe = %pipe.name,
+                    path = %d.path,
+                    size = d.size,
+                    digest = %d.digest_hex,
+                    duration_ms = d.elapsed.as_millis() as u64,
+                    mb_per_s = format!("{:.1}", d.size as f64 / secs / 1e6),
+                    "delivered"
+                );
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                pipe.stats.refused_frames.fetch_add(1, Relaxed);
+                if e.is_peer_fault() {
+                    if let Some(suppressed) =
+                        self.server.warn_limited(&format!("sink {} {e}", pipe.name))
+                    {
+                        tracing::error!(pipe = %pipe.name, error = %e, suppressed, "refused a request from the sender; answered FAIL");
+                    }
+                } else {
+                    tracing::error!(pipe = %pipe.name, error = %e, "could not land data; answered FAIL, the sender will retry");
+                }
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The receiver's pipes: each one's sink, its current sender session and its counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+use crate::sink::Sink;
+use crate::sink::directory::DirectorySink;
+
+/// Counters of one pipe, for the periodic summary.
+#[derive(Debug, Default)]
+pub struct PipeStats {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    pub connections: AtomicU64,
+    pub refused_frames: AtomicU64,
+}
+
+/// One pipe: `from`'s files named `name`, landed by `sink`.
+pub struct Pipe {
+    pub name: String,
+    pub from: String,
+    pub sink: Mutex<Box<dyn Sink>>,
+    /// The newest accepted sender session; connections of older sessions are closed.
+    pub session: AtomicU64,
+    pub stats: PipeStats,
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipe")
+            .field("name", &self.name)
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+impl Pipe {
+    /// Runs `op` on the sink. The lock is held for one request only.
+    pub fn with_sink<T>(&self, op: impl FnOnce(&mut dyn Sink) -> T) -> T {
+        let mut guard = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        op(guard.as_mut())
+    }
+
+    /// Counts written bytes.
+    pub fn add_bytes(&self, n: u64) {
+        self.stats.bytes.fetch_add(n, Relaxed);
+    }
+}
+
+/// All pipes, by (sender node, pipe name).
+#[derive(Debug, Default)]
+pub struct Pipes {
+    by_key: HashMap<(String, String), Arc<Pipe>>,
+}
+
+impl Pipes {
+    /// Opens every configured pipe's sink (repairing interrupted commits).
+    pub fn open(config: &Config) -> anyhow::Result<Self> {
+        let mut by_key = HashMap::new();
+        for p in &config.pipes {
+            let sink = DirectorySink::open(
+                &p.dest,
+                &p.staging,
+                config.done_retention,
+                config.stale_partial_after,
+            )
+            .map_err(|e| anyhow::anyhow!("pipe {} from {}: {e:#}", p.name, p.from))?;
+            let pipe = Pipe {
+                name: p.name.clone(),
+                from: p.from.clone(),
+                sink: Mutex::new(Box::new(sink)),
+                session: AtomicU64::new(0),
+                stats: PipeStats::default(),
+            };
+            by_key.insert((p.from.clone(), p.name.clone()), Arc::new(pipe));
+        }
+        Ok(Self { by_key })
+    }
+
+    /// The pipe `name` from sender `node`.
+    pub fn get(&self, node: &str, name: &str) -> Option<Arc<Pipe>> {
+        self.by_key
+            .get(&(node.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Logs one summary line per pipe.
+    pub fn log_summary(&self) {
+        for p in self.by_key.values() {
+            let partials = p.with_sink(|s| s.partials());
+            tracing::info!(
+                pipe = %p.name,
+                from = %p.from,
+                files = p.stats.files.load(Relaxed),
+                bytes = p.stats.bytes.load(Relaxed),
+                partials,
+                connections = p.stats.connections.load(Relaxed),
+                refused_frames = p.stats.refused_frames.load(Relaxed),
+                "summary"
+            );
+        }
+    }
+}

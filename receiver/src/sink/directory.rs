@@ -1,0 +1,486 @@
+//! The directory sink: transfers are staged as `<id>.part` with a `<id>.meta` next to them,
+//! verified at commit, recorded in the done log, then renamed into the destination folder.
+//!
+//! Commit order (each step durable before the next):
+//! 1. fsync the partial, check its size and BLAKE3 digest;
+//! 2. append the transfer id to the done log and fsync it;
+//! 3. rename the partial to its final name inside `dest` and fsync that folder;
+//! 4. remove the meta file.
+//!
+//! A crash between 2 and 3 is repaired at start: a done transfer whose partial is still staged
+//! is renamed into place before any connection is accepted.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gapsync_protocol::{Commit, OpenFile, WirePath, decode_body, encode_body};
+
+use super::done_log::DoneLog;
+use super::{Applied, Delivered, Sink, SinkError};
+
+#[derive(Debug)]
+struct Partial {
+    file: File,
+    open: OpenFile,
+    path: WirePath,
+    hasher: blake3::Hasher,
+    /// Bytes `0..hashed` are in `hasher`, in order; `None` once writes went out of order.
+    hashed: Option<u64>,
+    started: Instant,
+}
+
+/// Lands one pipe's files in a destination folder.
+#[derive(Debug)]
+pub struct DirectorySink {
+    dest: PathBuf,
+    staging: PathBuf,
+    done: DoneLog,
+    partials: HashMap<u64, Partial>,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SinkError + 'a {
+    move |source| SinkError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn hex(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+impl DirectorySink {
+    /// Opens the sink, repairs interrupted commits and removes partials older than `stale_after`.
+    pub fn open(
+        dest: &Path,
+        staging: &Path,
+        done_retention: Duration,
+        stale_after: Duration,
+    ) -> anyhow::Result<Self> {
+        fs::create_dir_all(dest)
+            .map_err(|e| anyhow::anyhow!("cannot create dest {}: {e}", dest.display()))?;
+        fs::create_dir_all(staging)
+            .map_err(|e| anyhow::anyhow!("cannot create staging {}: {e}", staging.display()))?;
+        same_filesystem(dest, staging)?;
+        let done = DoneLog::open(&staging.join("done.log"), done_retention).map_err(|e| {
+            anyhow::anyhow!("cannot open the done log in {}: {e}", staging.display())
+        })?;
+        let mut sink = Self {
+            dest: dest.to_path_buf(),
+            staging: staging.to_path_buf(),
+            done,
+            partials: HashMap::new(),
+        };
+        sink.recover(stale_after)?;
+        Ok(sink)
+    }
+
+    fn part_path(&self, id: u64) -> PathBuf {
+        self.staging.join(format!("{}.part", hex(id)))
+    }
+
+    fn meta_path(&self, id: u64) -> PathBuf {
+        self.staging.join(format!("{}.meta", hex(id)))
+    }
+
+    fn recover(&mut self, stale_after: Duration) -> anyhow::Result<()> {
+        let now = SystemTime::now();
+        for entry in fs::read_dir(&self.staging)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".meta"))
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+            else {
+                continue;
+            };
+            let meta = self.meta_path(id);
+            if self.done.contains(id) {
+                let open: OpenFile = decode_body("meta", &fs::read(&meta)?)?;
+                let path = WirePath::parse(&open.path)?;
+                if self.part_path(id).exists() {
+                    self.land(id, &path)?;
+                    tracing::info!(transfer = %hex(id), path = %path, "finished a commit interrupted by a restart");
+                }
+                fs::remove_file(&meta)?;
+                continue;
+            }
+            let age = entry
+                .metadata()?
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if age > stale_after {
+                let _ = fs::remove_file(self.part_path(id));
+                fs::remove_file(&meta)?;
+                tracing::info!(transfer = %hex(id), age = %humantime::format_duration(age), "removed an abandoned partial transfer");
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the folders of `path` inside dest are real folders (no symlinks out),
+    /// creating missing ones. Returns the final path.
+    fn prepare_target(&self, path: &WirePath) -> Result<PathBuf, SinkError> {
+        let mut cur = self.dest.clone();
+        let parts: Vec<&str> = path.components().collect();
+        let (file, dirs) = parts
+            .split_last()
+            .ok_or_else(|| SinkError::Escape(path.to_string()))?;
+        for d in dirs {
+            cur.push(d);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(SinkError::Escape(path.to_string())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&cur).map_err(io_err("cannot create folder", &cur))?;
+                }
+                Err(e) => return Err(io_err("cannot inspect", &cur)(e)),
+            }
+        }
+        cur.push(file);
+        if fs::symlink_metadata(&cur).is_ok_and(|m| m.is_dir()) {
+            return Err(SinkError::Escape(path.to_string()));
+        }
+        Ok(cur)
+    }
+
+    /// Renames the staged partial into place and makes the rename durable.
+    fn land(&self, id: u64, path: &WirePath) -> Result<PathBuf, SinkError> {
+        let target = self.prepare_target(path)?;
+        let part = self.part_path(id);
+        fs::rename(&part, &target).map_err(io_err("cannot rename into place", &target))?;
+        let dir = target.parent().unwrap_or(&self.dest);
+        gapsync_daemon::durable::fsync_dir(dir).map_err(io_err("cannot fsync folder", dir))?;
+        Ok(target)
+    }
+
+    fn digest_of(&self, p: &mut Partial, id: u64) -> Result<[u8; 32], SinkError> {
+        if p.hashed == Some(p.open.size) {
+            return Ok(*p.hasher.finalize().as_bytes());
+        }
+        let part = self.part_path(id);
+        let mut h = blake3::Hasher::new();
+        let f = File::open(&part).map_err(io_err("cannot read partial", &part))?;
+        h.update_reader(f)
+            .map_err(io_err("cannot read partial", &part))?;
+        Ok(*h.finalize().as_bytes())
+    }
+
+    fn discard(&mut self, id: u64) {
+        self.partials.remove(&id);
+        let _ = fs::remove_file(self.part_path(id));
+        let _ = fs::remove_file(self.meta_path(id));
+    }
+}
+
+fn same_filesystem(a: &Path, b: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (da, db) = (fs::metadata(a)?.dev(), fs::metadata(b)?.dev());
+    anyhow::ensure!(
+        da == db,
+        "staging {} and dest {} are on different filesystems, so files could not be renamed into place atomically; set the pipe's `staging` to a folder on the filesystem of dest",
+        b.display(),
+        a.display()
+    );
+    Ok(())
+}
+
+impl Sink for DirectorySink {
+    fn open(&mut self, id: u64, open: &OpenFile) -> Result<Applied, SinkError> {
+        let path = WirePath::parse(&open.path).map_err(|source| SinkError::BadName {
+            name: open.path.clone(),
+            source,
+        })?;
+        if self.done.contains(id) {
+            return Ok(Applied::AlreadyCommitted);
+        }
+        if let Some(p) = self.partials.get(&id) {
+            if p.open.path != open.path || p.open.size != open.size {
+                return Err(SinkError::Reopened {
+                    transfer: id,
+                    old_path: p.open.path.clone(),
+                    old_size: p.open.size,
+                    new_path: open.path.clone(),
+                    new_size: open.size,
+                });
+            }
+            return Ok(Applied::Done);
+        }
+        self.prepare_target(&path)?;
+        let meta = self.meta_path(id);
+        let part = self.part_path(id);
+        let same = fs::read(&meta)
+            .ok()
+            .and_then(|b| decode_body::<OpenFile>("meta", &b).ok())
+            .is_some_and(|m| m == *open);
+        if !same {
+            fs::write(&meta, encode_body(open)).map_err(io_err("cannot write", &meta))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(!same)
+            .read(true)
+            .write(true)
+            .open(&part)
+            .map_err(io_err("cannot create partial", &part))?;
+        self.partials.insert(
+            id,
+            Partial {
+                file,
+                open: open.clone(),
+                path,
+                hasher: blake3::Hasher::new(),
+                hashed: Some(0),
+                started: Instant::now(),
+            },
+        );
+        Ok(Applied::Done)
+    }
+
+    fn write(&mut self, id: u64, offset: u64, data: &[u8]) -> Result<Applied, SinkError> {
+        if self.done.contains(id) {
+            return Ok(Applied::AlreadyCommitted);
+        }
+        let part = self.part_path(id);
+        let p = self.partials.get_mut(&id).ok_or(SinkError::NotOpen(id))?;
+        let end = offset.checked_add(data.len() as u64);
+        if end.is_none_or(|e| e > p.open.size) {
+            return Err(SinkError::OutOfRange {
+                offset,
+                len: data.len(),
+                size: p.open.size,
+            });
+        }
+        p.file
+            .write_all_at(data, offset)
+            .map_err(io_err("cannot write partial", &part))?;
+        p.hashed = match p.hashed {
+            Some(h) if h == offset => {
+                p.hasher.update(data);
+                end
+            }
+            // A rewrite or a gap: the digest is computed from the file at commit instead.
+            _ => None,
+        };
+        Ok(Applied::Done)
+    }
+
+    fn commit(&mut self, id: u64, commit: &Commit) -> Result<Option<Delivered>, SinkError> {
+        if self.done.contains(id) {
+            return Ok(None);
+        }
+        let part = self.part_path(id);
+        let mut p = self.partials.remove(&id).ok_or(SinkError::NotOpen(id))?;
+        let staged = p
+            .file
+            .metadata()
+            .map_err(io_err("cannot inspect partial", &part))?
+            .len();
+        if staged != commit.size || p.open.size != commit.size {
+            let e = SinkError::SizeMismatch {
+                announced: p.open.size,
+                committed: commit.size,
+                staged,
+            };
+            self.discard(id);
+            return Err(e);
+        }
+        p.file
+            .sync_all()
+            .map_err(io_err("cannot fsync partial", &part))?;
+        let digest = self.digest_of(&mut p, id)?;
+        if digest != commit.digest {
+            self.discard(id);
+            return Err(SinkError::DigestMismatch { path: p.open.path });
+        }
+        let mtime = UNIX_EPOCH + Duration::from_nanos(p.open.mtime_ns.max(0) as u64);
+        let _ = p.file.set_modified(mtime);
+        self.done
+            .record(id)
+            .map_err(io_err("cannot record commit in", self.done.path()))?;
+        drop(p.file);
+        self.land(id, &p.path)?;
+        let meta = self.meta_path(id);
+        fs::remove_file(&meta).map_err(io_err("cannot remove", &meta))?;
+        Ok(Some(Delivered {
+            path: p.open.path,
+            size: commit.size,
+            digest_hex: blake3::Hash::from_bytes(digest).to_hex().to_string(),
+            elapsed: p.started.elapsed(),
+        }))
+    }
+
+    fn partials(&self) -> usize {
+        self.partials.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(root: &Path) -> DirectorySink {
+        DirectorySink::open(
+            &root.join("dest"),
+            &root.join("staging"),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        )
+        .expect("open sink")
+    }
+
+    fn commit_for(data: &[u8]) -> Commit {
+        Commit {
+            size: data.len() as u64,
+            digest: *blake3::hash(data).as_bytes(),
+        }
+    }
+
+    #[test]
+    fn a_file_lands_only_at_commit_and_a_second_commit_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = sink(dir.path());
+        let open = OpenFile {
+            path: "a/b.txt".into(),
+            size: 6,
+            mtime_ns: 0,
+        };
+        s.open(1, &open).expect("open");
+        s.write(1, 0, b"abc").expect("write");
+        s.write(1, 3, b"def").expect("write");
+        s.write(1, 3, b"def").expect("rewrite is harmless");
+        let target = dir.path().join("dest/a/b.txt");
+        assert!(!target.exists(), "not visible before commit");
+        assert!(
+            s.commit(1, &commit_for(b"abcdef"))
+                .expect("commit")
+                .is_some()
+        );
+        assert_eq!(fs::read(&target).expect("landed"), b"abcdef");
+        fs::remove_file(&target).expect("consumer took it");
+        assert_eq!(s.open(1, &open).expect("reopen"), Applied::AlreadyCommitted);
+        assert!(
+            s.commit(1, &commit_for(b"abcdef"))
+                .expect("again")
+                .is_none()
+        );
+        assert!(
+            !target.exists(),
+            "a committed transfer is never written again"
+        );
+    }
+
+    #[test]
+    fn a_digest_mismatch_discards_the_partial() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = sink(dir.path());
+        s.open(
+            2,
+            &OpenFile {
+                path: "x".into(),
+                size: 3,
+                mtime_ns: 0,
+            },
+        )
+        .expect("open");
+        s.write(2, 0, b"abc").expect("write");
+        assert!(matches!(
+            s.commit(2, &commit_for(b"abd")),
+            Err(SinkError::DigestMismatch { .. })
+        ));
+        assert!(!dir.path().join("dest/x").exists());
+        assert_eq!(
+            fs::read_dir(dir.path().join("staging"))
+                .expect("ls")
+                .count(),
+            1,
+            "only done.log is left"
+        );
+    }
+
+    #[test]
+    fn a_partial_resumes_across_a_restart_and_an_interrupted_commit_is_finished() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let open = OpenFile {
+            path: "r.bin".into(),
+            size: 4,
+            mtime_ns: 0,
+        };
+        {
+            let mut s = sink(dir.path());
+            s.open(3, &open).expect("open");
+            s.write(3, 0, b"ab").expect("write");
+        }
+        let mut s = sink(dir.path());
+        s.open(3, &open).expect("reopen keeps the partial");
+        s.write(3, 2, b"cd").expect("resume at 2");
+        assert!(s.commit(3, &commit_for(b"abcd")).expect("commit").is_some());
+        assert_eq!(
+            fs::read(dir.path().join("dest/r.bin")).expect("landed"),
+            b"abcd"
+        );
+
+        // Simulate a crash after the done record and before the rename.
+        s.open(
+            4,
+            &OpenFile {
+                path: "late.bin".into(),
+                size: 1,
+                mtime_ns: 0,
+            },
+        )
+        .expect("open");
+        s.write(4, 0, b"z").expect("write");
+        s.done.record(4).expect("record");
+        drop(s);
+        let _s = sink(dir.path());
+        assert_eq!(
+            fs::read(dir.path().join("dest/late.bin")).expect("recovered"),
+            b"z"
+        );
+    }
+
+    #[test]
+    fn names_that_escape_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = sink(dir.path());
+        std::os::unix::fs::symlink("/tmp", dir.path().join("dest/link")).expect("symlink");
+        for name in ["../evil", "/etc/x", "link/evil"] {
+            let r = s.open(
+                9,
+                &OpenFile {
+                    path: name.into(),
+                    size: 1,
+                    mtime_ns: 0,
+                },
+            );
+            assert!(
+                matches!(r, Err(SinkError::BadName { .. } | SinkError::Escape(_))),
+                "{name}: {r:?}"
+            );
+        }
+        let r = s.write(9, 0, b"x");
+        assert!(matches!(r, Err(SinkError::NotOpen(9))));
+        s.open(
+            10,
+            &OpenFile {
+                path: "o".into(),
+                size: 1,
+                mtime_ns: 0,
+            },
+        )
+        .expect("open");
+        assert!(matches!(
+            s.write(10, 1, b"x"),
+            Err(SinkError::OutOfRange { .. })
+        ));
+    }
+}

@@ -1,0 +1,88 @@
+//! Sinks: where a pipe's transfers land. A new kind of sink (a database table, a record stream)
+//! is a new module implementing [`Sink`]; the link driver does not change.
+
+pub mod directory;
+pub mod done_log;
+
+use gapsync_protocol::{Commit, OpenFile, PathError};
+
+/// What a sink did with a request that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Written (or opened) now.
+    Done,
+    /// The transfer was already committed earlier: nothing was written again.
+    AlreadyCommitted,
+}
+
+/// Details of a file made durable and visible, for the delivery log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub path: String,
+    pub size: u64,
+    pub digest_hex: String,
+    pub elapsed: std::time::Duration,
+}
+
+/// Why a request was refused (answered FAIL), sorted by who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("name {name:?} refused: {source}")]
+    BadName { name: String, source: PathError },
+    #[error("name {0:?} would leave the destination folder through a symlink or a non-folder")]
+    Escape(String),
+    #[error("transfer {0:016x} was not opened in this connection")]
+    NotOpen(u64),
+    #[error(
+        "transfer {transfer:016x} was reopened as {new_path:?}, {new_size} bytes; it was {old_path:?}, {old_size} bytes"
+    )]
+    Reopened {
+        transfer: u64,
+        old_path: String,
+        old_size: u64,
+        new_path: String,
+        new_size: u64,
+    },
+    #[error("data at offset {offset} + {len} bytes is past the announced size {size}")]
+    OutOfRange { offset: u64, len: usize, size: u64 },
+    #[error(
+        "size mismatch at commit: announced {announced}, committed {committed}, staged {staged}"
+    )]
+    SizeMismatch {
+        announced: u64,
+        committed: u64,
+        staged: u64,
+    },
+    #[error(
+        "digest mismatch at commit of {path:?}: the partial was lost or the source changed; the sender will resend from the start"
+    )]
+    DigestMismatch { path: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl SinkError {
+    /// True when the sender is at fault (bad names, protocol misuse) rather than this host.
+    pub fn is_peer_fault(&self) -> bool {
+        !matches!(
+            self,
+            SinkError::Io { .. } | SinkError::DigestMismatch { .. }
+        )
+    }
+}
+
+/// A landing place for one pipe's transfers. Calls for one pipe are serialised by the caller.
+pub trait Sink: Send {
+    /// Opens (or reopens after a reconnect or restart) transfer `transfer`.
+    fn open(&mut self, transfer: u64, open: &OpenFile) -> Result<Applied, SinkError>;
+    /// Writes `data` at `offset`. Writing the same chunk twice is harmless.
+    fn write(&mut self, transfer: u64, offset: u64, data: &[u8]) -> Result<Applied, SinkError>;
+    /// Verifies the digest, makes the file durable and visible, records the transfer as done.
+    fn commit(&mut self, transfer: u64, commit: &Commit) -> Result<Option<Delivered>, SinkError>;
+    /// Transfers open but not committed.
+    fn partials(&self) -> usize;
+}

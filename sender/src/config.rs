@@ -1,0 +1,179 @@
+//! The sender's config file: parsed into [`RawConfig`], then checked into [`Config`] with every
+//! problem reported at once.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gapsync_daemon::config::{abs, check_name};
+use gapsync_daemon::logging::LogFormat;
+use gapsync_protocol::{Profile, RawProfile};
+use serde::Deserialize;
+
+/// Default for `summary_interval`.
+pub const DEFAULT_SUMMARY: Duration = Duration::from_secs(60);
+/// Default for a pipe's `max_attempts`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Default for a pipe's `settle`: how long a file must be unchanged before a scan takes it.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
+/// Default for a pipe's `poll_interval`.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node: Option<String>,
+    pub profile: Option<String>,
+    pub profiles_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    pub log_level: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub summary_interval: Option<Duration>,
+    #[serde(default)]
+    pub profile_overrides: RawProfile,
+    #[serde(default)]
+    pub pipe: Vec<RawPipe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipe {
+    pub name: Option<String>,
+    pub spool: Option<PathBuf>,
+    pub gate: Option<String>,
+    pub after_send: Option<AfterSend>,
+    pub sent_dir: Option<PathBuf>,
+    pub quarantine_dir: Option<PathBuf>,
+    pub max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub settle: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+}
+
+/// What happens to a spool file once the receiver confirmed its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterSend {
+    Delete,
+    Move,
+}
+
+/// One pipe: files in `spool` go to `gate`.
+#[derive(Debug, Clone)]
+pub struct PipeConfig {
+    pub name: String,
+    pub spool: PathBuf,
+    pub gate: String,
+    pub after_send: AfterSend,
+    pub sent_dir: PathBuf,
+    pub quarantine_dir: PathBuf,
+    pub max_attempts: u32,
+    pub settle: Duration,
+    pub poll_interval: Duration,
+    /// Where this pipe's in-flight records live.
+    pub state_dir: PathBuf,
+}
+
+/// A checked sender config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub profile: Profile,
+    pub state_dir: PathBuf,
+    pub log_dir: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub summary_interval: Duration,
+    pub pipes: Vec<PipeConfig>,
+}
+
+impl Config {
+    /// Loads and checks `path`, reporting every problem at once.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        gapsync_daemon::config::load(path, Self::check)
+    }
+
+    fn check(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
+        let mut p = Vec::new();
+        let node = raw.node.unwrap_or_default();
+        check_name(&mut p, "`node`", &node);
+        let profile = gapsync_daemon::config::profile(
+            &mut p,
+            raw.profile.as_deref(),
+            base,
+            raw.profiles_dir.as_deref(),
+            &raw.profile_overrides,
+        );
+        let state_dir = raw.state_dir.map(|d| abs(base, &d));
+        if state_dir.is_none() {
+            p.push("`state_dir` is missing, e.g. state_dir = \"/var/lib/gapsync\"".into());
+        }
+        let level = gapsync_daemon::config::log_level(&mut p, raw.log_level);
+        if raw.pipe.is_empty() {
+            p.push("no [[pipe]] is configured: add one with name, spool and gate".into());
+        }
+        let mut pipes = Vec::new();
+        let mut names = HashSet::new();
+        for (i, rp) in raw.pipe.into_iter().enumerate() {
+            let label = format!(
+                "[[pipe]] #{} ({})",
+                i + 1,
+                rp.name.as_deref().unwrap_or("unnamed")
+            );
+            let name = rp.name.unwrap_or_default();
+            check_name(&mut p, &format!("{label}: `name`"), &name);
+            if !names.insert(name.clone()) {
+                p.push(format!("{label}: pipe name {name:?} is used twice"));
+            }
+            let gate = rp.gate.unwrap_or_default();
+            if gate
+                .rsplit_once(':')
+                .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+            {
+                p.push(format!("{label}: `gate` = {gate:?} must be host:port of the gate (or the receiver), e.g. \"192.0.2.131:28101\""));
+            }
+            if rp.max_attempts == Some(0) {
+                p.push(format!("{label}: `max_attempts` must be at least 1"));
+            }
+            let Some(spool) = rp.spool.map(|d| abs(base, &d)) else {
+                p.push(format!("{label}: `spool` is missing"));
+                continue;
+            };
+            let Some(sd) = &state_dir else { continue };
+            let pipe_state = sd.join("sender").join(&name);
+            pipes.push(PipeConfig {
+                after_send: rp.after_send.unwrap_or(AfterSend::Delete),
+                sent_dir: rp
+                    .sent_dir
+                    .map_or_else(|| pipe_state.join("sent"), |d| abs(base, &d)),
+                quarantine_dir: rp
+                    .quarantine_dir
+                    .map_or_else(|| pipe_state.join("quarantine"), |d| abs(base, &d)),
+                max_attempts: rp.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                settle: rp.settle.unwrap_or(DEFAULT_SETTLE),
+                poll_interval: rp.poll_interval.unwrap_or(DEFAULT_POLL),
+                state_dir: pipe_state,
+                name,
+                spool,
+                gate,
+            });
+        }
+        match (p.is_empty(), profile, state_dir) {
+            (true, Some(profile), Some(state_dir)) => Ok(Config {
+                node,
+                profile,
+                state_dir,
+                log_dir: raw.log_dir.map(|d| abs(base, &d)),
+                log_format: raw.log_format,
+                log_level: level,
+                summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
+                pipes,
+            }),
+            _ => Err(p),
+        }
+    }
+}

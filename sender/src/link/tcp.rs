@@ -1,0 +1,231 @@
+//! The TCP link: connect through the gate, handshake, and keep the window full. One `select!`
+//! over the reply bytes, the session's timer, new files from the source and shutdown.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use gapsync_daemon::ratelimit::RateLimiter;
+use gapsync_protocol::{Hello, PROTOCOL_VERSION, SenderEvent, SenderSession};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::pipe::{IdSource, PipeWorker};
+use crate::source::SourceEvent;
+
+/// How a connection ended.
+enum Ended {
+    Shutdown,
+    /// Failed; `accepted` says whether the handshake had succeeded.
+    Failed {
+        accepted: bool,
+    },
+}
+
+/// Runs a pipe until shutdown: connect, send, and on any failure back off and resume.
+pub async fn run(
+    mut w: PipeWorker,
+    node: String,
+    ids: std::sync::Arc<IdSource>,
+    mut rx: mpsc::Receiver<SourceEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limiter = RateLimiter::new(Duration::from_secs(60));
+    let (min, max) = (
+        w.profile.reconnect_backoff_min,
+        w.profile.reconnect_backoff_max,
+    );
+    let mut backoff = min;
+    loop {
+        let connected = tokio::select! {
+            c = connect(&w) => c,
+            _ = shutdown.changed() => return,
+        };
+        match connected {
+            Ok(stream) => {
+                let ended = drive(
+                    &mut w,
+                    &node,
+                    ids.session(),
+                    stream,
+                    &mut rx,
+                    &mut shutdown,
+                    &limiter,
+                )
+                .await;
+                w.stats.connected.store(0, Relaxed);
+                w.on_disconnect();
+                match ended {
+                    Ended::Shutdown => return,
+                    Ended::Failed { accepted: true } => backoff = min,
+                    Ended::Failed { accepted: false } => {}
+                }
+                w.stats.reconnects.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                if let Some(suppressed) = limiter.check("connect", Instant::now()) {
+                    tracing::warn!(pipe = %w.cfg.name, gate = %w.cfg.gate, error = %e, retry_in = %humantime::format_duration(backoff), suppressed, "cannot connect to the gate");
+                }
+            }
+        }
+        let until = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                ev = rx.recv() => match ev {
+                    Some(ev) => w.on_source(ev),
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+async fn connect(w: &PipeWorker) -> anyhow::Result<TcpStream> {
+    let p = &w.profile;
+    let attempt = async {
+        let addr = tokio::net::lookup_host(&w.cfg.gate)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{} does not resolve to an address", w.cfg.gate))?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(n) = p.socket_buffer_bytes {
+            let _ = socket.set_send_buffer_size(n);
+        }
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        anyhow::Ok(stream)
+    };
+    tokio::time::timeout(p.connect_timeout, attempt)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no connection within connect_timeout ({})",
+                humantime::format_duration(p.connect_timeout)
+            )
+        })?
+}
+
+async fn drive(
+    w: &mut PipeWorker,
+    node: &str,
+    session_id: u64,
+    stream: TcpStream,
+    rx: &mut mpsc::Receiver<SourceEvent>,
+    shutdown: &mut watch::Receiver<bool>,
+    limiter: &RateLimiter,
+) -> Ended {
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node: node.to_owned(),
+        pipe: w.cfg.name.clone(),
+        session_id,
+        profile: w.profile.summary(),
+    };
+    let mut s = SenderSession::new(&w.profile, &hello, Instant::now());
+    let write_timeout = w.profile.ack_timeout.max(w.profile.handshake_timeout);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut replies = [0u8; 4096];
+    let mut accepted = false;
+    let (pipe, gate) = (w.cfg.name.clone(), w.cfg.gate.clone());
+    let warn = |what: &str, detail: String| {
+        if let Some(suppressed) = limiter.check(what, Instant::now()) {
+            tracing::warn!(pipe = %pipe, gate = %gate, suppressed, "{what}: {detail}; reconnecting");
+        }
+    };
+    loop {
+        while let Some(ev) = s.poll_event() {
+            match &ev {
+                SenderEvent::HandshakeAccepted => {
+                    accepted = true;
+                    w.stats.connected.store(1, Relaxed);
+                    tracing::info!(pipe = %w.cfg.name, gate = %w.cfg.gate, session = session_id, queued = w.depth(), "connected");
+                }
+                SenderEvent::TimedOut(info) => warn(
+                    "no answer within the ack timeout",
+                    format!("{:?} frame {}", info.kind, info.sequence),
+                ),
+                SenderEvent::Violation(e) => {
+                    warn("the reply stream broke the protocol", e.to_string())
+                }
+                _ => {}
+            }
+            w.on_event(&ev);
+        }
+        if s.is_closed() {
+            return Ended::Failed { accepted };
+        }
+        while s.can_send() {
+            let Some((kind, transfer, offset)) = tokio::task::block_in_place(|| w.next_frame())
+            else {
+                break;
+            };
+            if let Err(e) = s.send(kind, transfer, offset, &w.buf, Instant::now()) {
+                tracing::error!(pipe = %w.cfg.name, error = %e, "internal: a frame did not fit the session");
+                return Ended::Failed { accepted };
+            }
+            if let Err(e) = flush(&mut s, &mut wr, write_timeout).await {
+                warn("cannot write to the gate", e);
+                return Ended::Failed { accepted };
+            }
+        }
+        if let Err(e) = flush(&mut s, &mut wr, write_timeout).await {
+            warn("cannot write to the gate", e);
+            return Ended::Failed { accepted };
+        }
+        let deadline = s.next_deadline().map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(3600),
+            tokio::time::Instant::from_std,
+        );
+        tokio::select! {
+            r = rd.read(&mut replies) => match r {
+                Ok(0) if !accepted => {
+                    warn("the receiver closed the connection during the handshake without answering", "its pipe, node, profile or allow-list does not accept this sender (the receiver's log says which)".into());
+                    return Ended::Failed { accepted };
+                }
+                Ok(0) => {
+                    warn("the gate or receiver closed the connection", format!("{} frame(s) unanswered", s.in_flight()));
+                    return Ended::Failed { accepted };
+                }
+                Ok(n) => s.on_bytes(&replies[..n], Instant::now()),
+                Err(e) => {
+                    warn("connection lost", e.to_string());
+                    return Ended::Failed { accepted };
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => s.handle_timeout(Instant::now()),
+            ev = rx.recv() => match ev {
+                Some(ev) => w.on_source(ev),
+                None => return Ended::Shutdown,
+            },
+            _ = shutdown.changed() => return Ended::Shutdown,
+        }
+    }
+}
+
+async fn flush(
+    s: &mut SenderSession,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    limit: Duration,
+) -> Result<(), String> {
+    if s.pending_output().is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(limit, wr.write_all(s.pending_output())).await {
+        Ok(Ok(())) => {
+            s.clear_output();
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the gate accepted no bytes for {}",
+            humantime::format_duration(limit)
+        )),
+    }
+}

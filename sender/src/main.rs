@@ -1,0 +1,181 @@
+//! # gapsync-sender
+//!
+//! The inside daemon: takes complete files from spool folders and sends them through the gate,
+//! exactly once, resuming after any cut, crash or restart.
+//!
+//! ```text
+//!  spool/ --source--> PipeWorker (queue, in-flight records) --frames--> SenderSession --TCP--> gate
+//!                          ^                                                 |
+//!                          +------------- one OK/FAIL byte per frame --------+
+//! ```
+
+mod config;
+mod link;
+mod pipe;
+mod source;
+mod state;
+mod transfer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::pipe::{IdSource, PipeStats, PipeWorker};
+use crate::source::spool::{self, SpoolConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gapsync-sender",
+    version,
+    about = "Sends files from spool folders through an isolation gate to a gapsync receiver, exactly once."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the sender until SIGTERM or Ctrl-C.
+    Run {
+        /// Sender config file (TOML); see examples/sender.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file and its hardware profile, print every problem, exit non-zero if any.
+    CheckConfig {
+        /// Sender config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match Cli::parse().command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK (node {}, profile {}, {} pipe(s))",
+                    config.display(),
+                    c.node,
+                    c.profile.name,
+                    c.pipes.len()
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                std::process::ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => match run(&config) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gapsync-sender: {e:#}");
+                tracing::error!("stopped: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let _log = gapsync_daemon::logging::init(
+        "gapsync-sender",
+        config.log_dir.as_deref(),
+        config.log_format,
+        &config.log_level,
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let session = state::next_session(&config.state_dir)?;
+    let ids = Arc::new(IdSource::new(session));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut stats = Vec::new();
+    for pc in &config.pipes {
+        let pipe_stats = Arc::new(PipeStats::default());
+        let worker = PipeWorker::new(
+            pc.clone(),
+            config.profile.clone(),
+            ids.clone(),
+            pipe_stats.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "pipe {}: cannot open its state in {}",
+                pc.name,
+                pc.state_dir.display()
+            )
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let scfg = SpoolConfig {
+            pipe: pc.name.clone(),
+            spool: pc.spool.clone(),
+            exclude: vec![pc.sent_dir.clone(), pc.quarantine_dir.clone()],
+            settle: pc.settle,
+            poll_interval: pc.poll_interval,
+        };
+        spool::spawn(scfg, tx).with_context(|| {
+            format!(
+                "pipe {}: cannot watch spool {}",
+                pc.name,
+                pc.spool.display()
+            )
+        })?;
+        tasks.push(tokio::spawn(link::tcp::run(
+            worker,
+            config.node.clone(),
+            ids.clone(),
+            rx,
+            stop_rx.clone(),
+        )));
+        stats.push((pc.name.clone(), pipe_stats));
+    }
+    tracing::info!(node = %config.node, profile = %config.profile.name, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");
+    gapsync_daemon::notify_ready();
+    let mut summary = tokio::time::interval(config.summary_interval);
+    summary.tick().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let log_summary = || {
+        for (name, s) in &stats {
+            tracing::info!(
+                pipe = %name,
+                files = s.files.load(Relaxed),
+                bytes = s.bytes.load(Relaxed),
+                wire_bytes = s.wire_bytes.load(Relaxed),
+                queued = s.queued.load(Relaxed),
+                reconnects = s.reconnects.load(Relaxed),
+                quarantined = s.quarantined.load(Relaxed),
+                state = if s.connected.load(Relaxed) == 1 { "connected" } else { "disconnected" },
+                "summary"
+            );
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = summary.tick() => log_summary(),
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    gapsync_daemon::notify_stopping();
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    log_summary();
+    Ok(())
+}

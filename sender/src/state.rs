@@ -1,0 +1,172 @@
+//! The sender's durable state: the session counter and one in-flight record per transfer.
+//!
+//! Transfer ids are `session << 32 | counter`. The session is incremented and fsynced at every
+//! start, so an id is never reused, even after kill -9. An in-flight record (id, path, size,
+//! mtime, acknowledged offset) is fsynced before the transfer's first frame, so that after a
+//! crash the same file is resent under the same id: a receiver that already committed it
+//! answers OK without writing it again.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use gapsync_daemon::durable::{create_dir_durable, write_atomic};
+use serde::{Deserialize, Serialize};
+
+/// Loads, increments and durably stores the session counter in `<state_dir>/sender/session`.
+pub fn next_session(state_dir: &Path) -> anyhow::Result<u64> {
+    let dir = state_dir.join("sender");
+    create_dir_durable(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state folder {}: {e}", dir.display()))?;
+    let path = dir.join("session");
+    let last = match fs::read_to_string(&path) {
+        Ok(t) => t.trim().parse::<u64>().map_err(|_| {
+            anyhow::anyhow!("{} is corrupt ({t:?}); it must hold the last session number. Put a number larger than any used before (e.g. the current Unix time) in it", path.display())
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    let next = last + 1;
+    anyhow::ensure!(next < 1 << 31, "session counter {next} is exhausted");
+    write_atomic(&path, format!("{next}\n").as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(next)
+}
+
+/// What is durably known about a transfer in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub transfer: u64,
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Bytes the receiver acknowledged as written (may lag behind; resending is harmless).
+    pub acked: u64,
+}
+
+/// The in-flight records of one pipe, in `<pipe state>/inflight/<id>.toml`.
+#[derive(Debug)]
+pub struct InFlightStore {
+    dir: PathBuf,
+    by_path: HashMap<String, InFlight>,
+}
+
+impl InFlightStore {
+    /// Loads every record; unreadable ones are reported and removed (their files are resent).
+    pub fn open(pipe_state: &Path) -> anyhow::Result<Self> {
+        let dir = pipe_state.join("inflight");
+        create_dir_durable(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        let mut by_path = HashMap::new();
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            match fs::read_to_string(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| Ok(toml::from_str::<InFlight>(&t)?))
+            {
+                Ok(r) => {
+                    by_path.insert(r.path.clone(), r);
+                }
+                Err(e) => {
+                    tracing::warn!(record = %path.display(), error = %e, "dropping an unreadable in-flight record; its file will be sent as a new transfer");
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(Self { dir, by_path })
+    }
+
+    fn file(&self, transfer: u64) -> PathBuf {
+        self.dir.join(format!("{transfer:016x}.toml"))
+    }
+
+    /// The record for a spool path, if one survived from an earlier run.
+    pub fn get(&self, path: &str) -> Option<&InFlight> {
+        self.by_path.get(path)
+    }
+
+    /// All records (for dropping those whose files are gone).
+    pub fn paths(&self) -> Vec<String> {
+        self.by_path.keys().cloned().collect()
+    }
+
+    /// Writes a record. `durable` fsyncs it (required before the first frame of a transfer).
+    pub fn put(&mut self, r: InFlight, durable: bool) -> io::Result<()> {
+        let text = toml::to_string(&r).map_err(io::Error::other)?;
+        let path = self.file(r.transfer);
+        if durable {
+            write_atomic(&path, text.as_bytes())?;
+        } else {
+            let tmp = path.with_extension("tmp");
+            fs::write(&tmp, text)?;
+            fs::rename(&tmp, &path)?;
+        }
+        let id = r.transfer;
+        if let Some(old) = self.by_path.insert(r.path.clone(), r) {
+            if old.transfer != id {
+                let _ = fs::remove_file(self.file(old.transfer));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the record of `path`.
+    pub fn remove(&mut self, path: &str) -> io::Result<()> {
+        if let Some(r) = self.by_path.remove(path) {
+            match fs::remove_file(self.file(r.transfer)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_increase_across_restarts() {
+        let dir = tempfile::tempdir().expect("tmp");
+        assert_eq!(next_session(dir.path()).expect("first"), 1);
+        assert_eq!(next_session(dir.path()).expect("second"), 2);
+        fs::write(dir.path().join("sender/session"), "garbage").expect("corrupt");
+        let err = next_session(dir.path()).expect_err("corrupt counter is an error");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn records_survive_reopen_and_replacing_drops_the_old_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = InFlightStore::open(dir.path()).expect("open");
+        let r = InFlight {
+            transfer: 1 << 32 | 1,
+            path: "a/b".into(),
+            size: 9,
+            mtime_ns: 5,
+            acked: 0,
+        };
+        s.put(r.clone(), true).expect("put");
+        s.put(
+            InFlight {
+                transfer: 2 << 32 | 1,
+                ..r.clone()
+            },
+            true,
+        )
+        .expect("replace");
+        let s = InFlightStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.get("a/b").map(|r| r.transfer), Some(2 << 32 | 1));
+        assert_eq!(
+            fs::read_dir(dir.path().join("inflight"))
+                .expect("ls")
+                .count(),
+            1
+        );
+    }
+}

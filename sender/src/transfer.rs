@@ -1,0 +1,238 @@
+//! One file in flight: which frame comes next, what the receiver acknowledged, and the
+//! whole-file digest computed in the same pass as the reads.
+
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
+use std::time::{Instant, UNIX_EPOCH};
+
+use gapsync_protocol::{Commit, FrameKind, OpenFile, encode_body};
+
+/// Modification time in nanoseconds since the Unix epoch (0 when unknown).
+pub fn mtime_ns(meta: &Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A file being sent.
+#[derive(Debug)]
+pub struct Transfer {
+    pub id: u64,
+    pub rel: String,
+    pub fs_path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    file: File,
+    /// Bytes `0..acked` were acknowledged as written by the receiver.
+    pub acked: u64,
+    next: u64,
+    open_sent: bool,
+    commit_sent: bool,
+    hasher: blake3::Hasher,
+    hashed: u64,
+    /// FAIL answers for this file; it is quarantined at the pipe's `max_attempts`.
+    pub failures: u32,
+    pub started: Instant,
+    /// The `acked` value last written to the in-flight record.
+    pub persisted_acked: u64,
+    /// Data bytes put on the wire, resends included.
+    pub bytes_sent: u64,
+}
+
+impl Transfer {
+    /// Starts (or resumes at `acked`) sending `file`.
+    pub fn new(
+        id: u64,
+        rel: String,
+        fs_path: PathBuf,
+        file: File,
+        meta: &Metadata,
+        acked: u64,
+    ) -> Self {
+        Self {
+            id,
+            rel,
+            fs_path,
+            size: meta.len(),
+            mtime_ns: mtime_ns(meta),
+            file,
+            acked: acked.min(meta.len()),
+            next: acked.min(meta.len()),
+            open_sent: false,
+            commit_sent: false,
+            hasher: blake3::Hasher::new(),
+            hashed: 0,
+            failures: 0,
+            started: Instant::now(),
+            persisted_acked: acked,
+            bytes_sent: 0,
+        }
+    }
+
+    /// After a reconnect: resend the Open, then everything not acknowledged.
+    pub fn rewind(&mut self) {
+        self.next = self.acked;
+        self.open_sent = false;
+        self.commit_sent = false;
+    }
+
+    /// True when every frame of this transfer has been sent.
+    pub fn fully_sent(&self) -> bool {
+        self.commit_sent
+    }
+
+    /// Puts the next frame's payload in `buf` and returns its kind and offset, or `None` when
+    /// everything was sent. Data frames carry at most `chunk` bytes.
+    pub fn next_frame(
+        &mut self,
+        chunk: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<Option<(FrameKind, u64)>> {
+        buf.clear();
+        if !self.open_sent {
+            self.open_sent = true;
+            let open = OpenFile {
+                path: self.rel.clone(),
+                size: self.size,
+                mtime_ns: self.mtime_ns,
+            };
+            buf.extend_from_slice(&encode_body(&open));
+            return Ok(Some((FrameKind::Open, 0)));
+        }
+        if self.next < self.size {
+            self.hash_up_to(self.next, buf)?;
+            let len = (self.size - self.next).min(chunk as u64) as usize;
+            buf.resize(len, 0);
+            self.file.read_exact_at(buf, self.next)?;
+            if self.hashed == self.next {
+                self.hasher.update(buf);
+                self.hashed += len as u64;
+            }
+            let offset = self.next;
+            self.next += len as u64;
+            self.bytes_sent += len as u64;
+            return Ok(Some((FrameKind::Data, offset)));
+        }
+        if !self.commit_sent {
+            self.hash_up_to(self.size, buf)?;
+            buf.clear();
+            self.commit_sent = true;
+            let commit = Commit {
+                size: self.size,
+                digest: *self.hasher.finalize().as_bytes(),
+            };
+            buf.extend_from_slice(&encode_body(&commit));
+            return Ok(Some((FrameKind::Commit, 0)));
+        }
+        Ok(None)
+    }
+
+    /// Hashes bytes not yet hashed below `upto` (after a restart resumed past them).
+    fn hash_up_to(&mut self, upto: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        const STEP: u64 = 1 << 20;
+        while self.hashed < upto {
+            let len = (upto - self.hashed).min(STEP) as usize;
+            buf.resize(len, 0);
+            self.file.read_exact_at(buf, self.hashed)?;
+            self.hasher.update(buf);
+            self.hashed += len as u64;
+        }
+        Ok(())
+    }
+
+    /// Records an acknowledgement; true when it was the commit's (the file is delivered).
+    pub fn on_ack(&mut self, kind: FrameKind, offset: u64, len: u32) -> bool {
+        match kind {
+            FrameKind::Data => {
+                self.acked = self.acked.max(offset + u64::from(len));
+                false
+            }
+            FrameKind::Commit => true,
+            _ => false,
+        }
+    }
+
+    /// True when the file on disk still has the size and mtime it had when the transfer began.
+    pub fn unchanged(&self) -> bool {
+        std::fs::metadata(&self.fs_path)
+            .is_ok_and(|m| m.len() == self.size && mtime_ns(&m) == self.mtime_ns)
+    }
+
+    /// The whole-file digest (hex), once everything was hashed.
+    pub fn digest_hex(&self) -> String {
+        self.hasher.finalize().to_hex().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gapsync_protocol::decode_body;
+
+    fn transfer(data: &[u8], acked: u64) -> (tempfile::TempDir, Transfer) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("f");
+        std::fs::write(&p, data).expect("write");
+        let f = File::open(&p).expect("open");
+        let meta = f.metadata().expect("meta");
+        (dir, Transfer::new(7, "f".into(), p, f, &meta, acked))
+    }
+
+    fn frames(t: &mut Transfer, chunk: usize) -> Vec<(FrameKind, u64, Vec<u8>)> {
+        let mut buf = Vec::new();
+        std::iter::from_fn(|| {
+            t.next_frame(chunk, &mut buf)
+                .expect("read")
+                .map(|(k, o)| (k, o, buf.clone()))
+        })
+        .collect()
+    }
+
+    #[test]
+    fn frames_are_open_data_commit_with_the_digest_of_the_whole_file() {
+        let data: Vec<u8> = (0..25u8).collect();
+        let (_d, mut t) = transfer(&data, 0);
+        let f = frames(&mut t, 10);
+        let kinds: Vec<_> = f.iter().map(|x| (x.0, x.1)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (FrameKind::Open, 0),
+                (FrameKind::Data, 0),
+                (FrameKind::Data, 10),
+                (FrameKind::Data, 20),
+                (FrameKind::Commit, 0)
+            ]
+        );
+        let c: Commit = decode_body("commit", &f[4].2).expect("commit");
+        assert_eq!(c.digest, *blake3::hash(&data).as_bytes());
+    }
+
+    #[test]
+    fn a_resumed_transfer_sends_only_the_rest_and_still_has_the_full_digest() {
+        let data: Vec<u8> = (0..25u8).collect();
+        let (_d, mut t) = transfer(&data, 20);
+        let f = frames(&mut t, 10);
+        assert_eq!(f.len(), 3, "open, the last 5 bytes, commit");
+        assert_eq!(f[1].1, 20);
+        let c: Commit = decode_body("commit", &f[2].2).expect("commit");
+        assert_eq!(c.digest, *blake3::hash(&data).as_bytes());
+        t.on_ack(FrameKind::Data, 20, 5);
+        t.rewind();
+        assert_eq!(
+            frames(&mut t, 10).len(),
+            2,
+            "after a reconnect: open and commit only"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_open_then_commit() {
+        let (_d, mut t) = transfer(b"", 0);
+        let kinds: Vec<_> = frames(&mut t, 10).into_iter().map(|x| x.0).collect();
+        assert_eq!(kinds, [FrameKind::Open, FrameKind::Commit]);
+    }
+}
