@@ -1,0 +1,78 @@
+//! The receiver's command line: check-config on the example, and a refusal to start without an
+//! allow-list.
+
+use std::path::Path;
+use std::process::Command;
+
+const EXE: &str = env!("CARGO_BIN_EXE_gapsync-receiver");
+
+fn check(config: &Path) -> (bool, String) {
+    let out = Command::new(EXE)
+        .arg("check-config")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_example_config_passes_check_config() {
+    let (ok, out) = check(&Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/receiver.toml"
+    )));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn without_an_allow_list_the_receiver_refuses_to_start_and_says_how_to_fix_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("r.toml");
+    std::fs::write(
+        &cfg,
+        "node = \"o\"\nprofile = \"syskeeper-2000\"\nlisten = \"127.0.0.1:0\"\nstate_dir = \"/tmp/r\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"/tmp/d\"\n",
+    )
+    .expect("write");
+    let (ok, out) = check(&cfg);
+    assert!(!ok);
+    assert!(
+        out.contains("`allow` is not set") && out.contains("allow = ["),
+        "{out}"
+    );
+    let run = Command::new(EXE)
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("`allow` is not set"));
+}
+
+#[test]
+fn a_profile_with_a_bad_ok_byte_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("r.toml");
+    std::fs::write(
+        &cfg,
+        "node = \"o\"\nprofile = \"syskeeper-2000\"\nlisten = \"127.0.0.1:0\"\nallow = [\"10.0.0.0/8\", \"nonsense\"]\nstate_dir = \"/tmp/r\"\n[profile_overrides]\nok_byte = 1\nwindow = 0\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"/tmp/d\"\n",
+    )
+    .expect("write");
+    let (ok, out) = check(&cfg);
+    assert!(!ok);
+    for needle in [
+        "0x00 or 0xFF",
+        "`window` = 0",
+        "\"nonsense\" is not a network",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}

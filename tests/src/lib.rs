@@ -1,0 +1,529 @@
+//! Test harness for black-box tests of the real gapsync binaries over loopback.
+//!
+//! A [`Lab`] is a temporary folder with a spool, a destination, state and log folders, and the
+//! three processes (receiver, gate simulator, sender) started from the workspace's build. Every
+//! process is killed when the lab is dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gapsync_protocol::{Profile, RawProfile};
+
+/// The folder holding the workspace's binaries (the one this test binary was built into).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("GAPSYNC_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary; panics with the command to build it if it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so every binary is built",
+        p.display()
+    );
+    p
+}
+
+/// The shipped hardware profiles folder.
+pub fn profiles_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../hardware-profiles")
+}
+
+/// A shipped profile, checked.
+pub fn profile(name: &str) -> Profile {
+    let text =
+        std::fs::read_to_string(profiles_dir().join(format!("{name}.toml"))).expect("profile file");
+    Profile::try_from(RawProfile::from_toml(&text).expect("toml")).expect("valid profile")
+}
+
+/// A running process, killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    pub name: String,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, exe: &Path, args: &[String], dir: &Path) -> Proc {
+        let stderr = dir.join(format!("{name}.stderr"));
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr)
+            .expect("stderr file");
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(err.try_clone().expect("dup"))
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        Proc {
+            child,
+            name: name.to_owned(),
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// kill -9, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        self.child.wait().expect("wait")
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Peak resident memory (VmHWM) in KiB, from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Concatenated log files of a folder (all days).
+pub fn read_logs(dir: &Path) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), fast enough for hundreds of MiB.
+pub fn fill(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes a file of `len` pseudo-random bytes (via a temporary name, then rename, as operators
+/// must), creating folders. Returns its BLAKE3 hex digest.
+pub fn make_file(path: &Path, len: usize, seed: u64) -> String {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let data = fill(seed, len);
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().expect("name").to_string_lossy()
+    ));
+    std::fs::write(&tmp, &data).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+    blake3::hash(&data).to_hex().to_string()
+}
+
+/// Every regular file under `dir` (dot-folders included) as relative path -> BLAKE3 hex.
+pub fn tree(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                walk(root, &p, out);
+            } else if ft.is_file() {
+                let rel = p
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .to_string_lossy()
+                    .into_owned();
+                let data = std::fs::read(&p).unwrap_or_default();
+                out.insert(rel, blake3::hash(&data).to_hex().to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Number of regular files under `dir`.
+pub fn count_files(dir: &Path) -> usize {
+    tree_sizes(dir).len()
+}
+
+/// Every regular file under `dir` as relative path -> size (cheap, for watching).
+pub fn tree_sizes(dir: &Path) -> BTreeMap<String, u64> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                walk(root, &p, out);
+            } else if m.is_file() {
+                out.insert(
+                    p.strip_prefix(root)
+                        .expect("under root")
+                        .to_string_lossy()
+                        .into_owned(),
+                    m.len(),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Sender, gate simulator and receiver around one pipe `scada` from `plant-a`.
+#[derive(Debug)]
+pub struct Lab {
+    pub root: tempfile::TempDir,
+    pub spool: PathBuf,
+    pub dest: PathBuf,
+    pub profile: String,
+    /// Extra top-level TOML for the receiver config (e.g. `[profile_overrides]`).
+    pub receiver_extra: String,
+    /// Extra top-level TOML for the sender config.
+    pub sender_extra: String,
+    /// Extra keys inside the sender's `[[pipe]]`.
+    pub sender_pipe_extra: String,
+    pub allow: String,
+    pub sender_pipe_name: String,
+    pub receiver: Option<Proc>,
+    pub receiver_addr: Option<SocketAddr>,
+    pub sim: Option<Proc>,
+    pub sim_addr: Option<SocketAddr>,
+    pub sender: Option<Proc>,
+}
+
+impl Lab {
+    pub fn new(profile: &str) -> Lab {
+        let root = tempfile::Builder::new()
+            .prefix("gapsync-lab-")
+            .tempdir()
+            .expect("tempdir");
+        let spool = root.path().join("spool");
+        let dest = root.path().join("dest");
+        std::fs::create_dir_all(&spool).expect("spool");
+        std::fs::create_dir_all(&dest).expect("dest");
+        Lab {
+            spool,
+            dest,
+            profile: profile.to_owned(),
+            receiver_extra: String::new(),
+            // Quick reconnects keep fault tests short; the receiver does not compare these.
+            sender_extra: "[profile_overrides]\nreconnect_backoff_min = \"50ms\"\nreconnect_backoff_max = \"500ms\"\n".into(),
+            sender_pipe_extra: String::new(),
+            allow: "[\"127.0.0.0/8\"]".into(),
+            sender_pipe_name: "scada".into(),
+            root,
+            receiver: None,
+            receiver_addr: None,
+            sim: None,
+            sim_addr: None,
+            sender: None,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    fn q(p: &Path) -> String {
+        format!("{:?}", p.display().to_string())
+    }
+
+    /// Writes receiver.toml (listening on the port of the previous start, or a free one).
+    pub fn receiver_config(&self) -> PathBuf {
+        let listen = self
+            .receiver_addr
+            .map_or("127.0.0.1:0".to_owned(), |a| a.to_string());
+        let mut t = String::new();
+        let _ = write!(
+            t,
+            "node = \"outside-1\"\nprofile = {:?}\nprofiles_dir = {}\nlisten = {listen:?}\nallow = {}\nstate_dir = {}\nlog_dir = {}\n{}\n[[pipe]]\nname = \"scada\"\nfrom = \"plant-a\"\ndest = {}\n",
+            self.profile,
+            Self::q(&profiles_dir()),
+            self.allow,
+            Self::q(&self.path("rstate")),
+            Self::q(&self.path("rlogs")),
+            self.receiver_extra,
+            Self::q(&self.dest),
+        );
+        let p = self.path("receiver.toml");
+        std::fs::write(&p, t).expect("write receiver.toml");
+        p
+    }
+
+    /// Writes sender.toml pointing at the simulator, or straight at the receiver.
+    pub fn sender_config(&self) -> PathBuf {
+        let gate = self
+            .sim_addr
+            .or(self.receiver_addr)
+            .expect("start the receiver first");
+        let mut t = String::new();
+        let _ = write!(
+            t,
+            "node = \"plant-a\"\nprofile = {:?}\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\n{}\n[[pipe]]\nname = {:?}\nspool = {}\ngate = \"{gate}\"\nafter_send = \"delete\"\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n{}\n",
+            self.profile,
+            Self::q(&profiles_dir()),
+            Self::q(&self.path("sstate")),
+            Self::q(&self.path("slogs")),
+            self.sender_extra,
+            self.sender_pipe_name,
+            Self::q(&self.spool),
+            self.sender_pipe_extra,
+        );
+        let p = self.path("sender.toml");
+        std::fs::write(&p, t).expect("write sender.toml");
+        p
+    }
+
+    /// Starts the receiver and waits for its `listening` line.
+    pub fn start_receiver(&mut self) {
+        let cfg = self.receiver_config();
+        let before = self.receiver_log().matches(" listening ").count();
+        let args = vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            cfg.display().to_string(),
+        ];
+        self.receiver = Some(Proc::spawn(
+            "receiver",
+            &bin("gapsync-receiver"),
+            &args,
+            self.root.path(),
+        ));
+        let mut addr = None;
+        wait_until(
+            "the receiver's listening line",
+            Duration::from_secs(20),
+            || {
+                let log = self.receiver_log();
+                if log.matches(" listening ").count() > before {
+                    addr = log
+                        .rsplit(" listening ")
+                        .next()
+                        .and_then(|l| l.split("addr=").nth(1))
+                        .and_then(|a| a.split_whitespace().next())
+                        .and_then(|a| a.parse().ok());
+                }
+                if let Some(r) = self.receiver.as_mut() {
+                    assert!(
+                        r.alive() || addr.is_some(),
+                        "receiver exited: {}",
+                        r.stderr_text()
+                    );
+                }
+                addr.is_some()
+            },
+        );
+        self.receiver_addr = addr;
+    }
+
+    /// Starts the gate simulator in front of the receiver, with extra fault arguments.
+    pub fn start_sim(&mut self, extra: &[String]) {
+        let forward = self.receiver_addr.expect("start the receiver first");
+        let mut args = vec![
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--forward".to_owned(),
+            forward.to_string(),
+            "--stats-file".to_owned(),
+            self.path("sim.stats").display().to_string(),
+        ];
+        args.extend_from_slice(extra);
+        let sim = Proc::spawn(
+            "gate-sim",
+            &bin("gapsync-gate-sim"),
+            &args,
+            self.root.path(),
+        );
+        let mut addr = None;
+        wait_until(
+            "the gate simulator's listening line",
+            Duration::from_secs(10),
+            || {
+                addr = sim
+                    .stderr_text()
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|a| a.parse().ok());
+                addr.is_some()
+            },
+        );
+        self.sim = Some(sim);
+        self.sim_addr = addr;
+    }
+
+    /// Starts (or restarts) the sender.
+    pub fn start_sender(&mut self) {
+        let cfg = self.sender_config();
+        let args = vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            cfg.display().to_string(),
+        ];
+        self.sender = Some(Proc::spawn(
+            "sender",
+            &bin("gapsync-sender"),
+            &args,
+            self.root.path(),
+        ));
+    }
+
+    pub fn receiver_log(&self) -> String {
+        read_logs(&self.path("rlogs"))
+    }
+
+    pub fn sender_log(&self) -> String {
+        read_logs(&self.path("slogs"))
+    }
+
+    /// The simulator's counters.
+    pub fn sim_stats(&self) -> HashMap<String, u64> {
+        std::fs::read_to_string(self.path("sim.stats"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.split_once('=')
+                    .and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            })
+            .collect()
+    }
+
+    /// Both logs and the simulator's output, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let tail = |s: String| {
+            s.lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        format!(
+            "--- receiver log ---\n{}\n--- sender log ---\n{}\n--- gate sim ---\n{}",
+            tail(self.receiver_log()),
+            tail(self.sender_log()),
+            self.sim
+                .as_ref()
+                .map(|s| tail(s.stderr_text()))
+                .unwrap_or_default()
+        )
+    }
+
+    /// Waits until the destination holds `expected` exactly (same names, same contents).
+    pub fn wait_for_tree(&self, expected: &BTreeMap<String, String>, timeout: Duration) {
+        let sizes_needed = expected.len();
+        let start = Instant::now();
+        loop {
+            if count_files(&self.dest) >= sizes_needed {
+                let got = tree(&self.dest);
+                if &got == expected {
+                    return;
+                }
+            }
+            if start.elapsed() > timeout {
+                let got = tree(&self.dest);
+                let missing: Vec<_> = expected
+                    .keys()
+                    .filter(|k| !got.contains_key(*k))
+                    .take(10)
+                    .collect();
+                let wrong: Vec<_> = got
+                    .iter()
+                    .filter(|(k, v)| expected.get(*k).is_some_and(|e| e != *v))
+                    .take(10)
+                    .collect();
+                let extra: Vec<_> = got
+                    .keys()
+                    .filter(|k| !expected.contains_key(*k))
+                    .take(10)
+                    .collect();
+                panic!(
+                    "destination incomplete after {timeout:?}: {} of {} files; missing {missing:?}, wrong {wrong:?}, extra {extra:?}\n{}",
+                    got.len(),
+                    expected.len(),
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Counts lines of `log` containing every one of `needles`.
+pub fn count_lines(log: &str, needles: &[&str]) -> usize {
+    log.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
