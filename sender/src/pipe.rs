@@ -17,8 +17,10 @@ use crate::source::SourceEvent;
 use crate::state::{InFlight, InFlightStore};
 use crate::transfer::{Transfer, mtime_ns};
 
-/// Acknowledged progress is written to the in-flight record every this many bytes.
-const PERSIST_EVERY: u64 = 64 << 20;
+/// Acknowledged progress is written to the in-flight record (without fsync: it only saves
+/// resending after a crash) every this many bytes or this often, whichever comes first.
+const PERSIST_EVERY: u64 = 16 << 20;
+const PERSIST_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Counters of one pipe, for the periodic summary.
 #[derive(Debug, Default)]
@@ -259,7 +261,9 @@ impl PipeWorker {
         };
         let t = &mut self.active[idx];
         if !t.on_ack(info.kind, info.offset, info.length) {
-            if t.acked >= t.persisted_acked + PERSIST_EVERY {
+            if t.acked >= t.persisted_acked + PERSIST_EVERY
+                || (t.acked > t.persisted_acked && t.persisted_at.elapsed() >= PERSIST_PERIOD)
+            {
                 self.persist(idx);
             }
             return;
@@ -278,6 +282,7 @@ impl PipeWorker {
             acked: t.acked,
         };
         t.persisted_acked = t.acked;
+        t.persisted_at = std::time::Instant::now();
         if let Err(e) = self.store.put(r, false) {
             tracing::warn!(pipe = %self.cfg.name, error = %e, "cannot record progress in the state folder; a restart would resend more");
         }

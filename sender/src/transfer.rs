@@ -38,6 +38,7 @@ pub struct Transfer {
     pub started: Instant,
     /// The `acked` value last written to the in-flight record.
     pub persisted_acked: u64,
+    pub persisted_at: Instant,
     /// Data bytes put on the wire, resends included.
     pub bytes_sent: u64,
 }
@@ -68,6 +69,7 @@ impl Transfer {
             failures: 0,
             started: Instant::now(),
             persisted_acked: acked,
+            persisted_at: Instant::now(),
             bytes_sent: 0,
         }
     }

@@ -26,8 +26,42 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// Path of a workspace binary; panics with the command to build it if it is missing.
+/// Rebuilds the daemons once per test process, so `cargo test -p gapsync-tests` never runs a
+/// stale binary (that package cannot depend on the binary-only daemon packages).
+fn ensure_built() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let Some(cargo) = std::env::var_os("CARGO") else {
+            return;
+        };
+        if std::env::var_os("GAPSYNC_BIN_DIR").is_some() {
+            return;
+        }
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "gapsync-sender",
+            "-p",
+            "gapsync-receiver",
+            "-p",
+            "gapsync-tests",
+        ])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
+        if bin_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the daemons failed");
+    });
+}
+
+/// Path of a workspace binary (rebuilt first if the sources changed).
 pub fn bin(name: &str) -> PathBuf {
+    ensure_built();
     let p = bin_dir().join(name);
     assert!(
         p.exists(),
