@@ -208,7 +208,9 @@ mod tests {
     use super::*;
     use crate::frame::encode_frame;
 
-    fn sample(envelope: Envelope) -> (Vec<u8>, Vec<(FrameKind, u64, u64, Vec<u8>)>) {
+    type Sent = (FrameKind, u64, u64, Vec<u8>);
+
+    fn sample(envelope: Envelope) -> (Vec<u8>, Vec<Sent>) {
         let frames = vec![
             (FrameKind::Hello, 0, 0, b"hello body".to_vec()),
             (FrameKind::Open, 1, 7, vec![]),

@@ -128,3 +128,20 @@ pub fn encode_frame(
     }
     Some(header)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_has_the_bytes_protocol_md_shows() {
+        let mut out = Vec::new();
+        encode_frame(Envelope::Raw, FrameKind::Heartbeat, 5, 0, 0, &[], &mut out)
+            .expect("empty payload");
+        let mut expected = Vec::from(*b"GSYN\x01\x05\x00\x00");
+        expected.extend_from_slice(&5u64.to_be_bytes());
+        expected.extend_from_slice(&[0; 24]);
+        expected.extend_from_slice(&[0xdb, 0xfd, 0x1c, 0x46]);
+        assert_eq!(out, expected);
+    }
+}

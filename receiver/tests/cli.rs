@@ -25,7 +25,7 @@ fn check(config: &Path) -> (bool, String) {
 
 #[test]
 fn the_example_config_passes_check_config() {
-    let (ok, out) = check(&Path::new(concat!(
+    let (ok, out) = check(Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/receiver.toml"
     )));

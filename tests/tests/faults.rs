@@ -116,11 +116,18 @@ fn a_swallowed_ack_and_a_stalled_gate_lose_nothing() {
         (2, 1, 0),
         "{stats:?}"
     );
+    // A stall longer than the ack timeout is found either waiting for an answer or waiting for
+    // the gate to take more bytes; both end the connection and resume on a new one.
     let slog = lab.sender_log();
     assert!(
-        slog.contains("no answer within the ack timeout"),
-        "the stall was detected by the ack timeout\n{}",
+        slog.contains("no answer within the ack timeout")
+            || slog.contains("the gate accepted no bytes for 5s"),
+        "the stall was detected\n{}",
         lab.diagnostics()
+    );
+    assert!(
+        stats["connections"] >= 4,
+        "two swallowed acks and one stall each forced a reconnect: {stats:?}"
     );
     for rel in expected.keys() {
         assert_eq!(
@@ -145,4 +152,35 @@ fn the_e_language_envelope_carries_files_through_a_reverse_gate() {
         stats["frames"] >= 12 + 3 * 5,
         "frames were counted through the envelope: {stats:?}"
     );
+}
+
+#[test]
+fn the_profile_rate_limit_paces_the_sender() {
+    // A lower bound only (the limit can make a transfer slower, never faster), so a slow
+    // machine cannot fail it.
+    let mut lab = Lab::new("loopback");
+    lab.sender_extra.push_str("rate_limit_mbit = 16\n");
+    let mut expected = BTreeMap::new();
+    expected.insert(
+        "paced.bin".to_owned(),
+        make_file(&lab.spool.join("paced.bin"), 4 << 20, 5),
+    );
+    lab.start_receiver();
+    lab.start_sender();
+    lab.wait_for_tree(&expected, Duration::from_secs(60));
+    let ms: u64 = lab
+        .sender_log()
+        .lines()
+        .find(|l| l.contains(" sent ") && l.contains("paced.bin"))
+        .and_then(|l| {
+            l.split("duration_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("sent line with duration");
+    // 4 MiB at 16 Mbit/s = 2.1 s; one frame may go out at once (burst), so at least 1 s.
+    assert!(ms >= 1000, "4 MiB at 16 Mbit/s took only {ms} ms");
 }

@@ -133,9 +133,15 @@ async fn drive(
     let (mut rd, mut wr) = stream.into_split();
     let mut replies = [0u8; 4096];
     let mut accepted = false;
+    let mut pacer = Pacer::new(w.profile.rate_limit_mbit);
     let (pipe, gate) = (w.cfg.name.clone(), w.cfg.gate.clone());
     let warn = |what: &str, detail: String| {
-        if let Some(suppressed) = limiter.check(what, Instant::now()) {
+        // Different failures are each logged; repeats of one (numbers aside) are rate-limited.
+        let key: String = format!("{what}: {detail}")
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        if let Some(suppressed) = limiter.check(&key, Instant::now()) {
             tracing::warn!(pipe = %pipe, gate = %gate, suppressed, "{what}: {detail}; reconnecting");
         }
     };
@@ -170,6 +176,7 @@ async fn drive(
                 tracing::error!(pipe = %w.cfg.name, error = %e, "internal: a frame did not fit the session");
                 return Ended::Failed { accepted };
             }
+            pacer.wait(s.pending_output().len()).await;
             if let Err(e) = flush(&mut s, &mut wr, write_timeout).await {
                 warn("cannot write to the gate", e);
                 return Ended::Failed { accepted };
@@ -227,5 +234,31 @@ async fn flush(
             "the gate accepted no bytes for {}",
             humantime::format_duration(limit)
         )),
+    }
+}
+
+/// Paces writes to the profile's `rate_limit_mbit` (a token bucket with one frame of burst).
+struct Pacer {
+    bytes_per_sec: Option<f64>,
+    next_free: tokio::time::Instant,
+}
+
+impl Pacer {
+    fn new(mbit: Option<u64>) -> Self {
+        Self {
+            bytes_per_sec: mbit.map(|m| m as f64 * 1e6 / 8.0),
+            next_free: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Waits until `n` more bytes may be written.
+    async fn wait(&mut self, n: usize) {
+        let Some(rate) = self.bytes_per_sec else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let start = self.next_free.max(now);
+        self.next_free = start + Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(start).await;
     }
 }
