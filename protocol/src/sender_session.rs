@@ -367,3 +367,98 @@ pub(crate) mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::tests::profile;
+    use super::*;
+    use crate::messages::Hello;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Send,
+        Reply(u8),
+        Wait(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Send),
+            4 => Just(Op::Reply(0xFF)),
+            1 => Just(Op::Reply(0x00)),
+            1 => any::<u8>().prop_map(Op::Reply),
+            1 => (0u64..5_000).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest! {
+        /// Against a model (a queue of sent sequence numbers): acks match frames in order, the
+        /// window is never exceeded, and the first non-OK reply or timeout closes the session
+        /// with nothing acknowledged after it.
+        #[test]
+        fn acks_follow_the_model(window in 1u32..8, ops in proptest::collection::vec(op(), 1..200)) {
+            let p = profile(window);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let hello = Hello { protocol_version: 1, node: "n".into(), pipe: "p".into(), session_id: 1, profile: p.summary() };
+            let mut s = SenderSession::new(&p, &hello, now);
+            s.on_bytes(&[0xFF], now);
+            prop_assert_eq!(s.poll_event(), Some(SenderEvent::HandshakeAccepted));
+            let mut model: VecDeque<u64> = VecDeque::new();
+            let mut next = 1u64;
+            let mut closed = false;
+            for op in ops {
+                match op {
+                    Op::Send => {
+                        let r = s.send(FrameKind::Data, 1, next * 10, b"0123456789", now);
+                        if closed || model.len() >= window as usize {
+                            prop_assert!(r.is_err());
+                        } else {
+                            prop_assert_eq!(r.map(|i| i.sequence).ok(), Some(next));
+                            model.push_back(next);
+                            next += 1;
+                        }
+                    }
+                    Op::Reply(b) => {
+                        s.on_bytes(&[b], now);
+                        if closed { continue; }
+                        let ev = s.poll_event();
+                        match model.pop_front() {
+                            None => {
+                                prop_assert!(matches!(ev, Some(SenderEvent::Violation(ProtocolError::UnsolicitedByte(_)))));
+                                closed = true;
+                            }
+                            Some(seq) if b == 0xFF => prop_assert_eq!(ev.map(|e| match e { SenderEvent::Acked(i) => i.sequence, _ => 0 }), Some(seq)),
+                            Some(seq) if b == 0x00 => {
+                                prop_assert_eq!(ev, Some(SenderEvent::Failed(FrameInfo { sequence: seq, kind: FrameKind::Data, transfer: 1, offset: seq * 10, length: 10 })));
+                                closed = true;
+                            }
+                            Some(_) => {
+                                prop_assert!(matches!(ev, Some(SenderEvent::Violation(ProtocolError::UnexpectedByte(_)))));
+                                closed = true;
+                            }
+                        }
+                    }
+                    Op::Wait(ms) => {
+                        now += Duration::from_millis(ms);
+                        let before = s.in_flight();
+                        s.handle_timeout(now);
+                        if let Some(SenderEvent::TimedOut(_)) = s.poll_event() {
+                            prop_assert!(before > 0);
+                            closed = true;
+                        } else if !closed && s.in_flight() > before {
+                            // A heartbeat was queued into an idle window: track it in the model.
+                            prop_assert_eq!(before, 0);
+                            model.push_back(next);
+                            next += 1;
+                        }
+                    }
+                }
+                prop_assert_eq!(s.is_closed(), closed);
+                prop_assert!(s.in_flight() <= window as usize);
+                if !closed { prop_assert_eq!(s.in_flight(), model.len()); }
+            }
+        }
+    }
+}

@@ -24,6 +24,9 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::link::tcp::Server;
 
+/// How often abandoned partials are looked for (besides at start).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "gapsync-receiver",
@@ -117,6 +120,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "listening"
     );
     let summary_every = config.summary_interval;
+    let stale_after = config.stale_partial_after;
     let server = Arc::new(Server {
         config,
         pipes,
@@ -127,10 +131,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gapsync_daemon::notify_ready();
     let mut summary = tokio::time::interval(summary_every);
     summary.tick().await;
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+    housekeeping.tick().await;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = summary.tick() => server.pipes.log_summary(),
+            _ = housekeeping.tick() => {
+                let s = server.clone();
+                let _ = tokio::task::spawn_blocking(move || s.pipes.housekeeping(stale_after)).await;
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

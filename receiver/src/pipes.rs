@@ -86,6 +86,15 @@ impl Pipes {
             .cloned()
     }
 
+    /// Removes abandoned partials of every pipe.
+    pub fn housekeeping(&self, stale_after: std::time::Duration) {
+        for p in self.by_key.values() {
+            if let Err(e) = p.with_sink(|s| s.housekeeping(stale_after)) {
+                tracing::warn!(pipe = %p.name, from = %p.from, error = %e, "cannot scan the staging folder for abandoned partials");
+            }
+        }
+    }
+
     /// Logs one summary line per pipe.
     pub fn log_summary(&self) {
         for p in self.by_key.values() {

@@ -92,7 +92,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, exe: &Path, args: &[String], dir: &Path) -> Proc {
+    /// Starts `exe` with `args`; stdout and stderr go to `<dir>/<name>.stderr`.
+    pub fn spawn(name: &str, exe: &Path, args: &[String], dir: &Path) -> Proc {
         let stderr = dir.join(format!("{name}.stderr"));
         let err = std::fs::OpenOptions::new()
             .create(true)
@@ -288,6 +289,9 @@ pub struct Lab {
     pub sender_pipe_extra: String,
     pub allow: String,
     pub sender_pipe_name: String,
+    /// The sender pipe's `settle` and `poll_interval`.
+    pub settle: String,
+    pub poll_interval: String,
     pub receiver: Option<Proc>,
     pub receiver_addr: Option<SocketAddr>,
     pub sim: Option<Proc>,
@@ -315,6 +319,8 @@ impl Lab {
             sender_pipe_extra: String::new(),
             allow: "[\"127.0.0.0/8\"]".into(),
             sender_pipe_name: "scada".into(),
+            settle: "200ms".into(),
+            poll_interval: "200ms".into(),
             root,
             receiver: None,
             receiver_addr: None,
@@ -363,7 +369,7 @@ impl Lab {
         let mut t = String::new();
         let _ = write!(
             t,
-            "node = \"plant-a\"\nprofile = {:?}\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\n{}\n[[pipe]]\nname = {:?}\nspool = {}\ngate = \"{gate}\"\nafter_send = \"delete\"\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n{}\n",
+            "node = \"plant-a\"\nprofile = {:?}\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\n{}\n[[pipe]]\nname = {:?}\nspool = {}\ngate = \"{gate}\"\nsettle = {:?}\npoll_interval = {:?}\n{}\n",
             self.profile,
             Self::q(&profiles_dir()),
             Self::q(&self.path("sstate")),
@@ -371,6 +377,8 @@ impl Lab {
             self.sender_extra,
             self.sender_pipe_name,
             Self::q(&self.spool),
+            self.settle,
+            self.poll_interval,
             self.sender_pipe_extra,
         );
         let p = self.path("sender.toml");

@@ -86,3 +86,69 @@ fn thousand_mixed_files_arrive_once_with_the_pipelined_loopback_profile() {
     assert!(profile("loopback").window.get() > 1);
     thousand_files_through_the_gate("loopback");
 }
+
+#[test]
+fn two_senders_at_once_land_in_their_own_folders() {
+    let mut lab = Lab::new("loopback");
+    let dest_b = lab.path("dest-b");
+    lab.receiver_extra = format!(
+        "[[pipe]]\nname = \"scada\"\nfrom = \"plant-b\"\ndest = {:?}\n",
+        dest_b.display().to_string()
+    );
+    let spool_b = lab.path("spool-b");
+    let mut a = BTreeMap::new();
+    let mut b = BTreeMap::new();
+    for i in 0..50 {
+        let rel = format!("same/name-{i}.bin");
+        a.insert(
+            rel.clone(),
+            make_file(&lab.spool.join(&rel), 20_000 + i, i as u64),
+        );
+        b.insert(
+            rel.clone(),
+            make_file(&spool_b.join(&rel), 30_000 + i, 1000 + i as u64),
+        );
+    }
+    a.insert(
+        "big-a.bin".into(),
+        make_file(&lab.spool.join("big-a.bin"), 30 << 20, 77),
+    );
+    b.insert(
+        "big-b.bin".into(),
+        make_file(&spool_b.join("big-b.bin"), 30 << 20, 78),
+    );
+    lab.start_receiver();
+    lab.start_sender();
+    // A second sender with its own node name, state and spool, on the same pipe name.
+    let cfg_b = lab.path("sender-b.toml");
+    let text = std::fs::read_to_string(lab.sender_config())
+        .expect("config a")
+        .replace("node = \"plant-a\"", "node = \"plant-b\"")
+        .replace(
+            &lab.spool.display().to_string(),
+            &spool_b.display().to_string(),
+        )
+        .replace(
+            &lab.path("sstate").display().to_string(),
+            &lab.path("sstate-b").display().to_string(),
+        )
+        .replace(
+            &lab.path("slogs").display().to_string(),
+            &lab.path("slogs-b").display().to_string(),
+        );
+    std::fs::write(&cfg_b, text).expect("config b");
+    let exe = gapsync_tests::bin("gapsync-sender");
+    let _sender_b = gapsync_tests::Proc::spawn(
+        "sender-b",
+        &exe,
+        &["run".into(), "--config".into(), cfg_b.display().to_string()],
+        lab.root.path(),
+    );
+    lab.wait_for_tree(&a, Duration::from_secs(120));
+    wait_until("plant-b's files", Duration::from_secs(120), || {
+        gapsync_tests::tree(&dest_b) == b
+    });
+    let rlog = lab.receiver_log();
+    assert!(rlog.contains("node=plant-a") && rlog.contains("node=plant-b"));
+    assert_eq!(count_lines(&rlog, &[" delivered "]), a.len() + b.len());
+}

@@ -88,42 +88,56 @@ impl DirectorySink {
         self.staging.join(format!("{}.meta", hex(id)))
     }
 
-    fn recover(&mut self, stale_after: Duration) -> anyhow::Result<()> {
-        let now = SystemTime::now();
+    /// Staged transfer ids, from the `.meta` files.
+    fn staged_ids(&self) -> std::io::Result<Vec<u64>> {
+        let mut ids = Vec::new();
         for entry in fs::read_dir(&self.staging)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(id) = name
+            let name = entry?.file_name();
+            if let Some(id) = name
                 .to_str()
                 .and_then(|n| n.strip_suffix(".meta"))
                 .and_then(|h| u64::from_str_radix(h, 16).ok())
-            else {
-                continue;
-            };
-            let meta = self.meta_path(id);
-            if self.done.contains(id) {
-                let open: OpenFile = decode_body("meta", &fs::read(&meta)?)?;
-                let path = WirePath::parse(&open.path)?;
-                if self.part_path(id).exists() {
-                    self.land(id, &path)?;
-                    tracing::info!(transfer = %hex(id), path = %path, "finished a commit interrupted by a restart");
-                }
-                fs::remove_file(&meta)?;
-                continue;
-            }
-            let age = entry
-                .metadata()?
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .unwrap_or_default();
-            if age > stale_after {
-                let _ = fs::remove_file(self.part_path(id));
-                fs::remove_file(&meta)?;
-                tracing::info!(transfer = %hex(id), age = %humantime::format_duration(age), "removed an abandoned partial transfer");
+            {
+                ids.push(id);
             }
         }
+        Ok(ids)
+    }
+
+    fn recover(&mut self, stale_after: Duration) -> anyhow::Result<()> {
+        for id in self.staged_ids()? {
+            if !self.done.contains(id) {
+                continue;
+            }
+            let meta = self.meta_path(id);
+            let open: OpenFile = decode_body("meta", &fs::read(&meta)?)?;
+            let path = WirePath::parse(&open.path)?;
+            if self.part_path(id).exists() {
+                self.land(id, &path)?;
+                tracing::info!(transfer = %hex(id), path = %path, "finished a commit interrupted by a restart");
+            }
+            fs::remove_file(&meta)?;
+        }
+        self.remove_stale(stale_after)?;
         Ok(())
+    }
+
+    /// Removes partials not written to for longer than `stale_after` (abandoned transfers).
+    pub fn remove_stale(&mut self, stale_after: Duration) -> std::io::Result<usize> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for id in self.staged_ids()? {
+            let last_write = fs::metadata(self.part_path(id))
+                .or_else(|_| fs::metadata(self.meta_path(id)))?
+                .modified()?;
+            let age = now.duration_since(last_write).unwrap_or_default();
+            if age > stale_after {
+                self.discard(id);
+                removed += 1;
+                tracing::info!(transfer = %hex(id), age = %humantime::format_duration(Duration::from_secs(age.as_secs())), "removed an abandoned partial transfer");
+            }
+        }
+        Ok(removed)
     }
 
     /// Checks that the folders of `path` inside dest are real folders (no symlinks out),
@@ -321,6 +335,10 @@ impl Sink for DirectorySink {
     fn partials(&self) -> usize {
         self.partials.len()
     }
+
+    fn housekeeping(&mut self, stale_after: Duration) -> std::io::Result<usize> {
+        self.remove_stale(stale_after)
+    }
 }
 
 #[cfg(test)]
@@ -445,6 +463,41 @@ mod tests {
         assert_eq!(
             fs::read(dir.path().join("dest/late.bin")).expect("recovered"),
             b"z"
+        );
+    }
+
+    #[test]
+    fn abandoned_partials_are_removed_and_recent_ones_kept() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = sink(dir.path());
+        s.open(
+            5,
+            &OpenFile {
+                path: "old".into(),
+                size: 2,
+                mtime_ns: 0,
+            },
+        )
+        .expect("open");
+        s.write(5, 0, b"a").expect("write");
+        assert_eq!(
+            s.housekeeping(Duration::from_secs(3600)).expect("scan"),
+            0,
+            "recent partial kept"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(s.housekeeping(Duration::from_millis(10)).expect("scan"), 1);
+        assert_eq!(s.partials(), 0);
+        assert!(
+            matches!(s.write(5, 1, b"b"), Err(SinkError::NotOpen(5))),
+            "a sender coming back reopens it"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path().join("staging"))
+                .expect("ls")
+                .count(),
+            1,
+            "only done.log is left"
         );
     }
 

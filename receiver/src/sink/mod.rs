@@ -85,4 +85,6 @@ pub trait Sink: Send {
     fn commit(&mut self, transfer: u64, commit: &Commit) -> Result<Option<Delivered>, SinkError>;
     /// Transfers open but not committed.
     fn partials(&self) -> usize;
+    /// Removes partial transfers untouched for longer than `stale_after`; returns how many.
+    fn housekeeping(&mut self, stale_after: std::time::Duration) -> std::io::Result<usize>;
 }

@@ -1,0 +1,140 @@
+//! The spool side: new files noticed at once, files moved after delivery, files that cannot be
+//! sent quarantined with an ERROR line while the pipe goes on.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use gapsync_tests::{Lab, count_files, count_lines, make_file, tree, wait_until};
+
+#[test]
+fn a_file_renamed_into_the_spool_is_noticed_at_once_without_polling() {
+    let mut lab = Lab::new("loopback");
+    // Scans effectively off: only the inotify watcher can pick the file up.
+    lab.settle = "1h".into();
+    lab.poll_interval = "1h".into();
+    lab.start_receiver();
+    lab.start_sender();
+    wait_until("the sender to connect", Duration::from_secs(20), || {
+        lab.sender_log().contains(" connected ")
+    });
+    let staging = lab.path("outside-staging.bin");
+    let digest = make_file(&staging, 10_000, 4);
+    let start = Instant::now();
+    std::fs::rename(&staging, lab.spool.join("new.bin")).expect("rename into the spool");
+    lab.wait_for_tree(
+        &[("new.bin".to_owned(), digest)].into_iter().collect(),
+        Duration::from_secs(10),
+    );
+    eprintln!("renamed-in file delivered after {:?}", start.elapsed());
+}
+
+#[test]
+fn after_send_move_keeps_the_file_in_sent_dir() {
+    let mut lab = Lab::new("loopback");
+    let sent = lab.path("sent");
+    lab.sender_pipe_extra = format!(
+        "after_send = \"move\"\nsent_dir = {:?}\n",
+        sent.display().to_string()
+    );
+    let mut expected = BTreeMap::new();
+    for i in 0..5 {
+        let rel = format!("m/{i}.dat");
+        expected.insert(
+            rel.clone(),
+            make_file(&lab.spool.join(&rel), 1000 * i, i as u64),
+        );
+    }
+    lab.start_receiver();
+    lab.start_sender();
+    lab.wait_for_tree(&expected, Duration::from_secs(30));
+    wait_until(
+        "the files to be moved to sent_dir",
+        Duration::from_secs(10),
+        || count_files(&sent) == 5,
+    );
+    assert_eq!(tree(&sent), expected, "moved intact, relative paths kept");
+    assert_eq!(count_files(&lab.spool), 0);
+}
+
+#[test]
+fn a_file_the_receiver_keeps_refusing_is_quarantined_and_the_pipe_goes_on() {
+    let mut lab = Lab::new("loopback");
+    let quarantine = lab.path("quarantine");
+    lab.sender_pipe_extra = format!(
+        "after_send = \"delete\"\nmax_attempts = 3\nquarantine_dir = {:?}\n",
+        quarantine.display().to_string()
+    );
+    // A folder where the file should land: the receiver can never place it and answers FAIL.
+    std::fs::create_dir_all(lab.dest.join("blocked.bin")).expect("mkdir");
+    let blocked = make_file(&lab.spool.join("blocked.bin"), 5000, 1);
+    let mut expected = BTreeMap::new();
+    for i in 0..3 {
+        let rel = format!("ok-{i}.bin");
+        expected.insert(
+            rel.clone(),
+            make_file(&lab.spool.join(&rel), 3000, 10 + i as u64),
+        );
+    }
+    lab.start_receiver();
+    lab.start_sender();
+    wait_until(
+        "blocked.bin to be quarantined",
+        Duration::from_secs(60),
+        || quarantine.join("blocked.bin").exists(),
+    );
+    let slog = lab.sender_log();
+    assert_eq!(
+        count_lines(
+            &slog,
+            &[
+                "ERROR",
+                "file quarantined",
+                "path=blocked.bin",
+                "refused it 3 times"
+            ]
+        ),
+        1,
+        "{}",
+        lab.diagnostics()
+    );
+    assert_eq!(
+        tree(&quarantine).get("blocked.bin"),
+        Some(&blocked),
+        "kept intact, not dropped"
+    );
+    // The other files were not held up.
+    let mut with_dir = expected.clone();
+    with_dir.retain(|k, _| k.starts_with("ok-"));
+    wait_until("the other files", Duration::from_secs(30), || {
+        let t = tree(&lab.dest);
+        with_dir.iter().all(|(k, v)| t.get(k) == Some(v))
+    });
+}
+
+#[test]
+fn a_name_that_cannot_be_represented_is_quarantined_not_mangled() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut lab = Lab::new("loopback");
+    let quarantine = lab.path("quarantine");
+    lab.sender_pipe_extra = format!("quarantine_dir = {:?}\n", quarantine.display().to_string());
+    let bad = std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9.csv");
+    std::fs::write(lab.spool.join(bad), b"data").expect("write");
+    let good = make_file(&lab.spool.join("good.csv"), 100, 2);
+    lab.start_receiver();
+    lab.start_sender();
+    lab.wait_for_tree(
+        &[("good.csv".to_owned(), good)].into_iter().collect(),
+        Duration::from_secs(30),
+    );
+    wait_until(
+        "the bad name to be quarantined",
+        Duration::from_secs(20),
+        || quarantine.join(bad).exists(),
+    );
+    assert!(
+        lab.sender_log().contains("not valid UTF-8"),
+        "{}",
+        lab.diagnostics()
+    );
+    assert_eq!(count_files(&lab.dest), 1, "nothing mangled arrived");
+}
