@@ -4,6 +4,7 @@
 //! protocol crate: finding and loading hardware profiles, log files, durable file writes,
 //! systemd readiness and rate-limited warnings.
 
+pub mod cli;
 pub mod config;
 pub mod durable;
 pub mod logging;

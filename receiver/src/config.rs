@@ -81,6 +81,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where and how to log.
+    pub fn log_settings(&self) -> gapsync_daemon::cli::LogSettings {
+        gapsync_daemon::cli::LogSettings {
+            dir: self.log_dir.clone(),
+            format: self.log_format,
+            level: self.log_level.clone(),
+        }
+    }
+
     /// Loads and checks `path`, reporting every problem at once.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         gapsync_daemon::config::load(path, Self::check)

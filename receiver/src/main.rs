@@ -14,12 +14,12 @@ mod link;
 mod pipes;
 mod sink;
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use clap::Parser;
 
 use crate::config::Config;
 use crate::link::tcp::Server;
@@ -35,69 +35,29 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the receiver until SIGTERM or Ctrl-C.
-    Run {
-        /// Receiver config file (TOML); see examples/receiver.toml.
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Check a config file and its hardware profile, print every problem, exit non-zero if any.
-    CheckConfig {
-        /// Receiver config file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    command: gapsync_daemon::cli::Command,
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: OK (node {}, profile {}, {} pipe(s), listen {})",
-                    config.display(),
+    gapsync_daemon::cli::dispatch(
+        "gapsync-receiver",
+        Cli::parse().command,
+        |path| {
+            Config::load(path).map(|c| {
+                format!(
+                    "node {}, profile {}, {} pipe(s), listen {}",
                     c.node,
                     c.profile.name,
                     c.pipes.len(),
                     c.listen
-                );
-                std::process::ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e:#}");
-                std::process::ExitCode::from(2)
-            }
+                )
+            })
         },
-        Command::Run { config } => match run(&config) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("gapsync-receiver: {e:#}");
-                tracing::error!("stopped: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
+        |path| {
+            let config = Config::load(path)?;
+            gapsync_daemon::cli::start("gapsync-receiver", &config.log_settings(), serve(config))
         },
-    }
-}
-
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let _log = gapsync_daemon::logging::init(
-        "gapsync-receiver",
-        config.log_dir.as_deref(),
-        config.log_format,
-        &config.log_level,
-    )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    )
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -129,24 +89,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let accept = tokio::spawn(link::tcp::serve(server.clone(), listener, stop_rx));
     gapsync_daemon::notify_ready();
-    let mut summary = tokio::time::interval(summary_every);
-    summary.tick().await;
-    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
-    housekeeping.tick().await;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            _ = summary.tick() => server.pipes.log_summary(),
-            _ = housekeeping.tick() => {
-                let s = server.clone();
-                let _ = tokio::task::spawn_blocking(move || s.pipes.housekeeping(stale_after)).await;
-            }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+    let mut last_housekeeping = std::time::Instant::now();
+    gapsync_daemon::cli::until_shutdown(summary_every.min(HOUSEKEEPING_EVERY), || {
+        server.pipes.log_summary();
+        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+            last_housekeeping = std::time::Instant::now();
+            tokio::task::block_in_place(|| server.pipes.housekeeping(stale_after));
         }
-    }
-    gapsync_daemon::notify_stopping();
-    tracing::info!("stopping");
+    })
+    .await?;
     let _ = stop_tx.send(true);
     let _ = accept.await;
     server.pipes.log_summary();

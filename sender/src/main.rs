@@ -16,12 +16,12 @@ mod source;
 mod state;
 mod transfer;
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use std::sync::atomic::Ordering::Relaxed;
+
+use clap::Parser;
 
 use crate::config::Config;
 use crate::pipe::{IdSource, PipeStats, PipeWorker};
@@ -35,67 +35,28 @@ use crate::source::spool::{self, SpoolConfig};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the sender until SIGTERM or Ctrl-C.
-    Run {
-        /// Sender config file (TOML); see examples/sender.toml.
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Check a config file and its hardware profile, print every problem, exit non-zero if any.
-    CheckConfig {
-        /// Sender config file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    command: gapsync_daemon::cli::Command,
 }
 
 fn main() -> std::process::ExitCode {
-    match Cli::parse().command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: OK (node {}, profile {}, {} pipe(s))",
-                    config.display(),
+    gapsync_daemon::cli::dispatch(
+        "gapsync-sender",
+        Cli::parse().command,
+        |path| {
+            Config::load(path).map(|c| {
+                format!(
+                    "node {}, profile {}, {} pipe(s)",
                     c.node,
                     c.profile.name,
                     c.pipes.len()
-                );
-                std::process::ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e:#}");
-                std::process::ExitCode::from(2)
-            }
+                )
+            })
         },
-        Command::Run { config } => match run(&config) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("gapsync-sender: {e:#}");
-                tracing::error!("stopped: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
+        |path| {
+            let config = Config::load(path)?;
+            gapsync_daemon::cli::start("gapsync-sender", &config.log_settings(), serve(config))
         },
-    }
-}
-
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let _log = gapsync_daemon::logging::init(
-        "gapsync-sender",
-        config.log_dir.as_deref(),
-        config.log_format,
-        &config.log_level,
-    )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    )
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -145,9 +106,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(node = %config.node, profile = %config.profile.name, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");
     gapsync_daemon::notify_ready();
-    let mut summary = tokio::time::interval(config.summary_interval);
-    summary.tick().await;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let log_summary = || {
         for (name, s) in &stats {
             tracing::info!(
@@ -163,15 +121,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             );
         }
     };
-    loop {
-        tokio::select! {
-            _ = summary.tick() => log_summary(),
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
-    gapsync_daemon::notify_stopping();
-    tracing::info!("stopping");
+    gapsync_daemon::cli::until_shutdown(config.summary_interval, log_summary).await?;
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;

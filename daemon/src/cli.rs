@@ -1,0 +1,97 @@
+//! The command line and process lifecycle both daemons share: `run` and `check-config`, the
+//! exit codes, logging and the runtime, and waiting for SIGTERM or Ctrl-C.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::logging::LogFormat;
+
+/// The subcommands of both daemons.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon until SIGTERM or Ctrl-C.
+    Run {
+        /// Config file (TOML); see examples/ in the source tree.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file and its hardware profile, print every problem, exit 2 if any.
+    CheckConfig {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// Runs a subcommand. `check` returns the one-line summary of a valid config; `run` runs the
+/// daemon. Exit codes: 0 success, 2 invalid config, 1 the daemon stopped on an error.
+pub fn dispatch(
+    program: &str,
+    command: Command,
+    check: impl FnOnce(&Path) -> anyhow::Result<String>,
+    run: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> ExitCode {
+    match command {
+        Command::CheckConfig { config } => match check(&config) {
+            Ok(summary) => {
+                println!("{}: OK ({summary})", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => match run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{program}: {e:#}");
+                tracing::error!("stopped: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Where and how a daemon logs.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub dir: Option<PathBuf>,
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Starts logging and the multi-threaded runtime, then runs `serve` to completion.
+pub fn start<F: Future<Output = anyhow::Result<()>>>(
+    program: &str,
+    log: &LogSettings,
+    serve: F,
+) -> anyhow::Result<()> {
+    let _guard = crate::logging::init(program, log.dir.as_deref(), log.format, &log.level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve)
+}
+
+/// Calls `tick` every `every` until SIGTERM or Ctrl-C, then tells systemd the daemon stops.
+pub async fn until_shutdown(every: Duration, mut tick: impl FnMut()) -> anyhow::Result<()> {
+    let mut interval = tokio::time::interval(every);
+    interval.tick().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => tick(),
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    crate::notify_stopping();
+    tracing::info!("stopping");
+    Ok(())
+}
