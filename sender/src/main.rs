@@ -24,8 +24,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use clap::Parser;
 
 use crate::config::Config;
-use crate::pipe::{IdSource, PipeStats, PipeWorker};
+use crate::pipe::{PipeStats, PipeWorker};
 use crate::source::spool::{self, SpoolConfig};
+use crate::state::IdSource;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,8 +61,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let session = state::next_session(&config.state_dir)?;
-    let ids = Arc::new(IdSource::new(session));
+    let ids = Arc::new(IdSource::open(&config.state_dir)?);
+    let session = ids.session();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     let mut stats = Vec::new();

@@ -14,7 +14,7 @@ use gapsync_protocol::{FrameInfo, FrameKind, Profile, SenderEvent};
 
 use crate::config::{AfterSend, PipeConfig};
 use crate::source::SourceEvent;
-use crate::state::{InFlight, InFlightStore};
+use crate::state::{IdSource, InFlight, InFlightStore};
 use crate::transfer::{Transfer, mtime_ns};
 
 /// Acknowledged progress is written to the in-flight record (without fsync: it only saves
@@ -32,31 +32,6 @@ pub struct PipeStats {
     pub quarantined: AtomicU64,
     pub queued: AtomicU64,
     pub connected: AtomicU64,
-}
-
-/// Hands out transfer ids `session << 32 | n`.
-#[derive(Debug)]
-pub struct IdSource {
-    session: u64,
-    next: AtomicU64,
-}
-
-impl IdSource {
-    pub fn new(session: u64) -> Self {
-        Self {
-            session,
-            next: AtomicU64::new(1),
-        }
-    }
-
-    /// A transfer id never used before by this node (the session is durable and increasing).
-    pub fn next(&self) -> u64 {
-        self.session << 32 | (self.next.fetch_add(1, Relaxed) & 0xFFFF_FFFF)
-    }
-
-    pub fn session(&self) -> u64 {
-        self.session
-    }
 }
 
 /// One pipe's queue and transfers in flight.
@@ -214,8 +189,17 @@ impl PipeWorker {
                 .get(&rel)
                 .filter(|r| r.size == size && r.mtime_ns == mtime)
                 .cloned();
-            let (id, acked) =
-                resumed.map_or_else(|| (self.ids.next(), 0), |r| (r.transfer, r.acked));
+            let (id, acked) = match resumed {
+                Some(r) => (r.transfer, r.acked),
+                None => match self.ids.next() {
+                    Ok(id) => (id, 0),
+                    Err(e) => {
+                        tracing::error!(pipe = %self.cfg.name, error = %e, "cannot advance the session counter in the state folder; not sending until it can be written");
+                        self.pending.push_front(rel);
+                        return None;
+                    }
+                },
+            };
             let mut t = Transfer::new(id, rel.clone(), fs_path, file, &meta, acked);
             let record = InFlight {
                 transfer: id,

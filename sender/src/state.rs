@@ -34,6 +34,41 @@ pub fn next_session(state_dir: &Path) -> anyhow::Result<u64> {
     Ok(next)
 }
 
+/// Hands out transfer ids `session << 32 | n`, never the same twice on this node: when `n`
+/// runs out, the durable session counter is advanced and `n` starts again.
+#[derive(Debug)]
+pub struct IdSource {
+    state_dir: PathBuf,
+    inner: std::sync::Mutex<(u64, u64)>,
+}
+
+impl IdSource {
+    /// Starts a new session (durably) and hands out its ids.
+    pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
+        let session = next_session(state_dir)?;
+        Ok(Self {
+            state_dir: state_dir.to_path_buf(),
+            inner: std::sync::Mutex::new((session, 1)),
+        })
+    }
+
+    /// The current session, sent in every Hello.
+    pub fn session(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// A transfer id never used before by this node.
+    pub fn next(&self) -> anyhow::Result<u64> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.1 > u64::from(u32::MAX) {
+            *g = (next_session(&self.state_dir)?, 1);
+        }
+        let id = g.0 << 32 | g.1;
+        g.1 += 1;
+        Ok(id)
+    }
+}
+
 /// What is durably known about a transfer in flight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InFlight {
@@ -138,6 +173,27 @@ mod tests {
         fs::write(dir.path().join("sender/session"), "garbage").expect("corrupt");
         let err = next_session(dir.path()).expect_err("corrupt counter is an error");
         assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn ids_never_repeat_when_the_counter_runs_out() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ids = IdSource::open(dir.path()).expect("open");
+        assert_eq!(ids.next().expect("id"), 1 << 32 | 1);
+        ids.inner.lock().expect("lock").1 = u64::from(u32::MAX);
+        assert_eq!(ids.next().expect("id"), 1 << 32 | u64::from(u32::MAX));
+        assert_eq!(
+            ids.next().expect("id"),
+            2 << 32 | 1,
+            "a new durable session, not a wrap to an old id"
+        );
+        assert_eq!(ids.session(), 2);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("sender/session"))
+                .expect("read")
+                .trim(),
+            "2"
+        );
     }
 
     #[test]

@@ -116,12 +116,16 @@ impl Connection {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::info!(error = %e, "connection lost");
+                        if let Some(suppressed) = self.server.warn_limited(&format!("lost {}", self.peer.ip())) {
+                            tracing::warn!(error = %e, suppressed, "connection lost; the sender will reconnect and resume");
+                        }
                         break;
                     }
                 },
                 _ = tokio::time::sleep(idle) => {
-                    tracing::info!(idle = %humantime::format_duration(idle), "closing a connection silent for longer than the profile's idle_timeout");
+                    if let Some(suppressed) = self.server.warn_limited(&format!("idle {}", self.peer.ip())) {
+                        tracing::warn!(idle = %humantime::format_duration(idle), suppressed, "closing a connection silent for longer than the profile's idle_timeout (no frames, not even heartbeats): check the gate");
+                    }
                     break;
                 }
                 _ = shutdown.changed() => break,

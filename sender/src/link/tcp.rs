@@ -10,8 +10,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::pipe::{IdSource, PipeWorker};
+use crate::pipe::PipeWorker;
 use crate::source::SourceEvent;
+use crate::state::IdSource;
 
 /// How a connection ended.
 enum Ended {
