@@ -138,3 +138,31 @@ fn a_name_that_cannot_be_represented_is_quarantined_not_mangled() {
     );
     assert_eq!(count_files(&lab.dest), 1, "nothing mangled arrived");
 }
+
+#[test]
+fn a_later_file_with_the_same_path_replaces_the_earlier_one() {
+    let mut lab = Lab::new("loopback");
+    let first = make_file(&lab.spool.join("dir/report.csv"), 50_000, 1);
+    lab.start_receiver();
+    lab.start_sender();
+    lab.wait_for_tree(
+        &[("dir/report.csv".to_owned(), first)].into_iter().collect(),
+        Duration::from_secs(30),
+    );
+    wait_until(
+        "the first version to leave the spool",
+        Duration::from_secs(10),
+        || count_files(&lab.spool) == 0,
+    );
+    let second = make_file(&lab.spool.join("dir/report.csv"), 70_000, 2);
+    lab.wait_for_tree(
+        &[("dir/report.csv".to_owned(), second)]
+            .into_iter()
+            .collect(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        count_lines(&lab.receiver_log(), &[" delivered ", "dir/report.csv"]),
+        2
+    );
+}
