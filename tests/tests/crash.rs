@@ -79,8 +79,9 @@ fn resent_bytes(log: &str, path: &str) -> u64 {
         .sum()
 }
 
-#[test]
-fn receiver_killed_mid_file_resumes_and_never_shows_a_partial() {
+/// Starts a transfer, kill -9s one daemon once a third of the big file is staged, restarts it,
+/// and checks that everything arrives and no partial file was ever visible.
+fn kill_mid_file_and_restart(kill_receiver: bool) -> Lab {
     let (mut lab, expected, sizes) = setup();
     let (stop, watcher) = watch_dest(&lab, sizes);
     lab.start_sender();
@@ -89,9 +90,15 @@ fn receiver_killed_mid_file_resumes_and_never_shows_a_partial() {
         Duration::from_secs(60),
         || staged_bytes(&lab) > (BIG / 3) as u64,
     );
-    lab.receiver.as_mut().expect("receiver").kill9();
-    std::thread::sleep(Duration::from_millis(500));
-    lab.start_receiver();
+    if kill_receiver {
+        lab.receiver.as_mut().expect("receiver").kill9();
+        std::thread::sleep(Duration::from_millis(500));
+        lab.start_receiver();
+    } else {
+        lab.sender.as_mut().expect("sender").kill9();
+        std::thread::sleep(Duration::from_millis(300));
+        lab.start_sender();
+    }
     lab.wait_for_tree(&expected, Duration::from_secs(120));
     stop.store(true, Ordering::SeqCst);
     let bad = watcher.join().expect("watcher");
@@ -102,8 +109,15 @@ fn receiver_killed_mid_file_resumes_and_never_shows_a_partial() {
     );
     assert_eq!(
         count_lines(&lab.receiver_log(), &[" delivered ", "a-big.bin"]),
-        1
+        1,
+        "delivered once"
     );
+    lab
+}
+
+#[test]
+fn receiver_killed_mid_file_resumes_and_never_shows_a_partial() {
+    let lab = kill_mid_file_and_restart(true);
     let resent = resent_bytes(&lab.sender_log(), "a-big.bin");
     assert!(
         resent < (BIG / 4) as u64,
@@ -114,34 +128,23 @@ fn receiver_killed_mid_file_resumes_and_never_shows_a_partial() {
 
 #[test]
 fn sender_killed_mid_file_resumes_under_the_same_transfer_and_delivers_once() {
-    let (mut lab, expected, sizes) = setup();
-    let (stop, watcher) = watch_dest(&lab, sizes);
-    lab.start_sender();
-    wait_until(
-        "a third of the big file staged",
-        Duration::from_secs(60),
-        || staged_bytes(&lab) > (BIG / 3) as u64,
-    );
-    lab.sender.as_mut().expect("sender").kill9();
-    std::thread::sleep(Duration::from_millis(300));
-    lab.start_sender();
-    lab.wait_for_tree(&expected, Duration::from_secs(120));
-    stop.store(true, Ordering::SeqCst);
-    let bad = watcher.join().expect("watcher");
-    assert!(
-        bad.is_empty(),
-        "partial files were visible: {:?}",
-        &bad[..bad.len().min(5)]
-    );
+    let lab = kill_mid_file_and_restart(false);
     let slog = lab.sender_log();
+    let resume_at: u64 = slog
+        .lines()
+        .find(|l| l.contains("resuming a transfer from before the restart"))
+        .and_then(|l| {
+            l.split("resume_at=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no resume line\n{}", lab.diagnostics()));
     assert!(
-        slog.contains("resuming a transfer from before the restart"),
-        "{}",
-        lab.diagnostics()
-    );
-    assert_eq!(
-        count_lines(&lab.receiver_log(), &[" delivered ", "a-big.bin"]),
-        1
+        resume_at >= 1 << 20,
+        "resumed at byte {resume_at}, not from the start"
     );
     let staged = tree_sizes(&lab.path("rstate/receiver/plant-a/scada/staging"));
     assert!(
