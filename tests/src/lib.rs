@@ -569,3 +569,70 @@ pub fn count_lines(log: &str, needles: &[&str]) -> usize {
         .filter(|l| needles.iter().all(|n| l.contains(n)))
         .count()
 }
+
+/// A downstream consumer, as a user would run one: it moves every file out of the landing
+/// folder as soon as it appears and records what it saw. A file delivered twice is seen twice;
+/// a partial file would be seen with the wrong content.
+#[derive(Debug)]
+pub struct Consumer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Consumer {
+    /// Starts taking files from `dest` into `out` every few milliseconds.
+    pub fn start(dest: &Path, out: &Path) -> Consumer {
+        use std::sync::atomic::Ordering;
+        std::fs::create_dir_all(out).expect("consumer folder");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let (s, sn, dest, out) = (
+            stop.clone(),
+            seen.clone(),
+            dest.to_path_buf(),
+            out.to_path_buf(),
+        );
+        let handle = std::thread::spawn(move || {
+            let mut n = 0u64;
+            loop {
+                let last = s.load(Ordering::SeqCst);
+                for rel in tree_sizes(&dest).into_keys() {
+                    n += 1;
+                    let taken = out.join(n.to_string());
+                    if std::fs::rename(dest.join(&rel), &taken).is_ok() {
+                        let data = std::fs::read(&taken).unwrap_or_default();
+                        sn.lock()
+                            .expect("lock")
+                            .entry(rel)
+                            .or_insert_with(Vec::new)
+                            .push(blake3::hash(&data).to_hex().to_string());
+                    }
+                }
+                if last {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Consumer {
+            stop,
+            seen,
+            handle: Some(handle),
+        }
+    }
+
+    /// What was consumed so far: path -> digests, in arrival order.
+    pub fn seen(&self) -> BTreeMap<String, Vec<String>> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// Stops after one last sweep and returns everything consumed.
+    pub fn finish(mut self) -> BTreeMap<String, Vec<String>> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.seen()
+    }
+}

@@ -51,6 +51,15 @@ struct Args {
     /// of forwarding it (repeatable).
     #[arg(long)]
     drop_ack: Vec<u64>,
+    /// Forward the Nth frame (1-based, over all connections) twice (repeatable).
+    #[arg(long)]
+    dup_frame: Vec<u64>,
+    /// Hold the Nth reply byte (1-based, over all connections) for --delay-ms (repeatable).
+    #[arg(long)]
+    delay_ack: Vec<u64>,
+    /// How long a delayed reply is held, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
     /// Hold the forward direction for --stall-ms when this byte position is reached (repeatable).
     #[arg(long)]
     stall_at_byte: Vec<u64>,
@@ -79,6 +88,8 @@ struct Stats {
     flips: AtomicU64,
     dropped_acks: AtomicU64,
     stalls: AtomicU64,
+    duplicated: AtomicU64,
+    delayed_acks: AtomicU64,
 }
 
 impl Stats {
@@ -106,6 +117,8 @@ struct Faults {
     flips: Mutex<BTreeSet<u64>>,
     stalls: Mutex<BTreeSet<u64>>,
     drops: Mutex<BTreeSet<u64>>,
+    dups: Mutex<BTreeSet<u64>>,
+    delays: Mutex<BTreeSet<u64>>,
 }
 
 /// Removes and returns the fault points in `lo..hi`.
@@ -125,6 +138,7 @@ struct Shared {
     /// Sender bytes read so far, over all connections.
     position: AtomicU64,
     replies: AtomicU64,
+    frames_seen: AtomicU64,
 }
 
 #[tokio::main]
@@ -148,11 +162,14 @@ async fn main() -> anyhow::Result<()> {
             flips: set(&args.flip_bit_at_byte),
             stalls: set(&args.stall_at_byte),
             drops: set(&args.drop_ack),
+            dups: set(&args.dup_frame),
+            delays: set(&args.delay_ack),
         },
         args,
         stats: Stats::default(),
         position: AtomicU64::new(0),
         replies: AtomicU64::new(0),
+        frames_seen: AtomicU64::new(0),
     });
     if let Some(path) = shared.args.stats_file.clone() {
         let s = shared.clone();
@@ -219,9 +236,30 @@ async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream, envelo
             let end = start + n as u64;
             let mut data = buf[..n].to_vec();
             decoder.feed(&data);
-            while let Ok(Some(_)) = decoder.decode() {
+            while let Ok(Some(frame)) = decoder.decode() {
                 complete += 1;
                 sh.stats.frames.fetch_add(1, SeqCst);
+                let nth = sh.frames_seen.fetch_add(1, SeqCst) + 1;
+                if !take_in(&sh.faults.dups, nth, nth + 1).is_empty() {
+                    // Insert a copy right after the frame's last byte in this chunk.
+                    let mut copy = Vec::new();
+                    let h = frame.header;
+                    let _ = gapsync_protocol::encode_frame(
+                        envelope,
+                        h.kind,
+                        h.sequence,
+                        h.transfer,
+                        h.offset,
+                        &frame.payload,
+                        &mut copy,
+                    );
+                    let at = data.len() - decoder.buffered();
+                    data.splice(at..at, copy.iter().copied());
+                    // The copy is a frame the receiver may answer, too.
+                    complete += 1;
+                    sh.stats.duplicated.fetch_add(1, SeqCst);
+                    eprintln!("fault: duplicated frame {nth}");
+                }
             }
             // A frame whose first bytes were forwarded may be answered (FAIL) before its end.
             let started = complete + u64::from(decoder.buffered() > 0);
@@ -300,6 +338,17 @@ async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream, envelo
                         ),
                     );
                     return "violation";
+                }
+                if !take_in(&sh.faults.delays, nth, nth + 1).is_empty() {
+                    sh.stats.delayed_acks.fetch_add(1, SeqCst);
+                    eprintln!(
+                        "fault: holding reply byte {nth} for {} ms",
+                        sh.args.delay_ms
+                    );
+                    let _ = rtx
+                        .send((Instant::now() + latency, std::mem::take(&mut out), 0))
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(sh.args.delay_ms)).await;
                 }
                 if !take_in(&sh.faults.drops, nth, nth + 1).is_empty() {
                     sh.stats.dropped_acks.fetch_add(1, SeqCst);
