@@ -25,6 +25,13 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write a new random pre-shared key (64 hex digits, mode 600) for a pipe. Copy the same
+    /// file to the other side; it is never overwritten.
+    Keygen {
+        /// Where to write the key, e.g. /etc/gapsync/keys/scada-1.key.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
 }
 
 /// Runs a subcommand. `check` returns the one-line summary of a valid config; `run` runs the
@@ -44,6 +51,19 @@ pub fn dispatch(
             Err(e) => {
                 eprintln!("{e:#}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Keygen { out } => match crate::keys::keygen(&out) {
+            Ok(()) => {
+                println!(
+                    "wrote a new key to {}; copy it to the other side's key file",
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Run { config } => match run(&config) {

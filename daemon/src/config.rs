@@ -77,3 +77,36 @@ pub fn load<R: serde::de::DeserializeOwned, C>(
         )
     })
 }
+
+/// How a config names one key: its id (current and next, for rotation) and its file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: Option<u32>,
+    pub file: Option<PathBuf>,
+}
+
+/// A loaded key with its id.
+#[derive(Debug, Clone)]
+pub struct PipeKey {
+    pub id: u32,
+    pub key: gapsync_protocol::crypto::PreSharedKey,
+    /// Set when the file's permissions are too open; logged at start.
+    pub warning: Option<String>,
+}
+
+/// Loads one key, pushing a problem instead of failing.
+pub fn key(problems: &mut Vec<String>, label: &str, base: &Path, raw: &RawKey) -> Option<PipeKey> {
+    let Some(file) = &raw.file else {
+        problems.push(format!("{label}: a key needs `file`"));
+        return None;
+    };
+    let id = raw.id.unwrap_or(1);
+    match crate::keys::load(&abs(base, file)) {
+        Ok((key, warning)) => Some(PipeKey { id, key, warning }),
+        Err(e) => {
+            problems.push(format!("{label}: {e:#}"));
+            None
+        }
+    }
+}

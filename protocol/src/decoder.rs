@@ -163,7 +163,7 @@ fn parse_header(head: &[u8; HEADER_LEN], max_frame: usize) -> Result<FrameHeader
         return Err(DecodeError::HeaderCrc);
     }
     let flags = u16::from_be_bytes([head[6], head[7]]);
-    if flags != 0 {
+    if flags & !(crate::crypto::FLAG_AUTH | crate::crypto::FLAG_ENCRYPTED) != 0 {
         return Err(DecodeError::BadFlags(flags));
     }
     let kind = FrameKind::from_u8(head[5]).ok_or(DecodeError::BadKind(head[5]))?;
@@ -180,6 +180,7 @@ fn parse_header(head: &[u8; HEADER_LEN], max_frame: usize) -> Result<FrameHeader
         sequence: be_u64(head, 8),
         transfer: be_u64(head, 16),
         offset: be_u64(head, 24),
+        flags,
         length,
         payload_crc: be_u32(head, 36),
     })

@@ -42,4 +42,10 @@ pub enum ProtocolError {
     UnsolicitedByte(u8),
     #[error("a request arrived before the previous one was answered")]
     Unanswered,
+    #[error("frame {0} lacks the authentication the handshake agreed on")]
+    Unauthenticated(u64),
+    #[error("frame {0} carries authentication flags on an unkeyed connection")]
+    UnexpectedAuth(u64),
+    #[error("frame {0}: {1}")]
+    BadTag(u64, crate::crypto::BadTag),
 }

@@ -8,8 +8,10 @@
 //!  +------+------+------+-------+--------------+--------------+--------------+-------+-------+-------+
 //! ```
 //! All integers are big-endian. `hdr crc` is the CRC32 of bytes 0..40, `pl crc` the CRC32 of the
-//! payload (`length` bytes following the header).
+//! payload (`length` bytes following the header, the tag included on keyed pipes). `flags` is 0,
+//! or [`crate::crypto::FLAG_AUTH`] / [`crate::crypto::FLAG_ENCRYPTED`] on keyed pipes.
 
+use crate::crypto::{AAD_LEN, FrameKey, TAG_LEN};
 use crate::envelope::Envelope;
 
 /// Frame magic: ASCII `GSYN`.
@@ -59,7 +61,9 @@ pub struct FrameHeader {
     pub transfer: u64,
     /// Byte offset in the file for Data frames; 0 otherwise.
     pub offset: u64,
-    /// Payload length in bytes.
+    /// [`crate::crypto::FLAG_AUTH`] and [`crate::crypto::FLAG_ENCRYPTED`]; 0 without a key.
+    pub flags: u16,
+    /// Payload length in bytes (tag included).
     pub length: u32,
     /// CRC32 of the payload.
     pub payload_crc: u32,
@@ -81,6 +85,7 @@ impl FrameHeader {
             sequence,
             transfer,
             offset,
+            flags: 0,
             length: u32::try_from(payload.len()).ok()?,
             payload_crc: crc32fast::hash(payload),
         })
@@ -92,7 +97,7 @@ impl FrameHeader {
         out[0..4].copy_from_slice(&MAGIC);
         out[4] = PROTOCOL_VERSION;
         out[5] = self.kind as u8;
-        // bytes 6..8: flags, always zero in version 1
+        out[6..8].copy_from_slice(&self.flags.to_be_bytes());
         out[8..16].copy_from_slice(&self.sequence.to_be_bytes());
         out[16..24].copy_from_slice(&self.transfer.to_be_bytes());
         out[24..32].copy_from_slice(&self.offset.to_be_bytes());
@@ -116,15 +121,59 @@ pub fn encode_frame(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Option<FrameHeader> {
-    let header = FrameHeader::for_payload(kind, sequence, transfer, offset, payload)?;
+    encode_sealed_frame(
+        envelope, None, kind, sequence, transfer, offset, payload, out,
+    )
+}
+
+/// [`encode_frame`], sealed with `key` when one is given (see [`crate::crypto`]).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_sealed_frame(
+    envelope: Envelope,
+    key: Option<&FrameKey>,
+    kind: FrameKind,
+    sequence: u64,
+    transfer: u64,
+    offset: u64,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<FrameHeader> {
+    let sealed;
+    let (header, body) = match key {
+        None => (
+            FrameHeader::for_payload(kind, sequence, transfer, offset, payload)?,
+            payload,
+        ),
+        Some(key) => {
+            let flags = key.flags(kind == FrameKind::Hello);
+            let length = u32::try_from(payload.len().checked_add(TAG_LEN)?).ok()?;
+            let mut h = FrameHeader {
+                kind,
+                sequence,
+                transfer,
+                offset,
+                flags,
+                length,
+                payload_crc: 0,
+            };
+            let head = h.to_bytes();
+            let aad: &[u8; AAD_LEN] = head.first_chunk()?;
+            let mut buf = Vec::with_capacity(payload.len() + TAG_LEN);
+            buf.extend_from_slice(payload);
+            key.seal(sequence, flags, aad, &mut buf);
+            h.payload_crc = crc32fast::hash(&buf);
+            sealed = buf;
+            (h, &sealed[..])
+        }
+    };
     let head = header.to_bytes();
     match envelope {
         Envelope::Raw => {
-            out.reserve(HEADER_LEN + payload.len());
+            out.reserve(HEADER_LEN + body.len());
             out.extend_from_slice(&head);
-            out.extend_from_slice(payload);
+            out.extend_from_slice(body);
         }
-        Envelope::ELanguage => crate::envelope::wrap(&head, payload, out),
+        Envelope::ELanguage => crate::envelope::wrap(&head, body, out),
     }
     Some(header)
 }

@@ -71,7 +71,21 @@ pub struct Hello {
     pub pipe: String,
     /// Increases at every sender start; the receiver drops connections of older sessions.
     pub session_id: u64,
+    /// Counts this sender session's connections from 1; with a key, (session_id, connection)
+    /// must be newer than any pair the receiver accepted before.
+    pub connection: u64,
     pub profile: ProfileSummary,
+    /// The key used, on keyed pipes.
+    pub auth: Option<HelloAuth>,
+}
+
+/// The key a keyed connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAuth {
+    /// Which of the pipe's keys (rotation: current and next).
+    pub key_id: u32,
+    /// What the key protects on this connection.
+    pub protection: crate::crypto::Protection,
 }
 
 /// Opens (or reopens after a reconnect) a transfer.
@@ -141,6 +155,7 @@ mod tests {
             node: "plant-a".into(),
             pipe: "scada".into(),
             session_id: 300,
+            connection: 1,
             profile: ProfileSummary {
                 name: "syskeeper-2000".into(),
                 max_frame_bytes: 1 << 20,
@@ -150,6 +165,7 @@ mod tests {
                 heartbeat_ms: 30_000,
                 ack_timeout_ms: 10_000,
             },
+            auth: None,
         }
     }
 

@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use crate::crypto::{AAD_LEN, FLAG_AUTH, FrameKey, TAG_LEN};
 use crate::decoder::{Decoder, Frame};
 use crate::error::{DecodeError, ProtocolError};
 use crate::frame::FrameKind;
@@ -51,6 +52,9 @@ pub struct ReceiverSession {
     state: State,
     unanswered: bool,
     out: Vec<u8>,
+    key: Option<FrameKey>,
+    /// The Hello as received, until it is accepted or refused (its tag is checked then).
+    hello: Option<Frame>,
 }
 
 impl ReceiverSession {
@@ -63,6 +67,8 @@ impl ReceiverSession {
             state: State::AwaitHello,
             unanswered: false,
             out: Vec::new(),
+            key: None,
+            hello: None,
         }
     }
 
@@ -124,13 +130,24 @@ impl ReceiverSession {
                 got: h.sequence,
             });
         }
-        let body = |what| -> Result<_, DecodeError> { Ok((what, &frame.payload[..])) };
+        if h.kind == FrameKind::Hello && self.state == State::AwaitHello {
+            let body_len = match h.flags {
+                0 => frame.payload.len(),
+                FLAG_AUTH => frame
+                    .payload
+                    .len()
+                    .checked_sub(TAG_LEN)
+                    .ok_or(ProtocolError::Unauthenticated(0))?,
+                _ => return Err(ProtocolError::Unauthenticated(0)),
+            };
+            let hello = decode_body("hello", frame.payload.get(..body_len).unwrap_or_default())?;
+            self.state = State::HelloPending;
+            self.hello = Some(frame);
+            return Ok(Request::Hello(hello));
+        }
+        let payload = self.unseal(&frame)?;
+        let body = |what| -> Result<_, DecodeError> { Ok((what, &payload[..])) };
         match (self.state, h.kind) {
-            (State::AwaitHello, FrameKind::Hello) => {
-                let (what, b) = body("hello")?;
-                self.state = State::HelloPending;
-                Ok(Request::Hello(decode_body(what, b)?))
-            }
             (State::AwaitHello, kind) => Err(ProtocolError::NoHello(kind)),
             (_, FrameKind::Hello) => Err(ProtocolError::SecondHello),
             (_, FrameKind::Open) => {
@@ -143,7 +160,7 @@ impl ReceiverSession {
             (_, FrameKind::Data) => Ok(Request::Data {
                 transfer: h.transfer,
                 offset: h.offset,
-                payload: frame.payload,
+                payload: payload.clone(),
             }),
             (_, FrameKind::Commit) => {
                 let (what, b) = body("commit")?;
@@ -156,11 +173,61 @@ impl ReceiverSession {
         }
     }
 
-    /// Accepts the handshake: queues the OK byte.
-    pub fn accept_hello(&mut self) {
+    /// Verifies and opens a frame after the Hello, with the connection's key if it has one.
+    fn unseal(&self, frame: &Frame) -> Result<Bytes, ProtocolError> {
+        let h = &frame.header;
+        match &self.key {
+            None if h.flags != 0 => Err(ProtocolError::UnexpectedAuth(h.sequence)),
+            None => Ok(frame.payload.clone()),
+            Some(key) => {
+                if h.flags != key.flags(false) {
+                    return Err(ProtocolError::Unauthenticated(h.sequence));
+                }
+                let head = h.to_bytes();
+                let aad: &[u8; AAD_LEN] = head
+                    .first_chunk()
+                    .ok_or(ProtocolError::Unauthenticated(h.sequence))?;
+                let mut buf = frame.payload.to_vec();
+                let n = key
+                    .open(h.sequence, h.flags, aad, &mut buf)
+                    .map_err(|e| ProtocolError::BadTag(h.sequence, e))?;
+                buf.truncate(n);
+                Ok(Bytes::from(buf))
+            }
+        }
+    }
+
+    /// True when the pending Hello carries an authentication tag.
+    pub fn hello_is_authenticated(&self) -> bool {
+        self.hello
+            .as_ref()
+            .is_some_and(|f| f.header.flags == FLAG_AUTH)
+    }
+
+    /// True when the pending Hello's tag verifies with `key`.
+    pub fn verify_hello(&self, key: &FrameKey) -> bool {
+        let Some(frame) = &self.hello else {
+            return false;
+        };
+        if frame.header.flags != FLAG_AUTH {
+            return false;
+        }
+        let head = frame.header.to_bytes();
+        let Some(aad) = head.first_chunk::<AAD_LEN>() else {
+            return false;
+        };
+        let mut buf = frame.payload.to_vec();
+        key.open(0, FLAG_AUTH, aad, &mut buf).is_ok()
+    }
+
+    /// Accepts the handshake: queues the OK byte. With a key (whose Hello tag the caller has
+    /// verified), every later frame must be sealed with it.
+    pub fn accept_hello(&mut self, key: Option<FrameKey>) {
         if self.state == State::HelloPending {
             self.state = State::Ready;
             self.unanswered = false;
+            self.hello = None;
+            self.key = key;
             self.out.push(self.ack.ok);
         }
     }
@@ -208,7 +275,7 @@ pub fn fuzz_receiver(profile: &Profile, data: &[u8]) {
     s.decoder_mut().feed(data);
     while let Ok(Some(req)) = s.next_request() {
         match req {
-            Request::Hello(_) => s.accept_hello(),
+            Request::Hello(_) => s.accept_hello(None),
             _ => s.answer(true),
         }
     }
@@ -218,7 +285,7 @@ pub fn fuzz_receiver(profile: &Profile, data: &[u8]) {
 mod tests {
     use super::*;
     use crate::envelope::Envelope;
-    use crate::frame::encode_frame;
+    use crate::frame::{HEADER_LEN, encode_frame};
     use crate::messages::encode_body;
     use crate::sender_session::{SenderEvent, SenderSession};
     use std::time::Instant;
@@ -233,7 +300,9 @@ mod tests {
             node: "n".into(),
             pipe: "p".into(),
             session_id: 1,
+            connection: 1,
             profile: p.summary(),
+            auth: None,
         }
     }
 
@@ -241,12 +310,12 @@ mod tests {
     fn sender_and_receiver_sessions_talk_one_byte_per_frame() {
         let p = profile();
         let t = Instant::now();
-        let mut tx = SenderSession::new(&p, &hello(&p), t);
+        let mut tx = SenderSession::new(&p, &hello(&p), t, None);
         let mut rx = ReceiverSession::new(&p);
         rx.decoder_mut().feed(tx.pending_output());
         tx.clear_output();
         assert!(matches!(rx.next_request(), Ok(Some(Request::Hello(_)))));
-        rx.accept_hello();
+        rx.accept_hello(None);
         tx.on_bytes(rx.pending_output(), t);
         rx.clear_output();
         assert_eq!(tx.poll_event(), Some(SenderEvent::HandshakeAccepted));
@@ -306,7 +375,7 @@ mod tests {
         let mut rx = ReceiverSession::new(&p);
         rx.decoder_mut().feed(&wire);
         rx.next_request().expect("hello");
-        rx.accept_hello();
+        rx.accept_hello(None);
         let mut data = Vec::new();
         encode_frame(
             Envelope::Raw,
@@ -353,7 +422,7 @@ mod tests {
         let mut rx = ReceiverSession::new(&p);
         rx.decoder_mut().feed(&wire);
         rx.next_request().expect("hello");
-        rx.accept_hello();
+        rx.accept_hello(None);
         assert_eq!(
             rx.next_request(),
             Err(ProtocolError::Sequence {
@@ -362,5 +431,75 @@ mod tests {
             })
         );
         fuzz_receiver(&p, &wire);
+    }
+
+    #[test]
+    fn a_keyed_connection_verifies_every_frame_and_refuses_tampering_and_downgrades() {
+        use crate::crypto::{ConnectionId, FrameKey, PreSharedKey, Protection};
+        let p = profile();
+        let psk = PreSharedKey::parse(&[9u8; 32]).expect("key");
+        let id = ConnectionId {
+            node: "n",
+            pipe: "p",
+            session: 1,
+            connection: 1,
+            key_id: 1,
+        };
+        let key = || FrameKey::derive(&psk, id, Protection::Encrypt);
+        let t = Instant::now();
+        let mut tx = SenderSession::new(&p, &hello(&p), t, Some(key()));
+        let mut rx = ReceiverSession::new(&p);
+        rx.decoder_mut().feed(tx.pending_output());
+        tx.clear_output();
+        assert!(matches!(rx.next_request(), Ok(Some(Request::Hello(_)))));
+        assert!(rx.hello_is_authenticated());
+        let wrong = PreSharedKey::parse(&[8u8; 32]).expect("key");
+        assert!(
+            !rx.verify_hello(&FrameKey::derive(&wrong, id, Protection::Encrypt)),
+            "a wrong key fails"
+        );
+        assert!(rx.verify_hello(&key()));
+        rx.accept_hello(Some(key()));
+        tx.on_bytes(rx.pending_output(), t);
+        rx.clear_output();
+        tx.send(FrameKind::Data, 3, 0, b"plain text bytes", t)
+            .expect("room");
+        let wire = tx.pending_output().to_vec();
+        assert!(
+            !wire.windows(16).any(|w| w == b"plain text bytes"),
+            "the payload is encrypted on the wire"
+        );
+        // Tampered: flip a ciphertext bit and fix both CRCs, as an attacker with the wire could.
+        let mut bad = wire.clone();
+        bad[HEADER_LEN] ^= 1;
+        let crc = crc32fast::hash(&bad[HEADER_LEN..]);
+        bad[36..40].copy_from_slice(&crc.to_be_bytes());
+        let hcrc = crc32fast::hash(&bad[..40]);
+        bad[40..44].copy_from_slice(&hcrc.to_be_bytes());
+        let mut rx2 = ReceiverSession::new(&p);
+        let mut tx2 = SenderSession::new(&p, &hello(&p), t, Some(key()));
+        rx2.decoder_mut().feed(tx2.pending_output());
+        tx2.clear_output();
+        rx2.next_request().expect("hello");
+        rx2.accept_hello(Some(key()));
+        rx2.decoder_mut().feed(&bad);
+        assert!(matches!(
+            rx2.next_request(),
+            Err(ProtocolError::BadTag(1, _))
+        ));
+        // The genuine frame opens to the plaintext.
+        rx.decoder_mut().feed(&wire);
+        match rx.next_request() {
+            Ok(Some(Request::Data { payload, .. })) => {
+                assert_eq!(&payload[..], b"plain text bytes")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Downgrade: an unsealed frame on a keyed connection is refused.
+        rx.answer(true);
+        let mut plain = Vec::new();
+        encode_frame(Envelope::Raw, FrameKind::Data, 2, 3, 16, b"x", &mut plain).expect("small");
+        rx.decoder_mut().feed(&plain);
+        assert_eq!(rx.next_request(), Err(ProtocolError::Unauthenticated(2)));
     }
 }

@@ -8,9 +8,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::crypto::{FrameKey, TAG_LEN};
 use crate::envelope::Envelope;
 use crate::error::ProtocolError;
-use crate::frame::{FrameKind, encode_frame};
+use crate::frame::{FrameKind, encode_sealed_frame};
 use crate::messages::{Hello, encode_body};
 use crate::profile::{AckBytes, Profile};
 
@@ -72,16 +73,18 @@ pub struct SenderSession {
     state: State,
     out: Vec<u8>,
     events: VecDeque<SenderEvent>,
+    key: Option<FrameKey>,
 }
 
 impl SenderSession {
-    /// Starts a session: the Hello frame is queued for output at once.
-    pub fn new(profile: &Profile, hello: &Hello, now: Instant) -> Self {
+    /// Starts a session: the Hello frame is queued for output at once. With a key, every frame
+    /// is sealed with it (see [`crate::crypto`]).
+    pub fn new(profile: &Profile, hello: &Hello, now: Instant, key: Option<FrameKey>) -> Self {
         let mut s = Self {
             envelope: profile.envelope,
             ack: profile.ack,
             window: profile.window.get() as usize,
-            max_payload: profile.chunk_size(),
+            max_payload: profile.chunk_size() - if key.is_some() { TAG_LEN } else { 0 },
             ack_timeout: profile.ack_timeout,
             handshake_timeout: profile.handshake_timeout,
             heartbeat: profile.heartbeat_interval,
@@ -92,6 +95,7 @@ impl SenderSession {
             state: State::Handshaking,
             out: Vec::new(),
             events: VecDeque::new(),
+            key,
         };
         let body = encode_body(hello);
         s.push(FrameKind::Hello, 0, 0, &body, now);
@@ -151,17 +155,20 @@ impl SenderSession {
     ) -> FrameInfo {
         let seq = self.next_seq;
         self.next_seq += 1;
-        // The payload length was bounded by max_payload (< 64 MiB) or is a small body.
-        let length = encode_frame(
+        // The payload length was bounded by max_payload (< 64 MiB) or is a small body, so
+        // encoding cannot fail. The info carries the plaintext length (no tag): acknowledged
+        // offsets are computed from it.
+        let _ = encode_sealed_frame(
             self.envelope,
+            self.key.as_ref(),
             kind,
             seq,
             transfer,
             offset,
             payload,
             &mut self.out,
-        )
-        .map_or(0, |h| h.length);
+        );
+        let length = payload.len() as u32;
         let info = FrameInfo {
             sequence: seq,
             kind,
@@ -288,13 +295,15 @@ pub(crate) mod tests {
             node: "n".into(),
             pipe: "p".into(),
             session_id: 1,
+            connection: 1,
             profile: ProfileSummary { ..p.summary() },
+            auth: None,
         }
     }
 
     fn ready(window: u32, t0: Instant) -> SenderSession {
         let p = profile(window);
-        let mut s = SenderSession::new(&p, &hello(&p), t0);
+        let mut s = SenderSession::new(&p, &hello(&p), t0, None);
         s.clear_output();
         s.on_bytes(&[0xFF], t0);
         assert_eq!(s.poll_event(), Some(SenderEvent::HandshakeAccepted));
@@ -401,8 +410,8 @@ mod properties {
             let p = profile(window);
             let t0 = Instant::now();
             let mut now = t0;
-            let hello = Hello { protocol_version: 1, node: "n".into(), pipe: "p".into(), session_id: 1, profile: p.summary() };
-            let mut s = SenderSession::new(&p, &hello, now);
+            let hello = Hello { protocol_version: 1, node: "n".into(), pipe: "p".into(), session_id: 1, connection: 1, profile: p.summary(), auth: None };
+            let mut s = SenderSession::new(&p, &hello, now, None);
             s.on_bytes(&[0xFF], now);
             prop_assert_eq!(s.poll_event(), Some(SenderEvent::HandshakeAccepted));
             let mut model: VecDeque<u64> = VecDeque::new();

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gapsync_daemon::config::{abs, check_name};
+use gapsync_daemon::config::{PipeKey, RawKey, abs, check_name};
 use gapsync_daemon::logging::LogFormat;
 use gapsync_protocol::{Profile, RawProfile};
 use ipnet::IpNet;
@@ -51,6 +51,12 @@ pub struct RawPipe {
     pub from: Option<String>,
     pub dest: Option<PathBuf>,
     pub staging: Option<PathBuf>,
+    /// The pipe's keys: the current one and, during a rotation, the next.
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    /// Refuse senders that present no key.
+    #[serde(default)]
+    pub require_auth: bool,
 }
 
 /// One pipe this receiver lands: what `from` sends on `name` goes to `dest`.
@@ -61,6 +67,9 @@ pub struct PipeConfig {
     pub dest: PathBuf,
     /// Partial files; on the same filesystem as `dest` so the final rename is atomic.
     pub staging: PathBuf,
+    /// Keys by id (at most two: current and next).
+    pub keys: Vec<PipeKey>,
+    pub require_auth: bool,
 }
 
 /// A checked receiver config.
@@ -160,6 +169,26 @@ impl Config {
                     "{label}: pipe {name:?} from {from:?} is configured twice"
                 ));
             }
+            if rp.keys.len() > 2 {
+                p.push(format!(
+                    "{label}: {} keys configured; a pipe holds at most two (current and next)",
+                    rp.keys.len()
+                ));
+            }
+            let keys: Vec<PipeKey> = rp
+                .keys
+                .iter()
+                .filter_map(|k| gapsync_daemon::config::key(&mut p, &label, base, k))
+                .collect();
+            if keys.len() == 2 && keys[0].id == keys[1].id {
+                p.push(format!(
+                    "{label}: both keys have id {}; give the next key a new id",
+                    keys[0].id
+                ));
+            }
+            if rp.require_auth && rp.keys.is_empty() {
+                p.push(format!("{label}: `require_auth = true` needs `keys`, e.g. keys = [{{ id = 1, file = \"/etc/gapsync/keys/{name}.key\" }}]"));
+            }
             let Some(dest) = rp.dest.map(|d| abs(base, &d)) else {
                 p.push(format!("{label}: `dest` is missing"));
                 continue;
@@ -174,6 +203,8 @@ impl Config {
                 from,
                 dest,
                 staging,
+                keys,
+                require_auth: rp.require_auth,
             });
         }
         match (p.is_empty(), profile, listen, state_dir) {

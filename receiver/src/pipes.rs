@@ -4,6 +4,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use std::path::PathBuf;
+
+use gapsync_daemon::config::PipeKey;
+
 use crate::config::Config;
 use crate::sink::Sink;
 use crate::sink::directory::DirectorySink;
@@ -25,6 +29,13 @@ pub struct Pipe {
     /// The newest accepted sender session; connections of older sessions are closed.
     pub session: AtomicU64,
     pub stats: PipeStats,
+    /// Keys by id; empty for an unauthenticated pipe.
+    pub keys: Vec<PipeKey>,
+    pub require_auth: bool,
+    /// The newest (session, connection) accepted on a keyed connection; durable in
+    /// `last_path`, so a recorded connection cannot be replayed, even after a restart.
+    last_connection: Mutex<(u64, u64)>,
+    last_path: PathBuf,
 }
 
 impl std::fmt::Debug for Pipe {
@@ -41,6 +52,28 @@ impl Pipe {
     pub fn with_sink<T>(&self, op: impl FnOnce(&mut dyn Sink) -> T) -> T {
         let mut guard = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         op(guard.as_mut())
+    }
+
+    /// Records a keyed connection if it is newer than every one accepted before; false for a
+    /// replay (or a sender whose state was reset).
+    pub fn accept_connection(
+        &self,
+        session: u64,
+        connection: u64,
+    ) -> std::io::Result<Result<(), (u64, u64)>> {
+        let mut last = self
+            .last_connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if (session, connection) <= *last {
+            return Ok(Err(*last));
+        }
+        gapsync_daemon::durable::write_atomic(
+            &self.last_path,
+            format!("{session} {connection}\n").as_bytes(),
+        )?;
+        *last = (session, connection);
+        Ok(Ok(()))
     }
 
     /// Counts written bytes.
@@ -67,12 +100,29 @@ impl Pipes {
                 config.stale_partial_after,
             )
             .map_err(|e| anyhow::anyhow!("pipe {} from {}: {e:#}", p.name, p.from))?;
+            let last_path = p.staging.join("last-connection");
+            let last = std::fs::read_to_string(&last_path).ok().and_then(|t| {
+                let mut it = t.split_whitespace().map(str::parse::<u64>);
+                Some((it.next()?.ok()?, it.next()?.ok()?))
+            });
+            if p.keys.is_empty() {
+                tracing::warn!(pipe = %p.name, from = %p.from, "pipe is unauthenticated: anyone who can reach the listen port through the gate can feed it files; give it `keys` and `require_auth = true`");
+            }
+            for k in &p.keys {
+                if let Some(w) = &k.warning {
+                    tracing::warn!(pipe = %p.name, key_id = k.id, "{w}");
+                }
+            }
             let pipe = Pipe {
                 name: p.name.clone(),
                 from: p.from.clone(),
                 sink: Mutex::new(Box::new(sink)),
                 session: AtomicU64::new(0),
                 stats: PipeStats::default(),
+                keys: p.keys.clone(),
+                require_auth: p.require_auth,
+                last_connection: Mutex::new(last.unwrap_or((0, 0))),
+                last_path,
             };
             by_key.insert((p.from.clone(), p.name.clone()), Arc::new(pipe));
         }

@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gapsync_daemon::config::{abs, check_name};
+use gapsync_daemon::config::{PipeKey, RawKey, abs, check_name};
 use gapsync_daemon::logging::LogFormat;
+use gapsync_protocol::crypto::Protection;
 use gapsync_protocol::{Profile, RawProfile};
 use serde::Deserialize;
 
@@ -52,6 +53,19 @@ pub struct RawPipe {
     pub settle: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub poll_interval: Option<Duration>,
+    /// Pre-shared key file of this pipe (see `gapsync-sender keygen`).
+    pub key_file: Option<PathBuf>,
+    /// Which key id the receiver knows this key by (rotation); default 1.
+    pub key_id: Option<u32>,
+    /// `encrypt` (default with a key) or `auth-only`.
+    pub protection: Option<Protection>,
+}
+
+/// A keyed pipe's key and what it protects.
+#[derive(Debug, Clone)]
+pub struct SenderAuth {
+    pub key: PipeKey,
+    pub protection: Protection,
 }
 
 /// What happens to a spool file once the receiver confirmed its commit.
@@ -76,6 +90,8 @@ pub struct PipeConfig {
     pub poll_interval: Duration,
     /// Where this pipe's in-flight records live.
     pub state_dir: PathBuf,
+    /// The pipe's key; `None` for an unauthenticated pipe.
+    pub auth: Option<SenderAuth>,
 }
 
 /// A checked sender config.
@@ -152,6 +168,23 @@ impl Config {
                 p.push(format!("{label}: `spool` is missing"));
                 continue;
             };
+            let auth = match (&rp.key_file, rp.protection) {
+                (Some(file), protection) => {
+                    let raw = RawKey {
+                        id: rp.key_id,
+                        file: Some(file.clone()),
+                    };
+                    gapsync_daemon::config::key(&mut p, &label, base, &raw).map(|key| SenderAuth {
+                        key,
+                        protection: protection.unwrap_or(Protection::Encrypt),
+                    })
+                }
+                (None, Some(_)) => {
+                    p.push(format!("{label}: `protection` needs a `key_file`"));
+                    None
+                }
+                (None, None) => None,
+            };
             let Some(sd) = &state_dir else { continue };
             let pipe_state = sd.join("sender").join(&name);
             pipes.push(PipeConfig {
@@ -166,6 +199,7 @@ impl Config {
                 settle: rp.settle.unwrap_or(DEFAULT_SETTLE),
                 poll_interval: rp.poll_interval.unwrap_or(DEFAULT_POLL),
                 state_dir: pipe_state,
+                auth,
                 name,
                 spool,
                 gate,

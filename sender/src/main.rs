@@ -106,6 +106,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stats.push((pc.name.clone(), pipe_stats));
     }
     tracing::info!(node = %config.node, profile = %config.profile.name, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");
+    for pc in &config.pipes {
+        match &pc.auth {
+            Some(a) => {
+                if let Some(w) = &a.key.warning {
+                    tracing::warn!(pipe = %pc.name, key_id = a.key.id, "{w}");
+                }
+            }
+            None => {
+                tracing::info!(pipe = %pc.name, "pipe sends without a key: frames are checksummed but not authenticated")
+            }
+        }
+    }
     gapsync_daemon::notify_ready();
     let log_summary = || {
         for (name, s) in &stats {

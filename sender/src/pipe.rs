@@ -46,6 +46,8 @@ pub struct PipeWorker {
     active: VecDeque<Transfer>,
     failures: HashMap<String, u32>,
     pub stats: Arc<PipeStats>,
+    /// Connections opened by this pipe in this session (numbered from 1 in each Hello).
+    pub connections: u64,
     /// Payload of the frame `next_frame` returned.
     pub buf: Vec<u8>,
 }
@@ -75,6 +77,7 @@ impl PipeWorker {
             active: VecDeque::new(),
             failures: HashMap::new(),
             stats,
+            connections: 0,
             buf: Vec::new(),
         })
     }
@@ -112,9 +115,9 @@ impl PipeWorker {
         self.update_depth();
     }
 
-    /// The next frame to send: kind, transfer id, offset; its payload is in `self.buf`.
-    pub fn next_frame(&mut self) -> Option<(FrameKind, u64, u64)> {
-        let chunk = self.profile.chunk_size();
+    /// The next frame to send, Data payloads at most `chunk` bytes: kind, transfer id, offset;
+    /// its payload is in `self.buf`.
+    pub fn next_frame(&mut self, chunk: usize) -> Option<(FrameKind, u64, u64)> {
         loop {
             let idx = match self.active.iter().position(|t| !t.fully_sent()) {
                 Some(i) => i,

@@ -287,6 +287,8 @@ pub struct Lab {
     pub sender_extra: String,
     /// Extra keys inside the sender's `[[pipe]]`.
     pub sender_pipe_extra: String,
+    /// Extra keys inside the receiver's `[[pipe]]`.
+    pub receiver_pipe_extra: String,
     pub allow: String,
     pub sender_pipe_name: String,
     /// The sender pipe's `settle` and `poll_interval`.
@@ -317,6 +319,7 @@ impl Lab {
             // Quick reconnects keep fault tests short; the receiver does not compare these.
             sender_extra: "[profile_overrides]\nreconnect_backoff_min = \"50ms\"\nreconnect_backoff_max = \"500ms\"\n".into(),
             sender_pipe_extra: String::new(),
+            receiver_pipe_extra: String::new(),
             allow: "[\"127.0.0.0/8\"]".into(),
             sender_pipe_name: "scada".into(),
             settle: "200ms".into(),
@@ -346,7 +349,7 @@ impl Lab {
         let mut t = String::new();
         let _ = write!(
             t,
-            "node = \"outside-1\"\nprofile = {:?}\nprofiles_dir = {}\nlisten = {listen:?}\nallow = {}\nstate_dir = {}\nlog_dir = {}\n{}\n[[pipe]]\nname = \"scada\"\nfrom = \"plant-a\"\ndest = {}\n",
+            "node = \"outside-1\"\nprofile = {:?}\nprofiles_dir = {}\nlisten = {listen:?}\nallow = {}\nstate_dir = {}\nlog_dir = {}\n{}\n[[pipe]]\nname = \"scada\"\nfrom = \"plant-a\"\ndest = {}\n{}\n",
             self.profile,
             Self::q(&profiles_dir()),
             self.allow,
@@ -354,6 +357,7 @@ impl Lab {
             Self::q(&self.path("rlogs")),
             self.receiver_extra,
             Self::q(&self.dest),
+            self.receiver_pipe_extra,
         );
         let p = self.path("receiver.toml");
         std::fs::write(&p, t).expect("write receiver.toml");

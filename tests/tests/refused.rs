@@ -57,7 +57,9 @@ impl RawClient {
             node: "plant-a".into(),
             pipe: "scada".into(),
             session_id: 1,
+            connection: 1,
             profile: profile("syskeeper-2000").summary(),
+            auth: None,
         };
         c.send(FrameKind::Hello, 0, 0, &encode_body(&hello));
         assert_eq!(c.reply(), Some(0x00), "handshake accepted with OK = 0x00");

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use gapsync_daemon::ratelimit::RateLimiter;
+use gapsync_protocol::crypto::{ConnectionId, FrameKey};
 use gapsync_protocol::{Hello, PROTOCOL_VERSION, ReceiverSession, Request};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -191,6 +192,13 @@ impl Connection {
             ));
             return self.session.reject_hello();
         }
+        let key = match self.hello_key(&h, &pipe) {
+            Ok(key) => key,
+            Err(why) => {
+                refuse(why);
+                return self.session.reject_hello();
+            }
+        };
         let current = pipe.session.fetch_max(h.session_id, Relaxed);
         if h.session_id < current {
             refuse(format!(
@@ -200,9 +208,56 @@ impl Connection {
             return self.session.reject_hello();
         }
         pipe.stats.connections.fetch_add(1, Relaxed);
-        tracing::info!(node = %h.node, pipe = %h.pipe, session = h.session_id, "sender connected");
+        tracing::info!(
+            node = %h.node, pipe = %h.pipe, session = h.session_id, connection = h.connection,
+            key_id = h.auth.map(|a| a.key_id), protection = %h.auth.map_or("none", |a| a.protection.as_str()),
+            "sender connected"
+        );
         self.pipe = Some((pipe, h.session_id));
-        self.session.accept_hello();
+        self.session.accept_hello(key);
+    }
+
+    /// The connection key for a Hello, after checking its tag and that it is no replay.
+    fn hello_key(&self, h: &Hello, pipe: &Pipe) -> Result<Option<FrameKey>, String> {
+        let Some(auth) = h.auth else {
+            if self.session.hello_is_authenticated() {
+                return Err("the Hello carries a tag but names no key".into());
+            }
+            if pipe.require_auth {
+                return Err("the pipe requires authentication (require_auth) but the sender presented no key; set key_file on the sender's pipe".into());
+            }
+            return Ok(None);
+        };
+        let Some(psk) = pipe.keys.iter().find(|k| k.id == auth.key_id) else {
+            return Err(format!(
+                "key id {} is not configured for this pipe; add it to the pipe's keys",
+                auth.key_id
+            ));
+        };
+        let id = ConnectionId {
+            node: &h.node,
+            pipe: &h.pipe,
+            session: h.session_id,
+            connection: h.connection,
+            key_id: auth.key_id,
+        };
+        let key = FrameKey::derive(&psk.key, id, auth.protection);
+        if !self.session.verify_hello(&key) {
+            return Err(format!(
+                "wrong key: the Hello does not verify with key id {}; nothing is written",
+                auth.key_id
+            ));
+        }
+        match tokio::task::block_in_place(|| pipe.accept_connection(h.session_id, h.connection)) {
+            Ok(Ok(())) => Ok(Some(key)),
+            Ok(Err((s, c))) => Err(format!(
+                "replayed or stale connection: session {} connection {} is not newer than session {s} connection {c} accepted before (if the sender's state folder was reset, put a number above {s} in its sender/session file)",
+                h.session_id, h.connection
+            )),
+            Err(e) => Err(format!(
+                "cannot record the connection in the staging folder: {e}"
+            )),
+        }
     }
 
     fn apply(&mut self, req: Request) -> bool {

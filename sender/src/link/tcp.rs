@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use gapsync_daemon::ratelimit::RateLimiter;
+use gapsync_protocol::crypto::{ConnectionId, FrameKey};
+use gapsync_protocol::messages::HelloAuth;
 use gapsync_protocol::{Hello, PROTOCOL_VERSION, SenderEvent, SenderSession};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
@@ -122,14 +124,31 @@ async fn drive(
     shutdown: &mut watch::Receiver<bool>,
     limiter: &RateLimiter,
 ) -> Ended {
+    w.connections += 1;
+    let connection = w.connections;
+    let key = w.cfg.auth.as_ref().map(|a| {
+        let id = ConnectionId {
+            node,
+            pipe: &w.cfg.name,
+            session: session_id,
+            connection,
+            key_id: a.key.id,
+        };
+        FrameKey::derive(&a.key.key, id, a.protection)
+    });
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         node: node.to_owned(),
         pipe: w.cfg.name.clone(),
         session_id,
+        connection,
         profile: w.profile.summary(),
+        auth: w.cfg.auth.as_ref().map(|a| HelloAuth {
+            key_id: a.key.id,
+            protection: a.protection,
+        }),
     };
-    let mut s = SenderSession::new(&w.profile, &hello, Instant::now());
+    let mut s = SenderSession::new(&w.profile, &hello, Instant::now(), key);
     let write_timeout = w.profile.ack_timeout.max(w.profile.handshake_timeout);
     let (mut rd, mut wr) = stream.into_split();
     let mut replies = [0u8; 4096];
@@ -169,7 +188,8 @@ async fn drive(
             return Ended::Failed { accepted };
         }
         while s.can_send() {
-            let Some((kind, transfer, offset)) = tokio::task::block_in_place(|| w.next_frame())
+            let Some((kind, transfer, offset)) =
+                tokio::task::block_in_place(|| w.next_frame(s.max_payload()))
             else {
                 break;
             };
