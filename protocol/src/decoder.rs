@@ -39,6 +39,11 @@ impl Decoder {
         }
     }
 
+    /// Changes the largest frame accepted from now on.
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame as usize;
+    }
+
     /// Appends received bytes.
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);

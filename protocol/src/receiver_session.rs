@@ -15,6 +15,10 @@ use crate::frame::FrameKind;
 use crate::messages::{Commit, Hello, OpenFile, decode_body};
 use crate::profile::{AckBytes, Profile};
 
+/// Largest frame accepted before the handshake: a Hello (header, body, tag).
+pub const MAX_HELLO_FRAME: u32 =
+    (crate::frame::HEADER_LEN + crate::messages::MAX_BODY + TAG_LEN) as u32;
+
 /// One frame, decoded, for the driver to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -52,6 +56,7 @@ pub struct ReceiverSession {
     state: State,
     unanswered: bool,
     out: Vec<u8>,
+    max_frame: u32,
     key: Option<FrameKey>,
     /// The Hello as received, until it is accepted or refused (its tag is checked then).
     hello: Option<Frame>,
@@ -61,7 +66,13 @@ impl ReceiverSession {
     /// A session using the receiver's own profile for limits and reply bytes.
     pub fn new(profile: &Profile) -> Self {
         Self {
-            decoder: Decoder::new(profile.envelope, profile.max_frame_bytes),
+            // Until the handshake is accepted only a Hello-sized frame is buffered, so an
+            // unauthenticated peer cannot make the receiver hold a whole data frame.
+            decoder: Decoder::new(
+                profile.envelope,
+                profile.max_frame_bytes.min(MAX_HELLO_FRAME),
+            ),
+            max_frame: profile.max_frame_bytes,
             ack: profile.ack,
             expected_seq: 0,
             state: State::AwaitHello,
@@ -228,6 +239,7 @@ impl ReceiverSession {
             self.unanswered = false;
             self.hello = None;
             self.key = key;
+            self.decoder.set_max_frame(self.max_frame);
             self.out.push(self.ack.ok);
         }
     }

@@ -16,6 +16,8 @@ use serde::Deserialize;
 pub const DEFAULT_SUMMARY: Duration = Duration::from_secs(60);
 /// Default for `stale_partial_after`.
 pub const DEFAULT_STALE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default for `max_connections`: a few senders with several pipes each, and room to spare.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Default for `done_retention`.
 pub const DEFAULT_DONE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -38,6 +40,7 @@ pub struct RawConfig {
     pub stale_partial_after: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub done_retention: Option<Duration>,
+    pub max_connections: Option<usize>,
     #[serde(default)]
     pub profile_overrides: RawProfile,
     #[serde(default)]
@@ -86,6 +89,8 @@ pub struct Config {
     pub summary_interval: Duration,
     pub stale_partial_after: Duration,
     pub done_retention: Duration,
+    /// Connections served at once; more are closed at once (bounds memory under a flood).
+    pub max_connections: usize,
     pub pipes: Vec<PipeConfig>,
 }
 
@@ -147,6 +152,9 @@ impl Config {
         let level = gapsync_daemon::config::log_level(&mut p, raw.log_level);
         if raw.pipe.is_empty() {
             p.push("no [[pipe]] is configured: add one with name, from and dest".into());
+        }
+        if raw.max_connections == Some(0) {
+            p.push("`max_connections` must be at least 1".into());
         }
         let mut pipes = Vec::new();
         let mut seen = HashSet::new();
@@ -220,6 +228,7 @@ impl Config {
                 summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
                 stale_partial_after: raw.stale_partial_after.unwrap_or(DEFAULT_STALE),
                 done_retention: raw.done_retention.unwrap_or(DEFAULT_DONE_RETENTION),
+                max_connections: raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
                 pipes,
             }),
             _ => Err(p),

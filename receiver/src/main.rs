@@ -85,6 +85,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config,
         pipes,
         limiter: gapsync_daemon::ratelimit::RateLimiter::new(Duration::from_secs(60)),
+        active: std::sync::atomic::AtomicUsize::new(0),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let accept = tokio::spawn(link::tcp::serve(server.clone(), listener, stop_rx));

@@ -27,6 +27,17 @@ pub struct Server {
     pub config: Config,
     pub pipes: Pipes,
     pub limiter: RateLimiter,
+    /// Connections being served.
+    pub active: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a connection as active until dropped.
+struct ActiveGuard(Arc<Server>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Server {
@@ -60,12 +71,24 @@ pub async fn serve(
             drop(stream);
             continue;
         }
+        if server.active.fetch_add(1, Relaxed) >= server.config.max_connections {
+            server.active.fetch_sub(1, Relaxed);
+            if let Some(suppressed) = server.warn_limited("connection limit") {
+                tracing::warn!(%peer, max_connections = server.config.max_connections, suppressed, "connection limit reached; closing new connections until others end (raise max_connections if this is legitimate load)");
+            }
+            drop(stream);
+            continue;
+        }
+        let guard = ActiveGuard(server.clone());
         let server = server.clone();
         let shutdown = shutdown.clone();
         let span = tracing::info_span!("conn", %peer);
         tokio::spawn(
-            async move { Connection::new(server, peer).run(stream, shutdown).await }
-                .instrument(span),
+            async move {
+                let _guard = guard;
+                Connection::new(server, peer).run(stream, shutdown).await;
+            }
+            .instrument(span),
         );
     }
 }
@@ -93,9 +116,16 @@ impl Connection {
         if let Some(n) = self.server.config.profile.socket_buffer_bytes {
             let _ = socket2::SockRef::from(&stream).set_recv_buffer_size(n as usize);
         }
-        let idle = self.server.config.profile.idle_timeout;
+        let profile = &self.server.config.profile;
+        let (idle, handshake) = (profile.idle_timeout, profile.handshake_timeout);
+        let opened = Instant::now();
+        let mut last_read = opened;
+        // When the frame now being received began; a frame must arrive within idle_timeout.
+        let mut frame_started: Option<Instant> = None;
         loop {
-            self.process();
+            if self.process() > 0 {
+                frame_started = None;
+            }
             let out = self.session.pending_output();
             if !out.is_empty() {
                 if let Err(e) = stream.write_all(out).await {
@@ -107,15 +137,35 @@ impl Connection {
             if self.session.is_closed() {
                 break;
             }
+            if self.session.decoder_mut().buffered() > 0 {
+                frame_started.get_or_insert(Instant::now());
+            }
+            let (deadline, why) = if !self.session.is_established() {
+                (
+                    opened + handshake,
+                    "no handshake within the profile's handshake_timeout",
+                )
+            } else if let Some(t) = frame_started {
+                (
+                    t + idle,
+                    "a frame did not complete within the profile's idle_timeout (a stalled gate or a slow-drip peer)",
+                )
+            } else {
+                (
+                    last_read + idle,
+                    "silent for longer than the profile's idle_timeout (no frames, not even heartbeats): check the gate",
+                )
+            };
+            let established = self.session.is_established();
             let buf = self.session.decoder_mut().buffer_mut();
-            buf.reserve(READ_CHUNK);
+            buf.reserve(if established { READ_CHUNK } else { 4096 });
             tokio::select! {
                 r = stream.read_buf(buf) => match r {
                     Ok(0) => {
                         tracing::debug!("sender closed the connection");
                         break;
                     }
-                    Ok(_) => {}
+                    Ok(_) => last_read = Instant::now(),
                     Err(e) => {
                         if let Some(suppressed) = self.server.warn_limited(&format!("lost {}", self.peer.ip())) {
                             tracing::warn!(error = %e, suppressed, "connection lost; the sender will reconnect and resume");
@@ -123,9 +173,9 @@ impl Connection {
                         break;
                     }
                 },
-                _ = tokio::time::sleep(idle) => {
-                    if let Some(suppressed) = self.server.warn_limited(&format!("idle {}", self.peer.ip())) {
-                        tracing::warn!(idle = %humantime::format_duration(idle), suppressed, "closing a connection silent for longer than the profile's idle_timeout (no frames, not even heartbeats): check the gate");
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if let Some(suppressed) = self.server.warn_limited(&format!("{why} {}", self.peer.ip())) {
+                        tracing::warn!(suppressed, "closing the connection: {why}");
                     }
                     break;
                 }
@@ -134,11 +184,12 @@ impl Connection {
         }
     }
 
-    /// Applies every whole request in the buffer, answering each.
-    fn process(&mut self) {
+    /// Applies every whole request in the buffer, answering each; returns how many.
+    fn process(&mut self) -> usize {
+        let mut n = 0;
         loop {
             match self.session.next_request() {
-                Ok(None) => return,
+                Ok(None) => return n,
                 Ok(Some(Request::Hello(h))) => self.hello(h),
                 Ok(Some(req)) => {
                     let ok = self.apply(req);
@@ -152,11 +203,12 @@ impl Connection {
                     if let Some((pipe, _)) = &self.pipe {
                         pipe.stats.refused_frames.fetch_add(1, Relaxed);
                     }
-                    return;
+                    return n;
                 }
             }
+            n += 1;
             if self.session.is_closed() {
-                return;
+                return n;
             }
         }
     }
