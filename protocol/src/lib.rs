@@ -21,6 +21,7 @@ pub mod decoder;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod fuzz;
 pub mod messages;
 pub mod profile;
 pub mod receiver_session;
