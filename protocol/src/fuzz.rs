@@ -47,9 +47,22 @@ pub fn frame_decoder(data: &[u8]) {
                     let len = before - (consumed + d.buffered());
                     let h = f.header;
                     let mut again = Vec::new();
-                    let _ = crate::frame::encode_sealed_frame(Envelope::Raw, None, h.kind, h.sequence, h.transfer, h.offset, &f.payload, &mut again);
+                    let _ = crate::frame::encode_sealed_frame(
+                        Envelope::Raw,
+                        None,
+                        h.kind,
+                        h.sequence,
+                        h.transfer,
+                        h.offset,
+                        &f.payload,
+                        &mut again,
+                    );
                     if h.flags == 0 {
-                        assert_eq!(again.as_slice(), &data[consumed..consumed + len], "a decoded frame re-encodes to its bytes");
+                        assert_eq!(
+                            again.as_slice(),
+                            &data[consumed..consumed + len],
+                            "a decoded frame re-encodes to its bytes"
+                        );
                     }
                     consumed += len;
                 }
@@ -67,10 +80,18 @@ pub fn frame_decoder(data: &[u8]) {
 
 /// A receiver session fed arbitrary bytes, accepting every request, unkeyed and keyed.
 pub fn handshake(data: &[u8]) {
-    let Some(p) = profile(Envelope::Raw) else { return };
+    let Some(p) = profile(Envelope::Raw) else {
+        return;
+    };
     crate::receiver_session::fuzz_receiver(&p, data);
     let psk = PreSharedKey::from_random([7; 32]);
-    let id = ConnectionId { node: "n", pipe: "p", session: 1, connection: 1, key_id: 1 };
+    let id = ConnectionId {
+        node: "n",
+        pipe: "p",
+        session: 1,
+        connection: 1,
+        key_id: 1,
+    };
     let mut s = ReceiverSession::new(&p);
     s.decoder_mut().feed(data);
     while let Ok(Some(req)) = s.next_request() {
@@ -95,7 +116,15 @@ pub fn e_language(data: &[u8]) {
     while let Ok(Some(_)) = d.decode() {}
     let payload = data.get(..data.len().min(60_000)).unwrap_or_default();
     let mut wire = Vec::new();
-    let _ = encode_frame(Envelope::ELanguage, crate::frame::FrameKind::Data, 1, 2, 3, payload, &mut wire);
+    let _ = encode_frame(
+        Envelope::ELanguage,
+        crate::frame::FrameKind::Data,
+        1,
+        2,
+        3,
+        payload,
+        &mut wire,
+    );
     let mut d = Decoder::new(Envelope::ELanguage, 64 * 1024);
     d.feed(&wire);
     match d.decode() {
@@ -131,14 +160,18 @@ mod tests {
         let mut runs = 0;
         for target in ["frame_decoder", "handshake", "e_language", "profile"] {
             let dir = root.join(target);
-            let files = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let files =
+                std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
             for f in files.flatten() {
                 let data = std::fs::read(f.path()).expect("read seed");
                 run(target, &data);
                 runs += 1;
             }
         }
-        assert!(runs >= 12, "the corpus has seeds for every target ({runs} found)");
+        assert!(
+            runs >= 12,
+            "the corpus has seeds for every target ({runs} found)"
+        );
     }
 
     /// Writes the seed corpus (run once with --ignored; the files are checked in).
@@ -149,27 +182,98 @@ mod tests {
         use crate::messages::{Commit, Hello, OpenFile, encode_body};
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         let p = profile(Envelope::Raw).expect("profile");
-        let hello = Hello { protocol_version: 1, node: "plant-a".into(), pipe: "scada".into(), session_id: 1, connection: 1, profile: p.summary(), auth: None };
+        let hello = Hello {
+            protocol_version: 1,
+            node: "plant-a".into(),
+            pipe: "scada".into(),
+            session_id: 1,
+            connection: 1,
+            profile: p.summary(),
+            auth: None,
+        };
         let mut conn = Vec::new();
         let frames: [(FrameKind, u64, Vec<u8>); 5] = [
             (FrameKind::Hello, 0, encode_body(&hello)),
-            (FrameKind::Open, 0, encode_body(&OpenFile { path: "a/b.csv".into(), size: 5, mtime_ns: 1 })),
+            (
+                FrameKind::Open,
+                0,
+                encode_body(&OpenFile {
+                    path: "a/b.csv".into(),
+                    size: 5,
+                    mtime_ns: 1,
+                }),
+            ),
             (FrameKind::Data, 0, b"hello".to_vec()),
-            (FrameKind::Commit, 0, encode_body(&Commit { size: 5, digest: [1; 32] })),
+            (
+                FrameKind::Commit,
+                0,
+                encode_body(&Commit {
+                    size: 5,
+                    digest: [1; 32],
+                }),
+            ),
             (FrameKind::Heartbeat, 0, vec![]),
         ];
         for (seq, (kind, offset, body)) in frames.iter().enumerate() {
-            let _ = encode_frame(Envelope::Raw, *kind, seq as u64, 9, *offset, body, &mut conn);
+            let _ = encode_frame(
+                Envelope::Raw,
+                *kind,
+                seq as u64,
+                9,
+                *offset,
+                body,
+                &mut conn,
+            );
         }
         let psk = PreSharedKey::from_random([7; 32]);
-        let id = ConnectionId { node: "n", pipe: "p", session: 1, connection: 1, key_id: 1 };
+        let id = ConnectionId {
+            node: "n",
+            pipe: "p",
+            session: 1,
+            connection: 1,
+            key_id: 1,
+        };
         let key = FrameKey::derive(&psk, id, Protection::Encrypt);
-        let keyed_hello = Hello { node: "n".into(), pipe: "p".into(), auth: Some(crate::messages::HelloAuth { key_id: 1, protection: Protection::Encrypt }), ..hello.clone() };
+        let keyed_hello = Hello {
+            node: "n".into(),
+            pipe: "p".into(),
+            auth: Some(crate::messages::HelloAuth {
+                key_id: 1,
+                protection: Protection::Encrypt,
+            }),
+            ..hello.clone()
+        };
         let mut keyed = Vec::new();
-        let _ = crate::frame::encode_sealed_frame(Envelope::Raw, Some(&key), FrameKind::Hello, 0, 0, 0, &encode_body(&keyed_hello), &mut keyed);
-        let _ = crate::frame::encode_sealed_frame(Envelope::Raw, Some(&key), FrameKind::Data, 1, 9, 0, b"secret", &mut keyed);
+        let _ = crate::frame::encode_sealed_frame(
+            Envelope::Raw,
+            Some(&key),
+            FrameKind::Hello,
+            0,
+            0,
+            0,
+            &encode_body(&keyed_hello),
+            &mut keyed,
+        );
+        let _ = crate::frame::encode_sealed_frame(
+            Envelope::Raw,
+            Some(&key),
+            FrameKind::Data,
+            1,
+            9,
+            0,
+            b"secret",
+            &mut keyed,
+        );
         let mut elang = Vec::new();
-        let _ = encode_frame(Envelope::ELanguage, FrameKind::Hello, 0, 0, 0, &encode_body(&hello), &mut elang);
+        let _ = encode_frame(
+            Envelope::ELanguage,
+            FrameKind::Hello,
+            0,
+            0,
+            0,
+            &encode_body(&hello),
+            &mut elang,
+        );
         let seeds: [(&str, &str, Vec<u8>); 12] = [
             ("frame_decoder", "connection", conn.clone()),
             ("frame_decoder", "heartbeat", conn[conn.len() - 44..].to_vec()),
