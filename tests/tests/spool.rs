@@ -166,3 +166,37 @@ fn a_later_file_with_the_same_path_replaces_the_earlier_one() {
         2
     );
 }
+
+#[test]
+fn symlinks_in_the_spool_are_not_followed() {
+    let mut lab = Lab::new("loopback");
+    let secret = lab.path("outside-secret.txt");
+    std::fs::write(&secret, b"host secret").expect("write");
+    std::os::unix::fs::symlink(&secret, lab.spool.join("link.txt")).expect("file link");
+    std::fs::create_dir_all(lab.path("outside-dir")).expect("mkdir");
+    std::fs::write(lab.path("outside-dir/inner.txt"), b"more").expect("write");
+    std::os::unix::fs::symlink(lab.path("outside-dir"), lab.spool.join("dirlink"))
+        .expect("dir link");
+    let real = make_file(&lab.spool.join("real.bin"), 1000, 1);
+    lab.start_receiver();
+    lab.start_sender();
+    lab.wait_for_tree(
+        &[("real.bin".to_owned(), real)].into_iter().collect(),
+        Duration::from_secs(30),
+    );
+    wait_until("the symlink warnings", Duration::from_secs(10), || {
+        count_lines(&lab.sender_log(), &["symlink in the spool not followed"]) == 2
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(count_files(&lab.dest), 1, "only the regular file crossed");
+    assert_eq!(
+        count_lines(&lab.sender_log(), &["symlink in the spool not followed"]),
+        2,
+        "each link said once, not at every scan"
+    );
+    assert_eq!(
+        std::fs::read(&secret).expect("read"),
+        b"host secret",
+        "the target is untouched"
+    );
+}

@@ -41,12 +41,21 @@ pub fn spawn(
     std::fs::create_dir_all(&cfg.spool)?;
     std::thread::Builder::new()
         .name(format!("spool-{}", cfg.pipe))
-        .spawn(move || Scanner { cfg, tx }.run())
+        .spawn(move || {
+            Scanner {
+                cfg,
+                tx,
+                warned_links: Default::default(),
+            }
+            .run()
+        })
 }
 
 struct Scanner {
     cfg: SpoolConfig,
     tx: mpsc::Sender<SourceEvent>,
+    /// Symlinks already reported, so each is logged once, not at every scan.
+    warned_links: std::cell::RefCell<std::collections::HashSet<PathBuf>>,
 }
 
 impl Scanner {
@@ -119,11 +128,24 @@ impl Scanner {
                     || (!ignored_name(&name) && !self.cfg.exclude.iter().any(|x| x == e.path()))
             });
         for entry in walk.flatten() {
-            if entry.file_type().is_file() && !self.consider(entry.path(), settle) {
+            if entry.file_type().is_symlink() {
+                self.skip_symlink(entry.path());
+            } else if entry.file_type().is_file() && !self.consider(entry.path(), settle) {
                 return false;
             }
         }
         true
+    }
+
+    /// Symlinks are never followed (one could point anywhere on the host); said once per link.
+    fn skip_symlink(&self, path: &Path) {
+        let mut warned = self.warned_links.borrow_mut();
+        if warned.len() > 10_000 {
+            warned.clear();
+        }
+        if warned.insert(path.to_path_buf()) {
+            tracing::warn!(pipe = %self.cfg.pipe, path = %path.display(), "symlink in the spool not followed: gapsync sends regular files only; copy or move the file itself in");
+        }
     }
 
     /// Sends one file if it is eligible; false when the pipe is gone.
@@ -141,6 +163,10 @@ impl Scanner {
         let Ok(meta) = std::fs::symlink_metadata(path) else {
             return true;
         };
+        if meta.file_type().is_symlink() {
+            self.skip_symlink(path);
+            return true;
+        }
         if !meta.is_file() {
             return true;
         }
