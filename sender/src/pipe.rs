@@ -45,6 +45,9 @@ pub struct PipeWorker {
     known: HashSet<String>,
     active: VecDeque<Transfer>,
     failures: HashMap<String, u32>,
+    /// Transfers that got a FAIL, waiting at the back of the queue with their state.
+    parked: HashMap<String, Transfer>,
+
     pub stats: Arc<PipeStats>,
     /// Connections opened by this pipe in this session (numbered from 1 in each Hello).
     pub connections: u64,
@@ -76,6 +79,8 @@ impl PipeWorker {
             known: HashSet::new(),
             active: VecDeque::new(),
             failures: HashMap::new(),
+            parked: HashMap::new(),
+
             stats,
             connections: 0,
             buf: Vec::new(),
@@ -168,6 +173,11 @@ impl PipeWorker {
     /// Starts the next queued file; `None` when nothing is queued.
     fn activate(&mut self) -> Option<()> {
         while let Some(rel) = self.pending.pop_front() {
+            if let Some(t) = self.parked.remove(&rel) {
+                self.active.push_back(t);
+                self.update_depth();
+                return Some(());
+            }
             let fs_path = self.cfg.spool.join(&rel);
             let file = match fs::File::open(&fs_path) {
                 Ok(f) => f,
@@ -203,7 +213,7 @@ impl PipeWorker {
                     }
                 },
             };
-            let mut t = Transfer::new(id, rel.clone(), fs_path, file, &meta, acked);
+            let t = Transfer::new(id, rel.clone(), fs_path, file, &meta, acked);
             let record = InFlight {
                 transfer: id,
                 path: rel.clone(),
@@ -219,7 +229,7 @@ impl PipeWorker {
             if acked > 0 {
                 tracing::info!(pipe = %self.cfg.name, path = %rel, transfer = %format!("{id:016x}"), resume_at = acked, "resuming a transfer from before the restart");
             }
-            t.failures = self.failures.get(&rel).copied().unwrap_or(0);
+
             self.active.push_back(t);
             self.update_depth();
             return Some(());
@@ -275,34 +285,44 @@ impl PipeWorker {
         }
     }
 
+    /// A FAIL answer: the receiver refused this file's frame (a bad name, a blocked target, a
+    /// digest mismatch). It counts towards quarantine, and the file steps aside (parked at the
+    /// back of the queue with its transfer kept) so the other files go on. Local trouble on the
+    /// receiver (a full disk) is not a FAIL: the receiver closes without a byte, which costs
+    /// the file nothing.
     fn on_fail(&mut self, info: &FrameInfo) {
         let Some(idx) = self.find(info.transfer) else {
             tracing::warn!(pipe = %self.cfg.name, kind = ?info.kind, "the receiver refused a frame; reconnecting");
             return;
         };
-        let t = &mut self.active[idx];
-        t.failures += 1;
-        let (failures, rel) = (t.failures, t.rel.clone());
-        self.failures.insert(rel.clone(), failures);
+        let mut t = self.remove_active(idx);
+        let failures = self.failures.entry(t.rel.clone()).or_insert(0);
+        *failures += 1;
+        let failures = *failures;
         tracing::warn!(
-            pipe = %self.cfg.name, path = %rel, kind = ?info.kind, offset = info.offset,
+            pipe = %self.cfg.name, path = %t.rel, kind = ?info.kind, offset = info.offset,
             attempt = failures, max_attempts = self.cfg.max_attempts,
             "the receiver answered FAIL; reconnecting and retrying (see the receiver's log for the reason)"
         );
         if failures >= self.cfg.max_attempts {
-            let t = self.remove_active(idx);
             self.forget_transfer(&t);
             let reason = format!(
                 "the receiver refused it {failures} times (last: {:?} frame at offset {})",
                 info.kind, info.offset
             );
             self.quarantine_path(&t.fs_path, Path::new(&t.rel), &reason);
-        } else if info.kind == FrameKind::Commit {
-            // Digest mismatch: the receiver discarded its partial. Start over as a new transfer.
-            let t = self.remove_active(idx);
-            self.forget_transfer(&t);
-            self.requeue_front(t.rel);
+            return;
         }
+        let rel = t.rel.clone();
+        if info.kind == FrameKind::Commit {
+            // Digest mismatch: the receiver discarded its partial. Start over as a new transfer.
+            self.forget_transfer(&t);
+        } else {
+            t.rewind();
+            self.parked.insert(rel.clone(), t);
+        }
+        self.pending.push_back(rel);
+        self.update_depth();
     }
 
     /// The connection ended: every transfer resumes from its acknowledged offset next time.
@@ -329,6 +349,7 @@ impl PipeWorker {
         self.stats.files.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(t.size, Relaxed);
         self.failures.remove(&t.rel);
+
         let after = if !t.unchanged() {
             "kept: the file changed after it was read; the new version is sent next"
         } else {

@@ -33,8 +33,7 @@ pub struct Transfer {
     commit_sent: bool,
     hasher: blake3::Hasher,
     hashed: u64,
-    /// FAIL answers for this file; it is quarantined at the pipe's `max_attempts`.
-    pub failures: u32,
+
     pub started: Instant,
     /// The `acked` value last written to the in-flight record.
     pub persisted_acked: u64,
@@ -66,7 +65,7 @@ impl Transfer {
             commit_sent: false,
             hasher: blake3::Hasher::new(),
             hashed: 0,
-            failures: 0,
+
             started: Instant::now(),
             persisted_acked: acked,
             persisted_at: Instant::now(),

@@ -200,3 +200,80 @@ fn symlinks_in_the_spool_are_not_followed() {
         "the target is untouched"
     );
 }
+
+/// A small tmpfs mounted for one test, unmounted (lazily) when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_receiver_disk_is_reported_and_the_transfer_completes_once_space_is_freed() {
+    let mut lab = Lab::new("loopback");
+    let small = lab.path("small");
+    // Needs root (as in CI) to mount a real, small filesystem.
+    let Some(_disk) = SmallDisk::mount(&small, "8m") else {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (not root); the disk-full case was not exercised"
+        );
+        return;
+    };
+    lab.dest = small.join("dest");
+    lab.receiver_pipe_extra = format!(
+        "staging = {:?}\n",
+        small.join("staging").display().to_string()
+    );
+    lab.sender_pipe_extra = "max_attempts = 2\n".into();
+    std::fs::create_dir_all(&lab.dest).expect("dest");
+    // Another program filled the disk: 5 MiB of 8 are taken.
+    std::fs::write(small.join("other-program.dat"), vec![1u8; 5 << 20]).expect("fill");
+    let digest = make_file(&lab.spool.join("report.bin"), 4 << 20, 9);
+    lab.start_receiver();
+    lab.start_sender();
+    wait_until(
+        "the receiver's disk-full error",
+        Duration::from_secs(30),
+        || lab.receiver_log().contains("not enough free space"),
+    );
+    let line = lab
+        .receiver_log()
+        .lines()
+        .find(|l| l.contains("not enough free space"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("ERROR") && line.contains("bytes needed") && line.contains("report.bin"),
+        "{line}"
+    );
+    // Retries go on for longer than max_attempts would allow a bad file: nothing is quarantined.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        lab.spool.join("report.bin").exists(),
+        "kept in the spool, not quarantined"
+    );
+    assert_eq!(count_files(&lab.dest), 0);
+    std::fs::remove_file(small.join("other-program.dat")).expect("free space");
+    lab.wait_for_tree(
+        &[("report.bin".to_owned(), digest)].into_iter().collect(),
+        Duration::from_secs(60),
+    );
+    assert!(!lab.sender_log().contains("file quarantined"));
+}

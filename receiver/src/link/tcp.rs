@@ -356,14 +356,22 @@ impl Connection {
             Ok(None) => true,
             Err(e) => {
                 pipe.stats.refused_frames.fetch_add(1, Relaxed);
-                if e.is_peer_fault() {
-                    if let Some(suppressed) =
-                        self.server.warn_limited(&format!("sink {} {e}", pipe.name))
-                    {
+                // Repeats of one problem (numbers aside) are logged once a minute.
+                let key: String = format!("sink {} {e}", pipe.name)
+                    .chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .collect();
+                if let Some(suppressed) = self.server.warn_limited(&key) {
+                    if e.is_local() {
+                        tracing::error!(pipe = %pipe.name, error = %e, suppressed, "could not land data; closed the connection without a reply, so the sender retries later without counting it against the file");
+                    } else if e.is_peer_fault() {
                         tracing::error!(pipe = %pipe.name, error = %e, suppressed, "refused a request from the sender; answered FAIL");
+                    } else {
+                        tracing::error!(pipe = %pipe.name, error = %e, suppressed, "refused the file; answered FAIL, the sender resends it");
                     }
-                } else {
-                    tracing::error!(pipe = %pipe.name, error = %e, "could not land data; answered FAIL, the sender will retry");
+                }
+                if e.is_local() {
+                    self.session.close();
                 }
                 false
             }

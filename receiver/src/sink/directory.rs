@@ -188,6 +188,24 @@ impl DirectorySink {
         Ok(*h.finalize().as_bytes())
     }
 
+    /// Refuses a transfer that cannot fit: `needed` more bytes, plus a margin for the folder
+    /// entries and the done log.
+    fn check_space(&self, path: &str, needed: u64) -> Result<(), SinkError> {
+        const MARGIN: u64 = 1 << 20;
+        let st = rustix::fs::statvfs(&self.staging)
+            .map_err(|e| io_err("cannot read free space of", &self.staging)(e.into()))?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < needed.saturating_add(MARGIN) {
+            return Err(SinkError::NoSpace {
+                path: path.to_owned(),
+                needed: needed.saturating_add(MARGIN),
+                free,
+                folder: self.staging.display().to_string(),
+            });
+        }
+        Ok(())
+    }
+
     fn discard(&mut self, id: u64) {
         self.partials.remove(&id);
         let _ = fs::remove_file(self.part_path(id));
@@ -231,6 +249,8 @@ impl Sink for DirectorySink {
         self.prepare_target(&path)?;
         let meta = self.meta_path(id);
         let part = self.part_path(id);
+        let staged = fs::metadata(&part).map_or(0, |m| m.len());
+        self.check_space(&open.path, open.size.saturating_sub(staged))?;
         let same = fs::read(&meta)
             .ok()
             .and_then(|b| decode_body::<OpenFile>("meta", &b).ok())
@@ -273,9 +293,20 @@ impl Sink for DirectorySink {
                 size: p.open.size,
             });
         }
-        p.file
-            .write_all_at(data, offset)
-            .map_err(io_err("cannot write partial", &part))?;
+        if let Err(e) = p.file.write_all_at(data, offset) {
+            if e.kind() == io::ErrorKind::StorageFull {
+                let (path, needed) = (p.open.path.clone(), p.open.size - offset);
+                let free = rustix::fs::statvfs(&self.staging)
+                    .map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize));
+                return Err(SinkError::NoSpace {
+                    path,
+                    needed,
+                    free,
+                    folder: self.staging.display().to_string(),
+                });
+            }
+            return Err(io_err("cannot write partial", &part)(e));
+        }
         p.hashed = match p.hashed {
             Some(h) if h == offset => {
                 p.hasher.update(data);

@@ -57,6 +57,15 @@ pub enum SinkError {
         "digest mismatch at commit of {path:?}: the partial was lost or the source changed; the sender will resend from the start"
     )]
     DigestMismatch { path: String },
+    #[error(
+        "not enough free space to stage {path:?}: {needed} bytes needed, {free} free in {folder}; free space there (the sender keeps retrying)"
+    )]
+    NoSpace {
+        path: String,
+        needed: u64,
+        free: u64,
+        folder: String,
+    },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -66,11 +75,18 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// True for trouble on this host that says nothing about the file (a full disk, an I/O
+    /// error): the connection is closed without a byte, so the sender retries later without
+    /// counting it against the file. Everything else is answered FAIL.
+    pub fn is_local(&self) -> bool {
+        matches!(self, SinkError::Io { .. } | SinkError::NoSpace { .. })
+    }
+
     /// True when the sender is at fault (bad names, protocol misuse) rather than this host.
     pub fn is_peer_fault(&self) -> bool {
         !matches!(
             self,
-            SinkError::Io { .. } | SinkError::DigestMismatch { .. }
+            SinkError::Io { .. } | SinkError::DigestMismatch { .. } | SinkError::NoSpace { .. }
         )
     }
 }
