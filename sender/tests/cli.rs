@@ -43,31 +43,6 @@ fn every_shipped_profile_passes_check_config() {
 }
 
 #[test]
-fn the_example_config_passes_check_config() {
-    // The example names keys/scada-1.key next to itself: run it beside a freshly made key.
-    let dir = tempfile::tempdir().expect("tmp");
-    let example = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/sender.toml"
-    ));
-    std::fs::copy(example, dir.path().join("sender.toml")).expect("copy");
-    std::fs::create_dir(dir.path().join("keys")).expect("mkdir");
-    let keygen = Command::new(EXE)
-        .arg("keygen")
-        .arg("--out")
-        .arg(dir.path().join("keys/scada-1.key"))
-        .output()
-        .expect("keygen");
-    assert!(keygen.status.success());
-    let (ok, out) = check(&dir.path().join("sender.toml"));
-    assert!(ok, "{out}");
-    assert!(
-        !check(example).0,
-        "without its key file the example is refused"
-    );
-}
-
-#[test]
 fn a_bad_config_lists_every_problem_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("bad.toml");

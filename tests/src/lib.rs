@@ -640,3 +640,17 @@ impl Consumer {
         self.seen()
     }
 }
+
+/// A Hello from sender `plant-a` on pipe `scada`, session 1, connection 1, for hand-driven
+/// peers in tests.
+pub fn hello(profile: &Profile) -> gapsync_protocol::Hello {
+    gapsync_protocol::Hello {
+        protocol_version: gapsync_protocol::PROTOCOL_VERSION,
+        node: "plant-a".into(),
+        pipe: "scada".into(),
+        session_id: 1,
+        connection: 1,
+        profile: profile.summary(),
+        auth: None,
+    }
+}

@@ -6,7 +6,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use gapsync_protocol::{Envelope, FrameKind, Hello, PROTOCOL_VERSION, encode_body, encode_frame};
+use gapsync_protocol::{Envelope, FrameKind, encode_body, encode_frame};
 use gapsync_tests::{Lab, count_lines, fill, make_file, profile, wait_until};
 
 /// Short receiver timers for these tests (no real sender is involved except where noted).
@@ -37,15 +37,7 @@ fn hello_bytes() -> Vec<u8> {
     let mut p = profile("loopback");
     p.heartbeat_interval = Duration::from_secs(1);
     p.ack_timeout = Duration::from_secs(1);
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        node: "plant-a".into(),
-        pipe: "scada".into(),
-        session_id: 1,
-        connection: 1,
-        profile: p.summary(),
-        auth: None,
-    };
+    let hello = gapsync_tests::hello(&p);
     let mut wire = Vec::new();
     encode_frame(
         Envelope::Raw,

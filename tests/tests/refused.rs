@@ -6,9 +6,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use gapsync_protocol::{
-    Envelope, FrameKind, Hello, OpenFile, PROTOCOL_VERSION, encode_body, encode_frame,
-};
+use gapsync_protocol::{Envelope, FrameKind, OpenFile, encode_body, encode_frame};
 use gapsync_tests::{Lab, count_files, make_file, profile, wait_until};
 
 /// A hand-driven sender on a real socket, to send what the real sender never would.
@@ -52,15 +50,7 @@ impl RawClient {
 
     fn hello(addr: SocketAddr) -> Self {
         let mut c = Self::connect(addr);
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            node: "plant-a".into(),
-            pipe: "scada".into(),
-            session_id: 1,
-            connection: 1,
-            profile: profile("syskeeper-2000").summary(),
-            auth: None,
-        };
+        let hello = gapsync_tests::hello(&profile("syskeeper-2000"));
         c.send(FrameKind::Hello, 0, 0, &encode_body(&hello));
         assert_eq!(c.reply(), Some(0x00), "handshake accepted with OK = 0x00");
         c
