@@ -148,7 +148,9 @@ impl PipeWorker {
                     }
                     return Some((kind, t.id, offset));
                 }
-                Ok(None) => {}
+                                // Not reached (position() picked a transfer with frames left); stop filling
+                // rather than spin if that ever changes.
+                Ok(None) => return None,
                 Err(e) => {
                     let t = self.remove_active(idx);
                     self.read_failed(t, e);
