@@ -110,3 +110,35 @@ pub fn key(problems: &mut Vec<String>, label: &str, base: &Path, raw: &RawKey) -
         }
     }
 }
+
+/// Loads the `[tls]` certificates when the profile's link is `tls` (with `build` making the
+/// rustls config, so every file is checked), and refuses a mismatch either way.
+pub fn tls<T>(
+    problems: &mut Vec<String>,
+    base: &Path,
+    profile: Option<&Profile>,
+    raw: Option<&crate::tls::RawTls>,
+    build: impl FnOnce(&crate::tls::TlsFiles) -> anyhow::Result<T>,
+) -> Option<T> {
+    let wants = profile.map(|p| p.link == gapsync_protocol::LinkKind::Tls);
+    match (wants, raw) {
+        (Some(true), None) => {
+            problems.push(
+                "the profile's link is `tls`: add a [tls] table with cert, key and ca (PEM files)"
+                    .into(),
+            );
+            None
+        }
+        (Some(false), Some(_)) => {
+            problems.push("a [tls] table is set but the profile's link is not `tls`; remove it or use a tls profile".into());
+            None
+        }
+        (_, Some(raw)) => {
+            let files = crate::tls::TlsFiles::check(problems, base, raw)?;
+            build(&files)
+                .map_err(|e| problems.push(format!("{e:#}")))
+                .ok()
+        }
+        _ => None,
+    }
+}

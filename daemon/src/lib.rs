@@ -11,6 +11,7 @@ pub mod keys;
 pub mod logging;
 pub mod profiles;
 pub mod ratelimit;
+pub mod tls;
 
 /// Tells systemd (`Type=notify`) that the daemon is ready. Does nothing outside systemd.
 pub fn notify_ready() {

@@ -26,6 +26,9 @@ pub const MAX_WINDOW: u64 = 1024;
 pub enum LinkKind {
     /// TCP through a forward or reverse isolation gate: one ack byte per frame.
     Tcp,
+    /// TLS with mutual certificate authentication over a two-way network (an edge site to a
+    /// cloud receiver through a firewall); the same frames and acks inside.
+    Tls,
 }
 
 /// A profile as written in TOML, before checking. Also the shape of `[profile_overrides]`.

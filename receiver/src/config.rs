@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub max_connections: Option<usize>,
     #[serde(default)]
     pub profile_overrides: RawProfile,
+    /// Certificates for a profile with `link = "tls"`.
+    pub tls: Option<gapsync_daemon::tls::RawTls>,
     #[serde(default)]
     pub pipe: Vec<RawPipe>,
 }
@@ -91,6 +93,8 @@ pub struct Config {
     pub done_retention: Duration,
     /// Connections served at once; more are closed at once (bounds memory under a flood).
     pub max_connections: usize,
+    /// Set when the profile's link is `tls`: this receiver's certificate, client CA required.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub pipes: Vec<PipeConfig>,
 }
 
@@ -153,6 +157,10 @@ impl Config {
         if raw.pipe.is_empty() {
             p.push("no [[pipe]] is configured: add one with name, from and dest".into());
         }
+        let tls =
+            gapsync_daemon::config::tls(&mut p, base, profile.as_ref(), raw.tls.as_ref(), |f| {
+                f.server_config()
+            });
         if raw.max_connections == Some(0) {
             p.push("`max_connections` must be at least 1".into());
         }
@@ -229,6 +237,7 @@ impl Config {
                 stale_partial_after: raw.stale_partial_after.unwrap_or(DEFAULT_STALE),
                 done_retention: raw.done_retention.unwrap_or(DEFAULT_DONE_RETENTION),
                 max_connections: raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+                tls,
                 pipes,
             }),
             _ => Err(p),

@@ -35,8 +35,18 @@ pub struct RawConfig {
     pub summary_interval: Option<Duration>,
     #[serde(default)]
     pub profile_overrides: RawProfile,
+    /// Certificates for a profile with `link = "tls"`.
+    pub tls: Option<gapsync_daemon::tls::RawTls>,
     #[serde(default)]
     pub pipe: Vec<RawPipe>,
+}
+
+/// The `tls` link's client side for one pipe.
+#[derive(Debug, Clone)]
+pub struct SenderTls {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    /// The name the receiver's certificate must carry.
+    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +102,8 @@ pub struct PipeConfig {
     pub state_dir: PathBuf,
     /// The pipe's key; `None` for an unauthenticated pipe.
     pub auth: Option<SenderAuth>,
+    /// Set when the profile's link is `tls`.
+    pub tls: Option<SenderTls>,
 }
 
 /// A checked sender config.
@@ -141,6 +153,11 @@ impl Config {
         if raw.pipe.is_empty() {
             p.push("no [[pipe]] is configured: add one with name, spool and gate".into());
         }
+        let tls_config =
+            gapsync_daemon::config::tls(&mut p, base, profile.as_ref(), raw.tls.as_ref(), |f| {
+                f.client_config()
+            });
+        let tls_name = raw.tls.as_ref().and_then(|t| t.server_name.clone());
         let mut pipes = Vec::new();
         let mut names = HashSet::new();
         for (i, rp) in raw.pipe.into_iter().enumerate() {
@@ -185,6 +202,16 @@ impl Config {
                 }
                 (None, None) => None,
             };
+            let tls = tls_config.as_ref().and_then(|config| {
+                let host = tls_name.clone().unwrap_or_else(|| gate.rsplit_once(':').map_or(gate.clone(), |(h, _)| h.trim_matches(['[', ']']).to_owned()));
+                match rustls::pki_types::ServerName::try_from(host.clone()) {
+                    Ok(server_name) => Some(SenderTls { config: config.clone(), server_name }),
+                    Err(_) => {
+                        p.push(format!("{label}: {host:?} is not a valid TLS server name; set [tls] server_name"));
+                        None
+                    }
+                }
+            });
             let Some(sd) = &state_dir else { continue };
             let pipe_state = sd.join("sender").join(&name);
             pipes.push(PipeConfig {
@@ -200,6 +227,7 @@ impl Config {
                 poll_interval: rp.poll_interval.unwrap_or(DEFAULT_POLL),
                 state_dir: pipe_state,
                 auth,
+                tls,
                 name,
                 spool,
                 gate,

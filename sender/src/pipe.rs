@@ -148,7 +148,7 @@ impl PipeWorker {
                     }
                     return Some((kind, t.id, offset));
                 }
-                                // Not reached (position() picked a transfer with frames left); stop filling
+                // Not reached (position() picked a transfer with frames left); stop filling
                 // rather than spin if that ever changes.
                 Ok(None) => return None,
                 Err(e) => {

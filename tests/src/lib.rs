@@ -654,3 +654,60 @@ pub fn hello(profile: &Profile) -> gapsync_protocol::Hello {
         auth: None,
     }
 }
+
+/// PEM files for the `tls` link: a CA, a receiver certificate for 127.0.0.1 and localhost, and
+/// a sender (client) certificate, all made now.
+#[derive(Debug, Clone)]
+pub struct Certs {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Makes a CA named `name` and a server and a client certificate signed by it, in `dir`.
+pub fn make_certs(dir: &Path, name: &str) -> Certs {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    std::fs::create_dir_all(dir).expect("cert folder");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{name} test CA"));
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let write = |file: &str, text: String| {
+        let p = dir.join(format!("{name}-{file}"));
+        std::fs::write(&p, text).expect("write pem");
+        p
+    };
+    let leaf = |sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(sans).expect("params");
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_pem, server_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_pem, client_key) =
+        leaf(vec!["plant-a".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    Certs {
+        ca: write("ca.pem", ca.pem()),
+        server_cert: write("server.pem", server_pem),
+        server_key: write("server.key", server_key),
+        client_cert: write("client.pem", client_pem),
+        client_key: write("client.key", client_key),
+    }
+}

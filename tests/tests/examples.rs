@@ -54,3 +54,40 @@ fn both_example_configs_pass_check_config_beside_their_key() {
         );
     }
 }
+
+#[test]
+fn every_shipped_profile_passes_check_config_on_both_daemons() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = gapsync_tests::make_certs(dir.path(), "ci");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(gapsync_tests::profiles_dir()).expect("profiles") {
+        let p = entry.expect("entry").path();
+        if p.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let profile = format!("{:?}", p.display().to_string());
+        let tls = if std::fs::read_to_string(&p)
+            .expect("read")
+            .contains("link = \"tls\"")
+        {
+            format!(
+                "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+                certs.server_cert.display().to_string(),
+                certs.server_key.display().to_string(),
+                certs.ca.display().to_string()
+            )
+        } else {
+            String::new()
+        };
+        let sender = dir.path().join("s.toml");
+        std::fs::write(&sender, format!("node = \"n\"\nprofile = {profile}\nstate_dir = \"/tmp/x\"\n{tls}[[pipe]]\nname = \"p\"\nspool = \"/tmp/s\"\ngate = \"127.0.0.1:1\"\n")).expect("write");
+        let receiver = dir.path().join("r.toml");
+        std::fs::write(&receiver, format!("node = \"o\"\nprofile = {profile}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"/tmp/x\"\n{tls}[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"/tmp/d\"\n")).expect("write");
+        for (side, config) in [("sender", &sender), ("receiver", &receiver)] {
+            let (ok, out) = check(&bin(&format!("gapsync-{side}")), config);
+            assert!(ok, "{} on the {side}: {out}", p.display());
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "{checked} profiles checked");
+}

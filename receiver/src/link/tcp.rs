@@ -9,8 +9,8 @@ use std::time::Instant;
 use gapsync_daemon::ratelimit::RateLimiter;
 use gapsync_protocol::crypto::{ConnectionId, FrameKey};
 use gapsync_protocol::{Hello, PROTOCOL_VERSION, ReceiverSession, Request};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
@@ -83,10 +83,30 @@ pub async fn serve(
         let server = server.clone();
         let shutdown = shutdown.clone();
         let span = tracing::info_span!("conn", %peer);
+        let _ = stream.set_nodelay(true);
+        if let Some(n) = server.config.profile.socket_buffer_bytes {
+            let _ = socket2::SockRef::from(&stream).set_recv_buffer_size(n as usize);
+        }
         tokio::spawn(
             async move {
                 let _guard = guard;
-                Connection::new(server, peer).run(stream, shutdown).await;
+                let Some(tls) = server.config.tls.clone() else {
+                    return Connection::new(server, peer).run(stream, shutdown).await;
+                };
+                let limit = server.config.profile.handshake_timeout;
+                match tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await {
+                    Ok(Ok(tls_stream)) => Connection::new(server, peer).run(tls_stream, shutdown).await,
+                    Ok(Err(e)) => {
+                        if let Some(suppressed) = server.warn_limited(&format!("tls {}", peer.ip())) {
+                            tracing::error!(%peer, error = %e, suppressed, "refused connection: TLS handshake failed (a client certificate signed by [tls] ca is required)");
+                        }
+                    }
+                    Err(_) => {
+                        if let Some(suppressed) = server.warn_limited(&format!("tls timeout {}", peer.ip())) {
+                            tracing::warn!(%peer, suppressed, "closing a connection that did not finish its TLS handshake within handshake_timeout");
+                        }
+                    }
+                }
             }
             .instrument(span),
         );
@@ -111,11 +131,11 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, mut stream: TcpStream, mut shutdown: watch::Receiver<bool>) {
-        let _ = stream.set_nodelay(true);
-        if let Some(n) = self.server.config.profile.socket_buffer_bytes {
-            let _ = socket2::SockRef::from(&stream).set_recv_buffer_size(n as usize);
-        }
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        mut stream: S,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let profile = &self.server.config.profile;
         let (idle, handshake) = (profile.idle_timeout, profile.handshake_timeout);
         let opened = Instant::now();

@@ -8,7 +8,7 @@ use gapsync_daemon::ratelimit::RateLimiter;
 use gapsync_protocol::crypto::{ConnectionId, FrameKey};
 use gapsync_protocol::messages::HelloAuth;
 use gapsync_protocol::{Hello, PROTOCOL_VERSION, SenderEvent, SenderSession};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -86,7 +86,27 @@ pub async fn run(
     }
 }
 
-async fn connect(w: &PipeWorker) -> anyhow::Result<TcpStream> {
+/// A connection to the gate: plain TCP, or TLS over it.
+trait GateStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> GateStream for T {}
+
+async fn connect(w: &PipeWorker) -> anyhow::Result<Box<dyn GateStream>> {
+    let stream = connect_tcp(w).await?;
+    let Some(tls) = &w.cfg.tls else {
+        return Ok(Box::new(stream));
+    };
+    let handshake = tokio_rustls::TlsConnector::from(tls.config.clone())
+        .connect(tls.server_name.clone(), stream);
+    match tokio::time::timeout(w.profile.handshake_timeout, handshake).await {
+        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Err(e)) => {
+            anyhow::bail!("TLS handshake failed: {e} (check [tls] cert, key and ca on both ends)")
+        }
+        Err(_) => anyhow::bail!("no TLS handshake within handshake_timeout"),
+    }
+}
+
+async fn connect_tcp(w: &PipeWorker) -> anyhow::Result<TcpStream> {
     let p = &w.profile;
     let attempt = async {
         let addr = tokio::net::lookup_host(&w.cfg.gate)
@@ -115,11 +135,11 @@ async fn connect(w: &PipeWorker) -> anyhow::Result<TcpStream> {
         })?
 }
 
-async fn drive(
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     w: &mut PipeWorker,
     node: &str,
     session_id: u64,
-    stream: TcpStream,
+    stream: S,
     rx: &mut mpsc::Receiver<SourceEvent>,
     shutdown: &mut watch::Receiver<bool>,
     limiter: &RateLimiter,
@@ -150,7 +170,7 @@ async fn drive(
     };
     let mut s = SenderSession::new(&w.profile, &hello, Instant::now(), key);
     let write_timeout = w.profile.ack_timeout.max(w.profile.handshake_timeout);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut replies = [0u8; 4096];
     let mut accepted = false;
     let mut pacer = Pacer::new(w.profile.rate_limit_mbit);
@@ -237,9 +257,9 @@ async fn drive(
     }
 }
 
-async fn flush(
+async fn flush<W: AsyncWrite + Unpin>(
     s: &mut SenderSession,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    wr: &mut W,
     limit: Duration,
 ) -> Result<(), String> {
     if s.pending_output().is_empty() {
