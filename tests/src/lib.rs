@@ -291,6 +291,8 @@ pub struct Lab {
     pub receiver_pipe_extra: String,
     pub allow: String,
     pub sender_pipe_name: String,
+    /// A command the sender is started under (e.g. `setpriv` to drop privileges); empty: none.
+    pub sender_wrapper: Vec<String>,
     /// The sender pipe's `settle` and `poll_interval`.
     pub settle: String,
     pub poll_interval: String,
@@ -322,6 +324,7 @@ impl Lab {
             receiver_pipe_extra: String::new(),
             allow: "[\"127.0.0.0/8\"]".into(),
             sender_pipe_name: "scada".into(),
+                        sender_wrapper: Vec::new(),
             settle: "200ms".into(),
             poll_interval: "200ms".into(),
             root,
@@ -471,17 +474,22 @@ impl Lab {
     /// Starts (or restarts) the sender.
     pub fn start_sender(&mut self) {
         let cfg = self.sender_config();
-        let args = vec![
+        let mut args = vec![
             "run".to_owned(),
             "--config".to_owned(),
             cfg.display().to_string(),
         ];
-        self.sender = Some(Proc::spawn(
-            "sender",
-            &bin("gapsync-sender"),
-            &args,
-            self.root.path(),
-        ));
+        let mut exe = bin("gapsync-sender");
+        if let Some((first, rest)) = self.sender_wrapper.split_first() {
+            args = rest
+                .iter()
+                .cloned()
+                .chain([exe.display().to_string()])
+                .chain(args)
+                .collect();
+            exe = PathBuf::from(first);
+        }
+        self.sender = Some(Proc::spawn("sender", &exe, &args, self.root.path()));
     }
 
     pub fn receiver_log(&self) -> String {
@@ -709,5 +717,29 @@ pub fn make_certs(dir: &Path, name: &str) -> Certs {
         server_key: write("server.key", server_key),
         client_cert: write("client.pem", client_pem),
         client_key: write("client.key", client_key),
+    }
+}
+
+/// A small tmpfs mounted for one test (root only), unmounted lazily when dropped.
+#[derive(Debug)]
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (e.g. "8m") at `at`; `None` when this user cannot mount.
+    pub fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }

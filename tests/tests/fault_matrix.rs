@@ -37,9 +37,10 @@ enum Fault {
     KillSender,
     FileChanged,
     FileDeleted,
+    ReceiverDiskFull,
 }
 
-const FAULTS: [Fault; 10] = [
+const FAULTS: [Fault; 11] = [
     Fault::Cut,
     Fault::FlipBit,
     Fault::DuplicateFrame,
@@ -50,6 +51,7 @@ const FAULTS: [Fault; 10] = [
     Fault::KillSender,
     Fault::FileChanged,
     Fault::FileDeleted,
+    Fault::ReceiverDiskFull,
 ];
 
 const PROFILES: [&str; 3] = ["syskeeper-2000", "forward-gate-pipelined", "loopback"];
@@ -123,9 +125,43 @@ fn trial(seed: u64) -> Result<String, String> {
         }
         _ => {}
     }
+    // A full disk: the landing and staging folders on a small tmpfs that another program has
+    // filled; space is freed after a random delay. Needs root (as in CI) to mount.
+    let mut disk = None;
+    let filler = lab.path("small/other-program.dat");
+    if matches!(fault, Fault::ReceiverDiskFull) {
+        let small = lab.path("small");
+        let size_mb = total / (1 << 20) + 8;
+        match gapsync_tests::SmallDisk::mount(&small, &format!("{size_mb}m")) {
+            Some(d) => {
+                disk = Some(d);
+                lab.dest = small.join("dest");
+                std::fs::create_dir_all(&lab.dest).map_err(|e| e.to_string())?;
+                lab.receiver_pipe_extra = format!(
+                    "staging = {:?}\n",
+                    small.join("staging").display().to_string()
+                );
+                // Leave 512 KiB free: below the receiver's 1 MiB margin, so every file is
+                // refused until the other program's file is removed.
+                std::fs::write(&filler, vec![0u8; ((size_mb << 20) - (512 << 10)) as usize])
+                    .map_err(|e| e.to_string())?;
+            }
+            None => {
+                return Ok(format!(
+                    "{fault:?} skipped (cannot mount a tmpfs as this user)"
+                ));
+            }
+        }
+    }
     lab.start_receiver();
     lab.start_sim(&sim_args);
-    let consumer = Consumer::start(&lab.dest, &lab.path("consumed"));
+    // The consumer moves files by rename: its folder is on the landing folder's filesystem.
+    let consumed = if disk.is_some() {
+        lab.path("small/consumed")
+    } else {
+        lab.path("consumed")
+    };
+    let consumer = Consumer::start(&lab.dest, &consumed);
     lab.start_sender();
     let delay = Duration::from_millis(rng.below(400));
     let mut new_victim = None;
@@ -150,6 +186,17 @@ fn trial(seed: u64) -> Result<String, String> {
         Fault::FileDeleted => {
             std::thread::sleep(delay);
             let _ = std::fs::remove_file(lab.spool.join(&victim));
+        }
+        Fault::ReceiverDiskFull => {
+            // Free the space once the receiver has hit the full disk (and a little later).
+            let start = Instant::now();
+            while !lab.receiver_log().contains("not enough free space")
+                && start.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(delay);
+            let _ = std::fs::remove_file(&filler);
         }
         _ => {}
     }
@@ -210,6 +257,9 @@ fn trial(seed: u64) -> Result<String, String> {
             return fail(format!("{path} landed {} times", digests.len()));
         }
     }
+    if disk.is_some() && !lab.receiver_log().contains("not enough free space") {
+        return fail("the full disk was never reported by the receiver".into());
+    }
     let stats = lab.sim_stats();
     if stats.get("violations") != Some(&0) {
         return fail(format!(
@@ -222,6 +272,7 @@ fn trial(seed: u64) -> Result<String, String> {
             "{quarantined} file(s) quarantined by a single transient fault"
         ));
     }
+    drop(disk);
     Ok(format!(
         "{fault:?} with {profile}: {n} files, {total} bytes"
     ))

@@ -201,36 +201,12 @@ fn symlinks_in_the_spool_are_not_followed() {
     );
 }
 
-/// A small tmpfs mounted for one test, unmounted (lazily) when dropped.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &std::path::Path, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(at).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| SmallDisk(at.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_receiver_disk_is_reported_and_the_transfer_completes_once_space_is_freed() {
     let mut lab = Lab::new("loopback");
     let small = lab.path("small");
     // Needs root (as in CI) to mount a real, small filesystem.
-    let Some(_disk) = SmallDisk::mount(&small, "8m") else {
+    let Some(_disk) = gapsync_tests::SmallDisk::mount(&small, "8m") else {
         eprintln!(
             "SKIPPED: cannot mount a tmpfs here (not root); the disk-full case was not exercised"
         );
@@ -276,4 +252,65 @@ fn a_full_receiver_disk_is_reported_and_the_transfer_completes_once_space_is_fre
         Duration::from_secs(60),
     );
     assert!(!lab.sender_log().contains("file quarantined"));
+}
+
+#[test]
+fn an_unreadable_file_is_quarantined_with_the_os_error_and_the_pipe_goes_on() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut lab = Lab::new("loopback");
+    let quarantine = lab.path("sstate/sender/scada/quarantine");
+    let secret = lab.spool.join("secret.csv");
+    std::fs::write(&secret, b"not for us").expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    let readable = make_file(&lab.spool.join("open.csv"), 2000, 4);
+    // Root reads everything: run the sender as nobody, owning its folders, so that the mode
+    // 000 file (owned by root) is unreadable for it.
+    // (`id -u` instead of geteuid keeps the tests free of unsafe code.)
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("id")
+        .stdout;
+    if String::from_utf8_lossy(&uid).trim() == "0" {
+        for d in ["spool", "sstate", "slogs"] {
+            std::fs::create_dir_all(lab.path(d)).expect("mkdir");
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "65534:65534"])
+                .arg(lab.path(d))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown {d}");
+        }
+        std::fs::set_permissions(lab.root.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod root");
+        lab.sender_wrapper = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]
+        .map(String::from)
+        .to_vec();
+    }
+    lab.start_receiver();
+    lab.start_sender();
+    lab.wait_for_tree(
+        &[("open.csv".to_owned(), readable)].into_iter().collect(),
+        Duration::from_secs(30),
+    );
+    wait_until(
+        "the unreadable file to be quarantined",
+        Duration::from_secs(20),
+        || quarantine.join("secret.csv").exists(),
+    );
+    let line = lab
+        .sender_log()
+        .lines()
+        .find(|l| l.contains("file quarantined") && l.contains("secret.csv"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("ERROR") && line.contains("Permission denied"),
+        "the OS error is named: {line}"
+    );
 }
