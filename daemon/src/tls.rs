@@ -96,6 +96,14 @@ impl TlsFiles {
         Ok(Arc::new(roots))
     }
 
+    fn pair_error(&self, e: rustls::Error) -> anyhow::Error {
+        anyhow::anyhow!(
+            "[tls] cert {} and key {} do not form a usable pair: {e}",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+
     /// The receiver's config: its certificate, and client certificates required, signed by `ca`.
     pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let verifier = rustls::server::WebPkiClientVerifier::builder(self.roots()?)
@@ -104,13 +112,7 @@ impl TlsFiles {
         let config = rustls::ServerConfig::builder()
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain()?, self.private_key()?)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "[tls] cert {} and key {} do not form a usable pair: {e}",
-                    self.cert.display(),
-                    self.key.display()
-                )
-            })?;
+            .map_err(|e| self.pair_error(e))?;
         Ok(Arc::new(config))
     }
 
@@ -119,13 +121,7 @@ impl TlsFiles {
         let config = rustls::ClientConfig::builder()
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(self.chain()?, self.private_key()?)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "[tls] cert {} and key {} do not form a usable pair: {e}",
-                    self.cert.display(),
-                    self.key.display()
-                )
-            })?;
+            .map_err(|e| self.pair_error(e))?;
         Ok(Arc::new(config))
     }
 }

@@ -7,20 +7,7 @@ use std::process::Command;
 const EXE: &str = env!("CARGO_BIN_EXE_gapsync-receiver");
 
 fn check(config: &Path) -> (bool, String) {
-    let out = Command::new(EXE)
-        .arg("check-config")
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    gapsync_tests::check_config(Path::new(EXE), config)
 }
 
 #[test]

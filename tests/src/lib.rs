@@ -743,3 +743,21 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// Runs `<exe> check-config --config <config>`: success, and stdout and stderr together.
+pub fn check_config(exe: &Path, config: &Path) -> (bool, String) {
+    let out = Command::new(exe)
+        .arg("check-config")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run check-config");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

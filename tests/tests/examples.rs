@@ -6,22 +6,7 @@ use std::process::Command;
 
 use gapsync_tests::bin;
 
-fn check(exe: &Path, config: &Path) -> (bool, String) {
-    let out = Command::new(exe)
-        .arg("check-config")
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use gapsync_tests::check_config as check;
 
 #[test]
 fn both_example_configs_pass_check_config_beside_their_key() {
