@@ -1,7 +1,8 @@
 //! The sender's durable state: the session counter and one in-flight record per transfer.
 //!
 //! Transfer ids are `session << 32 | counter`. The session is incremented and fsynced at every
-//! start, so an id is never reused, even after kill -9. An in-flight record (id, path, size,
+//! start, so an id is never reused, even after kill -9; it is never below the Unix time in
+//! seconds, so a sender whose state folder was lost does not reuse ids either. An in-flight record (id, path, size,
 //! mtime, acknowledged offset) is fsynced before the transfer's first frame, so that after a
 //! crash the same file is resent under the same id: a receiver that already committed it
 //! answers OK without writing it again.
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 use gapsync_daemon::durable::{create_dir_durable, write_atomic};
 use serde::{Deserialize, Serialize};
 
-/// Loads, increments and durably stores the session counter in `<state_dir>/sender/session`.
+/// Loads, increments (to at least the Unix time in seconds) and durably stores the session
+/// counter in `<state_dir>/sender/session`.
 pub fn next_session(state_dir: &Path) -> anyhow::Result<u64> {
     let dir = state_dir.join("sender");
     create_dir_durable(&dir)
@@ -27,8 +29,17 @@ pub fn next_session(state_dir: &Path) -> anyhow::Result<u64> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
     };
-    let next = last + 1;
-    anyhow::ensure!(next < 1 << 31, "session counter {next} is exhausted");
+    // Never below the clock: a sender whose state folder was wiped must not reuse the ids of
+    // its earlier sessions, which the receiver's done log would take for duplicates.
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let next = (last + 1).max(clock);
+    anyhow::ensure!(
+        next < 1 << 32,
+        "session counter {next} in {} is exhausted",
+        path.display()
+    );
     write_atomic(&path, format!("{next}\n").as_bytes())
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     Ok(next)
@@ -166,10 +177,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sessions_increase_across_restarts() {
+    fn sessions_increase_across_restarts_and_a_lost_state_folder() {
         let dir = tempfile::tempdir().expect("tmp");
-        assert_eq!(next_session(dir.path()).expect("first"), 1);
-        assert_eq!(next_session(dir.path()).expect("second"), 2);
+        let first = next_session(dir.path()).expect("first");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        assert!(first >= now - 1, "a new state folder starts at the clock");
+        assert_eq!(next_session(dir.path()).expect("second"), first + 1);
+        // The state folder lost a moment later: the new sender does not reuse a session.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let wiped = tempfile::tempdir().expect("tmp");
+        assert!(next_session(wiped.path()).expect("after wipe") > first + 1);
+        // A counter ahead of the clock (many quick restarts) keeps counting up.
+        fs::write(dir.path().join("sender/session"), format!("{}", now + 100)).expect("ahead");
+        assert_eq!(next_session(dir.path()).expect("third"), now + 101);
         fs::write(dir.path().join("sender/session"), "garbage").expect("corrupt");
         let err = next_session(dir.path()).expect_err("corrupt counter is an error");
         assert!(err.to_string().contains("corrupt"), "{err}");
@@ -179,20 +202,21 @@ mod tests {
     fn ids_never_repeat_when_the_counter_runs_out() {
         let dir = tempfile::tempdir().expect("tmp");
         let ids = IdSource::open(dir.path()).expect("open");
-        assert_eq!(ids.next().expect("id"), 1 << 32 | 1);
+        let s = ids.session();
+        assert_eq!(ids.next().expect("id"), s << 32 | 1);
         ids.inner.lock().expect("lock").1 = u64::from(u32::MAX);
-        assert_eq!(ids.next().expect("id"), 1 << 32 | u64::from(u32::MAX));
+        assert_eq!(ids.next().expect("id"), s << 32 | u64::from(u32::MAX));
         assert_eq!(
             ids.next().expect("id"),
-            2 << 32 | 1,
+            (s + 1) << 32 | 1,
             "a new durable session, not a wrap to an old id"
         );
-        assert_eq!(ids.session(), 2);
+        assert_eq!(ids.session(), s + 1);
         assert_eq!(
             fs::read_to_string(dir.path().join("sender/session"))
                 .expect("read")
                 .trim(),
-            "2"
+            (s + 1).to_string()
         );
     }
 

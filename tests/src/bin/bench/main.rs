@@ -1,0 +1,555 @@
+//! gapsync-bench: the side-by-side benchmark harness (BENCHMARKS.md). Runs each scenario
+//! several times, alternating gapsync and its baseline on the same machine in the same run,
+//! and prints a table of medians, CPU seconds per GiB, peak RSS and the ratio to the baseline.
+//!   cargo run --release -p gapsync-tests --bin gapsync-bench -- [--tiny] [--runs N] [--only S1,S3]
+//! Figures are printed, never asserted: a slow machine prints lower figures, it does not fail.
+
+mod measure;
+mod runs;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use gapsync_tests::{bin, make_file, profile};
+
+use measure::{Sample, median, quantile};
+use runs::{Drop, Setup, baseline, gapsync};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gapsync-bench",
+    about = "Side-by-side benchmarks of gapsync and its baselines"
+)]
+struct Args {
+    /// A few MB per scenario and one run each: checks that the harness works (CI).
+    #[arg(long)]
+    tiny: bool,
+    /// Runs per scenario and side (default 3, 1 with --tiny).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Only these scenarios (comma-separated: S1,S2,S3,S4,S5,S6,RSS).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Folder on disk for spools, landing folders and sample data.
+    #[arg(long, default_value = "/var/tmp")]
+    disk: PathBuf,
+    /// Folder on tmpfs for scenario 2.
+    #[arg(long, default_value = "/dev/shm")]
+    tmpfs: PathBuf,
+}
+
+/// Sizes of everything, full or tiny.
+#[derive(Debug)]
+struct Scale {
+    runs: usize,
+    big_file: u64,
+    small_files: u64,
+    s4_files: u64,
+    s5_secs: u64,
+    sparse: u64,
+}
+
+/// One line of the table.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    unit: &'static str,
+    value: f64,
+    /// The baseline's median, or the computed bound.
+    base: Option<f64>,
+    base_label: String,
+    gap: Vec<Sample>,
+    base_cpu_per_gib: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sc = if args.tiny {
+        Scale {
+            runs: args.runs.unwrap_or(1),
+            big_file: 8 << 20,
+            small_files: 300,
+            s4_files: 8,
+            s5_secs: 2,
+            sparse: 64 << 20,
+        }
+    } else {
+        Scale {
+            runs: args.runs.unwrap_or(3),
+            big_file: 2 << 30,
+            small_files: 20_000,
+            s4_files: 200,
+            s5_secs: 30,
+            sparse: 10 << 30,
+        }
+    };
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let work = tempfile::Builder::new()
+        .prefix("gapsync-bench-")
+        .tempdir_in(&args.disk)
+        .context("work folder on disk")?;
+    let shm = tempfile::Builder::new()
+        .prefix("gapsync-bench-")
+        .tempdir_in(&args.tmpfs)
+        .context("work folder on tmpfs")?;
+    let w = work.path();
+    let rawcopy = bin("gapsync-rawcopy").display().to_string();
+    println!("gapsync-bench: {}", machine());
+    let mut rows = Vec::new();
+    let big = w.join("big.bin");
+    if want("S1") || want("S2") || want("S6") {
+        eprintln!("preparing a {} MiB sample file", sc.big_file >> 20);
+        make_big(&big, sc.big_file)?;
+    }
+    let tree = w.join("tree");
+    if want("S3") || want("S6") {
+        eprintln!("preparing {} files of 4 KiB in 100 folders", sc.small_files);
+        for i in 0..sc.small_files {
+            make_file(
+                &tree.join(format!("d{:03}/f{i:06}.dat", i % 100)),
+                4096,
+                i + 1,
+            );
+        }
+    }
+    let disk_dest = w.join("dest");
+    let shm_dest = shm.path().join("dest");
+    for d in [&disk_dest, &shm_dest] {
+        std::fs::create_dir_all(d)?;
+    }
+    let big_drop = Drop::Files(vec![(big.clone(), "big.bin".into())]);
+    let tree_drop = Drop::Tree {
+        master: tree.clone(),
+        files: sc.small_files,
+    };
+    let loopback = |dest: &Path, keyed| Setup {
+        profile: "loopback".into(),
+        dest: dest.to_path_buf(),
+        keyed,
+        sim_latency_ms: None,
+    };
+    let copy_to = |out: &Path, fsync: bool| {
+        format!(
+            "{rawcopy} recv --listen 127.0.0.1:{{PORT}} --out {}{}",
+            out.display(),
+            if fsync { " --fsync" } else { "" }
+        )
+    };
+    let send_big = format!(
+        "{rawcopy} send --to 127.0.0.1:{{PORT}} --input {}",
+        big.display()
+    );
+    let tar_send = format!(
+        "tar -C {} -cf - . | {rawcopy} send --to 127.0.0.1:{{PORT}} --input -",
+        tree.display()
+    );
+    let tar_recv = |dest: &Path| {
+        format!(
+            "{rawcopy} recv --listen 127.0.0.1:{{PORT}} --out - | tar -C {0} -xf - && sync -f {0}",
+            dest.display()
+        )
+    };
+    let bytes_big = sc.big_file;
+    let bytes_tree = runs::dir_bytes(&tree);
+    let files = |s: &Sample| s.files_per_s();
+    let mbs = |s: &Sample| s.mb_per_s();
+
+    if want("S1") {
+        let (g, b) = alternate(sc.runs, "S1", w, &disk_dest, || {
+            let g = gapsync(&loopback(&disk_dest, false), &big_drop, timeout(bytes_big))?;
+            let b = baseline(
+                w,
+                &send_big,
+                &copy_to(&disk_dest.join("big.bin"), true),
+                bytes_big,
+                1,
+            )?;
+            Ok((g.sample, b))
+        })?;
+        rows.push(compare(
+            "S1 2 GiB file to disk, loopback",
+            "MB/s",
+            g,
+            b,
+            mbs,
+            0.9,
+        ));
+    }
+    if want("S2") {
+        let (g, b) = alternate(sc.runs, "S2", w, &shm_dest, || {
+            let g = gapsync(&loopback(&shm_dest, false), &big_drop, timeout(bytes_big))?;
+            let b = baseline(
+                w,
+                &send_big,
+                &copy_to(&shm_dest.join("big.bin"), false),
+                bytes_big,
+                1,
+            )?;
+            Ok((g.sample, b))
+        })?;
+        let mut row = compare("S2 2 GiB file to tmpfs, loopback", "MB/s", g, b, mbs, 0.6);
+        let cpu = median(
+            row.gap
+                .iter()
+                .map(|s| s.cpu_per_gib().iter().sum())
+                .collect(),
+        );
+        row.target
+            .push_str(&format!("; CPU <= 1.0 s/GiB (is {cpu:.2})"));
+        row.met = row.met.map(|m| m && cpu <= 1.0);
+        rows.push(row);
+    }
+    if want("S3") {
+        let (g, b) = alternate(sc.runs, "S3", w, &disk_dest, || {
+            let g = gapsync(
+                &loopback(&disk_dest, false),
+                &tree_drop,
+                timeout(bytes_tree * 50),
+            )?;
+            let b = baseline(
+                w,
+                &tar_send,
+                &tar_recv(&disk_dest),
+                bytes_tree,
+                sc.small_files,
+            )?;
+            Ok((g.sample, b))
+        })?;
+        let mut row = compare(
+            "S3 4 KiB files in 100 folders, disk",
+            "files/s",
+            g,
+            b,
+            files,
+            0.5,
+        );
+        row.target.push_str("; >= 5000 files/s");
+        row.met = row.met.map(|m| m && row.value >= 5000.0);
+        rows.push(row);
+    }
+    if want("S4") {
+        rows.extend(scenario4(&sc, w, &shm_dest, &rawcopy)?);
+    }
+    if want("S5") {
+        rows.push(scenario5(&sc, &disk_dest)?);
+    }
+    if want("S6") {
+        let (g, b) = alternate(sc.runs, "S6a", w, &disk_dest, || {
+            let g = gapsync(&loopback(&disk_dest, true), &big_drop, timeout(bytes_big))?;
+            let b = baseline(
+                w,
+                &send_big,
+                &copy_to(&disk_dest.join("big.bin"), true),
+                bytes_big,
+                1,
+            )?;
+            Ok((g.sample, b))
+        })?;
+        rows.push(compare(
+            "S6 = S1 encrypted (ChaCha20-Poly1305)",
+            "MB/s",
+            g,
+            b,
+            mbs,
+            0.5,
+        ));
+        let (g, b) = alternate(sc.runs, "S6b", w, &disk_dest, || {
+            let g = gapsync(
+                &loopback(&disk_dest, true),
+                &tree_drop,
+                timeout(bytes_tree * 50),
+            )?;
+            let b = baseline(
+                w,
+                &tar_send,
+                &tar_recv(&disk_dest),
+                bytes_tree,
+                sc.small_files,
+            )?;
+            Ok((g.sample, b))
+        })?;
+        rows.push(compare("S6 = S3 encrypted", "files/s", g, b, files, 0.5));
+    }
+    if want("RSS") {
+        rows.push(sparse_rss(&sc, w, &disk_dest)?);
+    }
+    let table = render(&rows);
+    println!("\n{table}");
+    let _ = std::fs::remove_file(&big);
+    Ok(())
+}
+
+/// Per-run timeout: generous (10 MB/s) so that only a stuck run fails.
+fn timeout(bytes: u64) -> Duration {
+    Duration::from_secs(60 + bytes / 10_000_000)
+}
+
+/// Runs `one` (a gapsync run then a baseline run) `runs` times, printing each run.
+fn alternate(
+    runs: usize,
+    name: &str,
+    work: &Path,
+    dest: &Path,
+    mut one: impl FnMut() -> anyhow::Result<(Sample, Sample)>,
+) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
+    let (mut g, mut b) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let (gs, bs) = one().with_context(|| format!("{name} run {}", i + 1))?;
+        runs::clear(dest)?;
+        eprintln!(
+            "{name} run {}: gapsync {:.1} MB/s {:.0} files/s in {:.2} s; baseline {:.1} MB/s {:.0} files/s in {:.2} s",
+            i + 1,
+            gs.mb_per_s(),
+            gs.files_per_s(),
+            gs.secs,
+            bs.mb_per_s(),
+            bs.files_per_s(),
+            bs.secs
+        );
+        g.push(gs);
+        b.push(bs);
+        let _ = work;
+    }
+    Ok((g, b))
+}
+
+fn compare(
+    name: &str,
+    unit: &'static str,
+    gap: Vec<Sample>,
+    base: Vec<Sample>,
+    f: impl Fn(&Sample) -> f64,
+    min_ratio: f64,
+) -> Row {
+    let value = median(gap.iter().map(&f).collect());
+    let b = median(base.iter().map(&f).collect());
+    Row {
+        name: name.to_owned(),
+        unit,
+        value,
+        base: Some(b),
+        base_label: "baseline".into(),
+        base_cpu_per_gib: Some(median(
+            base.iter().map(|s| s.cpu_per_gib().iter().sum()).collect(),
+        )),
+        target: format!(">= {min_ratio}x baseline"),
+        met: Some(value >= min_ratio * b),
+        gap,
+    }
+}
+
+/// Scenario 4: 1 MiB files through the gate simulator against window x frame / RTT.
+fn scenario4(sc: &Scale, w: &Path, dest: &Path, rawcopy: &str) -> anyhow::Result<Vec<Row>> {
+    let master = w.join("s4");
+    let mut list = Vec::new();
+    for i in 0..sc.s4_files {
+        let p = master.join(format!("m{i:04}.dat"));
+        make_file(&p, 1 << 20, 1000 + i);
+        list.push((p, format!("m{i:04}.dat")));
+    }
+    let drop = Drop::Files(list);
+    let bytes = sc.s4_files << 20;
+    // The link's own rate: a raw copy of the same bytes over loopback into /dev/null.
+    let link_file = w.join("link.bin");
+    make_big(&link_file, bytes)?;
+    let send = format!(
+        "{rawcopy} send --to 127.0.0.1:{{PORT}} --input {}",
+        link_file.display()
+    );
+    let recv = format!("{rawcopy} recv --listen 127.0.0.1:{{PORT}} --out /dev/null");
+    let link = median(
+        (0..sc.runs)
+            .map(|_| baseline(w, &send, &recv, bytes, 1).map(|s| s.mb_per_s()))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    ) * 1e6;
+    let base_rtt = runs::loopback_rtt()?;
+    let mut rows = Vec::new();
+    for prof in ["syskeeper-2000", "forward-gate-pipelined"] {
+        let p = profile(prof);
+        for latency in [0u64, 50] {
+            let setup = Setup {
+                profile: prof.into(),
+                dest: dest.to_path_buf(),
+                keyed: false,
+                sim_latency_ms: Some(latency),
+            };
+            let mut gap = Vec::new();
+            for i in 0..sc.runs {
+                let r = gapsync(&setup, &drop, timeout(bytes * 20))
+                    .with_context(|| format!("S4 {prof} {latency} ms run {}", i + 1))?;
+                eprintln!(
+                    "S4 {prof} {latency} ms run {}: {:.1} MB/s",
+                    i + 1,
+                    r.sample.mb_per_s()
+                );
+                gap.push(r.sample);
+            }
+            // A frame needs its serialisation time plus the round trip before its ack returns.
+            let frame = p.max_frame_bytes as f64;
+            let rtt = base_rtt + 2.0 * latency as f64 / 1e3 + frame / link;
+            let bound = (f64::from(p.window.get()) * frame / rtt).min(link) / 1e6;
+            let value = median(gap.iter().map(Sample::mb_per_s).collect());
+            rows.push(Row {
+                name: format!("S4 {} x 1 MiB, {prof}, +{latency} ms one way", sc.s4_files),
+                unit: "MB/s",
+                value,
+                base: Some(bound),
+                base_label: format!("window x frame / RTT (RTT {:.2} ms)", rtt * 1e3),
+                gap,
+                base_cpu_per_gib: None,
+                target: ">= 0.9x bound".into(),
+                met: Some(value >= 0.9 * bound),
+            });
+        }
+    }
+    let _ = std::fs::remove_file(&link_file);
+    Ok(rows)
+}
+
+/// Scenario 5: latency of 1 KiB files dropped at 100 per second.
+fn scenario5(sc: &Scale, dest: &Path) -> anyhow::Result<Row> {
+    let setup = Setup {
+        profile: "loopback".into(),
+        dest: dest.to_path_buf(),
+        keyed: false,
+        sim_latency_ms: None,
+    };
+    let drop = Drop::Paced {
+        count: sc.s5_secs * 100,
+        size: 1024,
+        per_second: 100,
+    };
+    let r = gapsync(&setup, &drop, Duration::from_secs(sc.s5_secs + 60))?;
+    let l = r.latencies_ms;
+    let (p50, p99) = (quantile(l.clone(), 0.5), quantile(l.clone(), 0.99));
+    let max = l.iter().copied().fold(0.0, f64::max);
+    Ok(Row {
+        name: format!(
+            "S5 latency, 1 KiB files at 100/s for {} s, disk",
+            sc.s5_secs
+        ),
+        unit: "ms p50",
+        value: p50,
+        base: None,
+        base_label: format!("p99 {p99:.1} ms, max {max:.1} ms ({} files)", l.len()),
+        gap: vec![r.sample],
+        base_cpu_per_gib: None,
+        target: "p50 <= 20 ms, p99 <= 100 ms".into(),
+        met: Some(p50 <= 20.0 && p99 <= 100.0),
+    })
+}
+
+/// Peak RSS with one large sparse file (reads as zeros, lands as a full file).
+fn sparse_rss(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Row> {
+    let sparse = w.join("sparse.bin");
+    std::fs::File::create(&sparse)?.set_len(sc.sparse)?;
+    let setup = Setup {
+        profile: "loopback".into(),
+        dest: dest.to_path_buf(),
+        keyed: false,
+        sim_latency_ms: None,
+    };
+    let r = gapsync(
+        &setup,
+        &Drop::Files(vec![(sparse.clone(), "sparse.bin".into())]),
+        timeout(sc.sparse),
+    )?;
+    let _ = std::fs::remove_file(&sparse);
+    let rss = r.sample.rss_kib;
+    Ok(Row {
+        name: format!("RSS {} MiB sparse file, disk", sc.sparse >> 20),
+        unit: "MB/s",
+        value: r.sample.mb_per_s(),
+        base: None,
+        base_label: String::new(),
+        base_cpu_per_gib: None,
+        target: "peak RSS <= 64 MiB".into(),
+        met: Some(rss.iter().all(|&k| k <= 64 * 1024)),
+        gap: vec![r.sample],
+    })
+}
+
+/// Writes `len` pseudo-random bytes to `path` in 16 MiB pieces.
+fn make_big(path: &Path, len: u64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut left = len;
+    let mut seed = 7;
+    while left > 0 {
+        let n = left.min(16 << 20);
+        f.write_all(&gapsync_tests::fill(seed, n as usize))?;
+        left -= n;
+        seed += 1;
+    }
+    f.into_inner()?.sync_all()?;
+    Ok(())
+}
+
+/// Cores, memory and the disk under /var/tmp, for the table's heading.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let disk = std::process::Command::new("df")
+        .args(["-T", "/var/tmp"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)
+                .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    format!(
+        "{cores} cores, {:.1} GiB memory, /var/tmp on {disk}",
+        mem as f64 / 1048576.0
+    )
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| scenario | gapsync (median) | baseline or bound | ratio | CPU s/GiB sender + receiver (baseline) | peak RSS MiB sender / receiver | target | met |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let cpu = median(r.gap.iter().map(|s| s.cpu_per_gib()[0]).collect());
+        let cpu_r = median(r.gap.iter().map(|s| s.cpu_per_gib()[1]).collect());
+        let rss = |i: usize| r.gap.iter().map(|s| s.rss_kib[i]).max().unwrap_or(0) as f64 / 1024.0;
+        let base = r.base.map_or(r.base_label.clone(), |b| {
+            format!("{b:.1} {} ({})", r.unit, r.base_label)
+        });
+        let ratio = r
+            .base
+            .map_or("-".into(), |b| format!("{:.2}x", r.value / b.max(1e-9)));
+        let base_cpu = r
+            .base_cpu_per_gib
+            .map_or(String::new(), |c| format!(" ({c:.2})"));
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {:.1} {} | {base} | {ratio} | {cpu:.2} + {cpu_r:.2}{base_cpu} | {:.1} / {:.1} | {} | {met} |",
+            r.name,
+            r.value,
+            r.unit,
+            rss(0),
+            rss(1),
+            r.target,
+        );
+    }
+    t
+}

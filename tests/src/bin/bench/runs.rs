@@ -1,0 +1,324 @@
+//! One run of gapsync (real daemons on loopback, optionally through the gate simulator) and
+//! one run of each baseline (gapsync-rawcopy, tar over it), each measured the same way.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use gapsync_tests::{Lab, bin, wait_until};
+
+use crate::measure::{DeliveryLog, Sample, cpu_seconds, read_gnu_time};
+
+/// What is dropped into the spool at the start of a run.
+#[derive(Debug, Clone)]
+pub enum Drop {
+    /// Hard links to these files, each renamed into the spool under its name.
+    Files(Vec<(PathBuf, String)>),
+    /// The sub-folders of this folder, linked (`cp -al`) and each renamed into the spool.
+    Tree { master: PathBuf, files: u64 },
+    /// `count` files of `size` bytes renamed into the spool at `per_second`.
+    Paced {
+        count: u64,
+        size: usize,
+        per_second: u64,
+    },
+}
+
+/// How gapsync is set up for a run.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub profile: String,
+    /// Landing folder (its contents are removed after the run).
+    pub dest: PathBuf,
+    pub keyed: bool,
+    /// Through the gate simulator with this one-way latency in ms.
+    pub sim_latency_ms: Option<u64>,
+}
+
+/// Result of a gapsync run: the sample, and per-file latencies in ms for paced drops.
+#[derive(Debug)]
+pub struct GapsyncRun {
+    pub sample: Sample,
+    pub latencies_ms: Vec<f64>,
+}
+
+fn q(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+fn keygen(path: &Path) -> anyhow::Result<()> {
+    let out = Command::new(bin("gapsync-sender"))
+        .arg("keygen")
+        .arg("--out")
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        bail!("keygen: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Starts receiver, simulator and sender for `setup`, and waits until the sender is connected.
+fn start(setup: &Setup) -> anyhow::Result<Lab> {
+    let mut lab = Lab::new(&setup.profile);
+    lab.dest = setup.dest.clone();
+    std::fs::create_dir_all(&lab.dest)?;
+    // Staging must share the landing folder's filesystem (tmpfs in scenario 2).
+    let staging = setup.dest.with_file_name("staging");
+    lab.receiver_pipe_extra = format!("staging = {}\n", q(&staging));
+    if setup.keyed {
+        let key = lab.path("pipe.key");
+        keygen(&key)?;
+        lab.receiver_pipe_extra += &format!(
+            "require_auth = true\nkeys = [{{ id = 1, file = {} }}]\n",
+            q(&key)
+        );
+        lab.sender_pipe_extra = format!(
+            "key_file = {}\nkey_id = 1\nprotection = \"encrypt\"\n",
+            q(&key)
+        );
+    }
+    lab.start_receiver();
+    if let Some(ms) = setup.sim_latency_ms {
+        lab.start_sim(&["--latency-ms".to_owned(), ms.to_string()]);
+    }
+    lab.start_sender();
+    wait_until("the sender to connect", Duration::from_secs(30), || {
+        lab.sender_log().contains(" connected ")
+    });
+    Ok(lab)
+}
+
+/// Runs gapsync once: drops `drop` into the spool and waits until the receiver has logged every
+/// file delivered. Time runs from the first rename into the spool to the last delivery line.
+pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<GapsyncRun> {
+    let lab = start(setup)?;
+    let staging = lab.path("staging");
+    std::fs::create_dir_all(&staging)?;
+    let (pids, cpu0) = {
+        let s = lab.sender.as_ref().context("sender")?.pid();
+        let r = lab.receiver.as_ref().context("receiver")?.pid();
+        ([s, r], [cpu_seconds(s), cpu_seconds(r)])
+    };
+    let mut log = DeliveryLog::new(&lab.path("rlogs"));
+    let mut dropped: Vec<(String, SystemTime)> = Vec::new();
+    let (expected, bytes) = prepare(drop, &staging)?;
+    let t0 = SystemTime::now();
+    match drop {
+        Drop::Files(files) => {
+            for (_, name) in files {
+                std::fs::rename(staging.join(name), lab.spool.join(name))?;
+            }
+        }
+        Drop::Tree { .. } => {
+            for e in std::fs::read_dir(&staging)?.flatten() {
+                std::fs::rename(e.path(), lab.spool.join(e.file_name()))?;
+            }
+        }
+        Drop::Paced {
+            count, per_second, ..
+        } => {
+            let start = Instant::now();
+            for i in 0..*count {
+                let due = Duration::from_secs_f64(i as f64 / *per_second as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                let name = format!("p{i:06}.dat");
+                std::fs::rename(staging.join(&name), lab.spool.join(&name))?;
+                dropped.push((name, SystemTime::now()));
+                log.poll();
+            }
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    while (log.delivered.len() as u64) < expected {
+        if Instant::now() > deadline {
+            bail!(
+                "timed out: {} of {expected} files delivered\n{}",
+                log.delivered.len(),
+                lab.diagnostics()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        log.poll();
+    }
+    let cpu = [
+        cpu_seconds(pids[0]) - cpu0[0],
+        cpu_seconds(pids[1]) - cpu0[1],
+    ];
+    let rss_kib = [
+        lab.sender.as_ref().map_or(0, |p| p.peak_rss_kib()),
+        lab.receiver.as_ref().map_or(0, |p| p.peak_rss_kib()),
+    ];
+    let end = log.last.unwrap_or_else(SystemTime::now);
+    let latencies_ms = dropped
+        .iter()
+        .filter_map(|(name, at)| {
+            let got = log.delivered.get(name)?;
+            Some(got.duration_since(*at).unwrap_or_default().as_secs_f64() * 1e3)
+        })
+        .collect();
+    drop_lab(lab, &setup.dest)?;
+    Ok(GapsyncRun {
+        sample: Sample {
+            secs: end.duration_since(t0).unwrap_or_default().as_secs_f64(),
+            bytes,
+            files: expected,
+            cpu,
+            rss_kib,
+        },
+        latencies_ms,
+    })
+}
+
+/// Stops the daemons and removes the landing folder's contents and the receiver's staging.
+fn drop_lab(lab: Lab, dest: &Path) -> anyhow::Result<()> {
+    std::mem::drop(lab);
+    let _ = std::fs::remove_dir_all(dest.with_file_name("staging"));
+    clear(dest)
+}
+
+/// Puts what `drop` needs into `staging`; returns the number of files and bytes.
+fn prepare(drop: &Drop, staging: &Path) -> anyhow::Result<(u64, u64)> {
+    match drop {
+        Drop::Files(files) => {
+            let mut bytes = 0;
+            for (master, name) in files {
+                std::fs::hard_link(master, staging.join(name))
+                    .with_context(|| format!("link {}", master.display()))?;
+                bytes += std::fs::metadata(master)?.len();
+            }
+            Ok((files.len() as u64, bytes))
+        }
+        Drop::Tree { master, files } => {
+            for e in std::fs::read_dir(master)?.flatten() {
+                let st = Command::new("cp")
+                    .arg("-al")
+                    .arg(e.path())
+                    .arg(staging)
+                    .status()?;
+                if !st.success() {
+                    bail!("cp -al {} failed", e.path().display());
+                }
+            }
+            Ok((*files, dir_bytes(master)))
+        }
+        Drop::Paced { count, size, .. } => {
+            let data = vec![0x5au8; *size];
+            for i in 0..*count {
+                std::fs::write(staging.join(format!("p{i:06}.dat")), &data)?;
+            }
+            Ok((*count, count * *size as u64))
+        }
+    }
+}
+
+/// Total size of the regular files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    gapsync_tests::tree_sizes(dir).values().sum()
+}
+
+/// Removes everything inside `dir`, keeping `dir`.
+pub fn clear(dir: &Path) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `script` under GNU time, which writes "wall user system maxrss" to `timing`; its
+/// standard error goes to `err`.
+fn timed_sh(script: &str, timing: &Path, err: &Path) -> anyhow::Result<std::process::Child> {
+    Ok(Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%e %U %S %M")
+        .arg("-o")
+        .arg(timing)
+        .arg("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(err)?)
+        .spawn()?)
+}
+
+/// The baseline: the sending `send_sh` and receiving `recv_sh` shell pipelines (with `{PORT}`
+/// replaced), each under GNU time. Time runs from starting the sender until both have exited.
+pub fn baseline(
+    work: &Path,
+    send_sh: &str,
+    recv_sh: &str,
+    bytes: u64,
+    files: u64,
+) -> anyhow::Result<Sample> {
+    let port = free_port()?.to_string();
+    let (ts, tr) = (work.join("send.time"), work.join("recv.time"));
+    let (es, er) = (work.join("send.err"), work.join("recv.err"));
+    let mut recv = timed_sh(&recv_sh.replace("{PORT}", &port), &tr, &er)?;
+    wait_until("the baseline to listen", Duration::from_secs(10), || {
+        std::fs::read_to_string(&er).is_ok_and(|t| t.contains("listening on"))
+    });
+    let t0 = Instant::now();
+    let mut send = timed_sh(&send_sh.replace("{PORT}", &port), &ts, &es)?;
+    let (s, r) = (send.wait()?, recv.wait()?);
+    let secs = t0.elapsed().as_secs_f64();
+    if !s.success() || !r.success() {
+        let text = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        bail!(
+            "baseline failed: send {s}: {}; receive {r}: {}",
+            text(&es),
+            text(&er)
+        );
+    }
+    let (_, cpu_s, rss_s) = read_gnu_time(&ts)?;
+    let (_, cpu_r, rss_r) = read_gnu_time(&tr)?;
+    Ok(Sample {
+        secs,
+        bytes,
+        files,
+        cpu: [cpu_s, cpu_r],
+        rss_kib: [rss_s, rss_r],
+    })
+}
+
+/// The round trip of one byte over loopback TCP, in seconds (median of 200).
+pub fn loopback_rtt() -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = l.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while s.read(&mut b)? == 1 {
+            s.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let mut c = std::net::TcpStream::connect(addr)?;
+    c.set_nodelay(true)?;
+    let mut times = Vec::new();
+    let mut b = [0u8; 1];
+    for _ in 0..200 {
+        let t = Instant::now();
+        c.write_all(&b)?;
+        c.read_exact(&mut b)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    drop(c);
+    let _ = echo.join();
+    Ok(crate::measure::median(times))
+}
