@@ -10,6 +10,13 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Makes everything written to the filesystem holding `path` durable (syncfs): one call for a
+/// whole group of files, folders and renames. It also flushes other writers' data on that
+/// filesystem, so it is used for groups, not for single files.
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    rustix::fs::syncfs(File::open(path)?).map_err(io::Error::from)
+}
+
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path

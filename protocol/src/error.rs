@@ -23,6 +23,8 @@ pub enum DecodeError {
     BadEnvelope(&'static str),
     #[error("malformed {what} body: {reason}")]
     BadBody { what: &'static str, reason: String },
+    #[error("malformed batch: {0}")]
+    BadBatch(&'static str),
 }
 
 /// The peer sent well-formed frames that break the protocol's rules.

@@ -34,6 +34,8 @@ pub enum FrameKind {
     Commit = 4,
     /// Keep-alive with an empty payload.
     Heartbeat = 5,
+    /// Several Open, Data and Commit records in one frame; see [`crate::batch`].
+    Batch = 6,
 }
 
 impl FrameKind {
@@ -45,6 +47,7 @@ impl FrameKind {
             3 => Some(Self::Data),
             4 => Some(Self::Commit),
             5 => Some(Self::Heartbeat),
+            6 => Some(Self::Batch),
             _ => None,
         }
     }

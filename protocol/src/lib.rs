@@ -16,6 +16,7 @@
 //! [`envelope`]). PROTOCOL.md describes every byte.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod crypto;
 pub mod decoder;
 pub mod envelope;

@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use crate::batch::parse_batch;
 use crate::crypto::{AAD_LEN, FLAG_AUTH, FrameKey, TAG_LEN};
 use crate::decoder::{Decoder, Frame};
 use crate::error::{DecodeError, ProtocolError};
@@ -37,6 +38,9 @@ pub enum Request {
         commit: Commit,
     },
     Heartbeat,
+    /// The records of a Batch frame, in order: only Open, Data and Commit. The driver applies
+    /// them in order and answers once for all.
+    Batch(Vec<Request>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,30 +161,17 @@ impl ReceiverSession {
             return Ok(Request::Hello(hello));
         }
         let payload = self.unseal(&frame)?;
-        let body = |what| -> Result<_, DecodeError> { Ok((what, &payload[..])) };
         match (self.state, h.kind) {
             (State::AwaitHello, kind) => Err(ProtocolError::NoHello(kind)),
             (_, FrameKind::Hello) => Err(ProtocolError::SecondHello),
-            (_, FrameKind::Open) => {
-                let (what, b) = body("open")?;
-                Ok(Request::Open {
-                    transfer: h.transfer,
-                    open: decode_body(what, b)?,
-                })
-            }
-            (_, FrameKind::Data) => Ok(Request::Data {
-                transfer: h.transfer,
-                offset: h.offset,
-                payload: payload.clone(),
-            }),
-            (_, FrameKind::Commit) => {
-                let (what, b) = body("commit")?;
-                Ok(Request::Commit {
-                    transfer: h.transfer,
-                    commit: decode_body(what, b)?,
-                })
-            }
             (_, FrameKind::Heartbeat) => Ok(Request::Heartbeat),
+            (_, FrameKind::Batch) => Ok(Request::Batch(
+                parse_batch(&payload)?
+                    .into_iter()
+                    .map(|r| file_request(r.kind, r.transfer, r.offset, r.body))
+                    .collect::<Result<_, _>>()?,
+            )),
+            (_, kind) => Ok(file_request(kind, h.transfer, h.offset, payload)?),
         }
     }
 
@@ -278,6 +269,33 @@ impl ReceiverSession {
     /// Marks all pending output as written.
     pub fn clear_output(&mut self) {
         self.out.clear();
+    }
+}
+
+/// The request for an Open, Data or Commit frame or batch record.
+fn file_request(
+    kind: FrameKind,
+    transfer: u64,
+    offset: u64,
+    body: Bytes,
+) -> Result<Request, DecodeError> {
+    match kind {
+        FrameKind::Open => Ok(Request::Open {
+            transfer,
+            open: decode_body("open", &body)?,
+        }),
+        FrameKind::Data => Ok(Request::Data {
+            transfer,
+            offset,
+            payload: body,
+        }),
+        FrameKind::Commit => Ok(Request::Commit {
+            transfer,
+            commit: decode_body("commit", &body)?,
+        }),
+        _ => Err(DecodeError::BadBatch(
+            "only Open, Data and Commit are file requests",
+        )),
     }
 }
 

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use gapsync_protocol::{FrameInfo, FrameKind, Profile, SenderEvent};
+use gapsync_protocol::batch::{RECORD_HEADER_LEN, finish_record};
+use gapsync_protocol::{FrameKind, Profile, SenderEvent};
 
 use crate::config::{AfterSend, PipeConfig};
 use crate::source::SourceEvent;
@@ -21,6 +22,23 @@ use crate::transfer::{Transfer, mtime_ns};
 /// resending after a crash) every this many bytes or this often, whichever comes first.
 const PERSIST_EVERY: u64 = 16 << 20;
 const PERSIST_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Files in flight at once per pipe (each holds an open file): enough to fill every frame of
+/// the window with small files on a fast link, well below the units' LimitNOFILE of 65536.
+const MAX_ACTIVE_FILES: usize = 1024;
+
+/// A Data record is started only with room for this much (or the rest of the file), so a
+/// frame's last bytes are not spent on a sliver of a large file.
+const MIN_DATA_RECORD: usize = 64 << 10;
+
+/// One record of a frame in flight, to credit its transfer when the frame is answered.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    kind: FrameKind,
+    transfer: u64,
+    offset: u64,
+    len: u32,
+}
 
 /// Counters of one pipe, for the periodic summary.
 #[derive(Debug, Default)]
@@ -47,6 +65,11 @@ pub struct PipeWorker {
     failures: HashMap<String, u32>,
     /// Transfers that got a FAIL, waiting at the back of the queue with their state.
     parked: HashMap<String, Transfer>,
+    /// The records of each frame sent and not yet answered, oldest first.
+    in_flight: VecDeque<Vec<Record>>,
+    /// Transfers that were in a batch the receiver refused: each is sent in frames of its own
+    /// until it is delivered or refused alone.
+    solo: HashSet<u64>,
 
     pub stats: Arc<PipeStats>,
     /// Connections opened by this pipe in this session (numbered from 1 in each Hello).
@@ -80,6 +103,8 @@ impl PipeWorker {
             active: VecDeque::new(),
             failures: HashMap::new(),
             parked: HashMap::new(),
+            in_flight: VecDeque::new(),
+            solo: HashSet::new(),
 
             stats,
             connections: 0,
@@ -120,47 +145,99 @@ impl PipeWorker {
         self.update_depth();
     }
 
-    /// The next frame to send, Data payloads at most `chunk` bytes: kind, transfer id, offset;
-    /// its payload is in `self.buf`.
-    pub fn next_frame(&mut self, chunk: usize) -> Option<(FrameKind, u64, u64)> {
+    /// The next frame to send: a Batch of records of as many transfers as fit in
+    /// `max_payload` bytes, its payload in `self.buf`; `None` when nothing is ready.
+    pub fn next_frame(&mut self, max_payload: usize) -> Option<(FrameKind, u64, u64)> {
+        self.buf.clear();
+        let mut records = Vec::new();
+        let mut idx = 0;
         loop {
-            let idx = match self.active.iter().position(|t| !t.fully_sent()) {
-                Some(i) => i,
-                None if self.active.len() < self.max_active() => {
-                    self.activate()?;
-                    self.active.len() - 1
-                }
-                None => return None,
+            // The next transfer with records left, starting new ones while there is room.
+            while idx < self.active.len() && self.active[idx].fully_sent() {
+                idx += 1;
+            }
+            if idx == self.active.len()
+                && (self.active.len() >= self.max_active() || self.activate().is_none())
+            {
+                break;
+            }
+            let t = &self.active[idx];
+            // A transfer under suspicion after a refused batch travels alone, so that the
+            // receiver's answer names it.
+            if !records.is_empty() && self.solo.contains(&t.id) {
+                break;
+            }
+            let Some((kind, body)) = t.next_kind() else {
+                idx += 1;
+                continue;
             };
+            let room = max_payload.saturating_sub(self.buf.len() + RECORD_HEADER_LEN);
+            let fits = match kind {
+                FrameKind::Data => room >= (MIN_DATA_RECORD as u64).min(t.unsent()) as usize,
+                _ => room >= body,
+            };
+            if !fits {
+                break;
+            }
+            if kind == FrameKind::Commit && !t.unchanged() {
+                let t = self.remove_active(idx);
+                tracing::warn!(pipe = %self.cfg.name, path = %t.rel, "the file changed while it was sent; sending it again as a new version");
+                self.forget_transfer(&t);
+                self.requeue_front(t.rel);
+                continue;
+            }
+            let start = self.buf.len();
+            self.buf.resize(start + RECORD_HEADER_LEN, 0);
             let t = &mut self.active[idx];
-            match t.next_frame(chunk, &mut self.buf) {
-                Ok(Some((FrameKind::Commit, _))) if !t.unchanged() => {
-                    let t = self.remove_active(idx);
-                    tracing::warn!(pipe = %self.cfg.name, path = %t.rel, "the file changed while it was sent; sending it again as a new version");
-                    self.forget_transfer(&t);
-                    self.requeue_front(t.rel);
-                }
+            match t.next_frame(room, &mut self.buf) {
                 Ok(Some((kind, offset))) => {
+                    let len = finish_record(&mut self.buf, start, kind, t.id, offset)
+                        .unwrap_or_else(|| unreachable!("a record within max_payload"));
                     if kind == FrameKind::Data {
-                        self.stats
-                            .wire_bytes
-                            .fetch_add(self.buf.len() as u64, Relaxed);
+                        self.stats.wire_bytes.fetch_add(u64::from(len), Relaxed);
                     }
-                    return Some((kind, t.id, offset));
+                    records.push(Record {
+                        kind,
+                        transfer: t.id,
+                        offset,
+                        len,
+                    });
+                    if self.solo.contains(&t.id) {
+                        // Alone in its frame: nothing of another transfer follows.
+                        if t.fully_sent() {
+                            break;
+                        }
+                    }
                 }
-                // Not reached (position() picked a transfer with frames left); stop filling
-                // rather than spin if that ever changes.
-                Ok(None) => return None,
+                Ok(None) => {
+                    self.buf.truncate(start);
+                    idx += 1;
+                }
                 Err(e) => {
+                    self.buf.truncate(start);
                     let t = self.remove_active(idx);
                     self.read_failed(t, e);
                 }
             }
         }
+        if records.is_empty() {
+            return None;
+        }
+        if let Err(e) = self.store.sync() {
+            tracing::error!(pipe = %self.cfg.name, error = %e, "cannot make the in-flight records durable in the state folder; reconnecting and retrying");
+            self.in_flight.clear();
+            self.buf.clear();
+            for t in &mut self.active {
+                t.rewind();
+            }
+            return None;
+        }
+        self.in_flight.push_back(records);
+        Some((FrameKind::Batch, 0, 0))
     }
 
     fn max_active(&self) -> usize {
-        self.profile.window.get() as usize
+        MAX_ACTIVE_FILES
     }
 
     fn remove_active(&mut self, idx: usize) -> Transfer {
@@ -242,9 +319,20 @@ impl PipeWorker {
     /// Handles what the connection reported.
     pub fn on_event(&mut self, ev: &SenderEvent) {
         match ev {
-            SenderEvent::Acked(info) => self.on_ack(info),
-            SenderEvent::Failed(info) => self.on_fail(info),
-            SenderEvent::TimedOut(_)
+            SenderEvent::Acked(info) if info.kind == FrameKind::Batch => {
+                for r in self.in_flight.pop_front().unwrap_or_default() {
+                    self.on_ack(r);
+                }
+            }
+            SenderEvent::Failed(info) if info.kind == FrameKind::Batch => {
+                let records = self.in_flight.pop_front().unwrap_or_default();
+                self.on_fail(&records);
+            }
+            SenderEvent::Failed(info) => {
+                tracing::warn!(pipe = %self.cfg.name, kind = ?info.kind, "the receiver refused a frame; reconnecting");
+            }
+            SenderEvent::Acked(_)
+            | SenderEvent::TimedOut(_)
             | SenderEvent::Violation(_)
             | SenderEvent::HandshakeAccepted => {}
         }
@@ -254,12 +342,12 @@ impl PipeWorker {
         self.active.iter().position(|t| t.id == id)
     }
 
-    fn on_ack(&mut self, info: &FrameInfo) {
-        let Some(idx) = self.find(info.transfer) else {
+    fn on_ack(&mut self, r: Record) {
+        let Some(idx) = self.find(r.transfer) else {
             return;
         };
         let t = &mut self.active[idx];
-        if !t.on_ack(info.kind, info.offset, info.length) {
+        if !t.on_ack(r.kind, r.offset, r.len) {
             if t.acked >= t.persisted_acked + PERSIST_EVERY
                 || (t.acked > t.persisted_acked && t.persisted_at.elapsed() >= PERSIST_PERIOD)
             {
@@ -287,36 +375,49 @@ impl PipeWorker {
         }
     }
 
-    /// A FAIL answer: the receiver refused this file's frame (a bad name, a blocked target, a
-    /// digest mismatch). It counts towards quarantine, and the file steps aside (parked at the
-    /// back of the queue with its transfer kept) so the other files go on. Local trouble on the
-    /// receiver (a full disk) is not a FAIL: the receiver closes without a byte, which costs
-    /// the file nothing.
-    fn on_fail(&mut self, info: &FrameInfo) {
-        let Some(idx) = self.find(info.transfer) else {
-            tracing::warn!(pipe = %self.cfg.name, kind = ?info.kind, "the receiver refused a frame; reconnecting");
+    /// A FAIL answer to a frame with `records`. A frame of one transfer: the receiver refused
+    /// that file (a bad name, a blocked target, a digest mismatch); it counts towards
+    /// quarantine, and the file steps aside (parked at the back of the queue with its transfer
+    /// kept) so the other files go on. A frame of several transfers: which one was refused is
+    /// unknown, so each of them is sent alone from now on, until the receiver's answer names
+    /// it. Local trouble on the receiver (a full disk) is not a FAIL: the receiver closes
+    /// without a byte, which costs the file nothing.
+    fn on_fail(&mut self, records: &[Record]) {
+        let mut ids: Vec<u64> = records.iter().map(|r| r.transfer).collect();
+        ids.dedup();
+        let [id] = ids[..] else {
+            tracing::warn!(pipe = %self.cfg.name, files = ids.len(), "the receiver answered FAIL to a frame holding several files; reconnecting and sending each alone to find the one it refuses (see the receiver's log for the reason)");
+            self.solo.extend(ids);
             return;
         };
+        let Some(idx) = self.find(id) else {
+            return;
+        };
+        let committed = records.iter().any(|r| r.kind == FrameKind::Commit);
+        let (kind, offset) = records
+            .iter()
+            .find(|r| committed == (r.kind == FrameKind::Commit))
+            .map_or((FrameKind::Batch, 0), |r| (r.kind, r.offset));
         let mut t = self.remove_active(idx);
+        self.solo.remove(&t.id);
         let failures = self.failures.entry(t.rel.clone()).or_insert(0);
         *failures += 1;
         let failures = *failures;
         tracing::warn!(
-            pipe = %self.cfg.name, path = %t.rel, kind = ?info.kind, offset = info.offset,
+            pipe = %self.cfg.name, path = %t.rel, kind = ?kind, offset,
             attempt = failures, max_attempts = self.cfg.max_attempts,
             "the receiver answered FAIL; reconnecting and retrying (see the receiver's log for the reason)"
         );
         if failures >= self.cfg.max_attempts {
             self.forget_transfer(&t);
             let reason = format!(
-                "the receiver refused it {failures} times (last: {:?} frame at offset {})",
-                info.kind, info.offset
+                "the receiver refused it {failures} times (last: {kind:?} at offset {offset})"
             );
             self.quarantine_path(&t.fs_path, Path::new(&t.rel), &reason);
             return;
         }
         let rel = t.rel.clone();
-        if info.kind == FrameKind::Commit {
+        if committed {
             // Digest mismatch: the receiver discarded its partial. Start over as a new transfer.
             self.forget_transfer(&t);
         } else {
@@ -329,6 +430,7 @@ impl PipeWorker {
 
     /// The connection ended: every transfer resumes from its acknowledged offset next time.
     pub fn on_disconnect(&mut self) {
+        self.in_flight.clear();
         for idx in 0..self.active.len() {
             self.active[idx].rewind();
             if self.active[idx].acked != self.active[idx].persisted_acked {
@@ -338,6 +440,7 @@ impl PipeWorker {
     }
 
     fn forget_transfer(&mut self, t: &Transfer) {
+        self.solo.remove(&t.id);
         let _ = self.store.remove(&t.rel);
     }
 
@@ -351,6 +454,7 @@ impl PipeWorker {
         self.stats.files.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(t.size, Relaxed);
         self.failures.remove(&t.rel);
+        self.solo.remove(&t.id);
 
         let after = if !t.unchanged() {
             "kept: the file changed after it was read; the new version is sent next"

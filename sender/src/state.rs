@@ -96,6 +96,8 @@ pub struct InFlight {
 pub struct InFlightStore {
     dir: PathBuf,
     by_path: HashMap<String, InFlight>,
+    /// Records written with `durable` and not yet synced.
+    unsynced: Vec<PathBuf>,
 }
 
 impl InFlightStore {
@@ -123,7 +125,11 @@ impl InFlightStore {
                 }
             }
         }
-        Ok(Self { dir, by_path })
+        Ok(Self {
+            dir,
+            by_path,
+            unsynced: Vec::new(),
+        })
     }
 
     fn file(&self, transfer: u64) -> PathBuf {
@@ -140,16 +146,17 @@ impl InFlightStore {
         self.by_path.keys().cloned().collect()
     }
 
-    /// Writes a record. `durable` fsyncs it (required before the first frame of a transfer).
+    /// Writes a record. With `durable` it is made durable at the next [`Self::sync`], which
+    /// must come before the first frame of the transfer is sent (grouping the fsyncs of many
+    /// small files); without, it only saves resending after a crash.
     pub fn put(&mut self, r: InFlight, durable: bool) -> io::Result<()> {
         let text = toml::to_string(&r).map_err(io::Error::other)?;
         let path = self.file(r.transfer);
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, &path)?;
         if durable {
-            write_atomic(&path, text.as_bytes())?;
-        } else {
-            let tmp = path.with_extension("tmp");
-            fs::write(&tmp, text)?;
-            fs::rename(&tmp, &path)?;
+            self.unsynced.push(path);
         }
         let id = r.transfer;
         if let Some(old) = self.by_path.insert(r.path.clone(), r) {
@@ -157,6 +164,28 @@ impl InFlightStore {
                 let _ = fs::remove_file(self.file(old.transfer));
             }
         }
+        Ok(())
+    }
+
+    /// Makes every record written with `durable` since the last call durable: an fsync of each
+    /// (and of the folder) for one or two, one syncfs of the state filesystem for more.
+    pub fn sync(&mut self) -> io::Result<()> {
+        match self.unsynced.len() {
+            0 => return Ok(()),
+            1 | 2 => {
+                for p in &self.unsynced {
+                    match fs::File::open(p) {
+                        Ok(f) => f.sync_all()?,
+                        // Removed already (delivered): nothing to make durable.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                gapsync_daemon::durable::fsync_dir(&self.dir)?;
+            }
+            _ => gapsync_daemon::durable::sync_filesystem(&self.dir)?,
+        }
+        self.unsynced.clear();
         Ok(())
     }
 

@@ -17,6 +17,9 @@ pub fn mtime_ns(meta: &Metadata) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// Upper bound of an encoded Commit body (a varint size and the 32-byte digest).
+pub const COMMIT_BODY_MAX: usize = 48;
+
 /// A file being sent.
 #[derive(Debug)]
 pub struct Transfer {
@@ -85,31 +88,54 @@ impl Transfer {
         self.commit_sent
     }
 
-    /// Puts the next frame's payload in `buf` and returns its kind and offset, or `None` when
-    /// everything was sent. Data frames carry at most `chunk` bytes.
+    /// What the next record of this transfer is, and the body length of an Open or Commit
+    /// (a Data record fits any room); `None` when everything was sent.
+    pub fn next_kind(&self) -> Option<(FrameKind, usize)> {
+        if !self.open_sent {
+            Some((FrameKind::Open, self.open_body().len()))
+        } else if self.next < self.size {
+            Some((FrameKind::Data, 0))
+        } else if !self.commit_sent {
+            Some((FrameKind::Commit, COMMIT_BODY_MAX))
+        } else {
+            None
+        }
+    }
+
+    /// Data bytes not yet sent.
+    pub fn unsent(&self) -> u64 {
+        self.size - self.next
+    }
+
+    fn open_body(&self) -> Vec<u8> {
+        encode_body(&OpenFile {
+            path: self.rel.clone(),
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+        })
+    }
+
+    /// Appends the next record's body to `buf` and returns its kind and offset, or `None` when
+    /// everything was sent. Data records carry at most `chunk` bytes.
     pub fn next_frame(
         &mut self,
         chunk: usize,
         buf: &mut Vec<u8>,
     ) -> io::Result<Option<(FrameKind, u64)>> {
-        buf.clear();
         if !self.open_sent {
             self.open_sent = true;
-            let open = OpenFile {
-                path: self.rel.clone(),
-                size: self.size,
-                mtime_ns: self.mtime_ns,
-            };
-            buf.extend_from_slice(&encode_body(&open));
+            buf.extend_from_slice(&self.open_body());
             return Ok(Some((FrameKind::Open, 0)));
         }
         if self.next < self.size {
-            self.hash_up_to(self.next, buf)?;
+            self.hash_up_to(self.next)?;
             let len = (self.size - self.next).min(chunk as u64) as usize;
-            buf.resize(len, 0);
-            self.file.read_exact_at(buf, self.next)?;
+            let start = buf.len();
+            buf.resize(start + len, 0);
+            let body = &mut buf[start..];
+            self.file.read_exact_at(body, self.next)?;
             if self.hashed == self.next {
-                self.hasher.update(buf);
+                self.hasher.update(body);
                 self.hashed += len as u64;
             }
             let offset = self.next;
@@ -118,8 +144,7 @@ impl Transfer {
             return Ok(Some((FrameKind::Data, offset)));
         }
         if !self.commit_sent {
-            self.hash_up_to(self.size, buf)?;
-            buf.clear();
+            self.hash_up_to(self.size)?;
             self.commit_sent = true;
             let commit = Commit {
                 size: self.size,
@@ -132,13 +157,14 @@ impl Transfer {
     }
 
     /// Hashes bytes not yet hashed below `upto` (after a restart resumed past them).
-    fn hash_up_to(&mut self, upto: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+    fn hash_up_to(&mut self, upto: u64) -> io::Result<()> {
         const STEP: u64 = 1 << 20;
+        let mut scratch = Vec::new();
         while self.hashed < upto {
             let len = (upto - self.hashed).min(STEP) as usize;
-            buf.resize(len, 0);
-            self.file.read_exact_at(buf, self.hashed)?;
-            self.hasher.update(buf);
+            scratch.resize(len, 0);
+            self.file.read_exact_at(&mut scratch, self.hashed)?;
+            self.hasher.update(&scratch);
             self.hashed += len as u64;
         }
         Ok(())
@@ -185,11 +211,21 @@ mod tests {
     fn frames(t: &mut Transfer, chunk: usize) -> Vec<(FrameKind, u64, Vec<u8>)> {
         let mut buf = Vec::new();
         std::iter::from_fn(|| {
+            buf.clear();
             t.next_frame(chunk, &mut buf)
                 .expect("read")
                 .map(|(k, o)| (k, o, buf.clone()))
         })
         .collect()
+    }
+
+    #[test]
+    fn the_largest_commit_body_fits_its_bound() {
+        let c = Commit {
+            size: u64::MAX,
+            digest: [0xff; 32],
+        };
+        assert!(encode_body(&c).len() <= COMMIT_BODY_MAX);
     }
 
     #[test]
@@ -273,6 +309,7 @@ mod properties {
             for (frames_before_cut, ack_all) in cuts.into_iter().chain(std::iter::once((usize::MAX, true))) {
                 let mut sent = Vec::new();
                 for _ in 0..frames_before_cut {
+                    buf.clear();
                     match t.next_frame(chunk, &mut buf).expect("read") {
                         Some((FrameKind::Data, off)) => {
                             prop_assert!(off >= t.acked, "resent below the acknowledged offset");

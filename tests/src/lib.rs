@@ -161,6 +161,56 @@ impl Drop for Proc {
     }
 }
 
+/// How many frames the sender uses for one file alone in its pipe: batches of records (an
+/// Open, Data records, a Commit), each frame filled up to `chunk` payload bytes. Mirrors the
+/// sender's packing rule (a Data record starts only with room for 64 KiB or the rest of the
+/// file) so that tests can aim a fault at a given frame.
+pub fn frames_for_file(chunk: usize, size: usize, open_body: usize) -> usize {
+    use gapsync_protocol::batch::RECORD_HEADER_LEN as R;
+    const MIN_DATA: usize = 64 << 10;
+    const COMMIT: usize = 48;
+    let (mut frames, mut sent, mut opened, mut committed) = (0, 0, false, false);
+    while !committed {
+        frames += 1;
+        let mut used = 0;
+        if !opened {
+            used += R + open_body;
+            opened = true;
+        }
+        loop {
+            let room = chunk.saturating_sub(used + R);
+            if sent < size {
+                if room < MIN_DATA.min(size - sent) {
+                    break;
+                }
+                let n = room.min(size - sent);
+                sent += n;
+                used += R + n;
+            } else {
+                committed = room >= COMMIT;
+                break;
+            }
+        }
+    }
+    frames
+}
+
+/// The length of the Open body the sender sends for the spool file `rel` at `path`.
+pub fn open_body_len(path: &Path, rel: &str) -> usize {
+    let m = std::fs::metadata(path).expect("stat spool file");
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    gapsync_protocol::encode_body(&gapsync_protocol::OpenFile {
+        path: rel.to_owned(),
+        size: m.len(),
+        mtime_ns: mtime,
+    })
+    .len()
+}
+
 /// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();

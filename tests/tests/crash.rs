@@ -162,10 +162,12 @@ fn sender_killed_after_the_receiver_committed_but_before_it_saw_the_ok_delivers_
         "only.bin".to_owned(),
         make_file(&lab.spool.join("only.bin"), size, 3),
     );
-    // Replies: 1 Hello, 2 Open, 3..=27 the 25 data frames, 28 the commit. The gate swallows the
-    // commit's OK: the receiver has made the file durable, the sender never learns it.
+    // Replies: 1 for the Hello, then one per frame; the last frame carries the Commit. The gate
+    // swallows the commit's OK: the receiver has made the file durable, the sender never
+    // learns it.
     let chunk = gapsync_tests::profile("syskeeper-2000").chunk_size();
-    let commit_reply = 2 + size.div_ceil(chunk) + 1;
+    let open = gapsync_tests::open_body_len(&lab.spool.join("only.bin"), "only.bin");
+    let commit_reply = 1 + gapsync_tests::frames_for_file(chunk, size, open);
     lab.sender_extra =
         "[profile_overrides]\nreconnect_backoff_min = \"5s\"\nreconnect_backoff_max = \"5s\"\n"
             .into();

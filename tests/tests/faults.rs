@@ -113,8 +113,9 @@ fn transfer_with(faults: &[&str]) -> (Lab, std::collections::HashMap<String, u64
 
 #[test]
 fn swallowed_acks_lose_nothing() {
-    // The 3rd and 9th replies are swallowed and the connection cut instead.
-    let (_lab, stats) = transfer_with(&["--drop-ack", "3", "--drop-ack", "9"]);
+    // The 3rd and 6th replies (each the second frame of a connection, after its Hello and one
+    // frame) are swallowed and the connection cut instead.
+    let (_lab, stats) = transfer_with(&["--drop-ack", "3", "--drop-ack", "6"]);
     assert_eq!(stats["dropped_acks"], 2, "{stats:?}");
     assert!(
         stats["connections"] >= 3,
@@ -150,7 +151,8 @@ fn the_e_language_envelope_carries_files_through_a_reverse_gate() {
     let stats = lab.sim_stats();
     assert_eq!(stats["violations"], 0);
     assert!(
-        stats["frames"] >= 12 + 3 * 5,
+        // The Hello, twelve frames of the 3 MiB file, the small files batched after it.
+        stats["frames"] >= 14,
         "frames were counted through the envelope: {stats:?}"
     );
 }

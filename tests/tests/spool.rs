@@ -102,6 +102,14 @@ fn a_file_the_receiver_keeps_refusing_is_quarantined_and_the_pipe_goes_on() {
         Some(&blocked),
         "kept intact, not dropped"
     );
+    // The files shared a batch with the refused one: only the culprit was charged with FAILs
+    // (each file of a refused batch is then sent alone until the receiver's answer names it).
+    assert_eq!(
+        count_lines(&slog, &["answered FAIL", "path=ok-"]),
+        0,
+        "{}",
+        lab.diagnostics()
+    );
     // The other files were not held up.
     let mut with_dir = expected.clone();
     with_dir.retain(|k, _| k.starts_with("ok-"));

@@ -341,39 +341,56 @@ impl Connection {
             self.session.close();
             return false;
         }
+        let records = match req {
+            Request::Batch(records) => records,
+            other => vec![other],
+        };
+        // Every record is applied in order, then every commit among them is made durable as
+        // one group; OK is answered only after that. On a refusal nothing staged is landed.
         let result = tokio::task::block_in_place(|| {
-            pipe.with_sink(|sink| match &req {
-                Request::Open { transfer, open } => sink.open(*transfer, open).map(|_| None),
-                Request::Data {
-                    transfer,
-                    offset,
-                    payload,
-                } => sink.write(*transfer, *offset, payload).map(|a| {
-                    if a == Applied::Done {
-                        pipe.add_bytes(payload.len() as u64);
+            pipe.with_sink(|sink| {
+                for r in &records {
+                    let applied = match r {
+                        Request::Open { transfer, open } => sink.open(*transfer, open),
+                        Request::Data {
+                            transfer,
+                            offset,
+                            payload,
+                        } => sink.write(*transfer, *offset, payload).inspect(|a| {
+                            if *a == Applied::Done {
+                                pipe.add_bytes(payload.len() as u64);
+                            }
+                        }),
+                        Request::Commit { transfer, commit } => sink.commit(*transfer, commit),
+                        Request::Heartbeat | Request::Hello(_) | Request::Batch(_) => {
+                            Ok(Applied::Done)
+                        }
+                    };
+                    if let Err(e) = applied {
+                        sink.abandon();
+                        return Err(e);
                     }
-                    None
-                }),
-                Request::Commit { transfer, commit } => sink.commit(*transfer, commit),
-                Request::Heartbeat | Request::Hello(_) => Ok(None),
+                }
+                sink.flush()
             })
         });
         match result {
-            Ok(Some(d)) => {
-                pipe.stats.files.fetch_add(1, Relaxed);
-                let secs = d.elapsed.as_secs_f64().max(1e-6);
-                tracing::info!(
-                    pipe = %pipe.name,
-                    path = %d.path,
-                    size = d.size,
-                    digest = %d.digest_hex,
-                    duration_ms = d.elapsed.as_millis() as u64,
-                    mb_per_s = format!("{:.1}", d.size as f64 / secs / 1e6),
-                    "delivered"
-                );
+            Ok(delivered) => {
+                for d in delivered {
+                    pipe.stats.files.fetch_add(1, Relaxed);
+                    let secs = d.elapsed.as_secs_f64().max(1e-6);
+                    tracing::info!(
+                        pipe = %pipe.name,
+                        path = %d.path,
+                        size = d.size,
+                        digest = %d.digest_hex,
+                        duration_ms = d.elapsed.as_millis() as u64,
+                        mb_per_s = format!("{:.1}", d.size as f64 / secs / 1e6),
+                        "delivered"
+                    );
+                }
                 true
             }
-            Ok(None) => true,
             Err(e) => {
                 pipe.stats.refused_frames.fetch_add(1, Relaxed);
                 // Repeats of one problem (numbers aside) are logged once a minute.

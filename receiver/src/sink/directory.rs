@@ -33,6 +33,18 @@ struct Partial {
     started: Instant,
 }
 
+/// A commit verified (size and digest) and waiting for the next flush.
+#[derive(Debug)]
+struct Staged {
+    id: u64,
+    partial: Partial,
+    digest: [u8; 32],
+}
+
+/// Up to this many files a flush fsyncs each one (and each folder); above it, one syncfs of
+/// the filesystem makes the whole group durable at once.
+const FSYNC_EACH_UP_TO: usize = 2;
+
 /// Lands one pipe's files in a destination folder.
 #[derive(Debug)]
 pub struct DirectorySink {
@@ -40,6 +52,7 @@ pub struct DirectorySink {
     staging: PathBuf,
     done: DoneLog,
     partials: HashMap<u64, Partial>,
+    staged: Vec<Staged>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SinkError + 'a {
@@ -75,6 +88,7 @@ impl DirectorySink {
             staging: staging.to_path_buf(),
             done,
             partials: HashMap::new(),
+            staged: Vec::new(),
         };
         sink.recover(stale_after)?;
         Ok(sink)
@@ -166,14 +180,33 @@ impl DirectorySink {
         Ok(cur)
     }
 
-    /// Renames the staged partial into place and makes the rename durable.
+    /// Renames the staged partial into place; returns the folder that must be made durable.
     fn land(&self, id: u64, path: &WirePath) -> Result<PathBuf, SinkError> {
         let target = self.prepare_target(path)?;
         let part = self.part_path(id);
         fs::rename(&part, &target).map_err(io_err("cannot rename into place", &target))?;
-        let dir = target.parent().unwrap_or(&self.dest);
-        gapsync_daemon::durable::fsync_dir(dir).map_err(io_err("cannot fsync folder", dir))?;
-        Ok(target)
+        Ok(target.parent().unwrap_or(&self.dest).to_path_buf())
+    }
+
+    /// Makes `count` files (or folders) durable: each one, or the whole filesystem of `any`.
+    fn sync_group<'a>(
+        &self,
+        count: usize,
+        each: impl Iterator<Item = (&'a Path, Option<&'a File>)>,
+        any: &Path,
+    ) -> Result<(), SinkError> {
+        if count > FSYNC_EACH_UP_TO {
+            return gapsync_daemon::durable::sync_filesystem(any)
+                .map_err(io_err("cannot sync the filesystem of", any));
+        }
+        for (path, file) in each {
+            match file {
+                Some(f) => f.sync_all(),
+                None => gapsync_daemon::durable::fsync_dir(path),
+            }
+            .map_err(io_err("cannot fsync", path))?;
+        }
+        Ok(())
     }
 
     fn digest_of(&self, p: &mut Partial, id: u64) -> Result<[u8; 32], SinkError> {
@@ -318,9 +351,9 @@ impl Sink for DirectorySink {
         Ok(Applied::Done)
     }
 
-    fn commit(&mut self, id: u64, commit: &Commit) -> Result<Option<Delivered>, SinkError> {
-        if self.done.contains(id) {
-            return Ok(None);
+    fn commit(&mut self, id: u64, commit: &Commit) -> Result<Applied, SinkError> {
+        if self.done.contains(id) || self.staged.iter().any(|s| s.id == id) {
+            return Ok(Applied::AlreadyCommitted);
         }
         let part = self.part_path(id);
         let mut p = self.partials.remove(&id).ok_or(SinkError::NotOpen(id))?;
@@ -338,9 +371,6 @@ impl Sink for DirectorySink {
             self.discard(id);
             return Err(e);
         }
-        p.file
-            .sync_all()
-            .map_err(io_err("cannot fsync partial", &part))?;
         let digest = self.digest_of(&mut p, id)?;
         if digest != commit.digest {
             self.discard(id);
@@ -348,19 +378,67 @@ impl Sink for DirectorySink {
         }
         let mtime = UNIX_EPOCH + Duration::from_nanos(p.open.mtime_ns.max(0) as u64);
         let _ = p.file.set_modified(mtime);
+        self.staged.push(Staged {
+            id,
+            partial: p,
+            digest,
+        });
+        Ok(Applied::Done)
+    }
+
+    fn flush(&mut self) -> Result<Vec<Delivered>, SinkError> {
+        if self.staged.is_empty() {
+            return Ok(Vec::new());
+        }
+        let group = std::mem::take(&mut self.staged);
+        let parts: Vec<PathBuf> = group.iter().map(|s| self.part_path(s.id)).collect();
+        self.sync_group(
+            group.len(),
+            parts
+                .iter()
+                .zip(&group)
+                .map(|(p, s)| (p.as_path(), Some(&s.partial.file))),
+            &self.staging,
+        )?;
+        let ids: Vec<u64> = group.iter().map(|s| s.id).collect();
         self.done
-            .record(id)
+            .record_all(&ids)
             .map_err(io_err("cannot record commit in", self.done.path()))?;
-        drop(p.file);
-        self.land(id, &p.path)?;
-        let meta = self.meta_path(id);
-        fs::remove_file(&meta).map_err(io_err("cannot remove", &meta))?;
-        Ok(Some(Delivered {
-            path: p.open.path,
-            size: commit.size,
-            digest_hex: blake3::Hash::from_bytes(digest).to_hex().to_string(),
-            elapsed: p.started.elapsed(),
-        }))
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut delivered = Vec::with_capacity(group.len());
+        for s in group {
+            let Staged {
+                id,
+                partial,
+                digest,
+            } = s;
+            drop(partial.file);
+            let dir = self.land(id, &partial.path)?;
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+            delivered.push(Delivered {
+                path: partial.open.path,
+                size: partial.open.size,
+                digest_hex: blake3::Hash::from_bytes(digest).to_hex().to_string(),
+                elapsed: partial.started.elapsed(),
+            });
+        }
+        self.sync_group(
+            dirs.len(),
+            dirs.iter().map(|d| (d.as_path(), None)),
+            &self.dest,
+        )?;
+        for id in ids {
+            let meta = self.meta_path(id);
+            fs::remove_file(&meta).map_err(io_err("cannot remove", &meta))?;
+        }
+        Ok(delivered)
+    }
+
+    fn abandon(&mut self) {
+        // Their partials stay staged: a resent Open finds them and the commit is repeated.
+        self.staged.clear();
     }
 
     fn partials(&self) -> usize {
@@ -408,19 +486,20 @@ mod tests {
         s.write(1, 3, b"def").expect("rewrite is harmless");
         let target = dir.path().join("dest/a/b.txt");
         assert!(!target.exists(), "not visible before commit");
-        assert!(
-            s.commit(1, &commit_for(b"abcdef"))
-                .expect("commit")
-                .is_some()
+        assert_eq!(
+            s.commit(1, &commit_for(b"abcdef")).expect("commit"),
+            Applied::Done
         );
+        assert!(!target.exists(), "not visible before the flush");
+        assert_eq!(s.flush().expect("flush").len(), 1);
         assert_eq!(fs::read(&target).expect("landed"), b"abcdef");
         fs::remove_file(&target).expect("consumer took it");
         assert_eq!(s.open(1, &open).expect("reopen"), Applied::AlreadyCommitted);
-        assert!(
-            s.commit(1, &commit_for(b"abcdef"))
-                .expect("again")
-                .is_none()
+        assert_eq!(
+            s.commit(1, &commit_for(b"abcdef")).expect("again"),
+            Applied::AlreadyCommitted
         );
+        assert!(s.flush().expect("flush").is_empty());
         assert!(
             !target.exists(),
             "a committed transfer is never written again"
@@ -471,7 +550,8 @@ mod tests {
         let mut s = sink(dir.path());
         s.open(3, &open).expect("reopen keeps the partial");
         s.write(3, 2, b"cd").expect("resume at 2");
-        assert!(s.commit(3, &commit_for(b"abcd")).expect("commit").is_some());
+        s.commit(3, &commit_for(b"abcd")).expect("commit");
+        assert_eq!(s.flush().expect("flush").len(), 1);
         assert_eq!(
             fs::read(dir.path().join("dest/r.bin")).expect("landed"),
             b"abcd"
@@ -488,12 +568,60 @@ mod tests {
         )
         .expect("open");
         s.write(4, 0, b"z").expect("write");
-        s.done.record(4).expect("record");
+        s.done.record_all(&[4]).expect("record");
         drop(s);
         let _s = sink(dir.path());
         assert_eq!(
             fs::read(dir.path().join("dest/late.bin")).expect("recovered"),
             b"z"
+        );
+    }
+
+    #[test]
+    fn a_group_lands_together_and_an_abandoned_group_lands_nothing_until_repeated() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = sink(dir.path());
+        let put = |s: &mut DirectorySink, id: u64, name: &str| {
+            let data = name.as_bytes();
+            let open = OpenFile {
+                path: format!("g{}/{name}", id % 3),
+                size: data.len() as u64,
+                mtime_ns: 0,
+            };
+            s.open(id, &open).expect("open");
+            s.write(id, 0, data).expect("write");
+            s.commit(id, &commit_for(data)).expect("commit")
+        };
+        for id in 10..15 {
+            assert_eq!(put(&mut s, id, &format!("f{id}")), Applied::Done);
+        }
+        s.abandon();
+        assert!(s.flush().expect("nothing staged").is_empty());
+        let visible = (0..3)
+            .filter_map(|g| fs::read_dir(dir.path().join(format!("dest/g{g}"))).ok())
+            .map(|d| d.count())
+            .sum::<usize>();
+        assert_eq!(visible, 0, "nothing of an abandoned group is visible");
+        // The sender repeats the group (same ids): the staged partials are reopened.
+        for id in 10..15 {
+            assert_eq!(put(&mut s, id, &format!("f{id}")), Applied::Done);
+        }
+        assert_eq!(
+            put(&mut s, 10, "f10"),
+            Applied::AlreadyCommitted,
+            "a commit repeated in one group"
+        );
+        let landed = s.flush().expect("flush");
+        assert_eq!(landed.len(), 5);
+        for id in 10..15 {
+            let p = dir.path().join(format!("dest/g{}/f{id}", id % 3));
+            assert_eq!(fs::read(&p).expect("landed"), format!("f{id}").as_bytes());
+        }
+        drop(s);
+        let s = sink(dir.path());
+        assert!(
+            (10..15).all(|id| s.done.contains(id)),
+            "the group is in the done log"
         );
     }
 

@@ -74,12 +74,18 @@ impl DoneLog {
         self.done.contains_key(&id)
     }
 
-    /// Records `id` durably.
-    pub fn record(&mut self, id: u64) -> io::Result<()> {
+    /// Records every id of a group durably, with one write and one fsync.
+    pub fn record_all(&mut self, ids: &[u64]) -> io::Result<()> {
         let t = unix_now();
-        self.file.write_all(format!("{id:016x} {t}\n").as_bytes())?;
+        let mut text = String::with_capacity(ids.len() * 28);
+        for id in ids {
+            text.push_str(&format!("{id:016x} {t}\n"));
+        }
+        self.file.write_all(text.as_bytes())?;
         self.file.sync_data()?;
-        self.done.insert(id, t);
+        for &id in ids {
+            self.done.insert(id, t);
+        }
         Ok(())
     }
 
@@ -98,7 +104,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("done.log");
         let mut log = DoneLog::open(&p, Duration::from_secs(3600)).expect("open");
-        log.record(0xabc).expect("record");
+        log.record_all(&[0xabc]).expect("record");
         drop(log);
         let torn = format!("{:016x} {}", 0xffu64, unix_now());
         std::fs::OpenOptions::new()

@@ -97,8 +97,15 @@ pub trait Sink: Send {
     fn open(&mut self, transfer: u64, open: &OpenFile) -> Result<Applied, SinkError>;
     /// Writes `data` at `offset`. Writing the same chunk twice is harmless.
     fn write(&mut self, transfer: u64, offset: u64, data: &[u8]) -> Result<Applied, SinkError>;
-    /// Verifies the digest, makes the file durable and visible, records the transfer as done.
-    fn commit(&mut self, transfer: u64, commit: &Commit) -> Result<Option<Delivered>, SinkError>;
+    /// Verifies the size and digest and stages the transfer for the next [`Sink::flush`]; a
+    /// commit of a transfer already done (or staged) is `AlreadyCommitted`.
+    fn commit(&mut self, transfer: u64, commit: &Commit) -> Result<Applied, SinkError>;
+    /// Makes every staged commit durable and visible and records it as done, as one group
+    /// (the caller answers OK only after this returns). Returns what was delivered.
+    fn flush(&mut self) -> Result<Vec<Delivered>, SinkError>;
+    /// Forgets the staged commits after a refused request: nothing of them becomes visible;
+    /// their partials stay for a resend.
+    fn abandon(&mut self);
     /// Transfers open but not committed.
     fn partials(&self) -> usize;
     /// Removes partial transfers untouched for longer than `stale_after`; returns how many.

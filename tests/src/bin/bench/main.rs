@@ -33,6 +33,12 @@ struct Args {
     /// Only these scenarios (comma-separated: S1,S2,S3,S4,S5,S6,RSS).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Size of the large file of scenarios 1, 2 and 6 in MiB (default 2048, 8 with --tiny).
+    #[arg(long)]
+    file_mib: Option<u64>,
+    /// Number of small files of scenarios 3 and 6 (default 20000, 300 with --tiny).
+    #[arg(long)]
+    small_files: Option<u64>,
     /// Folder on disk for spools, landing folders and sample data.
     #[arg(long, default_value = "/var/tmp")]
     disk: PathBuf,
@@ -88,6 +94,13 @@ fn main() -> anyhow::Result<()> {
             sparse: 10 << 30,
         }
     };
+    let mut sc = sc;
+    if let Some(m) = args.file_mib {
+        sc.big_file = m << 20;
+    }
+    if let Some(n) = args.small_files {
+        sc.small_files = n;
+    }
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let work = tempfile::Builder::new()
         .prefix("gapsync-bench-")
