@@ -23,6 +23,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// Lines buffered for the log writer thread before logging waits for it.
+const LOG_BUFFER_LINES: usize = 4096;
+
 /// Keeps the log writer thread alive; dropping it flushes every buffered line.
 #[derive(Debug)]
 pub struct LogGuard {
@@ -58,8 +61,13 @@ pub fn init(
             .max_log_files(KEEP_LOG_FILES)
             .build(dir)
             .map_err(|e| anyhow::anyhow!("cannot open a log file in {}: {e}", dir.display()))?;
-        // Not lossy: a full buffer slows logging down instead of dropping lines.
-        let (writer, g) = NonBlockingBuilder::default().lossy(false).finish(appender);
+        // Not lossy: a full buffer slows logging down instead of dropping lines. Bounded to a
+        // few thousand lines (the default 128,000 held tens of MiB during a burst of small
+        // files).
+        let (writer, g) = NonBlockingBuilder::default()
+            .lossy(false)
+            .buffered_lines_limit(LOG_BUFFER_LINES)
+            .finish(appender);
         guard = Some(g);
         let base = tracing_subscriber::fmt::layer()
             .with_writer(writer)

@@ -10,6 +10,7 @@
 //! ```
 
 mod config;
+mod inflight;
 mod link;
 mod pipe;
 mod source;

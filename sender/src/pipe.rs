@@ -14,8 +14,9 @@ use gapsync_protocol::batch::{RECORD_HEADER_LEN, finish_record};
 use gapsync_protocol::{FrameKind, Profile, SenderEvent};
 
 use crate::config::{AfterSend, PipeConfig};
+use crate::inflight::{InFlight, InFlightStore};
 use crate::source::SourceEvent;
-use crate::state::{IdSource, InFlight, InFlightStore};
+use crate::state::IdSource;
 use crate::transfer::{Transfer, mtime_ns};
 
 /// Acknowledged progress is written to the in-flight record (without fsync: it only saves
@@ -59,7 +60,10 @@ pub struct PipeWorker {
     pub profile: Profile,
     ids: Arc<IdSource>,
     store: InFlightStore,
-    pending: VecDeque<String>,
+    /// Queued files with their size when queued.
+    pending: VecDeque<(String, u64)>,
+    /// Sum of the sizes in `pending`.
+    pending_bytes: u64,
     known: HashSet<String>,
     active: VecDeque<Transfer>,
     failures: HashMap<String, u32>,
@@ -67,6 +71,8 @@ pub struct PipeWorker {
     parked: HashMap<String, Transfer>,
     /// The records of each frame sent and not yet answered, oldest first.
     in_flight: VecDeque<Vec<Record>>,
+    /// Files that changed while they were sent, waiting to be unchanged for `settle`.
+    cooling: Vec<String>,
     /// Transfers that were in a batch the receiver refused: each is sent in frames of its own
     /// until it is delivered or refused alone.
     solo: HashSet<u64>,
@@ -99,11 +105,13 @@ impl PipeWorker {
             ids,
             store,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             known: HashSet::new(),
             active: VecDeque::new(),
             failures: HashMap::new(),
             parked: HashMap::new(),
             in_flight: VecDeque::new(),
+            cooling: Vec::new(),
             solo: HashSet::new(),
 
             stats,
@@ -112,9 +120,42 @@ impl PipeWorker {
         })
     }
 
+    /// Queues a file (at the front: it goes next), noting its size.
+    fn queue(&mut self, rel: String, front: bool) {
+        let size = fs::metadata(self.cfg.spool.join(&rel)).map_or(0, |m| m.len());
+        self.pending_bytes += size;
+        if front {
+            self.pending.push_front((rel, size));
+        } else {
+            self.pending.push_back((rel, size));
+        }
+    }
+
+    fn dequeue(&mut self) -> Option<String> {
+        let (rel, size) = self.pending.pop_front()?;
+        self.pending_bytes -= size;
+        Some(rel)
+    }
+
+    /// True when the files waiting (queued, and active ones not fully sent) would fill a frame
+    /// of `max_payload` bytes. The link sends a frame that is not full only when nothing is in
+    /// flight (like Nagle's algorithm), so small files that arrive one by one travel together
+    /// instead of one per frame, without delaying any file by more than one round trip.
+    pub fn fills_frame(&self, max_payload: usize) -> bool {
+        // Record headers and Open/Commit bodies of a small file.
+        const PER_FILE: u64 = 3 * RECORD_HEADER_LEN as u64 + 160;
+        let queued = self.pending_bytes + self.pending.len() as u64 * PER_FILE;
+        if queued >= max_payload as u64 {
+            return true;
+        }
+        let sending = self.active.iter().filter(|t| !t.fully_sent());
+        let active: u64 = sending.clone().map(Transfer::unsent).sum();
+        queued + active + sending.count() as u64 * PER_FILE >= max_payload as u64
+    }
+
     /// Files queued or in flight.
     pub fn depth(&self) -> usize {
-        self.pending.len() + self.active.len()
+        self.pending.len() + self.active.len() + self.cooling.len()
     }
 
     fn update_depth(&self) {
@@ -127,11 +168,8 @@ impl PipeWorker {
             SourceEvent::Found(rel) => {
                 if self.known.insert(rel.clone()) {
                     // Files that survived a crash in flight go first.
-                    if self.store.get(&rel).is_some() {
-                        self.pending.push_front(rel);
-                    } else {
-                        self.pending.push_back(rel);
-                    }
+                    let front = self.store.get(&rel).is_some();
+                    self.queue(rel, front);
                 }
             }
             SourceEvent::BadName { path, reason } => {
@@ -183,7 +221,7 @@ impl PipeWorker {
                 let t = self.remove_active(idx);
                 tracing::warn!(pipe = %self.cfg.name, path = %t.rel, "the file changed while it was sent; sending it again as a new version");
                 self.forget_transfer(&t);
-                self.requeue_front(t.rel);
+                self.requeue_changed(t.rel);
                 continue;
             }
             let start = self.buf.len();
@@ -251,7 +289,8 @@ impl PipeWorker {
 
     /// Starts the next queued file; `None` when nothing is queued.
     fn activate(&mut self) -> Option<()> {
-        while let Some(rel) = self.pending.pop_front() {
+        self.release_cooled();
+        while let Some(rel) = self.dequeue() {
             if let Some(t) = self.parked.remove(&rel) {
                 self.active.push_back(t);
                 self.update_depth();
@@ -287,7 +326,7 @@ impl PipeWorker {
                     Ok(id) => (id, 0),
                     Err(e) => {
                         tracing::error!(pipe = %self.cfg.name, error = %e, "cannot advance the session counter in the state folder; not sending until it can be written");
-                        self.pending.push_front(rel);
+                        self.queue(rel, true);
                         return None;
                     }
                 },
@@ -300,9 +339,9 @@ impl PipeWorker {
                 mtime_ns: mtime,
                 acked,
             };
-            if let Err(e) = self.store.put(record, true) {
+            if let Err(e) = self.store.put(record) {
                 tracing::error!(pipe = %self.cfg.name, path = %rel, error = %e, "cannot write the in-flight record to the state folder; not sending until it can be written");
-                self.pending.push_front(rel);
+                self.queue(rel, true);
                 return None;
             }
             if acked > 0 {
@@ -370,7 +409,7 @@ impl PipeWorker {
         };
         t.persisted_acked = t.acked;
         t.persisted_at = std::time::Instant::now();
-        if let Err(e) = self.store.put(r, false) {
+        if let Err(e) = self.store.put(r) {
             tracing::warn!(pipe = %self.cfg.name, error = %e, "cannot record progress in the state folder; a restart would resend more");
         }
     }
@@ -424,7 +463,7 @@ impl PipeWorker {
             t.rewind();
             self.parked.insert(rel.clone(), t);
         }
-        self.pending.push_back(rel);
+        self.queue(rel, false);
         self.update_depth();
     }
 
@@ -444,9 +483,34 @@ impl PipeWorker {
         let _ = self.store.remove(&t.rel);
     }
 
-    fn requeue_front(&mut self, rel: String) {
-        self.pending.push_front(rel);
+    /// A file that changed while it was sent: it goes again once it has been unchanged for
+    /// the pipe's `settle` (a producer writing in place may still be at it; sending it at once
+    /// could land a half-written version).
+    fn requeue_changed(&mut self, rel: String) {
+        self.cooling.push(rel);
         self.update_depth();
+    }
+
+    /// Queues (at the front) the changed files that have now been unchanged for `settle`.
+    fn release_cooled(&mut self) {
+        if self.cooling.is_empty() {
+            return;
+        }
+        let settle = self.cfg.settle;
+        let now = std::time::SystemTime::now();
+        let (ready, waiting): (Vec<String>, Vec<String>) = std::mem::take(&mut self.cooling)
+            .into_iter()
+            .partition(|rel| {
+                fs::metadata(self.cfg.spool.join(rel))
+                    .and_then(|m| m.modified())
+                    .map_or(true, |t| {
+                        now.duration_since(t).unwrap_or_default() >= settle
+                    })
+            });
+        self.cooling = waiting;
+        for rel in ready.into_iter().rev() {
+            self.queue(rel, true);
+        }
     }
 
     fn delivered(&mut self, t: Transfer) {
@@ -457,7 +521,7 @@ impl PipeWorker {
         self.solo.remove(&t.id);
 
         let after = if !t.unchanged() {
-            "kept: the file changed after it was read; the new version is sent next"
+            "kept: the file changed after it was read; the new version is sent once it has settled"
         } else {
             match self.after_send(&t) {
                 Ok(()) => match self.cfg.after_send {
@@ -474,7 +538,7 @@ impl PipeWorker {
         self.known.remove(&t.rel);
         if after.starts_with("kept") {
             self.known.insert(t.rel.clone());
-            self.pending.push_back(t.rel.clone());
+            self.requeue_changed(t.rel.clone());
         }
         tracing::info!(
             pipe = %self.cfg.name,
@@ -505,7 +569,7 @@ impl PipeWorker {
             }
             io::ErrorKind::UnexpectedEof => {
                 tracing::warn!(pipe = %self.cfg.name, path = %t.rel, "the file shrank while it was sent; sending it again as a new version");
-                self.requeue_front(t.rel);
+                self.requeue_changed(t.rel);
             }
             _ => self.quarantine_path(
                 &t.fs_path,

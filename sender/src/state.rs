@@ -1,19 +1,14 @@
-//! The sender's durable state: the session counter and one in-flight record per transfer.
+//! The sender's durable session counter, and the transfer ids handed out from it.
 //!
 //! Transfer ids are `session << 32 | counter`. The session is incremented and fsynced at every
 //! start, so an id is never reused, even after kill -9; it is never below the Unix time in
-//! seconds, so a sender whose state folder was lost does not reuse ids either. An in-flight record (id, path, size,
-//! mtime, acknowledged offset) is fsynced before the transfer's first frame, so that after a
-//! crash the same file is resent under the same id: a receiver that already committed it
-//! answers OK without writing it again.
+//! seconds, so a sender whose state folder was lost does not reuse ids either.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use gapsync_daemon::durable::{create_dir_durable, write_atomic};
-use serde::{Deserialize, Serialize};
 
 /// Loads, increments (to at least the Unix time in seconds) and durably stores the session
 /// counter in `<state_dir>/sender/session`.
@@ -80,127 +75,6 @@ impl IdSource {
     }
 }
 
-/// What is durably known about a transfer in flight.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InFlight {
-    pub transfer: u64,
-    pub path: String,
-    pub size: u64,
-    pub mtime_ns: i64,
-    /// Bytes the receiver acknowledged as written (may lag behind; resending is harmless).
-    pub acked: u64,
-}
-
-/// The in-flight records of one pipe, in `<pipe state>/inflight/<id>.toml`.
-#[derive(Debug)]
-pub struct InFlightStore {
-    dir: PathBuf,
-    by_path: HashMap<String, InFlight>,
-    /// Records written with `durable` and not yet synced.
-    unsynced: Vec<PathBuf>,
-}
-
-impl InFlightStore {
-    /// Loads every record; unreadable ones are reported and removed (their files are resent).
-    pub fn open(pipe_state: &Path) -> anyhow::Result<Self> {
-        let dir = pipe_state.join("inflight");
-        create_dir_durable(&dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-        let mut by_path = HashMap::new();
-        for entry in fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "toml") {
-                continue;
-            }
-            match fs::read_to_string(&path)
-                .map_err(anyhow::Error::from)
-                .and_then(|t| Ok(toml::from_str::<InFlight>(&t)?))
-            {
-                Ok(r) => {
-                    by_path.insert(r.path.clone(), r);
-                }
-                Err(e) => {
-                    tracing::warn!(record = %path.display(), error = %e, "dropping an unreadable in-flight record; its file will be sent as a new transfer");
-                    let _ = fs::remove_file(&path);
-                }
-            }
-        }
-        Ok(Self {
-            dir,
-            by_path,
-            unsynced: Vec::new(),
-        })
-    }
-
-    fn file(&self, transfer: u64) -> PathBuf {
-        self.dir.join(format!("{transfer:016x}.toml"))
-    }
-
-    /// The record for a spool path, if one survived from an earlier run.
-    pub fn get(&self, path: &str) -> Option<&InFlight> {
-        self.by_path.get(path)
-    }
-
-    /// All records (for dropping those whose files are gone).
-    pub fn paths(&self) -> Vec<String> {
-        self.by_path.keys().cloned().collect()
-    }
-
-    /// Writes a record. With `durable` it is made durable at the next [`Self::sync`], which
-    /// must come before the first frame of the transfer is sent (grouping the fsyncs of many
-    /// small files); without, it only saves resending after a crash.
-    pub fn put(&mut self, r: InFlight, durable: bool) -> io::Result<()> {
-        let text = toml::to_string(&r).map_err(io::Error::other)?;
-        let path = self.file(r.transfer);
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, text)?;
-        fs::rename(&tmp, &path)?;
-        if durable {
-            self.unsynced.push(path);
-        }
-        let id = r.transfer;
-        if let Some(old) = self.by_path.insert(r.path.clone(), r) {
-            if old.transfer != id {
-                let _ = fs::remove_file(self.file(old.transfer));
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes every record written with `durable` since the last call durable: an fsync of each
-    /// (and of the folder) for one or two, one syncfs of the state filesystem for more.
-    pub fn sync(&mut self) -> io::Result<()> {
-        match self.unsynced.len() {
-            0 => return Ok(()),
-            1 | 2 => {
-                for p in &self.unsynced {
-                    match fs::File::open(p) {
-                        Ok(f) => f.sync_all()?,
-                        // Removed already (delivered): nothing to make durable.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                gapsync_daemon::durable::fsync_dir(&self.dir)?;
-            }
-            _ => gapsync_daemon::durable::sync_filesystem(&self.dir)?,
-        }
-        self.unsynced.clear();
-        Ok(())
-    }
-
-    /// Removes the record of `path`.
-    pub fn remove(&mut self, path: &str) -> io::Result<()> {
-        if let Some(r) = self.by_path.remove(path) {
-            match fs::remove_file(self.file(r.transfer)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,36 +120,6 @@ mod tests {
                 .expect("read")
                 .trim(),
             (s + 1).to_string()
-        );
-    }
-
-    #[test]
-    fn records_survive_reopen_and_replacing_drops_the_old_file() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let mut s = InFlightStore::open(dir.path()).expect("open");
-        let r = InFlight {
-            transfer: 1 << 32 | 1,
-            path: "a/b".into(),
-            size: 9,
-            mtime_ns: 5,
-            acked: 0,
-        };
-        s.put(r.clone(), true).expect("put");
-        s.put(
-            InFlight {
-                transfer: 2 << 32 | 1,
-                ..r.clone()
-            },
-            true,
-        )
-        .expect("replace");
-        let s = InFlightStore::open(dir.path()).expect("reopen");
-        assert_eq!(s.get("a/b").map(|r| r.transfer), Some(2 << 32 | 1));
-        assert_eq!(
-            fs::read_dir(dir.path().join("inflight"))
-                .expect("ls")
-                .count(),
-            1
         );
     }
 }

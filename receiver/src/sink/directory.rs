@@ -1,13 +1,15 @@
-//! The directory sink: transfers are staged as `<id>.part` with a `<id>.meta` next to them,
-//! verified at commit, recorded in the done log, then renamed into the destination folder.
+//! The directory sink: transfers are staged as `<id>.part`, their Opens recorded in the
+//! staging journal (`opens.log`), verified at commit, recorded in the done log, then renamed
+//! into the destination folder.
 //!
-//! Commit order (each step durable before the next):
-//! 1. fsync the partial, check its size and BLAKE3 digest;
-//! 2. append the transfer id to the done log and fsync it;
-//! 3. rename the partial to its final name inside `dest` and fsync that folder;
-//! 4. remove the meta file.
+//! Commit order for the group of commits of one frame (each step durable before the next):
+//! 1. check each partial's size and BLAKE3 digest;
+//! 2. make the partials and the staging journal durable (fsync each, or one syncfs);
+//! 3. append the transfer ids to the done log and fsync it;
+//! 4. rename the partials to their final names inside `dest` and make the folders durable;
+//! 5. mark them finished in the staging journal.
 //!
-//! A crash between 2 and 3 is repaired at start: a done transfer whose partial is still staged
+//! A crash between 3 and 4 is repaired at start: a done transfer whose partial is still staged
 //! is renamed into place before any connection is accepted.
 
 use std::collections::HashMap;
@@ -17,9 +19,10 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gapsync_protocol::{Commit, OpenFile, WirePath, decode_body, encode_body};
+use gapsync_protocol::{Commit, OpenFile, WirePath, decode_body};
 
 use super::done_log::DoneLog;
+use super::open_log::OpenLog;
 use super::{Applied, Delivered, Sink, SinkError};
 
 #[derive(Debug)]
@@ -51,6 +54,7 @@ pub struct DirectorySink {
     dest: PathBuf,
     staging: PathBuf,
     done: DoneLog,
+    opens: OpenLog,
     partials: HashMap<u64, Partial>,
     staged: Vec<Staged>,
 }
@@ -83,10 +87,17 @@ impl DirectorySink {
         let done = DoneLog::open(&staging.join("done.log"), done_retention).map_err(|e| {
             anyhow::anyhow!("cannot open the done log in {}: {e}", staging.display())
         })?;
+        let opens = OpenLog::open(&staging.join("opens.log")).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the staging journal in {}: {e}",
+                staging.display()
+            )
+        })?;
         let mut sink = Self {
             dest: dest.to_path_buf(),
             staging: staging.to_path_buf(),
             done,
+            opens,
             partials: HashMap::new(),
             staged: Vec::new(),
         };
@@ -94,22 +105,22 @@ impl DirectorySink {
         Ok(sink)
     }
 
+    fn opens_path(&self) -> PathBuf {
+        self.staging.join("opens.log")
+    }
+
     fn part_path(&self, id: u64) -> PathBuf {
         self.staging.join(format!("{}.part", hex(id)))
     }
 
-    fn meta_path(&self, id: u64) -> PathBuf {
-        self.staging.join(format!("{}.meta", hex(id)))
-    }
-
-    /// Staged transfer ids, from the `.meta` files.
-    fn staged_ids(&self) -> std::io::Result<Vec<u64>> {
+    /// Files in staging named `<id hex>.<suffix>`, by id.
+    fn staged_files(&self, suffix: &str) -> std::io::Result<Vec<u64>> {
         let mut ids = Vec::new();
         for entry in fs::read_dir(&self.staging)? {
             let name = entry?.file_name();
             if let Some(id) = name
                 .to_str()
-                .and_then(|n| n.strip_suffix(".meta"))
+                .and_then(|n| n.strip_suffix(suffix))
                 .and_then(|h| u64::from_str_radix(h, 16).ok())
             {
                 ids.push(id);
@@ -119,18 +130,36 @@ impl DirectorySink {
     }
 
     fn recover(&mut self, stale_after: Duration) -> anyhow::Result<()> {
-        for id in self.staged_ids()? {
+        // `<id>.meta` files of earlier versions move into the journal.
+        for id in self.staged_files(".meta")? {
+            let meta = self.staging.join(format!("{}.meta", hex(id)));
+            if let Ok(open) = decode_body::<OpenFile>("meta", &fs::read(&meta)?) {
+                self.opens.insert(id, &open)?;
+            }
+            self.opens.sync()?;
+            fs::remove_file(&meta)?;
+        }
+        let mut finished = Vec::new();
+        for id in self.opens.ids() {
             if !self.done.contains(id) {
                 continue;
             }
-            let meta = self.meta_path(id);
-            let open: OpenFile = decode_body("meta", &fs::read(&meta)?)?;
-            let path = WirePath::parse(&open.path)?;
-            if self.part_path(id).exists() {
-                self.land(id, &path)?;
-                tracing::info!(transfer = %hex(id), path = %path, "finished a commit interrupted by a restart");
+            if let Some(open) = self.opens.get(id) {
+                let path = WirePath::parse(&open.path)?;
+                if self.part_path(id).exists() {
+                    let dir = self.land(id, &path)?;
+                    gapsync_daemon::durable::fsync_dir(&dir)?;
+                    tracing::info!(transfer = %hex(id), path = %path, "finished a commit interrupted by a restart");
+                }
             }
-            fs::remove_file(&meta)?;
+            finished.push(id);
+        }
+        self.opens.finish(&finished)?;
+        // A partial whose Open never became durable cannot be resumed: a new Open restarts it.
+        for id in self.staged_files(".part")? {
+            if self.opens.get(id).is_none() {
+                fs::remove_file(self.part_path(id))?;
+            }
         }
         self.remove_stale(stale_after)?;
         Ok(())
@@ -140,11 +169,10 @@ impl DirectorySink {
     pub fn remove_stale(&mut self, stale_after: Duration) -> std::io::Result<usize> {
         let now = SystemTime::now();
         let mut removed = 0;
-        for id in self.staged_ids()? {
-            let last_write = fs::metadata(self.part_path(id))
-                .or_else(|_| fs::metadata(self.meta_path(id)))?
-                .modified()?;
-            let age = now.duration_since(last_write).unwrap_or_default();
+        for id in self.opens.ids() {
+            let age = fs::metadata(self.part_path(id))
+                .and_then(|m| m.modified())
+                .map_or(Duration::MAX, |t| now.duration_since(t).unwrap_or_default());
             if age > stale_after {
                 self.discard(id);
                 removed += 1;
@@ -242,7 +270,7 @@ impl DirectorySink {
     fn discard(&mut self, id: u64) {
         self.partials.remove(&id);
         let _ = fs::remove_file(self.part_path(id));
-        let _ = fs::remove_file(self.meta_path(id));
+        let _ = self.opens.finish(&[id]);
     }
 }
 
@@ -280,16 +308,18 @@ impl Sink for DirectorySink {
             return Ok(Applied::Done);
         }
         self.prepare_target(&path)?;
-        let meta = self.meta_path(id);
         let part = self.part_path(id);
-        let staged = fs::metadata(&part).map_or(0, |m| m.len());
+        let same = self.opens.get(id) == Some(open);
+        let staged = if same {
+            fs::metadata(&part).map_or(0, |m| m.len())
+        } else {
+            0
+        };
         self.check_space(&open.path, open.size.saturating_sub(staged))?;
-        let same = fs::read(&meta)
-            .ok()
-            .and_then(|b| decode_body::<OpenFile>("meta", &b).ok())
-            .is_some_and(|m| m == *open);
         if !same {
-            fs::write(&meta, encode_body(open)).map_err(io_err("cannot write", &meta))?;
+            self.opens
+                .insert(id, open)
+                .map_err(io_err("cannot record the open in", &self.opens_path()))?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -400,6 +430,9 @@ impl Sink for DirectorySink {
                 .map(|(p, s)| (p.as_path(), Some(&s.partial.file))),
             &self.staging,
         )?;
+        self.opens
+            .sync()
+            .map_err(io_err("cannot fsync", &self.opens_path()))?;
         let ids: Vec<u64> = group.iter().map(|s| s.id).collect();
         self.done
             .record_all(&ids)
@@ -429,10 +462,9 @@ impl Sink for DirectorySink {
             dirs.iter().map(|d| (d.as_path(), None)),
             &self.dest,
         )?;
-        for id in ids {
-            let meta = self.meta_path(id);
-            fs::remove_file(&meta).map_err(io_err("cannot remove", &meta))?;
-        }
+        self.opens
+            .finish(&ids)
+            .map_err(io_err("cannot record the landing in", &self.opens_path()))?;
         Ok(delivered)
     }
 
@@ -529,8 +561,8 @@ mod tests {
             fs::read_dir(dir.path().join("staging"))
                 .expect("ls")
                 .count(),
-            1,
-            "only done.log is left"
+            2,
+            "only done.log and opens.log are left"
         );
     }
 
@@ -655,8 +687,8 @@ mod tests {
             fs::read_dir(dir.path().join("staging"))
                 .expect("ls")
                 .count(),
-            1,
-            "only done.log is left"
+            2,
+            "only done.log and opens.log are left"
         );
     }
 

@@ -2,17 +2,16 @@
 //! commit, appended and fsynced before the file is renamed into place.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead as _, BufReader, Write as _};
-
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gapsync_daemon::journal::Journal;
 
 /// Committed transfer ids of one pipe, kept for a retention period.
 #[derive(Debug)]
 pub struct DoneLog {
-    path: PathBuf,
-    file: File,
+    journal: Journal,
     done: HashMap<u64, u64>,
 }
 
@@ -26,47 +25,32 @@ impl DoneLog {
     /// Opens `path`, dropping records older than `retention` (the file is rewritten atomically).
     /// A torn last line from a crash is ignored: that commit was not durable.
     pub fn open(path: &Path, retention: Duration) -> io::Result<Self> {
+        let (journal, lines) = Journal::open(path)?;
         let mut done = HashMap::new();
-        let mut lines = 0usize;
-        if let Ok(f) = File::open(path) {
-            let mut reader = BufReader::new(f);
-            let mut raw = Vec::new();
-            loop {
-                raw.clear();
-                if reader.read_until(b'\n', &mut raw)? == 0 {
-                    break;
-                }
-                lines += 1;
-                // Only whole lines count; a line without its newline was torn by a crash.
-                let Some(line) = raw
-                    .strip_suffix(b"\n")
-                    .and_then(|l| std::str::from_utf8(l).ok())
-                else {
-                    continue;
-                };
-                let mut it = line.split(' ');
-                if let (Some(id), Some(t), None) = (it.next(), it.next(), it.next()) {
-                    if let (Ok(id), Ok(t)) = (u64::from_str_radix(id, 16), t.parse::<u64>()) {
-                        done.insert(id, t);
-                    }
+        for line in &lines {
+            let mut it = line.split(' ');
+            if let (Some(id), Some(t), None) = (it.next(), it.next(), it.next()) {
+                if let (Ok(id), Ok(t)) = (u64::from_str_radix(id, 16), t.parse::<u64>()) {
+                    done.insert(id, t);
                 }
             }
         }
         let cutoff = unix_now().saturating_sub(retention.as_secs());
         done.retain(|_, t| *t >= cutoff);
-        if lines != done.len() {
-            let mut text = String::with_capacity(done.len() * 28);
-            for (id, t) in &done {
-                text.push_str(&format!("{id:016x} {t}\n"));
-            }
-            gapsync_daemon::durable::write_atomic(path, text.as_bytes())?;
+        let mut log = Self { journal, done };
+        if lines.len() != log.done.len() {
+            log.compact()?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            done,
-        })
+        Ok(log)
+    }
+
+    fn compact(&mut self) -> io::Result<()> {
+        let live: Vec<String> = self
+            .done
+            .iter()
+            .map(|(id, t)| format!("{id:016x} {t}"))
+            .collect();
+        self.journal.compact(live.iter().map(String::as_str))
     }
 
     /// True when `id` was committed within the retention period.
@@ -77,12 +61,9 @@ impl DoneLog {
     /// Records every id of a group durably, with one write and one fsync.
     pub fn record_all(&mut self, ids: &[u64]) -> io::Result<()> {
         let t = unix_now();
-        let mut text = String::with_capacity(ids.len() * 28);
-        for id in ids {
-            text.push_str(&format!("{id:016x} {t}\n"));
-        }
-        self.file.write_all(text.as_bytes())?;
-        self.file.sync_data()?;
+        let lines: Vec<String> = ids.iter().map(|id| format!("{id:016x} {t}")).collect();
+        self.journal.append_all(lines.iter().map(String::as_str))?;
+        self.journal.sync()?;
         for &id in ids {
             self.done.insert(id, t);
         }
@@ -91,13 +72,14 @@ impl DoneLog {
 
     /// Where the log lives.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.journal.path()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
 
     #[test]
     fn records_survive_reopen_and_a_torn_line_is_ignored() {

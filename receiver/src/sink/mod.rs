@@ -3,6 +3,7 @@
 
 pub mod directory;
 pub mod done_log;
+pub mod open_log;
 
 use gapsync_protocol::{Commit, OpenFile, PathError};
 

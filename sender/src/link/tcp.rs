@@ -208,6 +208,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             return Ended::Failed { accepted };
         }
         while s.can_send() {
+            // A frame that would not be full waits until nothing is in flight.
+            if s.in_flight() > 0 && !w.fills_frame(s.max_payload()) {
+                break;
+            }
             let Some((kind, transfer, offset)) =
                 tokio::task::block_in_place(|| w.next_frame(s.max_payload()))
             else {

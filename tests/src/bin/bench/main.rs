@@ -94,6 +94,10 @@ fn main() -> anyhow::Result<()> {
             sparse: 10 << 30,
         }
     };
+    runs::PAUSE_AFTER_CLEAR.store(
+        if args.tiny { 0 } else { 6 },
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let mut sc = sc;
     if let Some(m) = args.file_mib {
         sc.big_file = m << 20;

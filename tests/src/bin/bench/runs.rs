@@ -220,8 +220,16 @@ pub fn dir_bytes(dir: &Path) -> u64 {
     gapsync_tests::tree_sizes(dir).values().sum()
 }
 
-/// Removes everything inside `dir`, keeping `dir`.
+/// Seconds to wait after clearing a landing folder (see [`clear`]); 0 in tiny mode.
+pub static PAUSE_AFTER_CLEAR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Removes everything inside `dir`, keeping `dir`; then syncs and pauses. ext4 skips inodes
+/// freed in the last seconds when it allocates new ones (`recently_deleted`, 5 s once the inode
+/// table is written back), which makes creating thousands of files right after deleting
+/// thousands several times slower. The pause keeps one run's cleanup from slowing the next
+/// (gapsync or baseline alike).
 pub fn clear(dir: &Path) -> anyhow::Result<()> {
+    let mut removed = false;
     for e in std::fs::read_dir(dir)?.flatten() {
         let p = e.path();
         if e.file_type()?.is_dir() {
@@ -229,6 +237,12 @@ pub fn clear(dir: &Path) -> anyhow::Result<()> {
         } else {
             std::fs::remove_file(&p)?;
         }
+        removed = true;
+    }
+    let pause = PAUSE_AFTER_CLEAR.load(std::sync::atomic::Ordering::Relaxed);
+    if removed && pause > 0 {
+        Command::new("sync").status()?;
+        std::thread::sleep(Duration::from_secs(pause));
     }
     Ok(())
 }
