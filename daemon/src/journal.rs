@@ -86,6 +86,20 @@ impl Journal {
         Ok(())
     }
 
+    /// Writes the buffered lines to the file without waiting for the disk: for a caller that
+    /// makes the whole filesystem durable itself (syncfs), after which it calls
+    /// [`Journal::mark_synced`].
+    pub fn write_out(&mut self) -> io::Result<()> {
+        self.write_buffered()
+    }
+
+    /// Notes that the written lines were made durable by other means (a syncfs).
+    pub fn mark_synced(&mut self) {
+        if self.buf.is_empty() {
+            self.unsynced = false;
+        }
+    }
+
     fn write_buffered(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             self.file.write_all(self.buf.as_bytes())?;

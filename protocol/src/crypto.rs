@@ -194,21 +194,34 @@ impl FrameKey {
     /// Seals `payload` in place (encrypting it if `flags` says so) and appends the tag.
     /// `aad` is the frame header's first 36 bytes, already carrying the final length.
     pub fn seal(&self, sequence: u64, flags: u16, aad: &[u8; AAD_LEN], payload: &mut Vec<u8>) {
+        if let Some(tag) = self.seal_in_place(sequence, flags, aad, payload) {
+            payload.extend_from_slice(&tag);
+        }
+    }
+
+    /// Seals `body` in place (encrypting it if `flags` says so) and returns the tag; `None`
+    /// only for inputs over ~256 GiB, far beyond any frame.
+    pub fn seal_in_place(
+        &self,
+        sequence: u64,
+        flags: u16,
+        aad: &[u8; AAD_LEN],
+        body: &mut [u8],
+    ) -> Option<[u8; TAG_LEN]> {
         let nonce = Self::nonce(sequence);
         let tag = if flags & FLAG_ENCRYPTED != 0 {
             self.key
-                .seal_in_place_separate_tag(nonce, aead::Aad::from(aad), payload)
+                .seal_in_place_separate_tag(nonce, aead::Aad::from(aad), body)
         } else {
-            let mut covered = Vec::with_capacity(AAD_LEN + payload.len());
+            let mut covered = Vec::with_capacity(AAD_LEN + body.len());
             covered.extend_from_slice(aad);
-            covered.extend_from_slice(payload);
+            covered.extend_from_slice(body);
             self.key
                 .seal_in_place_separate_tag(nonce, aead::Aad::from(&covered), &mut [])
         };
-        // Sealing only fails for inputs over ~256 GiB, far beyond any frame.
-        if let Ok(tag) = tag {
-            payload.extend_from_slice(tag.as_ref());
-        }
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.ok()?.as_ref());
+        Some(out)
     }
 
     /// Verifies (and decrypts) a sealed payload in place; returns the plaintext length.

@@ -3,17 +3,18 @@
 //! `decode` returns `Ok(None)` when more bytes are needed and `Err` when the stream is corrupt.
 //! Every length is compared with the profile's maximum before the buffer grows for it.
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Buf as _, BytesMut};
 
 use crate::envelope::{self, E_PREFIX, E_SUFFIX, Envelope};
 use crate::error::DecodeError;
 use crate::frame::{FrameHeader, FrameKind, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
 
-/// A whole, checksum-verified frame.
+/// A whole, checksum-verified frame. The payload is the decoder's own buffer, so that a
+/// sealed frame can be opened in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub header: FrameHeader,
-    pub payload: Bytes,
+    pub payload: BytesMut,
 }
 
 /// Streaming frame decoder. Feed it bytes, take frames out.
@@ -78,7 +79,7 @@ impl Decoder {
             return Ok(None);
         }
         self.buf.advance(HEADER_LEN);
-        let payload = self.buf.split_to(header.length as usize).freeze();
+        let payload = self.buf.split_to(header.length as usize);
         check_payload(&header, &payload)?;
         Ok(Some(Frame { header, payload }))
     }
@@ -133,7 +134,7 @@ impl Decoder {
                 "the block length does not match the frame header",
             ));
         }
-        let payload = Bytes::copy_from_slice(payload);
+        let payload = BytesMut::from(payload);
         check_payload(&header, &payload)?;
         Ok(Some(Frame { header, payload }))
     }

@@ -160,7 +160,7 @@ impl ReceiverSession {
             self.hello = Some(frame);
             return Ok(Request::Hello(hello));
         }
-        let payload = self.unseal(&frame)?;
+        let payload = self.unseal(frame)?;
         match (self.state, h.kind) {
             (State::AwaitHello, kind) => Err(ProtocolError::NoHello(kind)),
             (_, FrameKind::Hello) => Err(ProtocolError::SecondHello),
@@ -175,12 +175,14 @@ impl ReceiverSession {
         }
     }
 
-    /// Verifies and opens a frame after the Hello, with the connection's key if it has one.
-    fn unseal(&self, frame: &Frame) -> Result<Bytes, ProtocolError> {
-        let h = &frame.header;
+    /// Verifies and opens a frame after the Hello, with the connection's key if it has one
+    /// (in place: the decoder's buffer is decrypted, not copied).
+    fn unseal(&self, frame: Frame) -> Result<Bytes, ProtocolError> {
+        let h = frame.header;
+        let mut payload = frame.payload;
         match &self.key {
             None if h.flags != 0 => Err(ProtocolError::UnexpectedAuth(h.sequence)),
-            None => Ok(frame.payload.clone()),
+            None => Ok(payload.freeze()),
             Some(key) => {
                 if h.flags != key.flags(false) {
                     return Err(ProtocolError::Unauthenticated(h.sequence));
@@ -189,12 +191,11 @@ impl ReceiverSession {
                 let aad: &[u8; AAD_LEN] = head
                     .first_chunk()
                     .ok_or(ProtocolError::Unauthenticated(h.sequence))?;
-                let mut buf = frame.payload.to_vec();
                 let n = key
-                    .open(h.sequence, h.flags, aad, &mut buf)
+                    .open(h.sequence, h.flags, aad, &mut payload)
                     .map_err(|e| ProtocolError::BadTag(h.sequence, e))?;
-                buf.truncate(n);
-                Ok(Bytes::from(buf))
+                payload.truncate(n);
+                Ok(payload.freeze())
             }
         }
     }

@@ -55,6 +55,8 @@ impl InFlight {
 pub struct InFlightStore {
     journal: Journal,
     by_path: HashMap<String, InFlight>,
+    /// A record that must be durable before the next frame was written.
+    must_sync: bool,
 }
 
 impl InFlightStore {
@@ -88,7 +90,11 @@ impl InFlightStore {
         for r in load_old_records(&old) {
             by_path.entry(r.path.clone()).or_insert(r);
         }
-        let mut store = Self { journal, by_path };
+        let mut store = Self {
+            journal,
+            by_path,
+            must_sync: false,
+        };
         store.compact()?;
         if old.is_dir() {
             fs::remove_dir_all(&old)
@@ -119,18 +125,36 @@ impl InFlightStore {
         self.by_path.keys().cloned().collect()
     }
 
-    /// Writes a record, replacing the one for its path. It is durable after the next
-    /// [`Self::sync`], which comes before the first frame of the transfer is sent (one
-    /// fdatasync for every file of a frame).
+    /// Writes the record of a new transfer, replacing the one for its path. It is durable
+    /// after the next [`Self::sync`], which comes before the first frame of the transfer is
+    /// sent (one fdatasync for every file of a frame).
     pub fn put(&mut self, r: InFlight) -> io::Result<()> {
+        self.must_sync = true;
+        self.record(r)
+    }
+
+    /// Records acknowledged progress: written at once (it survives a kill of the sender) but
+    /// not worth an fsync of its own (it only saves resending after a crash); it becomes
+    /// durable with the next new transfer's record.
+    pub fn update(&mut self, r: InFlight) -> io::Result<()> {
+        self.record(r)?;
+        self.journal.write_out()
+    }
+
+    fn record(&mut self, r: InFlight) -> io::Result<()> {
         self.journal.append(&r.line())?;
         self.by_path.insert(r.path.clone(), r);
         self.maybe_compact()
     }
 
-    /// Makes every record written so far durable.
+    /// Makes every new transfer's record written so far durable (nothing to do when only
+    /// progress was recorded).
     pub fn sync(&mut self) -> io::Result<()> {
-        self.journal.sync()
+        if self.must_sync {
+            self.journal.sync()?;
+            self.must_sync = false;
+        }
+        Ok(())
     }
 
     /// Removes the record of `path` (not synced: a stale record only makes a restarted sender

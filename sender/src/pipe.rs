@@ -409,7 +409,7 @@ impl PipeWorker {
         };
         t.persisted_acked = t.acked;
         t.persisted_at = std::time::Instant::now();
-        if let Err(e) = self.store.put(r) {
+        if let Err(e) = self.store.update(r) {
             tracing::warn!(pipe = %self.cfg.name, error = %e, "cannot record progress in the state folder; a restart would resend more");
         }
     }

@@ -496,6 +496,12 @@ impl Lab {
             "--stats-file".to_owned(),
             self.path("sim.stats").display().to_string(),
         ];
+        // The simulator counts frames in the profile's envelope.
+        if profile(&self.profile).envelope == gapsync_protocol::Envelope::ELanguage
+            && !extra.iter().any(|a| a == "--envelope")
+        {
+            args.extend(["--envelope".to_owned(), "e-language".to_owned()]);
+        }
         args.extend_from_slice(extra);
         let sim = Proc::spawn(
             "gate-sim",

@@ -148,12 +148,17 @@ fn the_e_language_envelope_carries_files_through_a_reverse_gate() {
     lab.start_sim(&["--envelope".into(), "e-language".into()]);
     lab.start_sender();
     lab.wait_for_tree(&expected, Duration::from_secs(120));
+    // The Hello and at least the twelve frames 3 MiB need at 256 KiB (the small files share
+    // frames); the simulator writes its counters every 100 ms.
+    wait_until("the simulator's counters", Duration::from_secs(5), || {
+        let s = lab.sim_stats();
+        s.get("frames").is_some_and(|&f| f >= 13) && s.get("frames") == s.get("reverse_bytes")
+    });
     let stats = lab.sim_stats();
     assert_eq!(stats["violations"], 0);
-    assert!(
-        // The Hello, twelve frames of the 3 MiB file, the small files batched after it.
-        stats["frames"] >= 14,
-        "frames were counted through the envelope: {stats:?}"
+    assert_eq!(
+        stats["frames"], stats["reverse_bytes"],
+        "one reply per frame: {stats:?}"
     );
 }
 

@@ -103,6 +103,16 @@ impl OpenLog {
     pub fn sync(&mut self) -> io::Result<()> {
         self.journal.sync()
     }
+
+    /// Writes the recorded Opens to the file, for a syncfs to make durable.
+    pub fn write_out(&mut self) -> io::Result<()> {
+        self.journal.write_out()
+    }
+
+    /// Notes that a syncfs made the written Opens durable.
+    pub fn mark_synced(&mut self) {
+        self.journal.mark_synced();
+    }
 }
 
 #[cfg(test)]

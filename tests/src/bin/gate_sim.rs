@@ -236,7 +236,15 @@ async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream, envelo
             let end = start + n as u64;
             let mut data = buf[..n].to_vec();
             decoder.feed(&data);
-            while let Ok(Some(frame)) = decoder.decode() {
+            loop {
+                let frame = match decoder.decode() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("cannot count frames any more: {e}");
+                        break;
+                    }
+                };
                 complete += 1;
                 sh.stats.frames.fetch_add(1, SeqCst);
                 let nth = sh.frames_seen.fetch_add(1, SeqCst) + 1;
