@@ -147,6 +147,11 @@ impl InFlightStore {
         self.maybe_compact()
     }
 
+    /// True when a new transfer's record waits for [`Self::sync`].
+    pub fn needs_sync(&self) -> bool {
+        self.must_sync
+    }
+
     /// Makes every new transfer's record written so far durable (nothing to do when only
     /// progress was recorded).
     pub fn sync(&mut self) -> io::Result<()> {

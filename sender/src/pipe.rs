@@ -28,6 +28,10 @@ const PERSIST_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 /// the window with small files on a fast link, well below the units' LimitNOFILE of 65536.
 const MAX_ACTIVE_FILES: usize = 1024;
 
+/// Before an fsync of in-flight records, files are started until this many frames of data
+/// wait (each started file holds an open file until delivered).
+const LOOKAHEAD_FRAMES: u64 = 16;
+
 /// A Data record is started only with room for this much (or the rest of the file), so a
 /// frame's last bytes are not spent on a sliver of a large file.
 const MIN_DATA_RECORD: usize = 64 << 10;
@@ -261,6 +265,11 @@ impl PipeWorker {
         if records.is_empty() {
             return None;
         }
+        if self.store.needs_sync() {
+            // This fsync is paid anyway: let it carry the records of the next frames' files
+            // too, so a file per frame does not mean an fsync per frame.
+            self.activate_ahead(LOOKAHEAD_FRAMES * max_payload as u64);
+        }
         if let Err(e) = self.store.sync() {
             tracing::error!(pipe = %self.cfg.name, error = %e, "cannot make the in-flight records durable in the state folder; reconnecting and retrying");
             self.in_flight.clear();
@@ -276,6 +285,18 @@ impl PipeWorker {
 
     fn max_active(&self) -> usize {
         MAX_ACTIVE_FILES
+    }
+
+    /// Starts queued files until `bytes` of data wait in the active transfers (or the limit
+    /// of open files is reached), so that their in-flight records share one fsync.
+    fn activate_ahead(&mut self, bytes: u64) {
+        let mut unsent: u64 = self.active.iter().map(Transfer::unsent).sum();
+        while unsent < bytes && self.active.len() < self.max_active() {
+            if self.activate().is_none() {
+                break;
+            }
+            unsent += self.active.back().map_or(0, Transfer::unsent);
+        }
     }
 
     fn remove_active(&mut self, idx: usize) -> Transfer {

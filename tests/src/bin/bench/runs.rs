@@ -308,6 +308,59 @@ pub fn baseline(
     })
 }
 
+/// MB/s of a raw copy of `file` through the gate simulator into /dev/null: the rate of the
+/// simulated link itself.
+pub fn link_through_sim(work: &Path, file: &Path, bytes: u64) -> anyhow::Result<f64> {
+    use gapsync_tests::Proc;
+    let port = free_port()?;
+    let recv_args = [
+        "recv".to_owned(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--out".to_owned(),
+        "/dev/null".to_owned(),
+    ];
+    let mut recv = Proc::spawn("link-recv", &bin("gapsync-rawcopy"), &recv_args, work);
+    wait_until("the link receiver", Duration::from_secs(10), || {
+        recv.stderr_text().contains("listening on")
+    });
+    let sim_args = [
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--forward".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    let sim = Proc::spawn("link-sim", &bin("gapsync-gate-sim"), &sim_args, work);
+    let mut addr = String::new();
+    wait_until("the link simulator", Duration::from_secs(10), || {
+        addr = sim
+            .stderr_text()
+            .split("listening on ")
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned();
+        !addr.is_empty()
+    });
+    let t0 = Instant::now();
+    let st = Command::new(bin("gapsync-rawcopy"))
+        .args(["send", "--to", &addr, "--input"])
+        .arg(file)
+        .status()?;
+    if !st.success() {
+        bail!("the raw copy through the simulator failed: {st}");
+    }
+    wait_until(
+        "the link receiver to finish",
+        Duration::from_secs(300),
+        || !recv.alive(),
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(work.join("link-recv.stderr"));
+    let _ = std::fs::remove_file(work.join("link-sim.stderr"));
+    Ok(bytes as f64 / 1e6 / secs)
+}
+
 /// The round trip of one byte over loopback TCP, in seconds (median of 200).
 pub fn loopback_rtt() -> anyhow::Result<f64> {
     use std::io::{Read, Write};
