@@ -141,47 +141,31 @@ pub fn encode_sealed_frame(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Option<FrameHeader> {
-    if let (Envelope::Raw, Some(key)) = (envelope, key) {
-        return encode_sealed_raw(key, kind, sequence, transfer, offset, payload, out);
-    }
-    let sealed;
-    let (header, body) = match key {
-        None => (
-            FrameHeader::for_payload(kind, sequence, transfer, offset, payload)?,
-            payload,
-        ),
-        Some(key) => {
-            let flags = key.flags(kind == FrameKind::Hello);
-            let length = u32::try_from(payload.len().checked_add(TAG_LEN)?).ok()?;
-            let mut h = FrameHeader {
-                kind,
-                sequence,
-                transfer,
-                offset,
-                flags,
-                length,
-                payload_crc: 0,
-            };
-            let head = h.to_bytes();
-            let aad: &[u8; AAD_LEN] = head.first_chunk()?;
-            let mut buf = Vec::with_capacity(payload.len() + TAG_LEN);
-            buf.extend_from_slice(payload);
-            key.seal(sequence, flags, aad, &mut buf);
-            h.payload_crc = crc32fast::hash(&buf);
-            sealed = buf;
-            (h, &sealed[..])
+    let Some(key) = key else {
+        let header = FrameHeader::for_payload(kind, sequence, transfer, offset, payload)?;
+        let head = header.to_bytes();
+        match envelope {
+            Envelope::Raw => {
+                out.reserve(HEADER_LEN + payload.len());
+                out.extend_from_slice(&head);
+                out.extend_from_slice(payload);
+            }
+            Envelope::ELanguage => crate::envelope::wrap(&head, payload, out),
         }
+        return Some(header);
     };
-    let head = header.to_bytes();
     match envelope {
-        Envelope::Raw => {
-            out.reserve(HEADER_LEN + body.len());
-            out.extend_from_slice(&head);
-            out.extend_from_slice(body);
+        Envelope::Raw => encode_sealed_raw(key, kind, sequence, transfer, offset, payload, out),
+        Envelope::ELanguage => {
+            // The text envelope carries the whole raw frame: seal it first, then wrap it.
+            let mut raw = Vec::new();
+            let header =
+                encode_sealed_raw(key, kind, sequence, transfer, offset, payload, &mut raw)?;
+            let (head, body) = raw.split_at_checked(HEADER_LEN)?;
+            crate::envelope::wrap(head, body, out);
+            Some(header)
         }
-        Envelope::ELanguage => crate::envelope::wrap(&head, body, out),
     }
-    Some(header)
 }
 
 /// A sealed frame in the raw envelope, encrypted in place in `out` (no copy of the payload
