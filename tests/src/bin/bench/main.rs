@@ -176,18 +176,26 @@ fn main() -> anyhow::Result<()> {
     let files = |s: &Sample| s.files_per_s();
     let mbs = |s: &Sample| s.mb_per_s();
 
-    if want("S1") {
-        let (g, b) = alternate(sc.runs, "S1", w, &disk_dest, || {
-            let g = gapsync(&loopback(&disk_dest, false), &big_drop, timeout(bytes_big))?;
-            let b = baseline(
-                w,
-                &send_big,
-                &copy_to(&disk_dest.join("big.bin"), true),
-                bytes_big,
-                1,
-            )?;
+    // A run of gapsync and one of its baseline: the large file, or the tree of small files.
+    let big_runs = |name: &str, dest: &Path, keyed: bool, fsync: bool| {
+        alternate(sc.runs, name, dest, || {
+            let g = gapsync(&loopback(dest, keyed), &big_drop, timeout(bytes_big))?;
+            let to = copy_to(&dest.join("big.bin"), fsync);
+            let b = baseline(w, &send_big, &to, bytes_big, 1)?;
             Ok((g.sample, b))
-        })?;
+        })
+    };
+    let tree_runs = |name: &str, keyed: bool| {
+        alternate(sc.runs, name, &disk_dest, || {
+            let setup = loopback(&disk_dest, keyed);
+            let g = gapsync(&setup, &tree_drop, timeout(bytes_tree * 50))?;
+            let to = tar_recv(&disk_dest);
+            let b = baseline(w, &tar_send, &to, bytes_tree, sc.small_files)?;
+            Ok((g.sample, b))
+        })
+    };
+    if want("S1") {
+        let (g, b) = big_runs("S1", &disk_dest, false, true)?;
         rows.push(compare(
             "S1 2 GiB file to disk, loopback",
             "MB/s",
@@ -198,18 +206,9 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     if want("S2") {
-        let (g, b) = alternate(sc.runs, "S2", w, &shm_dest, || {
-            let g = gapsync(&loopback(&shm_dest, false), &big_drop, timeout(bytes_big))?;
-            let b = baseline(
-                w,
-                &send_big,
-                &copy_to(&shm_dest.join("big.bin"), false),
-                bytes_big,
-                1,
-            )?;
-            Ok((g.sample, b))
-        })?;
-        let mut row = compare("S2 2 GiB file to tmpfs, loopback", "MB/s", g, b, mbs, 0.6);
+        let (g, b) = big_runs("S2", &shm_dest, false, false)?;
+        let name = format!("S2 {} MiB file to tmpfs, loopback", bytes_big >> 20);
+        let mut row = compare(&name, "MB/s", g, b, mbs, 0.6);
         let cpu = median(
             row.gap
                 .iter()
@@ -222,21 +221,7 @@ fn main() -> anyhow::Result<()> {
         rows.push(row);
     }
     if want("S3") {
-        let (g, b) = alternate(sc.runs, "S3", w, &disk_dest, || {
-            let g = gapsync(
-                &loopback(&disk_dest, false),
-                &tree_drop,
-                timeout(bytes_tree * 50),
-            )?;
-            let b = baseline(
-                w,
-                &tar_send,
-                &tar_recv(&disk_dest),
-                bytes_tree,
-                sc.small_files,
-            )?;
-            Ok((g.sample, b))
-        })?;
+        let (g, b) = tree_runs("S3", false)?;
         let mut row = compare(
             "S3 4 KiB files in 100 folders, disk",
             "files/s",
@@ -256,17 +241,7 @@ fn main() -> anyhow::Result<()> {
         rows.push(scenario5(&sc, &disk_dest)?);
     }
     if want("S6") {
-        let (g, b) = alternate(sc.runs, "S6a", w, &disk_dest, || {
-            let g = gapsync(&loopback(&disk_dest, true), &big_drop, timeout(bytes_big))?;
-            let b = baseline(
-                w,
-                &send_big,
-                &copy_to(&disk_dest.join("big.bin"), true),
-                bytes_big,
-                1,
-            )?;
-            Ok((g.sample, b))
-        })?;
+        let (g, b) = big_runs("S6a", &disk_dest, true, true)?;
         rows.push(compare(
             "S6 = S1 encrypted (ChaCha20-Poly1305)",
             "MB/s",
@@ -275,21 +250,7 @@ fn main() -> anyhow::Result<()> {
             mbs,
             0.5,
         ));
-        let (g, b) = alternate(sc.runs, "S6b", w, &disk_dest, || {
-            let g = gapsync(
-                &loopback(&disk_dest, true),
-                &tree_drop,
-                timeout(bytes_tree * 50),
-            )?;
-            let b = baseline(
-                w,
-                &tar_send,
-                &tar_recv(&disk_dest),
-                bytes_tree,
-                sc.small_files,
-            )?;
-            Ok((g.sample, b))
-        })?;
+        let (g, b) = tree_runs("S6b", true)?;
         rows.push(compare("S6 = S3 encrypted", "files/s", g, b, files, 0.5));
     }
     if want("RSS") {
@@ -310,7 +271,6 @@ fn timeout(bytes: u64) -> Duration {
 fn alternate(
     runs: usize,
     name: &str,
-    work: &Path,
     dest: &Path,
     mut one: impl FnMut() -> anyhow::Result<(Sample, Sample)>,
 ) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
@@ -330,7 +290,6 @@ fn alternate(
         );
         g.push(gs);
         b.push(bs);
-        let _ = work;
     }
     Ok((g, b))
 }
