@@ -215,9 +215,24 @@ impl PipeWorker {
             };
             let room = max_payload.saturating_sub(self.buf.len() + RECORD_HEADER_LEN);
             let fits = match kind {
-                FrameKind::Data => room >= (MIN_DATA_RECORD as u64).min(t.unsent()) as usize,
+                // An empty frame takes whatever data fits (profiles with small frames).
+                FrameKind::Data => {
+                    room >= (MIN_DATA_RECORD as u64).min(t.unsent()) as usize
+                        || (records.is_empty() && room > 0)
+                }
                 _ => room >= body,
             };
+            if !fits && records.is_empty() {
+                // Not even alone in a frame: the name is too long for this profile's frames.
+                let t = self.remove_active(idx);
+                self.forget_transfer(&t);
+                let reason = format!(
+                    "its Open ({body} bytes with the name) does not fit in a frame of this profile (max_frame_bytes {}); shorten the name or use larger frames",
+                    max_payload + gapsync_protocol::HEADER_LEN
+                );
+                self.quarantine_path(&t.fs_path, Path::new(&t.rel), &reason);
+                continue;
+            }
             if !fits {
                 break;
             }

@@ -156,3 +156,46 @@ fn two_senders_at_once_land_in_their_own_folders() {
     assert!(rlog.contains("node=plant-a") && rlog.contains("node=plant-b"));
     assert_eq!(count_lines(&rlog, &[" delivered "]), a.len() + b.len());
 }
+
+#[test]
+fn small_frames_carry_large_files_and_a_name_too_long_for_a_frame_is_quarantined() {
+    // 2 KiB frames (the smallest profiles allow 1 KiB): a 300 KB file takes ~150 frames, and
+    // an Open whose name alone exceeds a frame can never be sent.
+    let mut lab = Lab::new("loopback");
+    lab.receiver_extra = "[profile_overrides]\nmax_frame_bytes = 2048\n".into();
+    lab.sender_extra = "[profile_overrides]\nmax_frame_bytes = 2048\nreconnect_backoff_min = \"50ms\"\nreconnect_backoff_max = \"500ms\"\n".into();
+    let quarantine = lab.path("quarantine");
+    lab.sender_pipe_extra = format!("quarantine_dir = {:?}\n", quarantine.display().to_string());
+    let mut expected = BTreeMap::new();
+    expected.insert(
+        "big.bin".to_owned(),
+        make_file(&lab.spool.join("big.bin"), 300_000, 1),
+    );
+    for i in 0..5 {
+        let rel = format!("small-{i}.txt");
+        expected.insert(
+            rel.clone(),
+            make_file(&lab.spool.join(&rel), 100 * i, 2 + i as u64),
+        );
+    }
+    let long: String = (0..11)
+        .map(|_| "d".repeat(200))
+        .collect::<Vec<_>>()
+        .join("/")
+        + "/f.bin";
+    make_file(&lab.spool.join(&long), 10, 9);
+    lab.start_receiver();
+    lab.start_sender();
+    lab.wait_for_tree(&expected, Duration::from_secs(120));
+    wait_until(
+        "the long name to be quarantined",
+        Duration::from_secs(30),
+        || quarantine.join(&long).is_file(),
+    );
+    assert!(
+        lab.sender_log()
+            .contains("does not fit in a frame of this profile"),
+        "{}",
+        lab.diagnostics()
+    );
+}
