@@ -33,6 +33,8 @@ pub struct Transfer {
     pub acked: u64,
     next: u64,
     open_sent: bool,
+    /// The encoded Open, sized before it is sent and sent again after a reconnect.
+    open_body: Vec<u8>,
     commit_sent: bool,
     hasher: blake3::Hasher,
     hashed: u64,
@@ -55,6 +57,11 @@ impl Transfer {
         meta: &Metadata,
         acked: u64,
     ) -> Self {
+        let open_body = encode_body(&OpenFile {
+            path: rel.clone(),
+            size: meta.len(),
+            mtime_ns: mtime_ns(meta),
+        });
         Self {
             id,
             rel,
@@ -65,6 +72,7 @@ impl Transfer {
             acked: acked.min(meta.len()),
             next: acked.min(meta.len()),
             open_sent: false,
+            open_body,
             commit_sent: false,
             hasher: blake3::Hasher::new(),
             hashed: 0,
@@ -92,7 +100,7 @@ impl Transfer {
     /// (a Data record fits any room); `None` when everything was sent.
     pub fn next_kind(&self) -> Option<(FrameKind, usize)> {
         if !self.open_sent {
-            Some((FrameKind::Open, self.open_body().len()))
+            Some((FrameKind::Open, self.open_body.len()))
         } else if self.next < self.size {
             Some((FrameKind::Data, 0))
         } else if !self.commit_sent {
@@ -107,14 +115,6 @@ impl Transfer {
         self.size - self.next
     }
 
-    fn open_body(&self) -> Vec<u8> {
-        encode_body(&OpenFile {
-            path: self.rel.clone(),
-            size: self.size,
-            mtime_ns: self.mtime_ns,
-        })
-    }
-
     /// Appends the next record's body to `buf` and returns its kind and offset, or `None` when
     /// everything was sent. Data records carry at most `chunk` bytes.
     pub fn next_frame(
@@ -124,7 +124,7 @@ impl Transfer {
     ) -> io::Result<Option<(FrameKind, u64)>> {
         if !self.open_sent {
             self.open_sent = true;
-            buf.extend_from_slice(&self.open_body());
+            buf.extend_from_slice(&self.open_body);
             return Ok(Some((FrameKind::Open, 0)));
         }
         if self.next < self.size {

@@ -131,12 +131,20 @@ impl DirectorySink {
 
     fn recover(&mut self, stale_after: Duration) -> anyhow::Result<()> {
         // `<id>.meta` files of earlier versions move into the journal.
-        for id in self.staged_files(".meta")? {
-            let meta = self.staging.join(format!("{}.meta", hex(id)));
-            if let Ok(open) = decode_body::<OpenFile>("meta", &fs::read(&meta)?) {
-                self.opens.insert(id, &open)?;
-            }
-            self.opens.sync()?;
+        let metas: Vec<PathBuf> = self
+            .staged_files(".meta")?
+            .into_iter()
+            .map(|id| {
+                let meta = self.staging.join(format!("{}.meta", hex(id)));
+                if let Ok(open) = decode_body::<OpenFile>("meta", &fs::read(&meta)?) {
+                    self.opens.insert(id, &open)?;
+                }
+                Ok(meta)
+            })
+            .collect::<std::io::Result<_>>()?;
+        // Durable in the journal (one fsync) before the old files go.
+        self.opens.sync()?;
+        for meta in metas {
             fs::remove_file(&meta)?;
         }
         let mut finished = Vec::new();
