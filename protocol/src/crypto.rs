@@ -193,7 +193,7 @@ impl FrameKey {
 
     /// Seals `payload` in place (encrypting it if `flags` says so) and appends the tag.
     /// `aad` is the frame header's first 36 bytes, already carrying the final length.
-    pub fn seal(&self, sequence: u64, flags: u16, aad: &[u8; AAD_LEN], payload: &mut Vec<u8>) {
+    pub fn seal(&self, sequence: u64, flags: u16, aad: &[u8], payload: &mut Vec<u8>) {
         if let Some(tag) = self.seal_in_place(sequence, flags, aad, payload) {
             payload.extend_from_slice(&tag);
         }
@@ -205,7 +205,7 @@ impl FrameKey {
         &self,
         sequence: u64,
         flags: u16,
-        aad: &[u8; AAD_LEN],
+        aad: &[u8],
         body: &mut [u8],
     ) -> Option<[u8; TAG_LEN]> {
         let nonce = Self::nonce(sequence);
@@ -229,7 +229,7 @@ impl FrameKey {
         &self,
         sequence: u64,
         flags: u16,
-        aad: &[u8; AAD_LEN],
+        aad: &[u8],
         payload: &mut [u8],
     ) -> Result<usize, BadTag> {
         let plain_len = payload.len().checked_sub(TAG_LEN).ok_or(BadTag)?;

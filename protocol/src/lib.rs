@@ -27,6 +27,7 @@ pub mod messages;
 pub mod profile;
 pub mod receiver_session;
 pub mod sender_session;
+pub mod udp;
 pub mod wire_path;
 
 pub use decoder::{Decoder, Frame};

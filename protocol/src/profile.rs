@@ -29,6 +29,9 @@ pub enum LinkKind {
     /// TLS with mutual certificate authentication over a two-way network (an edge site to a
     /// cloud receiver through a firewall); the same frames and acks inside.
     Tls,
+    /// UDP through a hardware data diode: nothing comes back; forward error correction and
+    /// repetition instead of acknowledgements (the `udp` fields below).
+    Udp,
 }
 
 /// A profile as written in TOML, before checking. Also the shape of `[profile_overrides]`.
@@ -58,6 +61,18 @@ pub struct RawProfile {
     pub reconnect_backoff_max: Option<Duration>,
     pub socket_buffer_bytes: Option<u64>,
     pub rate_limit_mbit: Option<u64>,
+    // The `udp` link's fields (see `crate::udp::profile`).
+    pub mtu: Option<u64>,
+    pub symbol_bytes: Option<u64>,
+    pub repair_percent: Option<u64>,
+    pub passes: Option<u64>,
+    pub control_repeats: Option<u64>,
+    pub block_symbols: Option<u64>,
+    pub interleave_blocks: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub silence_alarm: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub object_deadline: Option<Duration>,
 }
 
 impl RawProfile {
@@ -86,6 +101,15 @@ impl RawProfile {
             reconnect_backoff_max: o.reconnect_backoff_max.or(self.reconnect_backoff_max),
             socket_buffer_bytes: o.socket_buffer_bytes.or(self.socket_buffer_bytes),
             rate_limit_mbit: o.rate_limit_mbit.or(self.rate_limit_mbit),
+            mtu: o.mtu.or(self.mtu),
+            symbol_bytes: o.symbol_bytes.or(self.symbol_bytes),
+            repair_percent: o.repair_percent.or(self.repair_percent),
+            passes: o.passes.or(self.passes),
+            control_repeats: o.control_repeats.or(self.control_repeats),
+            block_symbols: o.block_symbols.or(self.block_symbols),
+            interleave_blocks: o.interleave_blocks.or(self.interleave_blocks),
+            silence_alarm: o.silence_alarm.or(self.silence_alarm),
+            object_deadline: o.object_deadline.or(self.object_deadline),
         }
     }
 }
@@ -97,7 +121,9 @@ pub struct AckBytes {
     pub fail: u8,
 }
 
-/// A checked profile: every value is present and in range.
+/// A checked profile: every value is present and in range. For `link = "udp"` the gate fields
+/// (frame, window, ack byte, TCP timeouts) hold neutral values that nothing reads, and `udp`
+/// holds the link's values; for the other links `udp` is `None`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub name: String,
@@ -118,6 +144,7 @@ pub struct Profile {
     pub reconnect_backoff_max: Duration,
     pub socket_buffer_bytes: Option<u32>,
     pub rate_limit_mbit: Option<u64>,
+    pub udp: Option<crate::udp::UdpProfile>,
 }
 
 /// Every problem found in a profile, one per line.
@@ -147,14 +174,14 @@ impl Profile {
     }
 }
 
-fn required<T>(problems: &mut Vec<String>, field: &str, value: Option<T>) -> Option<T> {
+pub(crate) fn required<T>(problems: &mut Vec<String>, field: &str, value: Option<T>) -> Option<T> {
     if value.is_none() {
         problems.push(format!("`{field}` is missing"));
     }
     value
 }
 
-fn in_range(
+pub(crate) fn in_range(
     problems: &mut Vec<String>,
     field: &str,
     value: Option<u64>,
@@ -169,7 +196,11 @@ fn in_range(
     Some(v)
 }
 
-fn duration(problems: &mut Vec<String>, field: &str, value: Option<Duration>) -> Option<Duration> {
+pub(crate) fn duration(
+    problems: &mut Vec<String>,
+    field: &str,
+    value: Option<Duration>,
+) -> Option<Duration> {
     let v = required(problems, field, value)?;
     if v.is_zero() {
         problems.push(format!("`{field}` must be longer than 0s"));
@@ -178,11 +209,28 @@ fn duration(problems: &mut Vec<String>, field: &str, value: Option<Duration>) ->
     Some(v)
 }
 
+/// Checks the optional `socket_buffer_bytes`.
+pub(crate) fn socket_buffer(problems: &mut Vec<String>, value: Option<u64>) -> Option<u32> {
+    match value {
+        Some(v) if !(4096..=1 << 30).contains(&v) => {
+            problems.push(format!(
+                "`socket_buffer_bytes` = {v} is outside 4096..=1073741824"
+            ));
+            None
+        }
+        v => v.map(|v| v as u32),
+    }
+}
+
 impl TryFrom<RawProfile> for Profile {
     type Error = ProfileError;
 
     fn try_from(raw: RawProfile) -> Result<Self, ProfileError> {
+        if raw.link == Some(LinkKind::Udp) {
+            return crate::udp::profile::check(raw);
+        }
         let p = &mut Vec::new();
+        crate::udp::profile::refuse_udp_fields(&raw, p);
         let name = required(p, "name", raw.name);
         let link = required(p, "link", raw.link);
         let envelope = required(p, "envelope", raw.envelope);
@@ -229,15 +277,7 @@ impl TryFrom<RawProfile> for Profile {
                 p.push("`reconnect_backoff_min` is longer than `reconnect_backoff_max`".to_owned());
             }
         }
-        let socket_buffer_bytes = match raw.socket_buffer_bytes {
-            Some(v) if !(4096..=1 << 30).contains(&v) => {
-                p.push(format!(
-                    "`socket_buffer_bytes` = {v} is outside 4096..=1073741824"
-                ));
-                None
-            }
-            v => v.map(|v| v as u32),
-        };
+        let socket_buffer_bytes = socket_buffer(p, raw.socket_buffer_bytes);
         if raw.rate_limit_mbit == Some(0) {
             p.push("`rate_limit_mbit` = 0 would never send; leave it out for no limit".to_owned());
         }
@@ -285,6 +325,7 @@ impl TryFrom<RawProfile> for Profile {
             reconnect_backoff_max: bmax,
             socket_buffer_bytes,
             rate_limit_mbit: raw.rate_limit_mbit,
+            udp: None,
         })
     }
 }

@@ -286,6 +286,7 @@ pub(crate) mod tests {
             reconnect_backoff_max: Duration::from_secs(4),
             socket_buffer_bytes: None,
             rate_limit_mbit: None,
+            udp: None,
         }
     }
 

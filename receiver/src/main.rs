@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::link::tcp::Server;
 
 /// How often abandoned partials are looked for (besides at start).
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
+pub(crate) const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,6 +61,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.profile.link == gapsync_protocol::LinkKind::Udp {
+        return link::udp::serve(config).await;
+    }
     let pipes = pipes::Pipes::open(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -136,6 +136,11 @@ impl Pipes {
             .cloned()
     }
 
+    /// Every pipe.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Pipe>> {
+        self.by_key.values()
+    }
+
     /// Removes abandoned partials of every pipe.
     pub fn housekeeping(&self, stale_after: std::time::Duration) {
         for p in self.by_key.values() {

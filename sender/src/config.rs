@@ -8,7 +8,7 @@ use std::time::Duration;
 use gapsync_daemon::config::{PipeKey, RawKey, abs, check_name};
 use gapsync_daemon::logging::LogFormat;
 use gapsync_protocol::crypto::Protection;
-use gapsync_protocol::{Profile, RawProfile};
+use gapsync_protocol::{LinkKind, Profile, RawProfile};
 use serde::Deserialize;
 
 /// Default for `summary_interval`.
@@ -158,6 +158,7 @@ impl Config {
                 f.client_config()
             });
         let tls_name = raw.tls.as_ref().and_then(|t| t.server_name.clone());
+        let diode = profile.as_ref().is_some_and(|p| p.link == LinkKind::Udp);
         let mut pipes = Vec::new();
         let mut names = HashSet::new();
         for (i, rp) in raw.pipe.into_iter().enumerate() {
@@ -215,7 +216,12 @@ impl Config {
             let Some(sd) = &state_dir else { continue };
             let pipe_state = sd.join("sender").join(&name);
             pipes.push(PipeConfig {
-                after_send: rp.after_send.unwrap_or(AfterSend::Delete),
+                after_send: rp.after_send.unwrap_or(if diode {
+                    // Nothing confirms arrival on a diode: keep what was sent for a resend.
+                    AfterSend::Move
+                } else {
+                    AfterSend::Delete
+                }),
                 sent_dir: rp
                     .sent_dir
                     .map_or_else(|| pipe_state.join("sent"), |d| abs(base, &d)),

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::pipe::{PipeStats, PipeWorker};
 use crate::source::spool::{self, SpoolConfig};
 use crate::state::IdSource;
+use gapsync_protocol::LinkKind;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,19 +70,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut stats = Vec::new();
     for pc in &config.pipes {
         let pipe_stats = Arc::new(PipeStats::default());
-        let worker = PipeWorker::new(
-            pc.clone(),
-            config.profile.clone(),
-            ids.clone(),
-            pipe_stats.clone(),
-        )
-        .with_context(|| {
-            format!(
-                "pipe {}: cannot open its state in {}",
-                pc.name,
-                pc.state_dir.display()
-            )
-        })?;
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         let scfg = SpoolConfig {
             pipe: pc.name.clone(),
@@ -90,6 +78,40 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             settle: pc.settle,
             poll_interval: pc.poll_interval,
         };
+        if config.profile.link == LinkKind::Udp {
+            let setup = link::udp::Setup {
+                cfg: pc.clone(),
+                profile: config.profile.clone(),
+                node: config.node.clone(),
+                ids: ids.clone(),
+                stats: pipe_stats.clone(),
+            };
+            let stop = stop_rx.clone();
+            tasks.push(tokio::task::spawn_blocking(move || {
+                link::udp::run(setup, rx, stop)
+            }));
+        } else {
+            let worker = PipeWorker::new(
+                pc.clone(),
+                config.profile.clone(),
+                ids.clone(),
+                pipe_stats.clone(),
+            )
+            .with_context(|| {
+                format!(
+                    "pipe {}: cannot open its state in {}",
+                    pc.name,
+                    pc.state_dir.display()
+                )
+            })?;
+            tasks.push(tokio::spawn(link::tcp::run(
+                worker,
+                config.node.clone(),
+                ids.clone(),
+                rx,
+                stop_rx.clone(),
+            )));
+        }
         spool::spawn(scfg, tx).with_context(|| {
             format!(
                 "pipe {}: cannot watch spool {}",
@@ -97,13 +119,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 pc.spool.display()
             )
         })?;
-        tasks.push(tokio::spawn(link::tcp::run(
-            worker,
-            config.node.clone(),
-            ids.clone(),
-            rx,
-            stop_rx.clone(),
-        )));
         stats.push((pc.name.clone(), pipe_stats));
     }
     tracing::info!(node = %config.node, profile = %config.profile.name, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");

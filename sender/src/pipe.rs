@@ -559,7 +559,7 @@ impl PipeWorker {
         let after = if !t.unchanged() {
             "kept: the file changed after it was read; the new version is sent once it has settled"
         } else {
-            match self.after_send(&t) {
+            match dispose(&self.cfg, &t.fs_path, &t.rel) {
                 Ok(()) => match self.cfg.after_send {
                     AfterSend::Delete => "deleted",
                     AfterSend::Move => "moved to sent_dir",
@@ -589,13 +589,6 @@ impl PipeWorker {
         );
     }
 
-    fn after_send(&self, t: &Transfer) -> io::Result<()> {
-        match self.cfg.after_send {
-            AfterSend::Delete => fs::remove_file(&t.fs_path),
-            AfterSend::Move => move_file(&t.fs_path, &self.cfg.sent_dir.join(&t.rel)),
-        }
-    }
-
     fn read_failed(&mut self, t: Transfer, e: io::Error) {
         self.forget_transfer(&t);
         match e.kind() {
@@ -617,20 +610,33 @@ impl PipeWorker {
 
     /// Moves a file out of the spool into the quarantine folder and says so at ERROR.
     fn quarantine_path(&mut self, path: &Path, rel: &Path, reason: &str) {
-        let dest = self.cfg.quarantine_dir.join(rel);
         let rel_s = rel.to_string_lossy().into_owned();
         self.known.remove(&rel_s);
         self.failures.remove(&rel_s);
         self.stats.quarantined.fetch_add(1, Relaxed);
-        match move_file(path, &dest) {
-            Ok(()) => {
-                tracing::error!(pipe = %self.cfg.name, path = %rel.display(), quarantined_to = %dest.display(), reason, "file quarantined; fix the cause and move it back into the spool to send it")
-            }
-            Err(e) => {
-                tracing::error!(pipe = %self.cfg.name, path = %rel.display(), reason, error = %e, "file could not be sent nor moved to quarantine; it stays in the spool")
-            }
-        }
+        quarantine(&self.cfg, path, rel, reason);
         self.update_depth();
+    }
+}
+
+/// Moves a file of `cfg`'s spool into its quarantine folder and says so at ERROR.
+pub fn quarantine(cfg: &PipeConfig, path: &Path, rel: &Path, reason: &str) {
+    let dest = cfg.quarantine_dir.join(rel);
+    match move_file(path, &dest) {
+        Ok(()) => {
+            tracing::error!(pipe = %cfg.name, path = %rel.display(), quarantined_to = %dest.display(), reason, "file quarantined; fix the cause and move it back into the spool to send it")
+        }
+        Err(e) => {
+            tracing::error!(pipe = %cfg.name, path = %rel.display(), reason, error = %e, "file could not be sent nor moved to quarantine; it stays in the spool")
+        }
+    }
+}
+
+/// What `after_send` does with a sent spool file: deletes it or moves it to `sent_dir`.
+pub fn dispose(cfg: &PipeConfig, fs_path: &Path, rel: &str) -> io::Result<()> {
+    match cfg.after_send {
+        AfterSend::Delete => fs::remove_file(fs_path),
+        AfterSend::Move => move_file(fs_path, &cfg.sent_dir.join(rel)),
     }
 }
 

@@ -324,6 +324,11 @@ pub fn tree_sizes(dir: &Path) -> BTreeMap<String, u64> {
     out
 }
 
+/// True for a profile of the diode (udp) link.
+pub fn profile_is_udp(name: &str) -> bool {
+    profile(name).link == gapsync_protocol::LinkKind::Udp
+}
+
 /// Sender, gate simulator and receiver around one pipe `scada` from `plant-a`.
 #[derive(Debug)]
 pub struct Lab {
@@ -369,12 +374,16 @@ impl Lab {
             profile: profile.to_owned(),
             receiver_extra: String::new(),
             // Quick reconnects keep fault tests short; the receiver does not compare these.
-            sender_extra: "[profile_overrides]\nreconnect_backoff_min = \"50ms\"\nreconnect_backoff_max = \"500ms\"\n".into(),
+            sender_extra: if profile_is_udp(profile) {
+                String::new()
+            } else {
+                "[profile_overrides]\nreconnect_backoff_min = \"50ms\"\nreconnect_backoff_max = \"500ms\"\n".into()
+            },
             sender_pipe_extra: String::new(),
             receiver_pipe_extra: String::new(),
             allow: "[\"127.0.0.0/8\"]".into(),
             sender_pipe_name: "scada".into(),
-                        sender_wrapper: Vec::new(),
+            sender_wrapper: Vec::new(),
             settle: "200ms".into(),
             poll_interval: "200ms".into(),
             root,

@@ -2,3 +2,4 @@
 //! here that feeds a session and calls [`crate::pipes::Pipes`]; sinks do not change.
 
 pub mod tcp;
+pub mod udp;

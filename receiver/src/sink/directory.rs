@@ -495,6 +495,10 @@ impl Sink for DirectorySink {
         self.partials.len()
     }
 
+    fn drop_partial(&mut self, id: u64) {
+        self.discard(id);
+    }
+
     fn housekeeping(&mut self, stale_after: Duration) -> std::io::Result<usize> {
         self.remove_stale(stale_after)
     }

@@ -107,6 +107,8 @@ pub trait Sink: Send {
     /// Forgets the staged commits after a refused request: nothing of them becomes visible;
     /// their partials stay for a resend.
     fn abandon(&mut self);
+    /// Removes the partial data of `transfer` (an object that cannot be completed).
+    fn drop_partial(&mut self, transfer: u64);
     /// Transfers open but not committed.
     fn partials(&self) -> usize;
     /// Removes partial transfers untouched for longer than `stale_after`; returns how many.

@@ -1,4 +1,6 @@
-//! Links: how frames leave the sender. A new link kind (UDP with FEC, TLS, offline media) is a
-//! new module here that drives a session and asks [`crate::pipe::PipeWorker`] for frames.
+//! Links: how frames leave the sender. A new link kind (offline media) is a new module here.
+//! `tcp` drives a session and asks [`crate::pipe::PipeWorker`] for frames (also over TLS);
+//! `udp` sends whole objects with forward error correction through a data diode.
 
 pub mod tcp;
+pub mod udp;

@@ -1,0 +1,278 @@
+//! The receiver's state for one object on the diode link: which blocks are decoded, the
+//! symbols of the others, the pass and its deadline. Time comes in as an argument.
+
+use std::time::{Duration, Instant};
+
+use super::control::{Announce, End};
+use super::fec::{BlockDecoder, Layout, repair_count};
+
+/// Largest repair percentage an announcement may ask for (bounds the symbols kept per block).
+pub const MAX_REPAIR_PERCENT: u32 = 400;
+/// Most carousel passes an announcement may ask for.
+pub const MAX_PASSES: u8 = 16;
+
+/// What the receiver's profile allows an object to be.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub symbol_bytes: u16,
+    pub max_block_symbols: u32,
+    /// Blocks being decoded at once per object; beyond it the oldest unfinished block's
+    /// symbols are dropped (a later pass brings them again). Bounds memory by the window.
+    pub max_decoding: usize,
+    /// Added to the announced pass duration to make the pass's deadline.
+    pub deadline_slack: Duration,
+}
+
+enum Slot {
+    Waiting,
+    Decoding(Box<BlockDecoder>),
+    Done,
+}
+
+/// A pass that ended with blocks still missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassFailure {
+    pub pass: u8,
+    pub passes: u8,
+    /// No later pass is coming: the object is abandoned.
+    pub last: bool,
+    pub missing_blocks: u32,
+    pub blocks: u32,
+    /// Symbol datagrams received in the pass and sent by it (from the End, or the layout).
+    pub received: u64,
+    pub sent: u64,
+    /// The End (and so the digest) never arrived.
+    pub no_end: bool,
+}
+
+impl PassFailure {
+    /// Datagrams lost in the pass, in percent.
+    pub fn loss_percent(&self) -> f64 {
+        if self.sent == 0 {
+            return 0.0;
+        }
+        100.0 * self.sent.saturating_sub(self.received) as f64 / self.sent as f64
+    }
+}
+
+/// One object being received.
+pub struct Assembly {
+    pub announce: Announce,
+    layout: Layout,
+    limits: Limits,
+    slots: Vec<Slot>,
+    blocks: u32,
+    done: u32,
+    decoding: usize,
+    end: Option<End>,
+    pass: u8,
+    deadline: Instant,
+    received: u64,
+    per_pass: u64,
+    /// Blocks whose symbols were dropped to stay within the window.
+    pub evicted: u64,
+}
+
+impl std::fmt::Debug for Assembly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assembly")
+            .field("path", &self.announce.path)
+            .field("done", &self.done)
+            .field("blocks", &self.blocks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Assembly {
+    /// Starts an object in pass `pass`, or says why the announcement is refused.
+    pub fn new(announce: Announce, pass: u8, limits: Limits, now: Instant) -> Result<Self, String> {
+        if announce.symbol_bytes != limits.symbol_bytes {
+            return Err(format!(
+                "symbol size {} differs from this profile's {}: both ends must use the same profile",
+                announce.symbol_bytes, limits.symbol_bytes
+            ));
+        }
+        if !(1..=limits.max_block_symbols).contains(&announce.block_symbols) {
+            return Err(format!(
+                "{} symbols per block is outside 1..={}",
+                announce.block_symbols, limits.max_block_symbols
+            ));
+        }
+        if announce.repair_percent > MAX_REPAIR_PERCENT
+            || !(1..=MAX_PASSES).contains(&announce.passes)
+            || !(1..=announce.passes).contains(&pass)
+        {
+            return Err(format!(
+                "repair {}% or pass {pass} of {} is out of range",
+                announce.repair_percent, announce.passes
+            ));
+        }
+        let layout = Layout {
+            size: announce.size,
+            symbol_bytes: announce.symbol_bytes,
+            block_symbols: announce.block_symbols,
+        };
+        let blocks = layout
+            .blocks()
+            .ok_or_else(|| format!("{} bytes is too large an object", announce.size))?;
+        let per_pass = (0..blocks)
+            .map(|b| {
+                let k = layout.symbols(b);
+                u64::from(k + repair_count(k, announce.repair_percent))
+            })
+            .sum();
+        let mut slots = Vec::new();
+        slots.resize_with(blocks as usize, || Slot::Waiting);
+        let deadline = now + Self::pass_time(&announce, &limits);
+        Ok(Self {
+            announce,
+            layout,
+            limits,
+            slots,
+            blocks,
+            done: 0,
+            decoding: 0,
+            end: None,
+            pass,
+            deadline,
+            received: 0,
+            per_pass,
+            evicted: 0,
+        })
+    }
+
+    fn pass_time(a: &Announce, limits: &Limits) -> Duration {
+        Duration::from_millis(a.pass_ms).saturating_add(limits.deadline_slack)
+    }
+
+    /// The pass being received.
+    pub fn pass(&self) -> u8 {
+        self.pass
+    }
+
+    /// Every block is decoded and the End (with the digest) arrived.
+    pub fn complete(&self) -> bool {
+        self.done == self.blocks && self.end.is_some()
+    }
+
+    /// The object's End, once one copy arrived.
+    pub fn end(&self) -> Option<&End> {
+        self.end.as_ref()
+    }
+
+    /// Bytes of symbols held for blocks not yet decoded.
+    pub fn held_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| match s {
+                Slot::Decoding(d) => d.held_bytes(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Notes the End of a pass (any copy; the digest is the same in all).
+    pub fn on_end(&mut self, end: End) {
+        self.end.get_or_insert(end);
+    }
+
+    /// A datagram of pass `pass` arrived. If it starts a later pass while this one is not
+    /// complete, the earlier pass failed: that failure is returned (once).
+    pub fn on_pass(&mut self, pass: u8, now: Instant) -> Option<PassFailure> {
+        if pass <= self.pass || pass > self.announce.passes {
+            return None;
+        }
+        let failure = (!self.complete()).then(|| self.failure(false));
+        self.pass = pass;
+        self.received = 0;
+        self.deadline = now + Self::pass_time(&self.announce, &self.limits);
+        failure
+    }
+
+    /// The pass's deadline passed with blocks missing: returns the failure, and either waits
+    /// for the next pass (a new deadline) or, after the last, marks it final.
+    pub fn on_tick(&mut self, now: Instant) -> Option<PassFailure> {
+        if now < self.deadline || self.complete() {
+            return None;
+        }
+        let last = self.pass >= self.announce.passes;
+        let failure = self.failure(last);
+        if !last {
+            // The next pass is late or lost: wait one more pass time for it.
+            self.pass += 1;
+            self.received = 0;
+            self.deadline = now + Self::pass_time(&self.announce, &self.limits);
+        }
+        Some(failure)
+    }
+
+    fn failure(&self, last: bool) -> PassFailure {
+        PassFailure {
+            pass: self.pass,
+            passes: self.announce.passes,
+            last,
+            missing_blocks: self.blocks - self.done,
+            blocks: self.blocks,
+            received: self.received,
+            sent: self.end.as_ref().map_or(self.per_pass, |e| e.datagrams),
+            no_end: self.end.is_none(),
+        }
+    }
+
+    /// Adds symbol `esi` of block `block`. Returns the block's offset and data once it decodes.
+    pub fn on_symbol(
+        &mut self,
+        block: u32,
+        esi: u32,
+        symbol: &[u8],
+    ) -> Result<Option<(u64, Vec<u8>)>, &'static str> {
+        if symbol.len() != usize::from(self.layout.symbol_bytes) {
+            return Err("symbol length differs from the announced symbol size");
+        }
+        let idx = block as usize;
+        let Some(slot) = self.slots.get(idx) else {
+            return Err("block number past the announced size");
+        };
+        self.received += 1;
+        match slot {
+            Slot::Done => return Ok(None),
+            Slot::Waiting => self.start_block(block),
+            Slot::Decoding(_) => {}
+        }
+        let Some(Slot::Decoding(d)) = self.slots.get_mut(idx) else {
+            return Ok(None);
+        };
+        let Some(mut padded) = d.add(esi, symbol) else {
+            return Ok(None);
+        };
+        let (offset, len) = self.layout.block(block);
+        padded.truncate(len);
+        self.slots[idx] = Slot::Done;
+        self.decoding -= 1;
+        self.done += 1;
+        Ok(Some((offset, padded)))
+    }
+
+    fn start_block(&mut self, block: u32) {
+        if self.decoding >= self.limits.max_decoding {
+            if let Some(old) = self
+                .slots
+                .iter()
+                .position(|s| matches!(s, Slot::Decoding(_)))
+            {
+                self.slots[old] = Slot::Waiting;
+                self.decoding -= 1;
+                self.evicted += 1;
+            }
+        }
+        let k = self.layout.symbols(block);
+        let per_pass = repair_count(k, self.announce.repair_percent);
+        let limit = k + per_pass * u32::from(self.announce.passes);
+        self.slots[block as usize] = Slot::Decoding(Box::new(BlockDecoder::new(
+            k,
+            self.layout.symbol_bytes,
+            limit,
+        )));
+        self.decoding += 1;
+    }
+}

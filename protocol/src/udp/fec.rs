@@ -1,0 +1,253 @@
+//! Forward error correction with RaptorQ (RFC 6330, the `raptorq` crate).
+//!
+//! An object is cut into blocks of at most `block_symbols` symbols of `symbol_bytes` bytes;
+//! each block is one RaptorQ source block of its own (so an object may have any number of
+//! blocks, not RaptorQ's 256). The last symbol of a block is zero-padded; the receiver cuts the
+//! padding off using the object's size. Symbol ids (ESIs) below the block's symbol count are
+//! the data itself (the code is systematic); ids from there on are repair symbols, each pass of
+//! the carousel using fresh ones.
+
+use raptorq::{EncodingPacket, ObjectTransmissionInformation, PayloadId, SourceBlockDecoder};
+
+/// How an object is cut into blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub size: u64,
+    pub symbol_bytes: u16,
+    pub block_symbols: u32,
+}
+
+impl Layout {
+    /// Bytes of a full block.
+    pub fn block_bytes(&self) -> u64 {
+        u64::from(self.symbol_bytes) * u64::from(self.block_symbols)
+    }
+
+    /// Number of blocks (0 for an empty object); `None` if over `u32::MAX`.
+    pub fn blocks(&self) -> Option<u32> {
+        u32::try_from(self.size.div_ceil(self.block_bytes().max(1))).ok()
+    }
+
+    /// Offset and length of block `b` in the object.
+    pub fn block(&self, b: u32) -> (u64, usize) {
+        let offset = u64::from(b) * self.block_bytes();
+        let len = self.size.saturating_sub(offset).min(self.block_bytes());
+        (offset, len as usize)
+    }
+
+    /// Source symbols of block `b`.
+    pub fn symbols(&self, b: u32) -> u32 {
+        let (_, len) = self.block(b);
+        len.div_ceil(usize::from(self.symbol_bytes).max(1)) as u32
+    }
+}
+
+/// Repair symbols per pass for a block of `k` source symbols at `percent` repair (rounded up,
+/// so every block has at least one when `percent` > 0).
+pub fn repair_count(k: u32, percent: u32) -> u32 {
+    (u64::from(k) * u64::from(percent)).div_ceil(100) as u32
+}
+
+fn oti(k: u32, symbol_bytes: u16) -> ObjectTransmissionInformation {
+    ObjectTransmissionInformation::new(
+        u64::from(k) * u64::from(symbol_bytes),
+        symbol_bytes,
+        1,
+        1,
+        1,
+    )
+}
+
+/// Repair symbols `first..first + count` of one block. `padded` is the block's data
+/// zero-padded to a whole number of symbols. Returns (ESI, symbol) pairs.
+pub fn repair_symbols(
+    padded: &[u8],
+    symbol_bytes: u16,
+    first: u32,
+    count: u32,
+) -> Vec<(u32, Vec<u8>)> {
+    let k = (padded.len() / usize::from(symbol_bytes)) as u32;
+    let encoder = raptorq::SourceBlockEncoder::new(0, &oti(k, symbol_bytes), padded);
+    encoder
+        .repair_packets(first, count)
+        .into_iter()
+        .map(|p| {
+            let (id, data) = p.split();
+            (id.encoding_symbol_id(), data)
+        })
+        .collect()
+}
+
+/// The sending order of a group of blocks, as (block in group, symbol index) where an index
+/// below the block's `k` is a source symbol and the rest are its repair symbols in order:
+/// every block's source symbols round-robin, then every block's repair symbols round-robin, so
+/// a burst of loss is spread over the whole group.
+pub fn interleave(counts: &[(u32, u32)]) -> Vec<(usize, u32)> {
+    let mut order = Vec::with_capacity(counts.iter().map(|(k, r)| (k + r) as usize).sum());
+    let max_k = counts.iter().map(|c| c.0).max().unwrap_or(0);
+    let max_r = counts.iter().map(|c| c.1).max().unwrap_or(0);
+    for i in 0..max_k {
+        order.extend(
+            (0..counts.len())
+                .filter(|&b| i < counts[b].0)
+                .map(|b| (b, i)),
+        );
+    }
+    for i in 0..max_r {
+        order.extend(
+            (0..counts.len())
+                .filter(|&b| i < counts[b].1)
+                .map(|b| (b, counts[b].0 + i)),
+        );
+    }
+    order
+}
+
+/// Collects one block's symbols and decodes it once enough have arrived.
+pub struct BlockDecoder {
+    inner: SourceBlockDecoder,
+    k: u32,
+    /// ESIs at or above this are refused (bounds memory).
+    esi_limit: u32,
+    seen: Vec<u64>,
+    distinct: u32,
+    sources: u32,
+    buffered: Vec<EncodingPacket>,
+    buffered_bytes: usize,
+    next_attempt: u32,
+}
+
+impl std::fmt::Debug for BlockDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockDecoder")
+            .field("k", &self.k)
+            .field("distinct", &self.distinct)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlockDecoder {
+    /// A decoder for a block of `k` source symbols accepting ESIs below `esi_limit`.
+    pub fn new(k: u32, symbol_bytes: u16, esi_limit: u32) -> Self {
+        let info = oti(k, symbol_bytes);
+        Self {
+            inner: SourceBlockDecoder::new(0, &info, u64::from(k) * u64::from(symbol_bytes)),
+            k,
+            esi_limit,
+            seen: vec![0; (esi_limit as usize).div_ceil(64)],
+            distinct: 0,
+            sources: 0,
+            buffered: Vec::new(),
+            buffered_bytes: 0,
+            next_attempt: k,
+        }
+    }
+
+    /// Distinct symbols received.
+    pub fn received(&self) -> u32 {
+        self.distinct
+    }
+
+    /// Bytes of symbols held.
+    pub fn held_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
+    /// Adds one symbol (its length already checked against the object's symbol size).
+    /// Returns the padded block once it decodes. Out-of-range and repeated ESIs are ignored.
+    pub fn add(&mut self, esi: u32, symbol: &[u8]) -> Option<Vec<u8>> {
+        if esi >= self.esi_limit {
+            return None;
+        }
+        let (word, bit) = ((esi / 64) as usize, 1u64 << (esi % 64));
+        let w = self.seen.get_mut(word)?;
+        if *w & bit != 0 {
+            return None;
+        }
+        *w |= bit;
+        self.distinct += 1;
+        if esi < self.k {
+            self.sources += 1;
+        }
+        self.buffered_bytes += symbol.len();
+        self.buffered
+            .push(EncodingPacket::new(PayloadId::new(0, esi), symbol.to_vec()));
+        if self.sources < self.k && self.distinct < self.next_attempt {
+            return None;
+        }
+        // A failed attempt costs a full solve: try again only after two more symbols, when
+        // the odds of success have risen about a hundredfold.
+        self.next_attempt = self.distinct + 2;
+        self.inner.decode(std::mem::take(&mut self.buffered))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(k: u32, t: u16) -> Vec<u8> {
+        (0..k as usize * usize::from(t))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn a_block_decodes_from_any_k_plus_a_few_symbols() {
+        let (k, t) = (200u32, 64u16);
+        let data = block(k, t);
+        let repair = repair_symbols(&data, t, 0, 40);
+        let mut d = BlockDecoder::new(k, t, k + 40);
+        // Lose every tenth source symbol: 20 lost, 40 repair symbols make up for them.
+        let mut out = None;
+        for i in (0..k).filter(|i| i % 10 != 3) {
+            let s = usize::from(t) * i as usize;
+            assert!(d.add(i, &data[s..s + usize::from(t)]).is_none());
+        }
+        for (esi, sym) in &repair {
+            if let Some(b) = d.add(*esi, sym) {
+                out = Some(b);
+                break;
+            }
+        }
+        assert_eq!(out.as_deref(), Some(&data[..]));
+    }
+
+    #[test]
+    fn all_source_symbols_decode_without_repair_and_repeats_are_ignored() {
+        let (k, t) = (10u32, 16u16);
+        let data = block(k, t);
+        let mut d = BlockDecoder::new(k, t, k + 2);
+        for i in 0..k - 1 {
+            let s = usize::from(t) * i as usize;
+            assert!(d.add(i, &data[s..s + 16]).is_none());
+            assert!(d.add(i, &data[s..s + 16]).is_none());
+        }
+        assert!(d.add(k + 5, &[0; 16]).is_none(), "ESI past the limit");
+        let s = usize::from(t) * (k - 1) as usize;
+        assert_eq!(d.add(k - 1, &data[s..s + 16]).as_deref(), Some(&data[..]));
+    }
+
+    #[test]
+    fn interleaving_spreads_blocks_and_puts_repair_last() {
+        let order = interleave(&[(2, 1), (3, 1)]);
+        assert_eq!(
+            order,
+            vec![(0, 0), (1, 0), (0, 1), (1, 1), (1, 2), (0, 2), (1, 3)]
+        );
+    }
+
+    #[test]
+    fn layout_cuts_the_last_block_short() {
+        let l = Layout {
+            size: 1000,
+            symbol_bytes: 100,
+            block_symbols: 4,
+        };
+        assert_eq!(l.blocks(), Some(3));
+        assert_eq!(l.block(2), (800, 200));
+        assert_eq!(l.symbols(2), 2);
+        assert_eq!(repair_count(4, 10), 1);
+        assert_eq!(repair_count(1000, 10), 100);
+    }
+}

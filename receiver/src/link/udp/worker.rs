@@ -1,0 +1,440 @@
+//! The diode link's receiver logic: checks each datagram (checksum, pipe, key), feeds the
+//! object's [`Assembly`], writes decoded blocks to the pipe's sink, lands complete objects,
+//! reports passes that could not be decoded, and raises the silence alarm.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use gapsync_daemon::ratelimit::RateLimiter;
+use gapsync_protocol::crypto::{ConnectionId, FLAG_AUTH, FrameKey, Protection};
+use gapsync_protocol::udp::datagram::{self, Header, Kind};
+use gapsync_protocol::udp::{Announce, Assembly, End, Heartbeat, Limits, PassFailure, UdpProfile};
+use gapsync_protocol::{Commit, OpenFile, decode_body};
+
+use crate::config::Config;
+use crate::pipes::{Pipe, Pipes};
+use crate::sink::Applied;
+
+/// Objects remembered as finished, so repeated copies are ignored without a disk lookup.
+const FINISHED_MEMORY: usize = 100_000;
+/// Session keys cached per pipe.
+const KEYS_PER_PIPE: usize = 8;
+
+/// What the worker knows about one pipe's link.
+#[derive(Default)]
+struct LinkState {
+    last_heard: Option<Instant>,
+    alarmed: bool,
+    keys: HashMap<u64, FrameKey>,
+    /// Datagrams accepted per sender session, and the sender's count at its last heartbeat.
+    session: u64,
+    received: u64,
+    sent: u64,
+    logged_received: u64,
+    logged_sent: u64,
+}
+
+/// Datagrams dropped before reaching an object, by reason.
+#[derive(Debug, Default)]
+struct Dropped {
+    corrupt: u64,
+    refused_address: u64,
+    unknown_pipe: u64,
+    unauthenticated: u64,
+    orphans: u64,
+}
+
+type ObjectKey = (u32, u64);
+
+/// The receiving side of every pipe on the diode link.
+pub struct Worker {
+    pipes: HashMap<u32, Arc<Pipe>>,
+    links: HashMap<u32, LinkState>,
+    objects: HashMap<ObjectKey, (Arc<Pipe>, Assembly, Instant)>,
+    finished: HashSet<ObjectKey>,
+    finished_order: VecDeque<ObjectKey>,
+    config: Arc<Config>,
+    udp: UdpProfile,
+    limits: Limits,
+    limiter: RateLimiter,
+    dropped: Dropped,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("objects", &self.objects.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker for every configured pipe; refuses two pipes whose tags collide.
+    pub fn new(config: Arc<Config>, pipes: &Pipes, udp: UdpProfile) -> anyhow::Result<Self> {
+        let mut by_tag = HashMap::new();
+        for p in pipes.all() {
+            let tag = datagram::pipe_tag(&p.from, &p.name);
+            if let Some(other) = by_tag.insert(tag, p.clone()) {
+                anyhow::bail!(
+                    "pipes {} from {} and {} from {} have the same datagram tag {tag:08x}; rename one of them",
+                    p.name,
+                    p.from,
+                    other.name,
+                    other.from
+                );
+            }
+        }
+        let limits = Limits {
+            symbol_bytes: udp.symbol_bytes,
+            max_block_symbols: udp.block_symbols,
+            max_decoding: udp.max_decoding(),
+            deadline_slack: udp.object_deadline,
+        };
+        Ok(Self {
+            pipes: by_tag,
+            links: HashMap::new(),
+            objects: HashMap::new(),
+            finished: HashSet::new(),
+            finished_order: VecDeque::new(),
+            config,
+            udp,
+            limits,
+            limiter: RateLimiter::new(Duration::from_secs(60)),
+            dropped: Dropped::default(),
+        })
+    }
+
+    fn warn_limited(&self, key: &str) -> Option<u64> {
+        self.limiter.check(key, Instant::now())
+    }
+
+    /// Handles one datagram from `src`.
+    pub fn on_datagram(&mut self, src: SocketAddr, mut buf: Vec<u8>, now: Instant) {
+        if !self.config.allows(src.ip()) {
+            self.dropped.refused_address += 1;
+            if let Some(suppressed) = self.warn_limited(&format!("refused {}", src.ip())) {
+                tracing::error!(%src, suppressed, "dropped datagrams from an address not in `allow`; add its network to the receiver's allow list if it is the diode's output");
+            }
+            return;
+        }
+        let (h, len) = match datagram::decode(&buf) {
+            Ok(x) => x,
+            Err(e) => {
+                self.dropped.corrupt += 1;
+                if let Some(suppressed) = self.warn_limited("corrupt datagram") {
+                    tracing::warn!(%src, error = %e, suppressed, "dropped a datagram that failed its checks (forward error correction makes up for it)");
+                }
+                return;
+            }
+        };
+        let Some(pipe) = self.pipes.get(&h.pipe_tag).cloned() else {
+            self.dropped.unknown_pipe += 1;
+            if let Some(suppressed) = self.warn_limited("unknown pipe") {
+                tracing::warn!(%src, tag = format!("{:08x}", h.pipe_tag), suppressed, "dropped datagrams for a pipe this receiver does not have; check that the sender's node and pipe names match a [[pipe]] here");
+            }
+            return;
+        };
+        let Some(payload) = self.open(&pipe, &h, &mut buf, len) else {
+            self.dropped.unauthenticated += 1;
+            return;
+        };
+        let link = self.links.entry(h.pipe_tag).or_default();
+        if link.alarmed {
+            link.alarmed = false;
+            let silent = link.last_heard.map_or(Duration::ZERO, |t| now - t);
+            tracing::info!(pipe = %pipe.name, from = %pipe.from, silent = %humantime::format_duration(Duration::from_secs(silent.as_secs())), "the sender is heard again");
+        }
+        link.last_heard = Some(now);
+        if h.session != link.session {
+            if h.session < link.session {
+                return;
+            }
+            *link = LinkState {
+                last_heard: Some(now),
+                keys: std::mem::take(&mut link.keys),
+                session: h.session,
+                ..LinkState::default()
+            };
+        }
+        link.received += 1;
+        match h.kind {
+            Kind::Heartbeat => self.on_heartbeat(&pipe, &h, &payload),
+            Kind::Announce => self.on_announce(pipe, &h, &payload, now),
+            Kind::End => self.on_end(&pipe, &h, &payload, now),
+            Kind::Symbol => self.on_symbol(&pipe, &h, &payload, now),
+        }
+    }
+
+    /// Checks the datagram's authentication against the pipe's keys; returns the payload.
+    fn open(&mut self, pipe: &Pipe, h: &Header, buf: &mut [u8], len: usize) -> Option<Vec<u8>> {
+        if h.flags & FLAG_AUTH == 0 {
+            if pipe.require_auth {
+                if let Some(suppressed) = self.warn_limited(&format!("unauth {}", pipe.name)) {
+                    tracing::error!(pipe = %pipe.name, from = %pipe.from, suppressed, "dropped unauthenticated datagrams on a pipe that requires a key; give the sender's pipe the same key_file");
+                }
+                return None;
+            }
+            return Some(datagram::plain(buf, len).to_vec());
+        }
+        let link = self.links.entry(h.pipe_tag).or_default();
+        if let Some(key) = link.keys.get(&h.session) {
+            if let Ok(p) = datagram::open(h, buf, key) {
+                return Some(p.to_vec());
+            }
+        } else {
+            for k in &pipe.keys {
+                let id = ConnectionId {
+                    node: &pipe.from,
+                    pipe: &pipe.name,
+                    session: h.session,
+                    connection: 0,
+                    key_id: k.id,
+                };
+                let key = FrameKey::derive(&k.key, id, Protection::Encrypt);
+                let mut copy = buf.to_vec();
+                if let Ok(p) = datagram::open(h, &mut copy, &key) {
+                    let p = p.to_vec();
+                    if link.keys.len() >= KEYS_PER_PIPE {
+                        link.keys.clear();
+                    }
+                    link.keys.insert(h.session, key);
+                    return Some(p);
+                }
+            }
+        }
+        if let Some(suppressed) = self.warn_limited(&format!("bad tag {}", pipe.name)) {
+            tracing::error!(pipe = %pipe.name, from = %pipe.from, session = h.session, suppressed, "dropped datagrams whose authentication failed: the sender uses another key (check both key files) or they are forged; nothing of them is written");
+        }
+        None
+    }
+
+    fn on_heartbeat(&mut self, pipe: &Pipe, h: &Header, payload: &[u8]) {
+        let Ok(hb) = decode_body::<Heartbeat>("heartbeat", payload) else {
+            return;
+        };
+        if hb.profile != self.config.profile.name {
+            if let Some(suppressed) = self.warn_limited(&format!("profile {}", pipe.name)) {
+                tracing::warn!(pipe = %pipe.name, from = %pipe.from, theirs = %hb.profile, ours = %self.config.profile.name, suppressed, "the sender uses another profile; use the same profile on both ends");
+            }
+        }
+        let link = self.links.entry(h.pipe_tag).or_default();
+        if link.sent == 0 {
+            tracing::info!(pipe = %pipe.name, from = %pipe.from, session = h.session, "sender session heard");
+        }
+        link.sent = hb.datagrams;
+    }
+
+    fn on_announce(&mut self, pipe: Arc<Pipe>, h: &Header, payload: &[u8], now: Instant) {
+        let key = (h.pipe_tag, h.object);
+        if self.finished.contains(&key) {
+            return;
+        }
+        if let Some((_, asm, _)) = self.objects.get_mut(&key) {
+            let failure = asm.on_pass(h.pass, now);
+            self.report(key, failure);
+            return;
+        }
+        let announce = match decode_body::<Announce>("announce", payload) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(pipe = %pipe.name, error = %e, "dropped a malformed announcement");
+                return;
+            }
+        };
+        let open = OpenFile {
+            path: announce.path.clone(),
+            size: announce.size,
+            mtime_ns: announce.mtime_ns,
+        };
+        let asm = match Assembly::new(announce, h.pass, self.limits, now) {
+            Ok(a) => a,
+            Err(reason) => {
+                if let Some(suppressed) = self.warn_limited(&format!("refused {}", h.object)) {
+                    tracing::error!(pipe = %pipe.name, path = %open.path, size = open.size, suppressed, "object refused: {reason}");
+                }
+                return;
+            }
+        };
+        match pipe.with_sink(|s| s.open(h.object, &open)) {
+            Ok(Applied::Done) => {
+                tracing::debug!(pipe = %pipe.name, path = %open.path, object = format!("{:016x}", h.object), "object announced");
+                self.objects.insert(key, (pipe, asm, now));
+            }
+            Ok(Applied::AlreadyCommitted) => {
+                tracing::debug!(pipe = %pipe.name, path = %open.path, "object already delivered; its repeat is ignored");
+                self.finish(key);
+            }
+            Err(e) => {
+                tracing::error!(pipe = %pipe.name, path = %open.path, size = open.size, error = %e, "object refused; nothing of it is written");
+                self.finish(key);
+            }
+        }
+    }
+
+    fn on_end(&mut self, pipe: &Pipe, h: &Header, payload: &[u8], now: Instant) {
+        let key = (h.pipe_tag, h.object);
+        let Some((_, asm, _)) = self.objects.get_mut(&key) else {
+            return;
+        };
+        match decode_body::<End>("end", payload) {
+            Ok(end) => asm.on_end(end),
+            Err(e) => {
+                tracing::warn!(pipe = %pipe.name, error = %e, "dropped a malformed end message");
+                return;
+            }
+        }
+        let failure = asm.on_pass(h.pass, now);
+        self.report(key, failure);
+        self.land_if_complete(key);
+    }
+
+    fn on_symbol(&mut self, pipe: &Pipe, h: &Header, payload: &[u8], now: Instant) {
+        let key = (h.pipe_tag, h.object);
+        let Some((_, asm, _)) = self.objects.get_mut(&key) else {
+            if !self.finished.contains(&key) {
+                self.dropped.orphans += 1;
+            }
+            return;
+        };
+        let failure = asm.on_pass(h.pass, now);
+        let decoded = asm.on_symbol(h.block, h.symbol, payload);
+        self.report(key, failure);
+        match decoded {
+            Ok(None) => {}
+            Ok(Some((offset, data))) => {
+                if let Err(e) = pipe.with_sink(|s| s.write(h.object, offset, &data)) {
+                    self.abandon(key, &format!("cannot write it: {e}"));
+                    return;
+                }
+                self.land_if_complete(key);
+            }
+            Err(reason) => {
+                if let Some(suppressed) = self.warn_limited(&format!("bad symbol {}", pipe.name)) {
+                    tracing::warn!(pipe = %pipe.name, reason, suppressed, "dropped a symbol that does not fit its object");
+                }
+            }
+        }
+    }
+
+    fn land_if_complete(&mut self, key: ObjectKey) {
+        let Some((pipe, asm, started)) = self.objects.get(&key) else {
+            return;
+        };
+        let Some(end) = asm.end().filter(|_| asm.complete()) else {
+            return;
+        };
+        let (pipe, started) = (pipe.clone(), *started);
+        let (path, size, pass) = (asm.announce.path.clone(), asm.announce.size, asm.pass());
+        let commit = Commit {
+            size,
+            digest: end.digest,
+        };
+        let result = pipe.with_sink(|s| {
+            let r = s
+                .commit(key.1, &commit)
+                .and_then(|a| s.flush().map(|d| (a, d)));
+            if r.is_err() {
+                s.abandon();
+            }
+            r
+        });
+        self.objects.remove(&key);
+        self.finish(key);
+        match result {
+            Ok((Applied::Done, delivered)) => {
+                let secs = started.elapsed().as_secs_f64().max(1e-6);
+                pipe.stats.files.fetch_add(1, Relaxed);
+                pipe.add_bytes(size);
+                for d in delivered {
+                    tracing::info!(pipe = %pipe.name, from = %pipe.from, path = %d.path, size = d.size, digest = %d.digest_hex, pass, duration_ms = started.elapsed().as_millis() as u64, mb_per_s = format!("{:.1}", size as f64 / secs / 1e6), "received");
+                }
+            }
+            Ok((Applied::AlreadyCommitted, _)) => {}
+            Err(e) => {
+                tracing::error!(pipe = %pipe.name, from = %pipe.from, %path, size, error = %e, "object not landed; nothing of it is visible; resend it from the sender");
+            }
+        }
+    }
+
+    fn report(&mut self, key: ObjectKey, failure: Option<PassFailure>) {
+        let Some(f) = failure else { return };
+        let Some((pipe, asm, _)) = self.objects.get(&key) else {
+            return;
+        };
+        let (path, size) = (&asm.announce.path, asm.announce.size);
+        let loss = format!("{:.1}", f.loss_percent());
+        if f.last {
+            tracing::error!(pipe = %pipe.name, from = %pipe.from, %path, size, loss_percent = %loss, received = f.received, sent = f.sent, missing_blocks = f.missing_blocks, blocks = f.blocks, pass = f.pass, passes = f.passes, end_seen = !f.no_end, "object abandoned: not decodable after its last pass; nothing of it is visible; resend it (gapsync-sender resend) and raise repair_percent or passes if the link loses this much");
+            let reason = String::new();
+            self.abandon(key, &reason);
+        } else {
+            tracing::error!(pipe = %pipe.name, from = %pipe.from, %path, size, loss_percent = %loss, received = f.received, sent = f.sent, missing_blocks = f.missing_blocks, blocks = f.blocks, pass = f.pass, passes = f.passes, end_seen = !f.no_end, "pass not decodable (loss beyond the repair ratio); kept hidden, the next pass may complete it");
+        }
+    }
+
+    /// Drops an object's partial data; `reason` (if any) is logged at ERROR.
+    fn abandon(&mut self, key: ObjectKey, reason: &str) {
+        if let Some((pipe, asm, _)) = self.objects.remove(&key) {
+            if !reason.is_empty() {
+                tracing::error!(pipe = %pipe.name, path = %asm.announce.path, size = asm.announce.size, reason, "object abandoned; nothing of it is visible; resend it from the sender");
+            }
+            pipe.with_sink(|s| s.drop_partial(key.1));
+        }
+    }
+
+    fn finish(&mut self, key: ObjectKey) {
+        if self.finished.insert(key) {
+            self.finished_order.push_back(key);
+            if self.finished_order.len() > FINISHED_MEMORY {
+                if let Some(old) = self.finished_order.pop_front() {
+                    self.finished.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Deadlines and the silence alarm; call a few times a second.
+    pub fn on_tick(&mut self, now: Instant) {
+        let keys: Vec<ObjectKey> = self.objects.keys().copied().collect();
+        for key in keys {
+            let failure = self
+                .objects
+                .get_mut(&key)
+                .and_then(|(_, asm, _)| asm.on_tick(now));
+            self.report(key, failure);
+        }
+        for (tag, link) in &mut self.links {
+            let Some(last) = link.last_heard else {
+                continue;
+            };
+            if !link.alarmed && now.duration_since(last) > self.udp.silence_alarm {
+                link.alarmed = true;
+                if let Some(pipe) = self.pipes.get(tag) {
+                    tracing::error!(pipe = %pipe.name, from = %pipe.from, silent_for = %humantime::format_duration(self.udp.silence_alarm), "no datagram from the sender (heartbeats included): the sender, the diode or the network is down");
+                }
+            }
+        }
+    }
+
+    /// Logs the link's loss since the last summary, per pipe.
+    pub fn log_summary(&mut self) {
+        for (tag, link) in &mut self.links {
+            let Some(pipe) = self.pipes.get(tag) else {
+                continue;
+            };
+            let sent = link.sent.saturating_sub(link.logged_sent);
+            let received = link.received.saturating_sub(link.logged_received);
+            let loss = if sent == 0 {
+                0.0
+            } else {
+                100.0 * sent.saturating_sub(received) as f64 / sent as f64
+            };
+            tracing::info!(pipe = %pipe.name, from = %pipe.from, session = link.session, sent, received, loss_percent = format!("{loss:.2}"), objects_in_progress = self.objects.len(), corrupt = self.dropped.corrupt, unauthenticated = self.dropped.unauthenticated, unknown_pipe = self.dropped.unknown_pipe, refused_address = self.dropped.refused_address, orphans = self.dropped.orphans, "link summary (datagrams since the last summary, as counted by the sender's heartbeats)");
+            link.logged_sent = link.sent;
+            link.logged_received = link.received;
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The diode link's sender: takes the pipe's spool files one by one and sends each as an
+//! object (every pass of the carousel), paced, with nothing coming back.
+//!
+//! What "sent" means here: every datagram of every pass left this host's socket. Nothing
+//! says it arrived; the receiver's log says that. So `after_send` defaults to `move` on this
+//! link, and the operator can resend what was sent in a time range (see README).
+//!
+//! ```text
+//!  spool -> queue -> in-flight record (durable id) -> object::send (passes) -> after_send
+//!                                                       |
+//!                                      Emitter: pace, batch, repeat controls, heartbeats
+//! ```
+
+mod emitter;
+mod object;
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use gapsync_protocol::Profile;
+use gapsync_protocol::crypto::{ConnectionId, FrameKey};
+use tokio::sync::{mpsc, watch};
+
+use self::emitter::{Emitter, Identity};
+use self::object::{Object, Outcome};
+use crate::config::PipeConfig;
+use crate::inflight::{InFlight, InFlightStore};
+use crate::pipe::{PipeStats, dispose, quarantine};
+use crate::source::SourceEvent;
+use crate::state::IdSource;
+
+/// Longest idle sleep between looks at the queue.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Wait before retrying after a socket error or an unresolvable gate address.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Everything the pipe's thread needs.
+#[derive(Debug)]
+pub struct Setup {
+    pub cfg: PipeConfig,
+    pub profile: Profile,
+    pub node: String,
+    pub ids: Arc<IdSource>,
+    pub stats: Arc<PipeStats>,
+}
+
+struct Driver {
+    cfg: PipeConfig,
+    ids: Arc<IdSource>,
+    stats: Arc<PipeStats>,
+    store: InFlightStore,
+    queue: VecDeque<String>,
+    known: HashSet<String>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Runs the pipe until `stop` turns true (on a blocking thread).
+pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Receiver<bool>) {
+    let Setup {
+        cfg,
+        profile,
+        node,
+        ids,
+        stats,
+    } = setup;
+    let Some(udp) = profile.udp.clone() else {
+        tracing::error!(pipe = %cfg.name, "internal: the udp link started without udp profile values");
+        return;
+    };
+    let store = match InFlightStore::open(&cfg.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(pipe = %cfg.name, error = %e, "cannot open the pipe's state; the pipe does not send");
+            return;
+        }
+    };
+    let mut d = Driver {
+        queue: store.paths().into_iter().collect(),
+        known: store.paths().into_iter().collect(),
+        cfg,
+        ids,
+        stats,
+        store,
+        stop,
+    };
+    let Some(dest) = d.resolve() else { return };
+    let session = d.ids.session();
+    let key = d.cfg.auth.as_ref().map(|a| {
+        let id = ConnectionId {
+            node: &node,
+            pipe: &d.cfg.name,
+            session,
+            connection: 0,
+            key_id: a.key.id,
+        };
+        FrameKey::derive(&a.key.key, id, a.protection)
+    });
+    let identity = Identity {
+        node,
+        pipe: d.cfg.name.clone(),
+        profile: profile.name.clone(),
+        session,
+    };
+    let mut e = match Emitter::open(
+        dest,
+        udp,
+        profile.socket_buffer_bytes,
+        profile.heartbeat_interval,
+        key,
+        identity,
+    ) {
+        Ok(e) => e,
+        Err(err) => {
+            tracing::error!(pipe = %d.cfg.name, %dest, error = %err, "cannot open the UDP socket; the pipe does not send");
+            return;
+        }
+    };
+    d.stats.connected.store(1, Relaxed);
+    tracing::info!(pipe = %d.cfg.name, %dest, session, resumed = d.queue.len(), "sending over the udp link (one way; nothing comes back)");
+    while !*d.stop.borrow() {
+        loop {
+            match rx.try_recv() {
+                Ok(ev) => d.on_source(ev),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
+        d.stats.queued.store(d.queue.len() as u64, Relaxed);
+        if let Some(rel) = d.queue.pop_front() {
+            d.send_file(&mut e, rel);
+            continue;
+        }
+        if let Err(err) = e.due_controls(Instant::now()) {
+            tracing::warn!(pipe = %d.cfg.name, error = %err, "cannot send a control datagram");
+        }
+        let wait = e.next_due().saturating_duration_since(Instant::now());
+        std::thread::sleep(wait.min(IDLE_POLL));
+    }
+}
+
+impl Driver {
+    fn resolve(&self) -> Option<SocketAddr> {
+        loop {
+            match self.cfg.gate.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => return Some(a),
+                Ok(None) | Err(_) => {
+                    tracing::error!(pipe = %self.cfg.name, gate = %self.cfg.gate, "cannot resolve the gate address; retrying (check `gate` in the config and DNS)");
+                }
+            }
+            std::thread::sleep(RETRY);
+            if *self.stop.borrow() {
+                return None;
+            }
+        }
+    }
+
+    fn on_source(&mut self, ev: SourceEvent) {
+        match ev {
+            SourceEvent::Found(rel) => {
+                if self.known.insert(rel.clone()) {
+                    self.queue.push_back(rel);
+                }
+            }
+            SourceEvent::BadName { path, reason } => {
+                let rel = path
+                    .strip_prefix(&self.cfg.spool)
+                    .unwrap_or(&path)
+                    .to_path_buf();
+                self.stats.quarantined.fetch_add(1, Relaxed);
+                quarantine(&self.cfg, &path, &rel, &reason);
+            }
+        }
+    }
+
+    /// The object for `rel`: its in-flight record's id if the file is the one recorded (a
+    /// restart resends under the same id, so the receiver does not land it twice), else a
+    /// new id made durable before the first datagram.
+    fn object(&mut self, rel: &str, meta: &std::fs::Metadata) -> anyhow::Result<Object> {
+        let mtime_ns = crate::transfer::mtime_ns(meta);
+        let size = meta.len();
+        if let Some(r) = self.store.get(rel) {
+            if r.size == size && r.mtime_ns == mtime_ns {
+                return Ok(Object {
+                    id: r.transfer,
+                    path: rel.to_owned(),
+                    size,
+                    mtime_ns,
+                });
+            }
+        }
+        let id = self.ids.next()?;
+        self.store.put(InFlight {
+            transfer: id,
+            path: rel.to_owned(),
+            size,
+            mtime_ns,
+            acked: 0,
+        })?;
+        self.store.sync()?;
+        Ok(Object {
+            id,
+            path: rel.to_owned(),
+            size,
+            mtime_ns,
+        })
+    }
+
+    fn send_file(&mut self, e: &mut Emitter, rel: String) {
+        let fs_path = self.cfg.spool.join(&rel);
+        let opened = File::open(&fs_path).and_then(|f| f.metadata().map(|m| (f, m)));
+        let (file, meta) = match opened {
+            Ok(x) => x,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                // A scan may report a file again just before it was sent and removed; only a
+                // file that was in flight is worth a warning.
+                if self.store.get(&rel).is_some() {
+                    tracing::warn!(pipe = %self.cfg.name, path = %rel, "the file was removed from the spool before it was sent; skipped");
+                }
+                self.forget(&rel);
+                return;
+            }
+            Err(err) => {
+                self.forget(&rel);
+                self.stats.quarantined.fetch_add(1, Relaxed);
+                quarantine(
+                    &self.cfg,
+                    &fs_path,
+                    Path::new(&rel),
+                    &format!("cannot read it: {err}"),
+                );
+                return;
+            }
+        };
+        let obj = match self.object(&rel, &meta) {
+            Ok(o) => o,
+            Err(err) => {
+                tracing::error!(pipe = %self.cfg.name, path = %rel, error = %err, "cannot record the transfer in the pipe's state; retrying (check the state folder's disk)");
+                self.queue.push_front(rel);
+                std::thread::sleep(RETRY);
+                return;
+            }
+        };
+        let started = Instant::now();
+        let before = e.counters.datagrams;
+        let stop = self.stop.clone();
+        match object::send(e, &file, &obj, &|| *stop.borrow()) {
+            Ok(Outcome::Sent(digest)) => {
+                let datagrams = e.counters.datagrams - before;
+                self.sent(&obj, &fs_path, &meta, digest, datagrams, started);
+            }
+            Ok(Outcome::Stopped) => {
+                tracing::info!(pipe = %self.cfg.name, path = %rel, "stopped in the middle of a file; it is sent again under the same id at the next start");
+            }
+            Err(err) => {
+                tracing::error!(pipe = %self.cfg.name, path = %rel, error = %err, "sending failed (socket or file error); retrying the file from the start");
+                self.queue.push_front(rel);
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+
+    fn sent(
+        &mut self,
+        obj: &Object,
+        fs_path: &Path,
+        meta: &std::fs::Metadata,
+        digest: [u8; 32],
+        datagrams: u64,
+        started: Instant,
+    ) {
+        let secs = started.elapsed().as_secs_f64().max(1e-6);
+        self.stats.files.fetch_add(1, Relaxed);
+        self.stats.bytes.fetch_add(obj.size, Relaxed);
+        let unchanged = std::fs::metadata(fs_path)
+            .is_ok_and(|m| m.len() == meta.len() && crate::transfer::mtime_ns(&m) == obj.mtime_ns);
+        let after = if !unchanged {
+            "kept: the file changed while it was sent; the new version is sent once it has settled"
+        } else {
+            match dispose(&self.cfg, fs_path, &obj.path) {
+                Ok(()) => match self.cfg.after_send {
+                    crate::config::AfterSend::Delete => "deleted",
+                    crate::config::AfterSend::Move => "moved to sent_dir",
+                },
+                Err(err) => {
+                    tracing::error!(pipe = %self.cfg.name, path = %obj.path, error = %err, "sent, but the spool file could not be removed; remove it by hand or it will be sent again");
+                    "left in spool"
+                }
+            }
+        };
+        self.forget(&obj.path);
+        tracing::info!(
+            pipe = %self.cfg.name,
+            path = %obj.path,
+            object = format!("{:016x}", obj.id),
+            size = obj.size,
+            digest = %blake3::Hash::from_bytes(digest).to_hex(),
+            datagrams,
+            duration_ms = started.elapsed().as_millis() as u64,
+            mb_per_s = format!("{:.1}", obj.size as f64 / secs / 1e6),
+            spool_file = after,
+            "sent (every pass left this host; arrival shows in the receiver's log)"
+        );
+    }
+
+    fn forget(&mut self, rel: &str) {
+        self.known.remove(rel);
+        if let Err(err) = self.store.remove(rel) {
+            tracing::warn!(pipe = %self.cfg.name, path = %rel, error = %err, "cannot update the in-flight journal");
+        }
+    }
+}
