@@ -505,6 +505,10 @@ impl Lab {
             "--stats-file".to_owned(),
             self.path("sim.stats").display().to_string(),
         ];
+        // A diode profile needs the simulator's UDP mode.
+        if profile_is_udp(&self.profile) {
+            args.push("--udp".to_owned());
+        }
         // The simulator counts frames in the profile's envelope.
         if profile(&self.profile).envelope == gapsync_protocol::Envelope::ELanguage
             && !extra.iter().any(|a| a == "--envelope")

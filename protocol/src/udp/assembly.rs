@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::control::{Announce, End};
-use super::fec::{BlockDecoder, Layout, repair_count};
+use super::fec::{BlockDecoder, Layout, MAX_EXTRA_REPAIR, repair_count};
 
 /// Largest repair percentage an announcement may ask for (bounds the symbols kept per block).
 pub const MAX_REPAIR_PERCENT: u32 = 400;
@@ -182,7 +182,8 @@ impl Assembly {
         if pass <= self.pass || pass > self.announce.passes {
             return None;
         }
-        let failure = (!self.complete()).then(|| self.failure(false));
+        // Only missing blocks fail a pass: a missing End comes with any later copy.
+        let failure = (self.done < self.blocks).then(|| self.failure(false));
         self.pass = pass;
         self.received = 0;
         self.deadline = now + Self::pass_time(&self.announce, &self.limits);
@@ -266,7 +267,7 @@ impl Assembly {
             }
         }
         let k = self.layout.symbols(block);
-        let per_pass = repair_count(k, self.announce.repair_percent);
+        let per_pass = repair_count(k, self.announce.repair_percent) + MAX_EXTRA_REPAIR;
         let limit = k + per_pass * u32::from(self.announce.passes);
         self.slots[block as usize] = Slot::Decoding(Box::new(BlockDecoder::new(
             k,

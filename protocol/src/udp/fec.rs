@@ -42,6 +42,20 @@ impl Layout {
     }
 }
 
+/// The longest burst of consecutive lost datagrams the sender's interleaving is built to
+/// absorb (the usual worst case of an overrun diode proxy).
+pub const BURST_DATAGRAMS: u64 = 50;
+
+/// Repair symbols a pass may add to a block on top of [`repair_count`] when too little is
+/// in flight to spread a burst (the sender's sparse case): at most a burst's worth.
+pub const MAX_EXTRA_REPAIR: u32 = BURST_DATAGRAMS as u32;
+
+/// The first repair symbol id of pass `pass` (from 1) for a block of `k` source symbols: each
+/// pass uses fresh ones, so the receiver accumulates new information across passes.
+pub fn repair_first(k: u32, percent: u32, pass: u8) -> u32 {
+    (u32::from(pass).saturating_sub(1)) * (repair_count(k, percent) + MAX_EXTRA_REPAIR)
+}
+
 /// Repair symbols per pass for a block of `k` source symbols at `percent` repair (rounded up,
 /// so every block has at least one when `percent` > 0).
 pub fn repair_count(k: u32, percent: u32) -> u32 {

@@ -22,6 +22,10 @@ use crate::sink::Applied;
 const FINISHED_MEMORY: usize = 100_000;
 /// Session keys cached per pipe.
 const KEYS_PER_PIPE: usize = 8;
+/// Datagrams held for objects whose announcement has not arrived yet (reordering puts a
+/// symbol or an end before its announcement): at most this many, for at most [`ORPHAN_AGE`].
+const MAX_ORPHANS: usize = 4096;
+const ORPHAN_AGE: Duration = Duration::from_secs(2);
 
 /// What the worker knows about one pipe's link.
 #[derive(Default)]
@@ -61,6 +65,7 @@ pub struct Worker {
     limits: Limits,
     limiter: RateLimiter,
     dropped: Dropped,
+    orphans: VecDeque<(Header, Vec<u8>, Instant)>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -104,6 +109,7 @@ impl Worker {
             limits,
             limiter: RateLimiter::new(Duration::from_secs(60)),
             dropped: Dropped::default(),
+            orphans: VecDeque::new(),
         })
     }
 
@@ -261,7 +267,8 @@ impl Worker {
         match pipe.with_sink(|s| s.open(h.object, &open)) {
             Ok(Applied::Done) => {
                 tracing::debug!(pipe = %pipe.name, path = %open.path, object = format!("{:016x}", h.object), "object announced");
-                self.objects.insert(key, (pipe, asm, now));
+                self.objects.insert(key, (pipe.clone(), asm, now));
+                self.replay_orphans(&pipe, key, now);
             }
             Ok(Applied::AlreadyCommitted) => {
                 tracing::debug!(pipe = %pipe.name, path = %open.path, "object already delivered; its repeat is ignored");
@@ -274,9 +281,46 @@ impl Worker {
         }
     }
 
+    /// Keeps a datagram of an object not announced (yet), within bounds.
+    fn hold_orphan(&mut self, h: &Header, payload: &[u8], now: Instant) {
+        let key = (h.pipe_tag, h.object);
+        if self.finished.contains(&key) {
+            return;
+        }
+        while self
+            .orphans
+            .front()
+            .is_some_and(|(_, _, t)| now.duration_since(*t) > ORPHAN_AGE)
+            || self.orphans.len() >= MAX_ORPHANS
+        {
+            self.orphans.pop_front();
+            self.dropped.orphans += 1;
+        }
+        self.orphans.push_back((*h, payload.to_vec(), now));
+    }
+
+    /// Feeds the held datagrams of a just-announced object.
+    fn replay_orphans(&mut self, pipe: &Pipe, key: ObjectKey, now: Instant) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let (mine, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.orphans)
+            .into_iter()
+            .partition(|(h, _, _)| (h.pipe_tag, h.object) == key);
+        self.orphans = rest;
+        for (h, payload, _) in mine {
+            match h.kind {
+                Kind::Symbol => self.on_symbol(pipe, &h, &payload, now),
+                Kind::End => self.on_end(pipe, &h, &payload, now),
+                Kind::Announce | Kind::Heartbeat => {}
+            }
+        }
+    }
+
     fn on_end(&mut self, pipe: &Pipe, h: &Header, payload: &[u8], now: Instant) {
         let key = (h.pipe_tag, h.object);
         let Some((_, asm, _)) = self.objects.get_mut(&key) else {
+            self.hold_orphan(h, payload, now);
             return;
         };
         match decode_body::<End>("end", payload) {
@@ -294,9 +338,7 @@ impl Worker {
     fn on_symbol(&mut self, pipe: &Pipe, h: &Header, payload: &[u8], now: Instant) {
         let key = (h.pipe_tag, h.object);
         let Some((_, asm, _)) = self.objects.get_mut(&key) else {
-            if !self.finished.contains(&key) {
-                self.dropped.orphans += 1;
-            }
+            self.hold_orphan(h, payload, now);
             return;
         };
         let failure = asm.on_pass(h.pass, now);

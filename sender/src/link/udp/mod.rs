@@ -27,7 +27,7 @@ use gapsync_protocol::crypto::{ConnectionId, FrameKey};
 use tokio::sync::{mpsc, watch};
 
 use self::emitter::{Emitter, Identity};
-use self::object::{Object, Outcome};
+use self::object::{Object, Sent, Stream};
 use crate::config::PipeConfig;
 use crate::inflight::{InFlight, InFlightStore};
 use crate::pipe::{PipeStats, dispose, quarantine};
@@ -122,6 +122,7 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
     };
     d.stats.connected.store(1, Relaxed);
     tracing::info!(pipe = %d.cfg.name, %dest, session, resumed = d.queue.len(), "sending over the udp link (one way; nothing comes back)");
+    let mut stream = Stream::default();
     while !*d.stop.borrow() {
         loop {
             match rx.try_recv() {
@@ -130,9 +131,19 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
         }
-        d.stats.queued.store(d.queue.len() as u64, Relaxed);
-        if let Some(rel) = d.queue.pop_front() {
-            d.send_file(&mut e, rel);
+        d.top_up(&mut stream, &e);
+        d.stats
+            .queued
+            .store((d.queue.len() + stream.len()) as u64, Relaxed);
+        if stream.len() > 0 {
+            match stream.send_group(&mut e) {
+                Ok(done) => done.into_iter().for_each(|s| d.sent(s)),
+                Err(err) => {
+                    tracing::error!(pipe = %d.cfg.name, error = %err, "sending failed (socket or file error); the files in flight are sent again from the start");
+                    d.requeue_all(std::mem::take(&mut stream));
+                    std::thread::sleep(RETRY);
+                }
+            }
             continue;
         }
         if let Err(err) = e.due_controls(Instant::now()) {
@@ -140,6 +151,9 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
         }
         let wait = e.next_due().saturating_duration_since(Instant::now());
         std::thread::sleep(wait.min(IDLE_POLL));
+    }
+    if stream.len() > 0 {
+        tracing::info!(pipe = %d.cfg.name, in_flight = stream.len(), "stopped with files in flight; they are sent again under the same ids at the next start");
     }
 }
 
@@ -201,7 +215,6 @@ impl Driver {
             mtime_ns,
             acked: 0,
         })?;
-        self.store.sync()?;
         Ok(Object {
             id,
             path: rel.to_owned(),
@@ -210,7 +223,26 @@ impl Driver {
         })
     }
 
-    fn send_file(&mut self, e: &mut Emitter, rel: String) {
+    /// Moves queued files into the stream while it wants more (one fsync for all of them).
+    fn top_up(&mut self, stream: &mut Stream, e: &Emitter) {
+        while stream.wants_more(e) {
+            let Some(rel) = self.queue.pop_front() else {
+                break;
+            };
+            if let Some((obj, file)) = self.prepare(e, rel) {
+                stream.add(e, obj, file);
+            }
+        }
+        if self.store.needs_sync() {
+            if let Err(err) = self.store.sync() {
+                tracing::error!(pipe = %self.cfg.name, error = %err, "cannot make the in-flight records durable; retrying (check the state folder's disk)");
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+
+    /// Opens a queued file and gives it its object id; `None` if it is not to be sent.
+    fn prepare(&mut self, e: &Emitter, rel: String) -> Option<(Object, File)> {
         let fs_path = self.cfg.spool.join(&rel);
         let opened = File::open(&fs_path).and_then(|f| f.metadata().map(|m| (f, m)));
         let (file, meta) = match opened {
@@ -222,7 +254,7 @@ impl Driver {
                     tracing::warn!(pipe = %self.cfg.name, path = %rel, "the file was removed from the spool before it was sent; skipped");
                 }
                 self.forget(&rel);
-                return;
+                return None;
             }
             Err(err) => {
                 self.forget(&rel);
@@ -233,7 +265,7 @@ impl Driver {
                     Path::new(&rel),
                     &format!("cannot read it: {err}"),
                 );
-                return;
+                return None;
             }
         };
         let obj = match self.object(&rel, &meta) {
@@ -242,46 +274,53 @@ impl Driver {
                 tracing::error!(pipe = %self.cfg.name, path = %rel, error = %err, "cannot record the transfer in the pipe's state; retrying (check the state folder's disk)");
                 self.queue.push_front(rel);
                 std::thread::sleep(RETRY);
-                return;
+                return None;
             }
         };
-        let started = Instant::now();
-        let before = e.counters.datagrams;
-        let stop = self.stop.clone();
-        match object::send(e, &file, &obj, &|| *stop.borrow()) {
-            Ok(Outcome::Sent(digest)) => {
-                let datagrams = e.counters.datagrams - before;
-                self.sent(&obj, &fs_path, &meta, digest, datagrams, started);
-            }
-            Ok(Outcome::Stopped) => {
-                tracing::info!(pipe = %self.cfg.name, path = %rel, "stopped in the middle of a file; it is sent again under the same id at the next start");
-            }
-            Err(err) => {
-                tracing::error!(pipe = %self.cfg.name, path = %rel, error = %err, "sending failed (socket or file error); retrying the file from the start");
-                self.queue.push_front(rel);
-                std::thread::sleep(RETRY);
-            }
+        let (len, max) = (
+            object::announce_len(e, &obj),
+            usize::from(e.profile().symbol_bytes),
+        );
+        if len > max {
+            self.forget(&rel);
+            self.stats.quarantined.fetch_add(1, Relaxed);
+            quarantine(
+                &self.cfg,
+                &fs_path,
+                Path::new(&rel),
+                &format!(
+                    "its announcement ({len} bytes, mostly the name) does not fit one datagram of this link ({max} bytes); shorten the path"
+                ),
+            );
+            return None;
+        }
+        Some((obj, file))
+    }
+
+    /// Puts every file in flight back at the front of the queue (same ids: the records stay).
+    fn requeue_all(&mut self, stream: Stream) {
+        for path in stream.paths().into_iter().rev() {
+            self.queue.push_front(path);
         }
     }
 
-    fn sent(
-        &mut self,
-        obj: &Object,
-        fs_path: &Path,
-        meta: &std::fs::Metadata,
-        digest: [u8; 32],
-        datagrams: u64,
-        started: Instant,
-    ) {
+    fn sent(&mut self, s: Sent) {
+        let Sent {
+            obj,
+            digest,
+            datagrams,
+            started,
+        } = s;
+        let fs_path = self.cfg.spool.join(&obj.path);
         let secs = started.elapsed().as_secs_f64().max(1e-6);
         self.stats.files.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(obj.size, Relaxed);
-        let unchanged = std::fs::metadata(fs_path)
-            .is_ok_and(|m| m.len() == meta.len() && crate::transfer::mtime_ns(&m) == obj.mtime_ns);
+        let unchanged = std::fs::metadata(&fs_path)
+            .is_ok_and(|m| m.len() == obj.size && crate::transfer::mtime_ns(&m) == obj.mtime_ns);
         let after = if !unchanged {
             "kept: the file changed while it was sent; the new version is sent once it has settled"
         } else {
-            match dispose(&self.cfg, fs_path, &obj.path) {
+            match dispose(&self.cfg, &fs_path, &obj.path) {
                 Ok(()) => match self.cfg.after_send {
                     crate::config::AfterSend::Delete => "deleted",
                     crate::config::AfterSend::Move => "moved to sent_dir",

@@ -1,4 +1,5 @@
-//! gapsync-gate-sim: a forward isolation gate on one machine, for tests and rehearsals.
+//! gapsync-gate-sim: a forward isolation gate on one machine, for tests and rehearsals (with
+//! `--udp`, a data diode instead: see `udp.rs`).
 //!
 //! It relays the sender's bytes to the receiver and checks that the reverse direction carries
 //! exactly one byte, 0x00 or 0xFF, per forwarded frame and nothing else. Any violation is
@@ -75,6 +76,11 @@ struct Args {
     /// Write counters here (key=value lines), refreshed every 100 ms.
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// Be a data diode instead: relay UDP datagrams one way (with the faults below).
+    #[arg(long)]
+    udp: bool,
+    #[command(flatten)]
+    udp_faults: udp::UdpFaults,
 }
 
 #[derive(Debug, Default)]
@@ -141,9 +147,24 @@ struct Shared {
     frames_seen: AtomicU64,
 }
 
+mod udp;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.udp {
+        let a = args.clone();
+        return tokio::task::spawn_blocking(move || {
+            udp::run(
+                &a.listen,
+                &a.forward,
+                a.rate_mbit,
+                &a.udp_faults,
+                a.stats_file.clone(),
+            )
+        })
+        .await?;
+    }
     let envelope = match args.envelope.as_str() {
         "raw" => Envelope::Raw,
         "e-language" => Envelope::ELanguage,
