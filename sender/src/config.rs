@@ -63,6 +63,9 @@ pub struct RawPipe {
     pub settle: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub poll_interval: Option<Duration>,
+    /// On the udp link: how long files stay in `sent_dir` for a manual resend (none: forever).
+    #[serde(default, with = "humantime_serde")]
+    pub keep_sent_for: Option<Duration>,
     /// Pre-shared key file of this pipe (see `gapsync-sender keygen`).
     pub key_file: Option<PathBuf>,
     /// Which key id the receiver knows this key by (rotation); default 1.
@@ -94,6 +97,8 @@ pub struct PipeConfig {
     pub gate: String,
     pub after_send: AfterSend,
     pub sent_dir: PathBuf,
+    /// How long sent files stay in `sent_dir` (udp link); `None`: until removed by hand.
+    pub keep_sent_for: Option<Duration>,
     pub quarantine_dir: PathBuf,
     pub max_attempts: u32,
     pub settle: Duration,
@@ -179,6 +184,9 @@ impl Config {
             {
                 p.push(format!("{label}: `gate` = {gate:?} must be host:port of the gate (or the receiver), e.g. \"192.0.2.131:28101\""));
             }
+            if rp.keep_sent_for.is_some() && !diode {
+                p.push(format!("{label}: `keep_sent_for` is only for the udp link (on a gate link the receiver confirms every file)"));
+            }
             if rp.max_attempts == Some(0) {
                 p.push(format!("{label}: `max_attempts` must be at least 1"));
             }
@@ -228,6 +236,7 @@ impl Config {
                 quarantine_dir: rp
                     .quarantine_dir
                     .map_or_else(|| pipe_state.join("quarantine"), |d| abs(base, &d)),
+                keep_sent_for: rp.keep_sent_for,
                 max_attempts: rp.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
                 settle: rp.settle.unwrap_or(DEFAULT_SETTLE),
                 poll_interval: rp.poll_interval.unwrap_or(DEFAULT_POLL),

@@ -13,6 +13,8 @@ mod config;
 mod inflight;
 mod link;
 mod pipe;
+mod resend;
+mod sent_log;
 mod source;
 mod state;
 mod transfer;
@@ -38,13 +40,45 @@ use gapsync_protocol::LinkKind;
 )]
 struct Cli {
     #[command(subcommand)]
-    command: gapsync_daemon::cli::Command,
+    command: SenderCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum SenderCommand {
+    #[command(flatten)]
+    Daemon(gapsync_daemon::cli::Command),
+    /// On the udp (diode) link: put the files sent in a time range back into the spool, from
+    /// sent_dir, to be sent again. A file the receiver already landed is not landed twice (it
+    /// keeps its transfer id).
+    Resend {
+        /// The sender's config file.
+        #[arg(long, short)]
+        config: std::path::PathBuf,
+        /// The pipe whose files to resend.
+        #[arg(long)]
+        pipe: String,
+        /// Start of the range, UTC, e.g. "2026-11-21 10:00:00".
+        #[arg(long)]
+        since: String,
+        /// End of the range, UTC (default: now).
+        #[arg(long)]
+        until: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
+    let command = match Cli::parse().command {
+        SenderCommand::Daemon(c) => c,
+        SenderCommand::Resend {
+            config,
+            pipe,
+            since,
+            until,
+        } => return resend::run(&config, &pipe, &since, until.as_deref()),
+    };
     gapsync_daemon::cli::dispatch(
         "gapsync-sender",
-        Cli::parse().command,
+        command,
         |path| {
             Config::load(path).map(|c| {
                 format!(

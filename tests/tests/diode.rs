@@ -12,6 +12,21 @@ use std::time::Duration;
 use gapsync_tests::{Lab, bin, count_files, count_lines, make_file, wait_until};
 
 const LOOPBACK: &str = "udp-loopback";
+/// The receiver's line for a landed file.
+const RECEIVED: &str = "worker: received ";
+
+/// The simulator's counters once it has written them after the last datagram.
+fn sim_stats(lab: &Lab) -> std::collections::HashMap<String, u64> {
+    let mut last = lab.sim_stats();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = lab.sim_stats();
+        if now == last && !now.is_empty() {
+            return now;
+        }
+        last = now;
+    }
+}
 
 /// `n` files of mixed sizes (an empty one, a few multi-block ones, many small ones).
 fn files(spool: &Path, n: usize, seed: u64) -> BTreeMap<String, String> {
@@ -88,19 +103,19 @@ fn a_clean_link_delivers_every_file_once_and_the_sender_keeps_what_it_sent() {
     // Nothing confirms arrival on a diode, so by default a sent file is kept in sent_dir.
     assert_eq!(count_files(&lab.path("sstate/sender/scada/sent")), 40);
     assert_eq!(count_files(&lab.spool), 0);
-    let stats = lab.sim_stats();
+    let stats = sim_stats(&lab);
     assert!(
         stats.get("forwarded").copied().unwrap_or(0) > 2000,
         "{stats:?}"
     );
-    assert_eq!(count_lines(&lab.receiver_log(), &["received"]), 40);
+    assert_eq!(count_lines(&lab.receiver_log(), &[RECEIVED]), 40);
 }
 
 #[test]
 fn one_percent_random_loss_is_repaired() {
     let lab = run_through_sim(LOOPBACK, &["--loss-percent", "1", "--seed", "11"], "", 30);
     assert_clean(&lab);
-    assert!(lab.sim_stats()["lost_random"] > 20, "{:?}", lab.sim_stats());
+    assert!(sim_stats(&lab)["lost_random"] > 20, "{:?}", sim_stats(&lab));
 }
 
 #[test]
@@ -113,9 +128,9 @@ fn five_percent_loss_is_repaired_with_the_lossy_profile() {
     );
     assert_clean(&lab);
     assert!(
-        lab.sim_stats()["lost_random"] > 100,
+        sim_stats(&lab)["lost_random"] > 100,
         "{:?}",
-        lab.sim_stats()
+        sim_stats(&lab)
     );
 }
 
@@ -129,9 +144,9 @@ fn bursts_of_fifty_lost_datagrams_are_repaired() {
     );
     assert_clean(&lab);
     assert!(
-        lab.sim_stats()["lost_burst"] >= 100,
+        sim_stats(&lab)["lost_burst"] >= 100,
         "{:?}",
-        lab.sim_stats()
+        sim_stats(&lab)
     );
 }
 
@@ -159,7 +174,7 @@ fn reordered_duplicated_and_corrupted_datagrams_change_nothing() {
         "{}",
         lab.diagnostics()
     );
-    let s = lab.sim_stats();
+    let s = sim_stats(&lab);
     assert!(
         s["reordered"] > 0 && s["duplicated"] > 0 && s["corrupted"] > 0,
         "{s:?}"
@@ -182,7 +197,7 @@ fn excess_loss_lab(passes: u8) -> (Lab, String) {
 
 #[test]
 fn loss_beyond_the_repair_ratio_is_reported_and_nothing_partial_is_visible() {
-    let (lab, _) = excess_loss_lab(1);
+    let (lab, digest) = excess_loss_lab(1);
     wait_until(
         "the abandoned object's ERROR",
         Duration::from_secs(30),
@@ -202,8 +217,44 @@ fn loss_beyond_the_repair_ratio_is_reported_and_nothing_partial_is_visible() {
     assert_eq!(count_files(&lab.dest), 0, "nothing visible");
     assert_eq!(staging_parts(&lab), 0, "the partial was discarded");
     // Other files go on arriving.
-    let more = files(&lab.spool, 5, 40);
-    lab.wait_for_tree(&more, Duration::from_secs(30));
+    let mut all = files(&lab.spool, 5, 40);
+    lab.wait_for_tree(&all, Duration::from_secs(30));
+    wait_until("every file sent", Duration::from_secs(10), || {
+        count_lines(&lab.sender_log(), &["sent (every pass"]) == 6
+    });
+    // The operator resends everything sent so far: the lost file lands, the others, already
+    // landed, are recognised by their transfer ids and not landed twice.
+    let out = Command::new(bin("gapsync-sender"))
+        .args([
+            "resend",
+            "--pipe",
+            "scada",
+            "--since",
+            "2000-01-01 00:00:00",
+            "--config",
+        ])
+        .arg(lab.path("sender.toml"))
+        .output()
+        .expect("resend");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("6 file(s) put back"), "{stdout}");
+    all.insert("big.bin".to_owned(), digest);
+    lab.wait_for_tree(&all, Duration::from_secs(30));
+    wait_until("every file sent again", Duration::from_secs(20), || {
+        count_lines(&lab.sender_log(), &["sent (every pass"]) == 12
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let log = lab.receiver_log();
+    assert_eq!(
+        count_lines(&log, &[RECEIVED]),
+        6,
+        "each file landed once: {log}"
+    );
 }
 
 #[test]

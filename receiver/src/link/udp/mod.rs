@@ -43,7 +43,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(
             wanted = want,
             got,
-            "the kernel capped the UDP receive buffer, so bursts may be lost; raise it with `sysctl -w net.core.rmem_max={want}` (and in /etc/sysctl.d/ to keep it), or give the receiver CAP_NET_ADMIN as the shipped systemd unit does"
+            "the kernel capped the UDP receive buffer, so bursts may be lost; raise it with `sysctl -w net.core.rmem_max={want}` (and in /etc/sysctl.d/ to keep it), see systemd/90-gapsync-udp.conf; a receiver run with CAP_NET_ADMIN raises it itself"
         );
     }
     tracing::info!(%addr, link = "udp", node = %config.node, profile = %config.profile.name, pipes = config.pipes.len(), receive_buffer = got, state_dir = %config.state_dir.display(), "listening");

@@ -31,11 +31,14 @@ use self::object::{Object, Sent, Stream};
 use crate::config::PipeConfig;
 use crate::inflight::{InFlight, InFlightStore};
 use crate::pipe::{PipeStats, dispose, quarantine};
+use crate::sent_log::{SentEntry, SentLog};
 use crate::source::SourceEvent;
 use crate::state::IdSource;
 
 /// Longest idle sleep between looks at the queue.
 const IDLE_POLL: Duration = Duration::from_millis(20);
+/// How often sent files older than `keep_sent_for` are looked for.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 /// Wait before retrying after a socket error or an unresolvable gate address.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -54,6 +57,8 @@ struct Driver {
     ids: Arc<IdSource>,
     stats: Arc<PipeStats>,
     store: InFlightStore,
+    sent_log: SentLog,
+    last_housekeeping: Option<Instant>,
     queue: VecDeque<String>,
     known: HashSet<String>,
     stop: watch::Receiver<bool>,
@@ -79,7 +84,16 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
             return;
         }
     };
+    let sent_log = match SentLog::open(&cfg.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(pipe = %cfg.name, error = %e, "cannot open the pipe's sent log; the pipe does not send");
+            return;
+        }
+    };
     let mut d = Driver {
+        sent_log,
+        last_housekeeping: None,
         queue: store.paths().into_iter().collect(),
         known: store.paths().into_iter().collect(),
         cfg,
@@ -131,6 +145,7 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
         }
+        d.housekeeping();
         d.top_up(&mut stream, &e);
         d.stats
             .queued
@@ -207,7 +222,11 @@ impl Driver {
                 });
             }
         }
-        let id = self.ids.next()?;
+        // A file sent before and moved back unchanged (a resend) keeps its id.
+        let id = match self.sent_log.id_of(rel, size, mtime_ns) {
+            Some(id) => id,
+            None => self.ids.next()?,
+        };
         self.store.put(InFlight {
             transfer: id,
             path: rel.to_owned(),
@@ -331,6 +350,16 @@ impl Driver {
                 }
             }
         };
+        let entry = SentEntry {
+            at: unix_now(),
+            id: obj.id,
+            size: obj.size,
+            mtime_ns: obj.mtime_ns,
+            path: obj.path.clone(),
+        };
+        if let Err(err) = self.sent_log.record(entry) {
+            tracing::warn!(pipe = %self.cfg.name, path = %obj.path, error = %err, "cannot append to the sent log; a resend of this file may land it twice");
+        }
         self.forget(&obj.path);
         tracing::info!(
             pipe = %self.cfg.name,
@@ -346,10 +375,49 @@ impl Driver {
         );
     }
 
+    /// Once an hour: drops what was sent longer than `keep_sent_for` ago from the sent log
+    /// and from `sent_dir`.
+    fn housekeeping(&mut self) {
+        if self
+            .last_housekeeping
+            .is_some_and(|t| t.elapsed() < HOUSEKEEPING_EVERY)
+        {
+            return;
+        }
+        self.last_housekeeping = Some(Instant::now());
+        let Some(keep) = self.cfg.keep_sent_for else {
+            return;
+        };
+        let before = unix_now().saturating_sub(keep.as_secs());
+        match self.sent_log.expire(before) {
+            Ok(old) => {
+                let mut removed = 0;
+                for e in &old {
+                    if std::fs::remove_file(self.cfg.sent_dir.join(&e.path)).is_ok() {
+                        removed += 1;
+                    }
+                }
+                if removed > 0 {
+                    tracing::info!(pipe = %self.cfg.name, removed, keep_sent_for = %humantime::format_duration(keep), "removed sent files older than keep_sent_for from sent_dir");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(pipe = %self.cfg.name, error = %err, "cannot compact the sent log");
+            }
+        }
+    }
+
     fn forget(&mut self, rel: &str) {
         self.known.remove(rel);
         if let Err(err) = self.store.remove(rel) {
             tracing::warn!(pipe = %self.cfg.name, path = %rel, error = %err, "cannot update the in-flight journal");
         }
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
