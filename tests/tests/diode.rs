@@ -13,7 +13,7 @@ use gapsync_tests::{Lab, bin, count_files, count_lines, make_file, wait_until};
 
 const LOOPBACK: &str = "udp-loopback";
 /// The receiver's line for a landed file.
-const RECEIVED: &str = "worker: received ";
+const RECEIVED: &str = "worker: delivered ";
 
 /// The simulator's counters once it has written them after the last datagram.
 fn sim_stats(lab: &Lab) -> std::collections::HashMap<String, u64> {

@@ -391,7 +391,7 @@ impl Worker {
                 pipe.stats.files.fetch_add(1, Relaxed);
                 pipe.add_bytes(size);
                 for d in delivered {
-                    tracing::info!(pipe = %pipe.name, from = %pipe.from, path = %d.path, size = d.size, digest = %d.digest_hex, pass, duration_ms = started.elapsed().as_millis() as u64, mb_per_s = format!("{:.1}", size as f64 / secs / 1e6), "received");
+                    tracing::info!(pipe = %pipe.name, from = %pipe.from, path = %d.path, size = d.size, digest = %d.digest_hex, pass, duration_ms = started.elapsed().as_millis() as u64, mb_per_s = format!("{:.1}", size as f64 / secs / 1e6), "delivered");
                 }
             }
             Ok((Applied::AlreadyCommitted, _)) => {}

@@ -27,10 +27,10 @@ struct Args {
     /// A few MB per scenario and one run each: checks that the harness works (CI).
     #[arg(long)]
     tiny: bool,
-    /// Runs per scenario and side (default 3, 1 with --tiny).
+    /// Runs per scenario and side (default 3, 1 with --tiny; the diode scenario D: 10).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only these scenarios (comma-separated: S1,S2,S3,S4,S5,S6,RSS).
+    /// Only these scenarios (comma-separated: S1,S2,S3,S4,S5,S6,RSS,D).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Size of the large file of scenarios 1, 2 and 6 in MiB (default 2048, 8 with --tiny).
@@ -56,6 +56,8 @@ struct Scale {
     s4_files: u64,
     s5_secs: u64,
     sparse: u64,
+    diode_runs: usize,
+    diode_bytes: u64,
 }
 
 /// One line of the table.
@@ -83,6 +85,8 @@ fn main() -> anyhow::Result<()> {
             s4_files: 8,
             s5_secs: 2,
             sparse: 64 << 20,
+            diode_runs: 1,
+            diode_bytes: 8 << 20,
         }
     } else {
         Scale {
@@ -92,6 +96,8 @@ fn main() -> anyhow::Result<()> {
             s4_files: 200,
             s5_secs: 30,
             sparse: 10 << 30,
+            diode_runs: args.runs.unwrap_or(10),
+            diode_bytes: 1 << 30,
         }
     };
     runs::PAUSE_AFTER_CLEAR.store(
@@ -149,6 +155,7 @@ fn main() -> anyhow::Result<()> {
         dest: dest.to_path_buf(),
         keyed,
         sim_latency_ms: None,
+        sim_extra: Vec::new(),
     };
     let copy_to = |out: &Path, fsync: bool| {
         format!(
@@ -244,6 +251,9 @@ fn main() -> anyhow::Result<()> {
     if want("RSS") {
         rows.push(sparse_rss(&sc, w, &disk_dest)?);
     }
+    if want("D") {
+        rows.extend(diode(&sc, w, &disk_dest)?);
+    }
     let table = render(&rows);
     println!("\n{table}");
     let _ = std::fs::remove_file(&big);
@@ -337,6 +347,7 @@ fn scenario4(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
                 dest: dest.to_path_buf(),
                 keyed: false,
                 sim_latency_ms: Some(latency),
+                sim_extra: Vec::new(),
             };
             let mut gap = Vec::new();
             for i in 0..sc.runs {
@@ -382,6 +393,7 @@ fn scenario5(sc: &Scale, dest: &Path) -> anyhow::Result<Row> {
         dest: dest.to_path_buf(),
         keyed: false,
         sim_latency_ms: None,
+        sim_extra: Vec::new(),
     };
     let drop = Drop::Paced {
         count: sc.s5_secs * 100,
@@ -408,6 +420,83 @@ fn scenario5(sc: &Scale, dest: &Path) -> anyhow::Result<Row> {
     })
 }
 
+/// The diode link: one large file over `udp` with the `udp-loopback` profile and stock kernel
+/// settings, 10 runs (1 with --tiny), with 0% and 1% loss injected by the simulator.
+fn diode(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
+    let (runs, size) = (sc.diode_runs, sc.diode_bytes);
+    let file = w.join("diode.bin");
+    make_big(&file, size)?;
+    let drop = Drop::Files(vec![(file.clone(), "diode.bin".into())]);
+    let mut rows = Vec::new();
+    for loss in [0u32, 1] {
+        let setup = Setup {
+            profile: "udp-loopback".into(),
+            dest: dest.to_path_buf(),
+            keyed: false,
+            sim_latency_ms: None,
+            sim_extra: if loss == 0 {
+                Vec::new()
+            } else {
+                vec!["--loss-percent".into(), loss.to_string()]
+            },
+        };
+        let (mut gap, mut failed) = (Vec::new(), 0);
+        for i in 0..runs {
+            match gapsync(&setup, &drop, Duration::from_secs(60 + size / 20_000_000)) {
+                Ok(r) => {
+                    eprintln!(
+                        "D {loss}% loss run {}: {:.1} MB/s, CPU s/GiB {:.2} + {:.2}",
+                        i + 1,
+                        r.sample.mb_per_s(),
+                        r.sample.cpu_per_gib()[0],
+                        r.sample.cpu_per_gib()[1]
+                    );
+                    gap.push(r.sample);
+                }
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("D {loss}% loss run {}: FAILED: {e:#}", i + 1);
+                    runs::clear(dest)?;
+                }
+            }
+        }
+        let ok = gap.len();
+        let value = if ok == 0 {
+            0.0
+        } else {
+            median(gap.iter().map(Sample::mb_per_s).collect())
+        };
+        let cpu = if ok == 0 {
+            f64::NAN
+        } else {
+            median(gap.iter().map(|s| s.cpu_per_gib().iter().sum()).collect())
+        };
+        rows.push(Row {
+            name: format!(
+                "D diode {} MiB over udp, udp-loopback, {loss}% loss{}",
+                size >> 20,
+                if loss > 0 {
+                    " (through the simulator)"
+                } else {
+                    ""
+                }
+            ),
+            unit: "MB/s",
+            value,
+            base: None,
+            base_label: format!(
+                "{ok} of {runs} succeeded ({failed} failed); sender + receiver {cpu:.2} CPU s/GiB"
+            ),
+            base_cpu_per_gib: None,
+            target: "all succeed, >= 300 MB/s, <= 4 CPU s/GiB".into(),
+            met: Some(ok == runs && value >= 300.0 && cpu <= 4.0),
+            gap,
+        });
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok(rows)
+}
+
 /// Peak RSS with one large sparse file (reads as zeros, lands as a full file).
 fn sparse_rss(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Row> {
     let sparse = w.join("sparse.bin");
@@ -417,6 +506,7 @@ fn sparse_rss(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Row> {
         dest: dest.to_path_buf(),
         keyed: false,
         sim_latency_ms: None,
+        sim_extra: Vec::new(),
     };
     let r = gapsync(
         &setup,

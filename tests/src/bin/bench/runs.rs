@@ -34,6 +34,8 @@ pub struct Setup {
     pub keyed: bool,
     /// Through the gate simulator with this one-way latency in ms.
     pub sim_latency_ms: Option<u64>,
+    /// Through the gate simulator with these arguments (e.g. UDP loss).
+    pub sim_extra: Vec<String>,
 }
 
 /// Result of a gapsync run: the sample, and per-file latencies in ms for paced drops.
@@ -80,12 +82,17 @@ fn start(setup: &Setup) -> anyhow::Result<Lab> {
         );
     }
     lab.start_receiver();
-    if let Some(ms) = setup.sim_latency_ms {
-        lab.start_sim(&["--latency-ms".to_owned(), ms.to_string()]);
+    if setup.sim_latency_ms.is_some() || !setup.sim_extra.is_empty() {
+        let mut args = setup.sim_extra.clone();
+        if let Some(ms) = setup.sim_latency_ms {
+            args.extend(["--latency-ms".to_owned(), ms.to_string()]);
+        }
+        lab.start_sim(&args);
     }
     lab.start_sender();
     wait_until("the sender to connect", Duration::from_secs(30), || {
-        lab.sender_log().contains(" connected ")
+        let log = lab.sender_log();
+        log.contains(" connected ") || log.contains("sending over the udp link")
     });
     Ok(lab)
 }
