@@ -50,10 +50,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let mut worker = worker::Worker::new(config.clone(), &pipes, udp)?;
     let (tx, rx) = sync_channel(QUEUE_BATCHES);
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reader = std::thread::Builder::new()
         .name("udp-read".into())
-        .spawn(move || socket::read_loop(sock, tx, stop_rx))?;
+        .spawn(move || socket::read_loop(sock, tx, spare_rx, stop_rx))?;
     let summary_every = config.summary_interval;
     let work = std::thread::Builder::new()
         .name("udp-work".into())
@@ -63,8 +64,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 match rx.recv_timeout(TICK) {
                     Ok(batch) => {
                         let now = Instant::now();
-                        for (src, buf) in batch {
-                            worker.on_datagram(src, buf, now);
+                        for mut read in batch {
+                            let addr = read.addr;
+                            for d in read.datagrams() {
+                                worker.on_datagram(addr, d, now);
+                            }
+                            let _ = spare_tx.send(read.buf);
                         }
                     }
                     Err(RecvTimeoutError::Timeout) => {}

@@ -5,7 +5,7 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Duration;
 
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
@@ -19,8 +19,26 @@ const BUF_BYTES: usize = 64 * 1024;
 /// Receive buffer asked of the kernel when the profile does not say.
 pub const DEFAULT_RCVBUF: usize = 64 * 1024 * 1024;
 
-/// A batch of datagrams, each with its source address.
-pub type Batch = Vec<(SocketAddr, Vec<u8>)>;
+/// One read buffer: `len` bytes from `addr`, datagrams of `stride` bytes each (the last may
+/// be shorter) when the kernel coalesced several (GRO).
+#[derive(Debug)]
+pub struct Read {
+    pub addr: SocketAddr,
+    pub buf: Vec<u8>,
+    pub len: usize,
+    pub stride: usize,
+}
+
+impl Read {
+    /// The datagrams in the buffer.
+    pub fn datagrams(&mut self) -> impl Iterator<Item = &mut [u8]> {
+        let (stride, len) = (self.stride.max(1), self.len.min(self.buf.len()));
+        self.buf[..len].chunks_mut(stride)
+    }
+}
+
+/// A batch of reads.
+pub type Batch = Vec<Read>;
 
 /// Binds the socket and sizes its receive buffer; returns it and the buffer size obtained.
 pub fn bind(listen: SocketAddr, want: usize) -> io::Result<(UdpSocket, usize)> {
@@ -42,6 +60,7 @@ pub fn bind(listen: SocketAddr, want: usize) -> io::Result<(UdpSocket, usize)> {
 pub fn read_loop(
     socket: UdpSocket,
     out: SyncSender<Batch>,
+    spare: Receiver<Vec<u8>>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -72,12 +91,16 @@ pub fn read_loop(
                     Err(e) => return Err(e),
                 }
             };
-            let mut batch = Vec::with_capacity(n * 4);
-            for (m, buf) in meta.iter().zip(&bufs).take(n) {
-                let stride = m.stride.max(1);
-                for seg in buf[..m.len.min(buf.len())].chunks(stride) {
-                    batch.push((m.addr, seg.to_vec()));
-                }
+            // The filled buffers go to the worker, which sends them back to be reused.
+            let mut batch = Vec::with_capacity(n);
+            for (i, m) in meta.iter().enumerate().take(n) {
+                let fresh = spare.try_recv().unwrap_or_else(|_| vec![0u8; BUF_BYTES]);
+                batch.push(Read {
+                    addr: m.addr,
+                    buf: std::mem::replace(&mut bufs[i], fresh),
+                    len: m.len,
+                    stride: m.stride,
+                });
             }
             if out.send(batch).is_err() {
                 return Ok(());

@@ -118,7 +118,7 @@ impl Worker {
     }
 
     /// Handles one datagram from `src`.
-    pub fn on_datagram(&mut self, src: SocketAddr, mut buf: Vec<u8>, now: Instant) {
+    pub fn on_datagram(&mut self, src: SocketAddr, buf: &mut [u8], now: Instant) {
         if !self.config.allows(src.ip()) {
             self.dropped.refused_address += 1;
             if let Some(suppressed) = self.warn_limited(&format!("refused {}", src.ip())) {
@@ -126,7 +126,7 @@ impl Worker {
             }
             return;
         }
-        let (h, len) = match datagram::decode(&buf) {
+        let (h, len) = match datagram::decode(buf) {
             Ok(x) => x,
             Err(e) => {
                 self.dropped.corrupt += 1;
@@ -143,10 +143,11 @@ impl Worker {
             }
             return;
         };
-        let Some(payload) = self.open(&pipe, &h, &mut buf, len) else {
+        let Some(range) = self.open(&pipe, &h, buf, len) else {
             self.dropped.unauthenticated += 1;
             return;
         };
+        let payload = &buf[range];
         let link = self.links.entry(h.pipe_tag).or_default();
         if link.alarmed {
             link.alarmed = false;
@@ -167,15 +168,24 @@ impl Worker {
         }
         link.received += 1;
         match h.kind {
-            Kind::Heartbeat => self.on_heartbeat(&pipe, &h, &payload),
-            Kind::Announce => self.on_announce(pipe, &h, &payload, now),
-            Kind::End => self.on_end(&pipe, &h, &payload, now),
-            Kind::Symbol => self.on_symbol(&pipe, &h, &payload, now),
+            Kind::Heartbeat => self.on_heartbeat(&pipe, &h, payload),
+            Kind::Announce => self.on_announce(pipe, &h, payload, now),
+            Kind::End => self.on_end(&pipe, &h, payload, now),
+            Kind::Symbol => self.on_symbol(&pipe, &h, payload, now),
         }
     }
 
     /// Checks the datagram's authentication against the pipe's keys; returns the payload.
-    fn open(&mut self, pipe: &Pipe, h: &Header, buf: &mut [u8], len: usize) -> Option<Vec<u8>> {
+    /// Checks the datagram's authentication against the pipe's keys (opening it in place);
+    /// returns where its payload is in `buf`.
+    fn open(
+        &mut self,
+        pipe: &Pipe,
+        h: &Header,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<std::ops::Range<usize>> {
+        let at = datagram::HEADER_LEN;
         if h.flags & FLAG_AUTH == 0 {
             if pipe.require_auth {
                 if let Some(suppressed) = self.warn_limited(&format!("unauth {}", pipe.name)) {
@@ -183,12 +193,12 @@ impl Worker {
                 }
                 return None;
             }
-            return Some(datagram::plain(buf, len).to_vec());
+            return Some(at..at + len);
         }
         let link = self.links.entry(h.pipe_tag).or_default();
         if let Some(key) = link.keys.get(&h.session) {
             if let Ok(p) = datagram::open(h, buf, key) {
-                return Some(p.to_vec());
+                return Some(at..at + p.len());
             }
         } else {
             for k in &pipe.keys {
@@ -202,12 +212,13 @@ impl Worker {
                 let key = FrameKey::derive(&k.key, id, Protection::Encrypt);
                 let mut copy = buf.to_vec();
                 if let Ok(p) = datagram::open(h, &mut copy, &key) {
-                    let p = p.to_vec();
+                    let n = p.len();
+                    buf.copy_from_slice(&copy);
                     if link.keys.len() >= KEYS_PER_PIPE {
                         link.keys.clear();
                     }
                     link.keys.insert(h.session, key);
-                    return Some(p);
+                    return Some(at..at + n);
                 }
             }
         }

@@ -14,9 +14,9 @@ use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 /// Most datagrams in one send call (and one burst of the pacer).
 const MAX_BATCH: usize = 16;
 /// The pacer sleeps only when this far ahead of the rate.
-const SLEEP_MIN: Duration = Duration::from_micros(200);
+const SLEEP_MIN: Duration = Duration::from_micros(1000);
 /// Most credit the pacer keeps for time spent not sending.
-const MAX_CREDIT: Duration = Duration::from_micros(500);
+const MAX_CREDIT: Duration = Duration::from_millis(4);
 /// Shortest gap between two copies of a control message: longer than any burst of loss the
 /// profiles are built for, so one burst cannot take every copy.
 const MIN_CONTROL_SPACING: Duration = Duration::from_millis(2);
