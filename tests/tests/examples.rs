@@ -9,14 +9,19 @@ use gapsync_tests::bin;
 use gapsync_tests::check_config as check;
 
 #[test]
-fn both_example_configs_pass_check_config_beside_their_key() {
-    for side in ["sender", "receiver"] {
+fn every_example_config_passes_check_config_beside_its_key() {
+    for (side, name) in [
+        ("sender", "sender"),
+        ("receiver", "receiver"),
+        ("sender", "sender-diode"),
+        ("receiver", "receiver-diode"),
+    ] {
         let exe = bin(&format!("gapsync-{side}"));
         let example =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{side}.toml"));
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{name}.toml"));
         // The example names keys/scada-1.key next to itself: run it beside a freshly made key.
         let dir = tempfile::tempdir().expect("tmp");
-        let config = dir.path().join(format!("{side}.toml"));
+        let config = dir.path().join(format!("{name}.toml"));
         std::fs::copy(&example, &config).expect("copy");
         std::fs::create_dir(dir.path().join("keys")).expect("mkdir");
         let keygen = Command::new(&exe)

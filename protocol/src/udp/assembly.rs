@@ -277,3 +277,104 @@ impl Assembly {
         self.decoding += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u16 = 16;
+
+    fn limits() -> Limits {
+        Limits {
+            symbol_bytes: T,
+            max_block_symbols: 4,
+            max_decoding: 4,
+            deadline_slack: Duration::from_secs(1),
+        }
+    }
+
+    fn announce(size: u64, passes: u8) -> Announce {
+        Announce {
+            path: "a.bin".into(),
+            size,
+            mtime_ns: 0,
+            symbol_bytes: T,
+            block_symbols: 4,
+            repair_percent: 25,
+            passes,
+            pass_ms: 10,
+        }
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 256) as u8).collect()
+    }
+
+    /// Feeds block `b` of `d` (its source symbols, the last zero-padded).
+    fn feed(a: &mut Assembly, d: &[u8], b: u32) -> Option<(u64, Vec<u8>)> {
+        let t = usize::from(T);
+        let start = b as usize * 4 * t;
+        let block = &d[start..d.len().min(start + 4 * t)];
+        let mut out = None;
+        for (i, chunk) in block.chunks(t).enumerate() {
+            let mut sym = chunk.to_vec();
+            sym.resize(t, 0);
+            if let Some(done) = a.on_symbol(b, i as u32, &sym).expect("valid symbol") {
+                out = Some(done);
+            }
+        }
+        out
+    }
+
+    fn end(d: &[u8]) -> End {
+        End {
+            datagrams: d.len().div_ceil(usize::from(T)) as u64,
+            digest: [7; 32],
+        }
+    }
+
+    #[test]
+    fn a_pass_with_a_missing_block_fails_once_and_the_next_pass_completes_it() {
+        let now = Instant::now();
+        let d = data(160);
+        let mut a = Assembly::new(announce(160, 2), 1, limits(), now).expect("valid");
+        assert_eq!(feed(&mut a, &d, 0), Some((0, d[..64].to_vec())));
+        assert_eq!(feed(&mut a, &d, 2), Some((128, d[128..].to_vec())));
+        a.on_end(end(&d));
+        assert!(!a.complete(), "block 1 is missing");
+        let f = a.on_pass(2, now).expect("pass 1 failed");
+        assert_eq!(
+            (f.pass, f.last, f.missing_blocks, f.blocks),
+            (1, false, 1, 3)
+        );
+        assert_eq!(a.on_pass(2, now), None, "reported once");
+        assert_eq!(feed(&mut a, &d, 1), Some((64, d[64..128].to_vec())));
+        assert!(a.complete());
+    }
+
+    #[test]
+    fn the_last_pass_past_its_deadline_is_final_and_bad_symbols_are_refused() {
+        let now = Instant::now();
+        let mut a = Assembly::new(announce(100, 1), 1, limits(), now).expect("valid");
+        assert!(a.on_symbol(0, 0, &[0; 5]).is_err(), "wrong length");
+        assert!(a.on_symbol(9, 0, &[0; 16]).is_err(), "block past the size");
+        assert_eq!(a.on_tick(now), None, "before the deadline");
+        let f = a
+            .on_tick(now + Duration::from_secs(5))
+            .expect("deadline passed");
+        assert!(f.last && f.no_end && f.missing_blocks == 2);
+        assert!(
+            Assembly::new(
+                announce(100, 1),
+                1,
+                Limits {
+                    symbol_bytes: 32,
+                    ..limits()
+                },
+                now
+            )
+            .is_err(),
+            "another profile's symbol size is refused"
+        );
+    }
+}
