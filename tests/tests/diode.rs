@@ -269,7 +269,7 @@ fn a_second_pass_completes_what_the_first_could_not() {
         "{log}"
     );
     assert_eq!(
-        count_lines(&log, &["received", "path=big.bin", "pass=2"]),
+        count_lines(&log, &[RECEIVED, "path=big.bin", "pass=2"]),
         1,
         "{log}"
     );

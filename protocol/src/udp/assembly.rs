@@ -10,6 +10,9 @@ use super::fec::{BlockDecoder, Layout, MAX_EXTRA_REPAIR, repair_count};
 pub const MAX_REPAIR_PERCENT: u32 = 400;
 /// Most carousel passes an announcement may ask for.
 pub const MAX_PASSES: u8 = 16;
+/// Most blocks an object may have (16 Mi: 23 TB with 1400-byte symbols and 1024-symbol
+/// blocks). Checked before the per-block state (one byte each) is allocated.
+pub const MAX_BLOCKS: u32 = 1 << 24;
 
 /// What the receiver's profile allows an object to be.
 #[derive(Debug, Clone, Copy)]
@@ -23,9 +26,11 @@ pub struct Limits {
     pub deadline_slack: Duration,
 }
 
+/// One byte per block; the decoders of the blocks being decoded live beside, by block.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Waiting,
-    Decoding(Box<BlockDecoder>),
+    Decoding,
     Done,
 }
 
@@ -61,9 +66,10 @@ pub struct Assembly {
     layout: Layout,
     limits: Limits,
     slots: Vec<Slot>,
+    /// The decoders of the blocks in `Slot::Decoding`, by block (lowest = oldest).
+    decoders: std::collections::BTreeMap<u32, BlockDecoder>,
     blocks: u32,
     done: u32,
-    decoding: usize,
     end: Option<End>,
     pass: u8,
     deadline: Instant,
@@ -114,24 +120,29 @@ impl Assembly {
         };
         let blocks = layout
             .blocks()
-            .ok_or_else(|| format!("{} bytes is too large an object", announce.size))?;
+            .filter(|b| *b <= MAX_BLOCKS)
+            .ok_or_else(|| {
+                format!(
+                    "{} bytes is more than {MAX_BLOCKS} blocks of this profile",
+                    announce.size
+                )
+            })?;
         let per_pass = (0..blocks)
             .map(|b| {
                 let k = layout.symbols(b);
                 u64::from(k + repair_count(k, announce.repair_percent))
             })
             .sum();
-        let mut slots = Vec::new();
-        slots.resize_with(blocks as usize, || Slot::Waiting);
+        let slots = vec![Slot::Waiting; blocks as usize];
         let deadline = now + Self::pass_time(&announce, &limits);
         Ok(Self {
             announce,
             layout,
             limits,
             slots,
+            decoders: std::collections::BTreeMap::new(),
             blocks,
             done: 0,
-            decoding: 0,
             end: None,
             pass,
             deadline,
@@ -162,13 +173,7 @@ impl Assembly {
 
     /// Bytes of symbols held for blocks not yet decoded.
     pub fn held_bytes(&self) -> usize {
-        self.slots
-            .iter()
-            .map(|s| match s {
-                Slot::Decoding(d) => d.held_bytes(),
-                _ => 0,
-            })
-            .sum()
+        self.decoders.values().map(BlockDecoder::held_bytes).sum()
     }
 
     /// Notes the End of a pass (any copy; the digest is the same in all).
@@ -231,16 +236,16 @@ impl Assembly {
             return Err("symbol length differs from the announced symbol size");
         }
         let idx = block as usize;
-        let Some(slot) = self.slots.get(idx) else {
+        let Some(slot) = self.slots.get(idx).copied() else {
             return Err("block number past the announced size");
         };
         self.received += 1;
         match slot {
             Slot::Done => return Ok(None),
             Slot::Waiting => self.start_block(block),
-            Slot::Decoding(_) => {}
+            Slot::Decoding => {}
         }
-        let Some(Slot::Decoding(d)) = self.slots.get_mut(idx) else {
+        let Some(d) = self.decoders.get_mut(&block) else {
             return Ok(None);
         };
         let Some(mut padded) = d.add(esi, symbol) else {
@@ -248,33 +253,25 @@ impl Assembly {
         };
         let (offset, len) = self.layout.block(block);
         padded.truncate(len);
+        self.decoders.remove(&block);
         self.slots[idx] = Slot::Done;
-        self.decoding -= 1;
         self.done += 1;
         Ok(Some((offset, padded)))
     }
 
     fn start_block(&mut self, block: u32) {
-        if self.decoding >= self.limits.max_decoding {
-            if let Some(old) = self
-                .slots
-                .iter()
-                .position(|s| matches!(s, Slot::Decoding(_)))
-            {
-                self.slots[old] = Slot::Waiting;
-                self.decoding -= 1;
+        if self.decoders.len() >= self.limits.max_decoding {
+            if let Some((old, _)) = self.decoders.pop_first() {
+                self.slots[old as usize] = Slot::Waiting;
                 self.evicted += 1;
             }
         }
         let k = self.layout.symbols(block);
         let per_pass = repair_count(k, self.announce.repair_percent) + MAX_EXTRA_REPAIR;
         let limit = k + per_pass * u32::from(self.announce.passes);
-        self.slots[block as usize] = Slot::Decoding(Box::new(BlockDecoder::new(
-            k,
-            self.layout.symbol_bytes,
-            limit,
-        )));
-        self.decoding += 1;
+        self.decoders
+            .insert(block, BlockDecoder::new(k, self.layout.symbol_bytes, limit));
+        self.slots[block as usize] = Slot::Decoding;
     }
 }
 

@@ -20,6 +20,9 @@ use crate::sink::Applied;
 
 /// Objects remembered as finished, so repeated copies are ignored without a disk lookup.
 const FINISHED_MEMORY: usize = 100_000;
+/// Objects being received at once; more announcements wait (their later copies, or the next
+/// pass, bring them again). Bounds memory against a flood of announcements.
+const MAX_OBJECTS: usize = 4096;
 /// Session keys cached per pipe.
 const KEYS_PER_PIPE: usize = 8;
 /// Datagrams held for objects whose announcement has not arrived yet (reordering puts a
@@ -252,6 +255,12 @@ impl Worker {
         if let Some((_, asm, _)) = self.objects.get_mut(&key) {
             let failure = asm.on_pass(h.pass, now);
             self.report(key, failure);
+            return;
+        }
+        if self.objects.len() >= MAX_OBJECTS {
+            if let Some(suppressed) = self.warn_limited("too many objects") {
+                tracing::warn!(pipe = %pipe.name, max = MAX_OBJECTS, suppressed, "too many objects in progress; an announcement is ignored until some finish (a later copy or pass brings it again)");
+            }
             return;
         }
         let announce = match decode_body::<Announce>("announce", payload) {
