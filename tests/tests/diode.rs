@@ -365,3 +365,26 @@ fn the_right_key_delivers_encrypted() {
     lab.wait_for_tree(&expected, Duration::from_secs(30));
     assert_clean(&lab);
 }
+
+#[test]
+fn a_name_too_long_for_one_datagram_is_quarantined_and_the_rest_goes_on() {
+    let mut lab = Lab::new(LOOPBACK);
+    let long: String = (0..8)
+        .map(|i| format!("{i}{}", "x".repeat(200)))
+        .collect::<Vec<_>>()
+        .join("/");
+    make_file(&lab.spool.join(&long).join("f.bin"), 10, 1);
+    let expected = files(&lab.spool, 4, 9);
+    lab.start_receiver();
+    lab.start_sender();
+    lab.wait_for_tree(&expected, Duration::from_secs(30));
+    wait_until("the quarantine ERROR", Duration::from_secs(10), || {
+        lab.sender_log().contains("does not fit one datagram")
+    });
+    assert!(
+        lab.path("sstate/sender/scada/quarantine")
+            .join(&long)
+            .join("f.bin")
+            .exists()
+    );
+}

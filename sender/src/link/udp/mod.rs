@@ -276,14 +276,7 @@ impl Driver {
                 return None;
             }
             Err(err) => {
-                self.forget(&rel);
-                self.stats.quarantined.fetch_add(1, Relaxed);
-                quarantine(
-                    &self.cfg,
-                    &fs_path,
-                    Path::new(&rel),
-                    &format!("cannot read it: {err}"),
-                );
+                self.quarantine(&fs_path, &rel, &format!("cannot read it: {err}"));
                 return None;
             }
         };
@@ -301,12 +294,9 @@ impl Driver {
             usize::from(e.profile().symbol_bytes),
         );
         if len > max {
-            self.forget(&rel);
-            self.stats.quarantined.fetch_add(1, Relaxed);
-            quarantine(
-                &self.cfg,
+            self.quarantine(
                 &fs_path,
-                Path::new(&rel),
+                &rel,
                 &format!(
                     "its announcement ({len} bytes, mostly the name) does not fit one datagram of this link ({max} bytes); shorten the path"
                 ),
@@ -314,6 +304,13 @@ impl Driver {
             return None;
         }
         Some((obj, file))
+    }
+
+    /// Forgets a spool file and moves it to the quarantine folder (ERROR with `reason`).
+    fn quarantine(&mut self, fs_path: &Path, rel: &str, reason: &str) {
+        self.forget(rel);
+        self.stats.quarantined.fetch_add(1, Relaxed);
+        quarantine(&self.cfg, fs_path, Path::new(rel), reason);
     }
 
     /// Puts every file in flight back at the front of the queue (same ids: the records stay).
