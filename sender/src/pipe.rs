@@ -560,10 +560,7 @@ impl PipeWorker {
             "kept: the file changed after it was read; the new version is sent once it has settled"
         } else {
             match dispose(&self.cfg, &t.fs_path, &t.rel) {
-                Ok(()) => match self.cfg.after_send {
-                    AfterSend::Delete => "deleted",
-                    AfterSend::Move => "moved to sent_dir",
-                },
+                Ok(done) => done,
                 Err(e) => {
                     tracing::error!(pipe = %self.cfg.name, path = %t.rel, error = %e, "delivered, but the spool file could not be removed; remove it by hand or it will be offered again (the receiver will not land it twice while its transfer id is remembered)");
                     "left in spool"
@@ -633,10 +630,13 @@ pub fn quarantine(cfg: &PipeConfig, path: &Path, rel: &Path, reason: &str) {
 }
 
 /// What `after_send` does with a sent spool file: deletes it or moves it to `sent_dir`.
-pub fn dispose(cfg: &PipeConfig, fs_path: &Path, rel: &str) -> io::Result<()> {
+/// Returns what was done, for the `sent` log line.
+pub fn dispose(cfg: &PipeConfig, fs_path: &Path, rel: &str) -> io::Result<&'static str> {
     match cfg.after_send {
-        AfterSend::Delete => fs::remove_file(fs_path),
-        AfterSend::Move => move_file(fs_path, &cfg.sent_dir.join(rel)),
+        AfterSend::Delete => fs::remove_file(fs_path).map(|()| "deleted"),
+        AfterSend::Move => {
+            move_file(fs_path, &cfg.sent_dir.join(rel)).map(|()| "moved to sent_dir")
+        }
     }
 }
 

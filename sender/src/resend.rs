@@ -33,7 +33,7 @@ fn resend(config: &Path, pipe: &str, since: &str, until: Option<&str>) -> anyhow
     let since = parse_time("since", since)?;
     let until = match until {
         Some(u) => parse_time("until", u)?,
-        None => crate::link::udp::unix_now(),
+        None => crate::state::unix_now(),
     };
     let mut moved = 0;
     for e in SentLog::read(&pc.state_dir)?

@@ -26,10 +26,7 @@ pub fn next_session(state_dir: &Path) -> anyhow::Result<u64> {
     };
     // Never below the clock: a sender whose state folder was wiped must not reuse the ids of
     // its earlier sessions, which the receiver's done log would take for duplicates.
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let next = (last + 1).max(clock);
+    let next = (last + 1).max(unix_now());
     anyhow::ensure!(
         next < 1 << 32,
         "session counter {next} in {} is exhausted",
@@ -38,6 +35,13 @@ pub fn next_session(state_dir: &Path) -> anyhow::Result<u64> {
     write_atomic(&path, format!("{next}\n").as_bytes())
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     Ok(next)
+}
+
+/// Seconds since the Unix epoch (0 for a clock before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Hands out transfer ids `session << 32 | n`, never the same twice on this node: when `n`

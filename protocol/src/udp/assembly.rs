@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::control::{Announce, End};
-use super::fec::{BlockDecoder, Layout, MAX_EXTRA_REPAIR, repair_count};
+use super::fec::{BlockDecoder, Layout, esi_limit};
 
 /// Largest repair percentage an announcement may ask for (bounds the symbols kept per block).
 pub const MAX_REPAIR_PERCENT: u32 = 400;
@@ -75,8 +75,6 @@ pub struct Assembly {
     deadline: Instant,
     received: u64,
     per_pass: u64,
-    /// Blocks whose symbols were dropped to stay within the window.
-    pub evicted: u64,
 }
 
 impl std::fmt::Debug for Assembly {
@@ -127,12 +125,7 @@ impl Assembly {
                     announce.size
                 )
             })?;
-        let per_pass = (0..blocks)
-            .map(|b| {
-                let k = layout.symbols(b);
-                u64::from(k + repair_count(k, announce.repair_percent))
-            })
-            .sum();
+        let per_pass = layout.datagrams_from(0, announce.repair_percent);
         let slots = vec![Slot::Waiting; blocks as usize];
         let deadline = now + Self::pass_time(&announce, &limits);
         Ok(Self {
@@ -148,7 +141,6 @@ impl Assembly {
             deadline,
             received: 0,
             per_pass,
-            evicted: 0,
         })
     }
 
@@ -169,11 +161,6 @@ impl Assembly {
     /// The object's End, once one copy arrived.
     pub fn end(&self) -> Option<&End> {
         self.end.as_ref()
-    }
-
-    /// Bytes of symbols held for blocks not yet decoded.
-    pub fn held_bytes(&self) -> usize {
-        self.decoders.values().map(BlockDecoder::held_bytes).sum()
     }
 
     /// Notes the End of a pass (any copy; the digest is the same in all).
@@ -263,12 +250,10 @@ impl Assembly {
         if self.decoders.len() >= self.limits.max_decoding {
             if let Some((old, _)) = self.decoders.pop_first() {
                 self.slots[old as usize] = Slot::Waiting;
-                self.evicted += 1;
             }
         }
         let k = self.layout.symbols(block);
-        let per_pass = repair_count(k, self.announce.repair_percent) + MAX_EXTRA_REPAIR;
-        let limit = k + per_pass * u32::from(self.announce.passes);
+        let limit = esi_limit(k, self.announce.repair_percent, self.announce.passes);
         self.decoders
             .insert(block, BlockDecoder::new(k, self.layout.symbol_bytes, limit));
         self.slots[block as usize] = Slot::Decoding;

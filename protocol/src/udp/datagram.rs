@@ -211,11 +211,6 @@ pub fn open<'a>(
     Ok(&sealed[..n])
 }
 
-/// The payload of a decoded datagram that carries no tag.
-pub fn plain(buf: &[u8], len: usize) -> &[u8] {
-    &buf[HEADER_LEN..HEADER_LEN + len]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,7 +252,7 @@ mod tests {
         assert_eq!(out.len(), HEADER_LEN + 12);
         let (h, len) = decode(&out).expect("valid");
         assert_eq!(h, header());
-        assert_eq!(plain(&out, len), b"symbol bytes");
+        assert_eq!(&out[HEADER_LEN..HEADER_LEN + len], b"symbol bytes");
         for bit in 0..out.len() * 8 {
             let mut bad = out.clone();
             bad[bit / 8] ^= 1 << (bit % 8);

@@ -35,6 +35,20 @@ impl Layout {
         (offset, len as usize)
     }
 
+    /// Symbol datagrams one pass sends for block `b` at `percent` repair (source + repair;
+    /// the sender's sparse extra repair not included).
+    pub fn datagrams(&self, b: u32, percent: u32) -> u64 {
+        let k = self.symbols(b);
+        u64::from(k + repair_count(k, percent))
+    }
+
+    /// Symbol datagrams one pass sends for blocks `first..` of the object.
+    pub fn datagrams_from(&self, first: u32, percent: u32) -> u64 {
+        (first..self.blocks().unwrap_or(0))
+            .map(|b| self.datagrams(b, percent))
+            .sum()
+    }
+
     /// Source symbols of block `b`.
     pub fn symbols(&self, b: u32) -> u32 {
         let (_, len) = self.block(b);
@@ -53,7 +67,18 @@ pub const MAX_EXTRA_REPAIR: u32 = BURST_DATAGRAMS as u32;
 /// The first repair symbol id of pass `pass` (from 1) for a block of `k` source symbols: each
 /// pass uses fresh ones, so the receiver accumulates new information across passes.
 pub fn repair_first(k: u32, percent: u32, pass: u8) -> u32 {
-    (u32::from(pass).saturating_sub(1)) * (repair_count(k, percent) + MAX_EXTRA_REPAIR)
+    u32::from(pass).saturating_sub(1) * repair_stride(k, percent)
+}
+
+/// The symbol ids a block of `k` source symbols can use over `passes` passes: the receiver
+/// refuses ids at or above this (it bounds the memory of a block's decoder).
+pub fn esi_limit(k: u32, percent: u32, passes: u8) -> u32 {
+    k + u32::from(passes) * repair_stride(k, percent)
+}
+
+/// Repair ids reserved per pass: the profile's repair symbols plus the sparse extra.
+fn repair_stride(k: u32, percent: u32) -> u32 {
+    repair_count(k, percent) + MAX_EXTRA_REPAIR
 }
 
 /// Repair symbols per pass for a block of `k` source symbols at `percent` repair (rounded up,
@@ -127,7 +152,6 @@ pub struct BlockDecoder {
     distinct: u32,
     sources: u32,
     buffered: Vec<EncodingPacket>,
-    buffered_bytes: usize,
     next_attempt: u32,
 }
 
@@ -152,19 +176,8 @@ impl BlockDecoder {
             distinct: 0,
             sources: 0,
             buffered: Vec::new(),
-            buffered_bytes: 0,
             next_attempt: k,
         }
-    }
-
-    /// Distinct symbols received.
-    pub fn received(&self) -> u32 {
-        self.distinct
-    }
-
-    /// Bytes of symbols held.
-    pub fn held_bytes(&self) -> usize {
-        self.buffered_bytes
     }
 
     /// Adds one symbol (its length already checked against the object's symbol size).
@@ -183,7 +196,6 @@ impl BlockDecoder {
         if esi < self.k {
             self.sources += 1;
         }
-        self.buffered_bytes += symbol.len();
         self.buffered
             .push(EncodingPacket::new(PayloadId::new(0, esi), symbol.to_vec()));
         if self.sources < self.k && self.distinct < self.next_attempt {

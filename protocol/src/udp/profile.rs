@@ -52,61 +52,39 @@ impl UdpProfile {
     }
 }
 
-const GATE_FIELDS: [&str; 9] = [
-    "max_frame_bytes",
-    "window",
-    "ok_byte",
-    "connect_timeout",
-    "handshake_timeout",
-    "ack_timeout",
-    "idle_timeout",
-    "reconnect_backoff_min",
-    "reconnect_backoff_max",
-];
-
-fn gate_fields_set(raw: &RawProfile) -> [bool; 9] {
+/// The gate links' fields, each with whether `raw` sets it.
+fn gate_fields(raw: &RawProfile) -> [(&'static str, bool); 9] {
     [
-        raw.max_frame_bytes.is_some(),
-        raw.window.is_some(),
-        raw.ok_byte.is_some(),
-        raw.connect_timeout.is_some(),
-        raw.handshake_timeout.is_some(),
-        raw.ack_timeout.is_some(),
-        raw.idle_timeout.is_some(),
-        raw.reconnect_backoff_min.is_some(),
-        raw.reconnect_backoff_max.is_some(),
+        ("max_frame_bytes", raw.max_frame_bytes.is_some()),
+        ("window", raw.window.is_some()),
+        ("ok_byte", raw.ok_byte.is_some()),
+        ("connect_timeout", raw.connect_timeout.is_some()),
+        ("handshake_timeout", raw.handshake_timeout.is_some()),
+        ("ack_timeout", raw.ack_timeout.is_some()),
+        ("idle_timeout", raw.idle_timeout.is_some()),
+        ("reconnect_backoff_min", raw.reconnect_backoff_min.is_some()),
+        ("reconnect_backoff_max", raw.reconnect_backoff_max.is_some()),
     ]
 }
 
-const UDP_FIELDS: [&str; 9] = [
-    "mtu",
-    "symbol_bytes",
-    "repair_percent",
-    "passes",
-    "control_repeats",
-    "block_symbols",
-    "interleave_blocks",
-    "silence_alarm",
-    "object_deadline",
-];
-
-fn udp_fields_set(raw: &RawProfile) -> [bool; 9] {
+/// The udp link's fields, each with whether `raw` sets it.
+fn udp_fields(raw: &RawProfile) -> [(&'static str, bool); 9] {
     [
-        raw.mtu.is_some(),
-        raw.symbol_bytes.is_some(),
-        raw.repair_percent.is_some(),
-        raw.passes.is_some(),
-        raw.control_repeats.is_some(),
-        raw.block_symbols.is_some(),
-        raw.interleave_blocks.is_some(),
-        raw.silence_alarm.is_some(),
-        raw.object_deadline.is_some(),
+        ("mtu", raw.mtu.is_some()),
+        ("symbol_bytes", raw.symbol_bytes.is_some()),
+        ("repair_percent", raw.repair_percent.is_some()),
+        ("passes", raw.passes.is_some()),
+        ("control_repeats", raw.control_repeats.is_some()),
+        ("block_symbols", raw.block_symbols.is_some()),
+        ("interleave_blocks", raw.interleave_blocks.is_some()),
+        ("silence_alarm", raw.silence_alarm.is_some()),
+        ("object_deadline", raw.object_deadline.is_some()),
     ]
 }
 
 /// A tcp or tls profile must not carry the udp link's fields.
 pub(crate) fn refuse_udp_fields(raw: &RawProfile, p: &mut Vec<String>) {
-    for (name, set) in UDP_FIELDS.iter().zip(udp_fields_set(raw)) {
+    for (name, set) in udp_fields(raw) {
         if set {
             p.push(format!("`{name}` is only for `link = \"udp\"`; remove it"));
         }
@@ -116,7 +94,7 @@ pub(crate) fn refuse_udp_fields(raw: &RawProfile, p: &mut Vec<String>) {
 /// Checks a `link = "udp"` profile.
 pub(crate) fn check(raw: RawProfile) -> Result<Profile, ProfileError> {
     let p = &mut Vec::new();
-    for (name, set) in GATE_FIELDS.iter().zip(gate_fields_set(&raw)) {
+    for (name, set) in gate_fields(&raw) {
         if set {
             p.push(format!(
                 "`{name}` has no meaning on a udp link (nothing comes back through a diode); remove it"

@@ -33,7 +33,7 @@ use crate::inflight::{InFlight, InFlightStore};
 use crate::pipe::{PipeStats, dispose, quarantine};
 use crate::sent_log::{SentEntry, SentLog};
 use crate::source::SourceEvent;
-use crate::state::IdSource;
+use crate::state::{IdSource, unix_now};
 
 /// Longest idle sleep between looks at the queue.
 const IDLE_POLL: Duration = Duration::from_millis(20);
@@ -212,28 +212,29 @@ impl Driver {
     fn object(&mut self, rel: &str, meta: &std::fs::Metadata) -> anyhow::Result<Object> {
         let mtime_ns = crate::transfer::mtime_ns(meta);
         let size = meta.len();
-        if let Some(r) = self.store.get(rel) {
-            if r.size == size && r.mtime_ns == mtime_ns {
-                return Ok(Object {
-                    id: r.transfer,
+        let recorded = self
+            .store
+            .get(rel)
+            .filter(|r| r.size == size && r.mtime_ns == mtime_ns)
+            .map(|r| r.transfer);
+        let id = match recorded {
+            Some(id) => id,
+            None => {
+                // A file sent before and moved back unchanged (a resend) keeps its id.
+                let id = match self.sent_log.id_of(rel, size, mtime_ns) {
+                    Some(id) => id,
+                    None => self.ids.next()?,
+                };
+                self.store.put(InFlight {
+                    transfer: id,
                     path: rel.to_owned(),
                     size,
                     mtime_ns,
-                });
+                    acked: 0,
+                })?;
+                id
             }
-        }
-        // A file sent before and moved back unchanged (a resend) keeps its id.
-        let id = match self.sent_log.id_of(rel, size, mtime_ns) {
-            Some(id) => id,
-            None => self.ids.next()?,
         };
-        self.store.put(InFlight {
-            transfer: id,
-            path: rel.to_owned(),
-            size,
-            mtime_ns,
-            acked: 0,
-        })?;
         Ok(Object {
             id,
             path: rel.to_owned(),
@@ -248,8 +249,8 @@ impl Driver {
             let Some(rel) = self.queue.pop_front() else {
                 break;
             };
-            if let Some((obj, file)) = self.prepare(e, rel) {
-                stream.add(e, obj, file);
+            if let Some((obj, file, announce)) = self.prepare(e, rel) {
+                stream.add(e, obj, file, announce);
             }
         }
         if self.store.needs_sync() {
@@ -260,8 +261,9 @@ impl Driver {
         }
     }
 
-    /// Opens a queued file and gives it its object id; `None` if it is not to be sent.
-    fn prepare(&mut self, e: &Emitter, rel: String) -> Option<(Object, File)> {
+    /// Opens a queued file and gives it its object id and announcement; `None` if it is not
+    /// to be sent.
+    fn prepare(&mut self, e: &Emitter, rel: String) -> Option<(Object, File, Vec<u8>)> {
         let fs_path = self.cfg.spool.join(&rel);
         let opened = File::open(&fs_path).and_then(|f| f.metadata().map(|m| (f, m)));
         let (file, meta) = match opened {
@@ -289,10 +291,8 @@ impl Driver {
                 return None;
             }
         };
-        let (len, max) = (
-            object::announce_len(e, &obj),
-            usize::from(e.profile().symbol_bytes),
-        );
+        let announce = object::announce_body(e, &obj);
+        let (len, max) = (announce.len(), usize::from(e.profile().symbol_bytes));
         if len > max {
             self.quarantine(
                 &fs_path,
@@ -303,7 +303,7 @@ impl Driver {
             );
             return None;
         }
-        Some((obj, file))
+        Some((obj, file, announce))
     }
 
     /// Forgets a spool file and moves it to the quarantine folder (ERROR with `reason`).
@@ -337,10 +337,7 @@ impl Driver {
             "kept: the file changed while it was sent; the new version is sent once it has settled"
         } else {
             match dispose(&self.cfg, &fs_path, &obj.path) {
-                Ok(()) => match self.cfg.after_send {
-                    crate::config::AfterSend::Delete => "deleted",
-                    crate::config::AfterSend::Move => "moved to sent_dir",
-                },
+                Ok(done) => done,
                 Err(err) => {
                     tracing::error!(pipe = %self.cfg.name, path = %obj.path, error = %err, "sent, but the spool file could not be removed; remove it by hand or it will be sent again");
                     "left in spool"
@@ -410,11 +407,4 @@ impl Driver {
             tracing::warn!(pipe = %self.cfg.name, path = %rel, error = %err, "cannot update the in-flight journal");
         }
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

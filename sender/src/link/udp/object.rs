@@ -90,14 +90,7 @@ impl Stream {
     pub fn remaining(&self, pct: u32) -> u64 {
         self.active
             .iter()
-            .map(|a| {
-                (a.next..a.blocks)
-                    .map(|b| {
-                        let k = a.layout.symbols(b);
-                        u64::from(k + fec::repair_count(k, pct))
-                    })
-                    .sum::<u64>()
-            })
+            .map(|a| a.layout.datagrams_from(a.next, pct))
             .sum()
     }
 
@@ -108,14 +101,9 @@ impl Stream {
             && self.remaining(p.repair_percent) < 2 * min_span(p.repair_percent)
     }
 
-    /// Adds an object at the end.
-    pub fn add(&mut self, e: &Emitter, obj: Object, file: File) {
-        let layout = Layout {
-            size: obj.size,
-            symbol_bytes: e.profile().symbol_bytes,
-            block_symbols: e.profile().block_symbols,
-        };
-        let announce = encode_body(&announce(e, &obj, &layout));
+    /// Adds an object at the end, with its encoded announcement (see [`announce_body`]).
+    pub fn add(&mut self, e: &Emitter, obj: Object, file: File, announce: Vec<u8>) {
+        let layout = layout(e, &obj);
         self.active.push_back(Active {
             blocks: layout.blocks().unwrap_or(0),
             layout,
@@ -148,8 +136,7 @@ impl Stream {
             touched = i + 1;
             let mut b = a.next;
             while b < a.blocks && (picks.len() < want_blocks || span < span_min) {
-                let k = a.layout.symbols(b);
-                span += u64::from(k + fec::repair_count(k, pct));
+                span += a.layout.datagrams(b, pct);
                 picks.push((i, b));
                 b += 1;
             }
@@ -275,17 +262,20 @@ impl Stream {
     }
 }
 
-/// The profile's announcement of `obj`.
-fn announce(e: &Emitter, obj: &Object, layout: &Layout) -> Announce {
+/// How `obj` is cut into blocks under `e`'s profile.
+fn layout(e: &Emitter, obj: &Object) -> Layout {
+    Layout {
+        size: obj.size,
+        symbol_bytes: e.profile().symbol_bytes,
+        block_symbols: e.profile().block_symbols,
+    }
+}
+
+/// The encoded announcement of `obj` (the caller checks that it fits one datagram).
+pub fn announce_body(e: &Emitter, obj: &Object) -> Vec<u8> {
     let p = e.profile();
-    let per_pass: u64 = (0..layout.blocks().unwrap_or(0))
-        .map(|b| {
-            let k = layout.symbols(b);
-            u64::from(k + fec::repair_count(k, p.repair_percent))
-        })
-        .sum();
-    let wire = per_pass * e.datagram_bytes() as u64;
-    Announce {
+    let wire = layout(e, obj).datagrams_from(0, p.repair_percent) * e.datagram_bytes() as u64;
+    encode_body(&Announce {
         path: obj.path.clone(),
         size: obj.size,
         mtime_ns: obj.mtime_ns,
@@ -295,15 +285,5 @@ fn announce(e: &Emitter, obj: &Object, layout: &Layout) -> Announce {
         passes: p.passes,
         pass_ms: Duration::from_secs_f64(wire as f64 / p.rate_bytes_per_s() as f64).as_millis()
             as u64,
-    }
-}
-
-/// Bytes of the announcement of `obj` (it must fit one datagram).
-pub fn announce_len(e: &Emitter, obj: &Object) -> usize {
-    let layout = Layout {
-        size: obj.size,
-        symbol_bytes: e.profile().symbol_bytes,
-        block_symbols: e.profile().block_symbols,
-    };
-    encode_body(&announce(e, obj, &layout)).len()
+    })
 }
