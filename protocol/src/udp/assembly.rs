@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::control::{Announce, End};
-use super::fec::{BlockDecoder, Layout, esi_limit};
+use super::fec::{BlockBuf, BlockDecoder, BlockPool, Layout, esi_limit};
 
 /// Largest repair percentage an announcement may ask for (bounds the symbols kept per block).
 pub const MAX_REPAIR_PERCENT: u32 = 400;
@@ -68,6 +68,14 @@ pub struct Assembly {
     slots: Vec<Slot>,
     /// The decoders of the blocks in `Slot::Decoding`, by block (lowest = oldest).
     decoders: std::collections::BTreeMap<u32, BlockDecoder>,
+    /// Decoded blocks held until the blocks before them are decoded, so that they are written
+    /// in order and the sink hashes them as it writes (at most `max_decoding`; past that the
+    /// lowest goes out of order and the sink hashes the file at commit instead).
+    held: std::collections::BTreeMap<u32, BlockBuf>,
+    /// Blocks below this are written (or handed out to be).
+    next_write: u32,
+    /// Decoded blocks to write, in order: (offset in the object, bytes).
+    ready: std::collections::VecDeque<(u64, BlockBuf)>,
     blocks: u32,
     done: u32,
     end: Option<End>,
@@ -134,6 +142,9 @@ impl Assembly {
             limits,
             slots,
             decoders: std::collections::BTreeMap::new(),
+            held: std::collections::BTreeMap::new(),
+            next_write: 0,
+            ready: std::collections::VecDeque::new(),
             blocks,
             done: 0,
             end: None,
@@ -212,13 +223,15 @@ impl Assembly {
         }
     }
 
-    /// Adds symbol `esi` of block `block`. Returns the block's offset and data once it decodes.
+    /// Adds symbol `esi` of block `block`. Decoded blocks become ready in order (see
+    /// [`Assembly::next_ready`]); returns true when one did.
     pub fn on_symbol(
         &mut self,
         block: u32,
         esi: u32,
         symbol: &[u8],
-    ) -> Result<Option<(u64, Vec<u8>)>, &'static str> {
+        pool: &mut BlockPool,
+    ) -> Result<bool, &'static str> {
         if symbol.len() != usize::from(self.layout.symbol_bytes) {
             return Err("symbol length differs from the announced symbol size");
         }
@@ -228,25 +241,45 @@ impl Assembly {
         };
         self.received += 1;
         match slot {
-            Slot::Done => return Ok(None),
-            Slot::Waiting => self.start_block(block),
+            Slot::Done => return Ok(false),
+            Slot::Waiting => self.start_block(block, pool),
             Slot::Decoding => {}
         }
         let Some(d) = self.decoders.get_mut(&block) else {
-            return Ok(None);
+            return Ok(false);
         };
-        let Some(mut padded) = d.add(esi, symbol) else {
-            return Ok(None);
+        let Some(mut block_buf) = d.add(esi, symbol) else {
+            return Ok(false);
         };
-        let (offset, len) = self.layout.block(block);
-        padded.truncate(len);
+        block_buf.truncate(self.layout.block(block).1);
         self.decoders.remove(&block);
         self.slots[idx] = Slot::Done;
         self.done += 1;
-        Ok(Some((offset, padded)))
+        self.held.insert(block, block_buf);
+        let before = self.ready.len();
+        while self.next_write < self.blocks && self.slots[self.next_write as usize] == Slot::Done {
+            // Done but not held: it went out of order earlier.
+            if let Some(b) = self.held.remove(&self.next_write) {
+                self.ready
+                    .push_back((self.layout.block(self.next_write).0, b));
+            }
+            self.next_write += 1;
+        }
+        if self.held.len() > self.limits.max_decoding {
+            if let Some((b, buf)) = self.held.pop_first() {
+                self.ready.push_back((self.layout.block(b).0, buf));
+            }
+        }
+        Ok(self.ready.len() > before)
     }
 
-    fn start_block(&mut self, block: u32) {
+    /// The next decoded block to write: its offset in the object and its bytes (give the
+    /// buffer back to the pool once written).
+    pub fn next_ready(&mut self) -> Option<(u64, BlockBuf)> {
+        self.ready.pop_front()
+    }
+
+    fn start_block(&mut self, block: u32, pool: &mut BlockPool) {
         if self.decoders.len() >= self.limits.max_decoding {
             if let Some((old, _)) = self.decoders.pop_first() {
                 self.slots[old as usize] = Slot::Waiting;
@@ -254,8 +287,10 @@ impl Assembly {
         }
         let k = self.layout.symbols(block);
         let limit = esi_limit(k, self.announce.repair_percent, self.announce.passes);
-        self.decoders
-            .insert(block, BlockDecoder::new(k, self.layout.symbol_bytes, limit));
+        self.decoders.insert(
+            block,
+            BlockDecoder::new(k, self.layout.symbol_bytes, limit, pool.take()),
+        );
         self.slots[block as usize] = Slot::Decoding;
     }
 }
@@ -292,17 +327,21 @@ mod tests {
         (0..len).map(|i| (i * 7 % 256) as u8).collect()
     }
 
-    /// Feeds block `b` of `d` (its source symbols, the last zero-padded).
-    fn feed(a: &mut Assembly, d: &[u8], b: u32) -> Option<(u64, Vec<u8>)> {
+    /// Feeds block `b` of `d` (its source symbols, the last zero-padded); returns the blocks
+    /// that became ready to write, by offset.
+    fn feed(a: &mut Assembly, d: &[u8], b: u32) -> Vec<(u64, Vec<u8>)> {
+        let mut pool = BlockPool::default();
         let t = usize::from(T);
         let start = b as usize * 4 * t;
         let block = &d[start..d.len().min(start + 4 * t)];
-        let mut out = None;
+        let mut out = Vec::new();
         for (i, chunk) in block.chunks(t).enumerate() {
             let mut sym = chunk.to_vec();
             sym.resize(t, 0);
-            if let Some(done) = a.on_symbol(b, i as u32, &sym).expect("valid symbol") {
-                out = Some(done);
+            a.on_symbol(b, i as u32, &sym, &mut pool)
+                .expect("valid symbol");
+            while let Some((at, done)) = a.next_ready() {
+                out.push((at, done.bytes().to_vec()));
             }
         }
         out
@@ -320,8 +359,8 @@ mod tests {
         let now = Instant::now();
         let d = data(160);
         let mut a = Assembly::new(announce(160, 2), 1, limits(), now).expect("valid");
-        assert_eq!(feed(&mut a, &d, 0), Some((0, d[..64].to_vec())));
-        assert_eq!(feed(&mut a, &d, 2), Some((128, d[128..].to_vec())));
+        assert_eq!(feed(&mut a, &d, 0), vec![(0, d[..64].to_vec())]);
+        assert_eq!(feed(&mut a, &d, 2), vec![], "held until block 1 is decoded");
         a.on_end(end(&d));
         assert!(!a.complete(), "block 1 is missing");
         let f = a.on_pass(2, now).expect("pass 1 failed");
@@ -330,16 +369,41 @@ mod tests {
             (1, false, 1, 3)
         );
         assert_eq!(a.on_pass(2, now), None, "reported once");
-        assert_eq!(feed(&mut a, &d, 1), Some((64, d[64..128].to_vec())));
+        assert_eq!(
+            feed(&mut a, &d, 1),
+            vec![(64, d[64..128].to_vec()), (128, d[128..].to_vec())],
+            "written in order"
+        );
         assert!(a.complete());
+    }
+
+    #[test]
+    fn blocks_are_written_in_order_while_at_most_max_decoding_wait() {
+        let now = Instant::now();
+        let d = data(7 * 64);
+        let mut a = Assembly::new(announce(7 * 64, 1), 1, limits(), now).expect("valid");
+        let mut offsets = Vec::new();
+        for b in [1, 2, 3, 4, 5, 0, 6] {
+            for (at, bytes) in feed(&mut a, &d, b) {
+                assert_eq!(bytes, d[at as usize..at as usize + 64]);
+                offsets.push(at);
+            }
+        }
+        // Block 1 left early when a fifth block waited (max_decoding is 4); the rest in order.
+        assert_eq!(offsets, vec![64, 0, 128, 192, 256, 320, 384]);
+        assert!(a.next_ready().is_none());
     }
 
     #[test]
     fn the_last_pass_past_its_deadline_is_final_and_bad_symbols_are_refused() {
         let now = Instant::now();
         let mut a = Assembly::new(announce(100, 1), 1, limits(), now).expect("valid");
-        assert!(a.on_symbol(0, 0, &[0; 5]).is_err(), "wrong length");
-        assert!(a.on_symbol(9, 0, &[0; 16]).is_err(), "block past the size");
+        let pool = &mut BlockPool::default();
+        assert!(a.on_symbol(0, 0, &[0; 5], pool).is_err(), "wrong length");
+        assert!(
+            a.on_symbol(9, 0, &[0; 16], pool).is_err(),
+            "block past the size"
+        );
         assert_eq!(a.on_tick(now), None, "before the deadline");
         let f = a
             .on_tick(now + Duration::from_secs(5))

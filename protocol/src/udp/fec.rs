@@ -142,16 +142,90 @@ pub fn interleave(counts: &[(u32, u32)]) -> Vec<(usize, u32)> {
     order
 }
 
-/// Collects one block's symbols and decodes it once enough have arrived.
+/// Alignment of a [`BlockBuf`]'s start in memory: the page size, which direct I/O needs.
+pub const ALIGN: usize = 4096;
+
+/// A block's bytes, starting at an [`ALIGN`]-aligned address so that the receiver can write
+/// whole blocks with direct I/O. Its buffer goes back to a [`BlockPool`] once written.
+pub struct BlockBuf {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl BlockBuf {
+    /// `len` bytes, reusing `spare`'s allocation when it is large enough. The bytes are
+    /// whatever the buffer held: every caller overwrites all of them before reading.
+    fn new(len: usize, spare: Option<Vec<u8>>) -> Self {
+        let mut buf = spare.unwrap_or_default();
+        buf.resize(len + ALIGN, 0);
+        let start = (ALIGN - buf.as_ptr().addr() % ALIGN) % ALIGN;
+        Self { buf, start, len }
+    }
+
+    /// The block's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+
+    /// Cuts the block to its first `len` bytes (the padding of the last symbol).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// The allocation, for the pool.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl std::fmt::Debug for BlockBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockBuf").field("len", &self.len).finish()
+    }
+}
+
+/// Block buffers written and given back, handed to the next blocks, so that a stream of
+/// blocks does not allocate (and fault in) a fresh megabyte each.
+#[derive(Debug, Default)]
+pub struct BlockPool {
+    spare: Vec<Vec<u8>>,
+}
+
+impl BlockPool {
+    /// At most this many buffers are kept.
+    const KEEP: usize = 4;
+
+    /// Takes a spare buffer, if any.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        self.spare.pop()
+    }
+
+    /// Gives a written block's buffer back.
+    pub fn give(&mut self, block: BlockBuf) {
+        if self.spare.len() < Self::KEEP {
+            self.spare.push(block.into_vec());
+        }
+    }
+}
+
+/// Collects one block's symbols and decodes it once enough have arrived. Source symbols go
+/// straight to their place in the block, so a block whose source symbols all arrive is done
+/// without RaptorQ; repair symbols are kept aside until a decode needs them.
 pub struct BlockDecoder {
-    inner: SourceBlockDecoder,
     k: u32,
+    symbol_bytes: u16,
     /// ESIs at or above this are refused (bounds memory).
     esi_limit: u32,
     seen: Vec<u64>,
     distinct: u32,
     sources: u32,
-    buffered: Vec<EncodingPacket>,
+    block: Option<BlockBuf>,
+    repairs: Vec<EncodingPacket>,
     next_attempt: u32,
 }
 
@@ -165,24 +239,25 @@ impl std::fmt::Debug for BlockDecoder {
 }
 
 impl BlockDecoder {
-    /// A decoder for a block of `k` source symbols accepting ESIs below `esi_limit`.
-    pub fn new(k: u32, symbol_bytes: u16, esi_limit: u32) -> Self {
-        let info = oti(k, symbol_bytes);
+    /// A decoder for a block of `k` source symbols accepting ESIs below `esi_limit`, its
+    /// block in `spare`'s allocation when one is given.
+    pub fn new(k: u32, symbol_bytes: u16, esi_limit: u32, spare: Option<Vec<u8>>) -> Self {
         Self {
-            inner: SourceBlockDecoder::new(0, &info, u64::from(k) * u64::from(symbol_bytes)),
             k,
+            symbol_bytes,
             esi_limit,
             seen: vec![0; (esi_limit as usize).div_ceil(64)],
             distinct: 0,
             sources: 0,
-            buffered: Vec::new(),
+            block: Some(BlockBuf::new(k as usize * usize::from(symbol_bytes), spare)),
+            repairs: Vec::new(),
             next_attempt: k,
         }
     }
 
     /// Adds one symbol (its length already checked against the object's symbol size).
     /// Returns the padded block once it decodes. Out-of-range and repeated ESIs are ignored.
-    pub fn add(&mut self, esi: u32, symbol: &[u8]) -> Option<Vec<u8>> {
+    pub fn add(&mut self, esi: u32, symbol: &[u8]) -> Option<BlockBuf> {
         if esi >= self.esi_limit {
             return None;
         }
@@ -193,18 +268,48 @@ impl BlockDecoder {
         }
         *w |= bit;
         self.distinct += 1;
+        let t = usize::from(self.symbol_bytes);
         if esi < self.k {
+            let at = esi as usize * t;
+            self.block.as_mut()?.bytes_mut()[at..at + t].copy_from_slice(symbol);
             self.sources += 1;
+            if self.sources == self.k {
+                return self.block.take();
+            }
+        } else {
+            self.repairs
+                .push(EncodingPacket::new(PayloadId::new(0, esi), symbol.to_vec()));
         }
-        self.buffered
-            .push(EncodingPacket::new(PayloadId::new(0, esi), symbol.to_vec()));
-        if self.sources < self.k && self.distinct < self.next_attempt {
+        if self.distinct < self.next_attempt {
             return None;
         }
         // A failed attempt costs a full solve: try again only after two more symbols, when
         // the odds of success have risen about a hundredfold.
         self.next_attempt = self.distinct + 2;
-        self.inner.decode(std::mem::take(&mut self.buffered))
+        self.solve()
+    }
+
+    /// Decodes from the source symbols at hand and the repair symbols.
+    fn solve(&mut self) -> Option<BlockBuf> {
+        let t = usize::from(self.symbol_bytes);
+        let block = self.block.as_ref()?;
+        let mut packets = Vec::with_capacity(self.distinct as usize);
+        for esi in 0..self.k {
+            if self.seen[(esi / 64) as usize] & (1u64 << (esi % 64)) != 0 {
+                let at = esi as usize * t;
+                packets.push(EncodingPacket::new(
+                    PayloadId::new(0, esi),
+                    block.bytes()[at..at + t].to_vec(),
+                ));
+            }
+        }
+        packets.extend(self.repairs.iter().cloned());
+        let info = oti(self.k, self.symbol_bytes);
+        let decoded =
+            SourceBlockDecoder::new(0, &info, u64::from(self.k) * t as u64).decode(packets)?;
+        let mut block = self.block.take()?;
+        block.bytes_mut().copy_from_slice(&decoded);
+        Some(block)
     }
 }
 
@@ -223,7 +328,7 @@ mod tests {
         let (k, t) = (200u32, 64u16);
         let data = block(k, t);
         let repair = repair_symbols(&data, t, 0, 40);
-        let mut d = BlockDecoder::new(k, t, k + 40);
+        let mut d = BlockDecoder::new(k, t, k + 40, None);
         // Lose every tenth source symbol: 20 lost, 40 repair symbols make up for them.
         let mut out = None;
         for i in (0..k).filter(|i| i % 10 != 3) {
@@ -236,14 +341,14 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(out.as_deref(), Some(&data[..]));
+        assert_eq!(out.as_ref().map(BlockBuf::bytes), Some(&data[..]));
     }
 
     #[test]
     fn all_source_symbols_decode_without_repair_and_repeats_are_ignored() {
         let (k, t) = (10u32, 16u16);
         let data = block(k, t);
-        let mut d = BlockDecoder::new(k, t, k + 2);
+        let mut d = BlockDecoder::new(k, t, k + 2, Some(vec![7; 3]));
         for i in 0..k - 1 {
             let s = usize::from(t) * i as usize;
             assert!(d.add(i, &data[s..s + 16]).is_none());
@@ -251,7 +356,13 @@ mod tests {
         }
         assert!(d.add(k + 5, &[0; 16]).is_none(), "ESI past the limit");
         let s = usize::from(t) * (k - 1) as usize;
-        assert_eq!(d.add(k - 1, &data[s..s + 16]).as_deref(), Some(&data[..]));
+        let out = d.add(k - 1, &data[s..s + 16]).expect("decoded");
+        assert_eq!(out.bytes(), &data[..]);
+        assert_eq!(
+            out.bytes().as_ptr().addr() % ALIGN,
+            0,
+            "aligned for direct I/O"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use gapsync_daemon::ratelimit::RateLimiter;
 use gapsync_protocol::crypto::{ConnectionId, FLAG_AUTH, FrameKey, Protection};
 use gapsync_protocol::udp::datagram::{self, Header, Kind};
+use gapsync_protocol::udp::fec::BlockPool;
 use gapsync_protocol::udp::{Announce, Assembly, End, Heartbeat, Limits, PassFailure, UdpProfile};
 use gapsync_protocol::{Commit, OpenFile, decode_body};
 
@@ -69,6 +70,8 @@ pub struct Worker {
     limiter: RateLimiter,
     dropped: Dropped,
     orphans: VecDeque<(Header, Vec<u8>, Instant)>,
+    /// Buffers of written blocks, for the next ones.
+    blocks: BlockPool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -113,6 +116,7 @@ impl Worker {
             limiter: RateLimiter::new(Duration::from_secs(60)),
             dropped: Dropped::default(),
             orphans: VecDeque::new(),
+            blocks: BlockPool::default(),
         })
     }
 
@@ -362,17 +366,22 @@ impl Worker {
             return;
         };
         let failure = asm.on_pass(h.pass, now);
-        let decoded = asm.on_symbol(h.block, h.symbol, payload);
-        self.report(key, failure);
-        match decoded {
-            Ok(None) => {}
-            Ok(Some((offset, data))) => {
-                if let Err(e) = pipe.with_sink(|s| s.write(h.object, offset, &data)) {
+        let decoded = asm.on_symbol(h.block, h.symbol, payload, &mut self.blocks);
+        if decoded == Ok(true) {
+            while let Some((offset, block)) = asm.next_ready() {
+                let written = pipe.with_sink(|s| s.write(h.object, offset, block.bytes()));
+                self.blocks.give(block);
+                if let Err(e) = written {
+                    self.report(key, failure);
                     self.abandon(key, &format!("cannot write it: {e}"));
                     return;
                 }
-                self.land_if_complete(key);
             }
+        }
+        self.report(key, failure);
+        match decoded {
+            Ok(false) => {}
+            Ok(true) => self.land_if_complete(key),
             Err(reason) => {
                 if let Some(suppressed) = self.warn_limited(&format!("bad symbol {}", pipe.name)) {
                     tracing::warn!(pipe = %pipe.name, reason, suppressed, "dropped a symbol that does not fit its object");

@@ -49,7 +49,7 @@ struct Active {
     file: File,
     layout: Layout,
     blocks: u32,
-    /// Next block of the current pass.
+    /// Next block of the current pass to put in a group.
     next: u32,
     pass: u8,
     announced: bool,
@@ -61,11 +61,49 @@ struct Active {
     started: Instant,
 }
 
-/// The objects in flight, in order.
+/// One block of a group: its source symbols (zero-padded) and its repair symbols.
+#[derive(Debug)]
+struct GroupBlock {
+    id: u64,
+    block: u32,
+    pass: u8,
+    k: u32,
+    /// Repair symbols to make, from this id.
+    first_repair: u32,
+    repair: u32,
+    data: Vec<u8>,
+    repairs: Vec<(u32, Vec<u8>)>,
+}
+
+/// A group of blocks, read and hashed, to be interleaved and sent.
+#[derive(Debug, Default)]
+struct Group {
+    blocks: Vec<GroupBlock>,
+    /// Objects whose announcement goes before this group's symbols.
+    announce: Vec<u64>,
+    /// Objects whose current pass ends with this group.
+    ends: Vec<u64>,
+}
+
+impl Group {
+    /// Computes the repair symbols of every block (the costly part: RaptorQ encoding).
+    fn encode(&self, t: u16) -> Vec<Vec<(u32, Vec<u8>)>> {
+        self.blocks
+            .iter()
+            .map(|b| fec::repair_symbols(&b.data, t, b.first_repair, b.repair))
+            .collect()
+    }
+}
+
+/// The objects in flight, in order. Groups go through a two-stage pipeline: while one group
+/// is sent (paced) on the pipe's thread, the next is encoded on a second thread, so the
+/// pacer is not left idle while RaptorQ works.
 #[derive(Debug, Default)]
 pub struct Stream {
     active: VecDeque<Active>,
-    /// Block buffers of the last group, for the next.
+    /// The group encoded and next to send.
+    ready: Option<Group>,
+    /// Block buffers of sent groups, for the next.
     spare: Vec<Vec<u8>>,
 }
 
@@ -86,7 +124,7 @@ impl Stream {
         self.active.len()
     }
 
-    /// Datagrams still to send in the current passes of the objects in flight.
+    /// Datagrams not yet put in a group in the current passes of the objects in flight.
     pub fn remaining(&self, pct: u32) -> u64 {
         self.active
             .iter()
@@ -121,68 +159,89 @@ impl Stream {
         });
     }
 
-    /// Sends one group; returns the objects whose last pass it finished.
+    /// Sends the group encoded last time (if any) while the next one is encoded on a second
+    /// thread; returns the objects whose last pass was sent.
     pub fn send_group(&mut self, e: &mut Emitter) -> io::Result<Vec<Sent>> {
+        let t = e.profile().symbol_bytes;
+        let mut next = self.plan(e)?;
+        let sent = match (self.ready.take(), next.as_ref()) {
+            (Some(current), Some(n)) => std::thread::scope(|s| {
+                let encoder = std::thread::Builder::new()
+                    .name("udp-encode".into())
+                    .spawn_scoped(s, || n.encode(t))?;
+                let sent = self.emit(e, current);
+                let repairs = encoder.join().map_err(|_| {
+                    io::Error::other("the encoder thread panicked (a bug; please report it)")
+                })?;
+                Ok::<_, io::Error>((sent, Some(repairs)))
+            })?,
+            (Some(current), None) => (self.emit(e, current), None),
+            (None, Some(n)) => (Ok(Vec::new()), Some(n.encode(t))),
+            (None, None) => (Ok(Vec::new()), None),
+        };
+        if let (Some(g), Some(repairs)) = (next.as_mut(), sent.1) {
+            for (b, r) in g.blocks.iter_mut().zip(repairs) {
+                b.repairs = r;
+            }
+        }
+        self.ready = next;
+        sent.0
+    }
+
+    /// Picks the next group's blocks, reads and hashes them; `None` when every block of the
+    /// current passes is already in a group.
+    fn plan(&mut self, e: &mut Emitter) -> io::Result<Option<Group>> {
         let (t, pct) = (e.profile().symbol_bytes, e.profile().repair_percent);
         let (want_blocks, span_min) = (e.profile().interleave_blocks as usize, min_span(pct));
         // Pick blocks: (object index, block).
         let mut picks: Vec<(usize, u32)> = Vec::new();
-        let mut touched = 0;
         let mut span = 0u64;
-        for (i, a) in self.active.iter().enumerate() {
+        let mut group = Group::default();
+        for (i, a) in self.active.iter_mut().enumerate() {
             if picks.len() >= want_blocks && span >= span_min {
                 break;
             }
-            touched = i + 1;
             let mut b = a.next;
             while b < a.blocks && (picks.len() < want_blocks || span < span_min) {
                 span += a.layout.datagrams(b, pct);
                 picks.push((i, b));
                 b += 1;
             }
-        }
-        for i in 0..touched {
-            if !self.active[i].announced {
-                let a = &mut self.active[i];
-                a.announced = true;
-                let (id, pass, body) = (a.obj.id, a.pass, a.announce.clone());
-                e.control(Kind::Announce, id, pass, body)?;
+            let empty_pass = a.blocks == 0 && a.next == 0 && !a.announced;
+            if b == a.next && !empty_pass {
+                continue;
             }
+            if !a.announced {
+                a.announced = true;
+                group.announce.push(a.obj.id);
+            }
+            if b == a.blocks {
+                group.ends.push(a.obj.id);
+            }
+            // An empty object has no block: `next = 1` marks its pass as planned.
+            a.next = if a.blocks == 0 { 1 } else { b };
         }
-        self.send_blocks(e, &picks, span < span_min, t, pct)?;
-        e.flush()?;
-        self.finish_passes(e, touched)
-    }
-
-    fn send_blocks(
-        &mut self,
-        e: &mut Emitter,
-        picks: &[(usize, u32)],
-        sparse: bool,
-        t: u16,
-        pct: u32,
-    ) -> io::Result<()> {
+        if picks.is_empty() && group.ends.is_empty() {
+            return Ok(None);
+        }
+        let sparse = span < span_min;
         let ts = usize::from(t);
         let total_k: u32 = picks
             .iter()
             .map(|&(i, b)| self.active[i].layout.symbols(b))
             .sum();
-        let mut data = Vec::with_capacity(picks.len());
-        let mut counts = Vec::with_capacity(picks.len());
-        let mut repairs = Vec::with_capacity(picks.len());
-        for &(i, b) in picks {
+        for &(i, b) in &picks {
             let a = &mut self.active[i];
             let (offset, len) = a.layout.block(b);
             let k = a.layout.symbols(b);
             // Reused block buffers: a fresh 1.4 MB allocation per block costs page faults.
-            let mut buf = self.spare.pop().unwrap_or_default();
-            buf.clear();
-            buf.resize(k as usize * ts, 0);
-            a.file.read_exact_at(&mut buf[..len], offset)?;
+            let mut data = self.spare.pop().unwrap_or_default();
+            data.clear();
+            data.resize(k as usize * ts, 0);
+            a.file.read_exact_at(&mut data[..len], offset)?;
             if let Some(h) = a.hasher.as_mut() {
-                h.update(&buf[..len]);
+                h.update(&data[..len]);
             }
-            let base = fec::repair_count(k, pct);
             // Too little in flight to spread a burst: each block gets its share of a burst's
             // worth of extra repair symbols instead.
             let extra = if sparse {
@@ -190,42 +249,66 @@ impl Stream {
             } else {
                 0
             };
-            let r = base + extra;
-            let first = fec::repair_first(k, pct, a.pass);
-            repairs.push(fec::repair_symbols(&buf, t, first, r));
-            counts.push((k, r));
-            data.push(buf);
-            a.next = b + 1;
+            group.blocks.push(GroupBlock {
+                id: a.obj.id,
+                block: b,
+                pass: a.pass,
+                k,
+                first_repair: fec::repair_first(k, pct, a.pass),
+                repair: fec::repair_count(k, pct) + extra,
+                data,
+                repairs: Vec::new(),
+            });
         }
-        for (g, idx) in fec::interleave(&counts) {
-            let (i, b) = picks[g];
-            let k = counts[g].0;
-            let (id, pass) = (self.active[i].obj.id, self.active[i].pass);
-            if idx < k {
-                let s = idx as usize * ts;
-                e.symbol(id, b, idx, pass, &data[g][s..s + ts])?;
-            } else if let Some((esi, sym)) = repairs[g].get((idx - k) as usize) {
-                e.symbol(id, b, *esi, pass, sym)?;
-            }
-            self.active[i].sent_in_pass += 1;
-            self.active[i].datagrams += 1;
-        }
-        self.spare.extend(data);
-        Ok(())
+        Ok(Some(group))
     }
 
-    /// Ends the passes of the first `touched` objects that have no block left in this pass.
-    fn finish_passes(&mut self, e: &mut Emitter, touched: usize) -> io::Result<Vec<Sent>> {
-        let mut done = Vec::new();
-        let mut i = 0;
-        let mut seen = 0;
-        while i < self.active.len() && seen < touched {
-            seen += 1;
-            let a = &mut self.active[i];
-            if a.next < a.blocks {
-                i += 1;
-                continue;
+    fn index(&self, id: u64) -> Option<usize> {
+        self.active.iter().position(|a| a.obj.id == id)
+    }
+
+    /// Sends a group: announcements, the interleaved symbols, then the ends of the passes it
+    /// finishes. Returns the objects whose last pass it sent.
+    fn emit(&mut self, e: &mut Emitter, g: Group) -> io::Result<Vec<Sent>> {
+        let ts = usize::from(e.profile().symbol_bytes);
+        for id in &g.announce {
+            if let Some(a) = self.index(*id).map(|i| &self.active[i]) {
+                e.control(Kind::Announce, *id, a.pass, a.announce.clone())?;
             }
+        }
+        let owners: Vec<Option<usize>> = g.blocks.iter().map(|b| self.index(b.id)).collect();
+        let counts: Vec<(u32, u32)> = g
+            .blocks
+            .iter()
+            .map(|b| (b.k, b.repairs.len() as u32))
+            .collect();
+        for (gi, idx) in fec::interleave(&counts) {
+            let b = &g.blocks[gi];
+            if idx < b.k {
+                let s = idx as usize * ts;
+                e.symbol(b.id, b.block, idx, b.pass, &b.data[s..s + ts])?;
+            } else if let Some((esi, sym)) = b.repairs.get((idx - b.k) as usize) {
+                e.symbol(b.id, b.block, *esi, b.pass, sym)?;
+            }
+            if let Some(a) = owners[gi].and_then(|i| self.active.get_mut(i)) {
+                a.sent_in_pass += 1;
+                a.datagrams += 1;
+            }
+        }
+        e.flush()?;
+        self.spare.extend(g.blocks.into_iter().map(|b| b.data));
+        self.spare
+            .truncate(2 * e.profile().interleave_blocks as usize);
+        self.finish_passes(e, &g.ends)
+    }
+
+    /// Sends the ends of the passes of `ids` (all their blocks sent); starts their next pass
+    /// or, after the last, returns them as sent.
+    fn finish_passes(&mut self, e: &mut Emitter, ids: &[u64]) -> io::Result<Vec<Sent>> {
+        let mut done = Vec::new();
+        for id in ids {
+            let Some(i) = self.index(*id) else { continue };
+            let a = &mut self.active[i];
             let digest = *a.digest.get_or_insert_with(|| {
                 *a.hasher
                     .take()
@@ -237,14 +320,13 @@ impl Stream {
                 datagrams: a.sent_in_pass,
                 digest,
             });
-            let (id, pass) = (a.obj.id, a.pass);
-            e.control(Kind::End, id, pass, end)?;
+            let pass = a.pass;
+            e.control(Kind::End, *id, pass, end)?;
             if pass < e.profile().passes {
                 a.pass += 1;
                 a.next = 0;
                 a.announced = false;
                 a.sent_in_pass = 0;
-                i += 1;
                 continue;
             }
             if let Some(a) = self.active.remove(i) {

@@ -167,6 +167,18 @@ pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<
             Some(got.duration_since(*at).unwrap_or_default().as_secs_f64() * 1e3)
         })
         .collect();
+    if std::env::var_os("GAPSYNC_BENCH_LOGS").is_some() {
+        for l in lab.sender_log().lines().chain(lab.receiver_log().lines()) {
+            if l.contains(" sent ")
+                || l.contains("delivered")
+                || l.contains("link summary")
+                || l.contains("WARN")
+                || l.contains("ERROR")
+            {
+                eprintln!("{l}");
+            }
+        }
+    }
     drop_lab(lab, &setup.dest)?;
     Ok(GapsyncRun {
         sample: Sample {
