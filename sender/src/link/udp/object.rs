@@ -296,9 +296,9 @@ impl Stream {
             }
         }
         e.flush()?;
+        // Enough for the next group; more would only hold memory.
         self.spare.extend(g.blocks.into_iter().map(|b| b.data));
-        self.spare
-            .truncate(2 * e.profile().interleave_blocks as usize);
+        self.spare.truncate(e.profile().interleave_blocks as usize);
         self.finish_passes(e, &g.ends)
     }
 
