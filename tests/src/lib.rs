@@ -593,14 +593,19 @@ impl Lab {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
+        // What a daemon printed before its log opened (or when it could not start).
+        let stderr = |p: &Option<Proc>| {
+            p.as_ref()
+                .map(|p| tail(p.stderr_text()))
+                .unwrap_or_default()
+        };
         format!(
-            "--- receiver log ---\n{}\n--- sender log ---\n{}\n--- gate sim ---\n{}",
+            "--- receiver log ---\n{}\n--- sender log ---\n{}\n--- gate sim ---\n{}\n--- receiver stderr ---\n{}\n--- sender stderr ---\n{}",
             tail(self.receiver_log()),
             tail(self.sender_log()),
-            self.sim
-                .as_ref()
-                .map(|s| tail(s.stderr_text()))
-                .unwrap_or_default()
+            stderr(&self.sim),
+            stderr(&self.receiver),
+            stderr(&self.sender),
         )
     }
 
