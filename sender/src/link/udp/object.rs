@@ -190,7 +190,7 @@ impl Stream {
 
     /// Picks the next group's blocks, reads and hashes them; `None` when every block of the
     /// current passes is already in a group.
-    fn plan(&mut self, e: &mut Emitter) -> io::Result<Option<Group>> {
+    fn plan(&mut self, e: &Emitter) -> io::Result<Option<Group>> {
         let (t, pct) = (e.profile().symbol_bytes, e.profile().repair_percent);
         let (want_blocks, span_min) = (e.profile().interleave_blocks as usize, min_span(pct));
         // Pick blocks: (object index, block).
