@@ -213,6 +213,11 @@ impl BlockPool {
     }
 }
 
+/// Where symbol `esi` is in a decoder's `seen` bitmap: (word, bit).
+fn seen_bit(esi: u32) -> (usize, u64) {
+    ((esi / 64) as usize, 1u64 << (esi % 64))
+}
+
 /// Collects one block's symbols and decodes it once enough have arrived. Source symbols go
 /// straight to their place in the block, so a block whose source symbols all arrive is done
 /// without RaptorQ; repair symbols are kept aside until a decode needs them.
@@ -261,7 +266,7 @@ impl BlockDecoder {
         if esi >= self.esi_limit {
             return None;
         }
-        let (word, bit) = ((esi / 64) as usize, 1u64 << (esi % 64));
+        let (word, bit) = seen_bit(esi);
         let w = self.seen.get_mut(word)?;
         if *w & bit != 0 {
             return None;
@@ -295,7 +300,8 @@ impl BlockDecoder {
         let block = self.block.as_ref()?;
         let mut packets = Vec::with_capacity(self.distinct as usize);
         for esi in 0..self.k {
-            if self.seen[(esi / 64) as usize] & (1u64 << (esi % 64)) != 0 {
+            let (word, bit) = seen_bit(esi);
+            if self.seen[word] & bit != 0 {
                 let at = esi as usize * t;
                 packets.push(EncodingPacket::new(
                     PayloadId::new(0, esi),

@@ -367,27 +367,37 @@ impl Worker {
         };
         let failure = asm.on_pass(h.pass, now);
         let decoded = asm.on_symbol(h.block, h.symbol, payload, &mut self.blocks);
-        if decoded == Ok(true) {
-            while let Some((offset, block)) = asm.next_ready() {
-                let written = pipe.with_sink(|s| s.write(h.object, offset, block.bytes()));
-                self.blocks.give(block);
-                if let Err(e) = written {
-                    self.report(key, failure);
-                    self.abandon(key, &format!("cannot write it: {e}"));
-                    return;
-                }
-            }
-        }
         self.report(key, failure);
         match decoded {
             Ok(false) => {}
-            Ok(true) => self.land_if_complete(key),
+            Ok(true) => {
+                if self.write_ready(pipe, key) {
+                    self.land_if_complete(key);
+                }
+            }
             Err(reason) => {
                 if let Some(suppressed) = self.warn_limited(&format!("bad symbol {}", pipe.name)) {
                     tracing::warn!(pipe = %pipe.name, reason, suppressed, "dropped a symbol that does not fit its object");
                 }
             }
         }
+    }
+
+    /// Writes the object's decoded blocks that are ready, in order; false if a write failed
+    /// (the object is then abandoned).
+    fn write_ready(&mut self, pipe: &Pipe, key: ObjectKey) -> bool {
+        let Some((_, asm, _)) = self.objects.get_mut(&key) else {
+            return false;
+        };
+        while let Some((offset, block)) = asm.next_ready() {
+            let written = pipe.with_sink(|s| s.write(key.1, offset, block.bytes()));
+            self.blocks.give(block);
+            if let Err(e) = written {
+                self.abandon(key, &format!("cannot write it: {e}"));
+                return false;
+            }
+        }
+        true
     }
 
     fn land_if_complete(&mut self, key: ObjectKey) {
