@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::control::{Announce, End};
-use super::fec::{BlockBuf, BlockDecoder, BlockPool, Layout, esi_limit};
+use super::fec::{self, BlockBuf, BlockDecoder, BlockPool, Layout, esi_limit};
 
 /// Largest repair percentage an announcement may ask for (bounds the symbols kept per block).
 pub const MAX_REPAIR_PERCENT: u32 = 400;
@@ -174,9 +174,22 @@ impl Assembly {
         self.end.as_ref()
     }
 
-    /// Notes the End of a pass (any copy; the digest is the same in all).
+    /// Notes the End of a pass (any copy; the digest is the same in all). The pass's symbols
+    /// have all been sent: blocks waiting for spare symbols decode with what they have.
     pub fn on_end(&mut self, end: End) {
         self.end.get_or_insert(end);
+        self.settle_all();
+    }
+
+    /// Decodes every block that has enough symbols, spare or not (see
+    /// [`BlockDecoder::settle`]).
+    fn settle_all(&mut self) {
+        let waiting: Vec<u32> = self.decoders.keys().copied().collect();
+        for block in waiting {
+            if let Some(buf) = self.decoders.get_mut(&block).and_then(BlockDecoder::settle) {
+                self.decoded(block, buf);
+            }
+        }
     }
 
     /// A datagram of pass `pass` arrived. If it starts a later pass while this one is not
@@ -186,6 +199,7 @@ impl Assembly {
             return None;
         }
         // Only missing blocks fail a pass: a missing End comes with any later copy.
+        self.settle_all();
         let failure = (self.done < self.blocks).then(|| self.failure(false));
         self.pass = pass;
         self.received = 0;
@@ -197,6 +211,10 @@ impl Assembly {
     /// for the next pass (a new deadline) or, after the last, marks it final.
     pub fn on_tick(&mut self, now: Instant) -> Option<PassFailure> {
         if now < self.deadline || self.complete() {
+            return None;
+        }
+        self.settle_all();
+        if self.complete() {
             return None;
         }
         let last = self.pass >= self.announce.passes;
@@ -240,23 +258,37 @@ impl Assembly {
             return Err("block number past the announced size");
         };
         self.received += 1;
-        match slot {
-            Slot::Done => return Ok(false),
-            Slot::Waiting => self.start_block(block, pool),
-            Slot::Decoding => {}
+        if slot == Slot::Done {
+            return Ok(false);
         }
+        let before = self.ready.len();
+        if slot == Slot::Waiting {
+            self.start_block(block, pool);
+        }
+        let k = self.layout.symbols(block);
+        let pct = self.announce.repair_percent;
+        // At or past the last symbol this pass sends for the block (the sender may add a few
+        // repair symbols to the blocks of a sparse group).
+        let tail = u64::from(esi) + 1
+            >= u64::from(k)
+                + u64::from(fec::repair_first(k, pct, self.pass))
+                + u64::from(fec::repair_count(k, pct));
         let Some(d) = self.decoders.get_mut(&block) else {
-            return Ok(false);
+            return Ok(self.ready.len() > before);
         };
-        let Some(mut block_buf) = d.add(esi, symbol) else {
-            return Ok(false);
-        };
+        if let Some(buf) = d.add(esi, symbol, tail) {
+            self.decoded(block, buf);
+        }
+        Ok(self.ready.len() > before)
+    }
+
+    /// Block `block` decoded: it waits in `held` until the blocks before it are written.
+    fn decoded(&mut self, block: u32, mut block_buf: BlockBuf) {
         block_buf.truncate(self.layout.block(block).1);
         self.decoders.remove(&block);
-        self.slots[idx] = Slot::Done;
+        self.slots[block as usize] = Slot::Done;
         self.done += 1;
         self.held.insert(block, block_buf);
-        let before = self.ready.len();
         while self.next_write < self.blocks && self.slots[self.next_write as usize] == Slot::Done {
             // Done but not held: it went out of order earlier.
             if let Some(b) = self.held.remove(&self.next_write) {
@@ -270,7 +302,11 @@ impl Assembly {
                 self.ready.push_back((self.layout.block(b).0, buf));
             }
         }
-        Ok(self.ready.len() > before)
+    }
+
+    /// Whether decoded blocks wait to be written ([`Assembly::next_ready`]).
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     /// The next decoded block to write: its offset in the object and its bytes (give the
@@ -281,8 +317,12 @@ impl Assembly {
 
     fn start_block(&mut self, block: u32, pool: &mut BlockPool) {
         if self.decoders.len() >= self.limits.max_decoding {
-            if let Some((old, _)) = self.decoders.pop_first() {
-                self.slots[old as usize] = Slot::Waiting;
+            if let Some((old, mut d)) = self.decoders.pop_first() {
+                // Its last chance in this pass: decode with what it has, or drop its symbols.
+                match d.settle() {
+                    Some(buf) => self.decoded(old, buf),
+                    None => self.slots[old as usize] = Slot::Waiting,
+                }
             }
         }
         let k = self.layout.symbols(block);
@@ -374,6 +414,35 @@ mod tests {
             vec![(64, d[64..128].to_vec()), (128, d[128..].to_vec())],
             "written in order"
         );
+        assert!(a.complete());
+    }
+
+    #[test]
+    fn a_block_whose_pass_tail_was_lost_decodes_when_the_end_arrives() {
+        let now = Instant::now();
+        let d = data(64);
+        // Two repair symbols per block of 4 (ids 4 and 5; 5 is the pass's last).
+        let ann = Announce {
+            repair_percent: 50,
+            ..announce(64, 1)
+        };
+        let mut a = Assembly::new(ann, 1, limits(), now).expect("valid");
+        let pool = &mut BlockPool::default();
+        let repair = fec::repair_symbols(&d, T, 0, 2);
+        let t = usize::from(T);
+        for i in [0usize, 2, 3] {
+            assert_eq!(
+                a.on_symbol(0, i as u32, &d[i * t..(i + 1) * t], pool),
+                Ok(false)
+            );
+        }
+        // Symbol 1 and repair id 5 lost: four symbols, enough, but short of the spare ones
+        // a decode waits for, and the pass's last symbol never came.
+        assert_eq!(a.on_symbol(0, repair[0].0, &repair[0].1, pool), Ok(false));
+        assert!(!a.has_ready());
+        a.on_end(end(&d));
+        let (at, block) = a.next_ready().expect("settled by the End");
+        assert_eq!((at, block.bytes()), (0, &d[..]));
         assert!(a.complete());
     }
 

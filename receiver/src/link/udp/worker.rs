@@ -356,7 +356,10 @@ impl Worker {
         }
         let failure = asm.on_pass(h.pass, now);
         self.report(key, failure);
-        self.land_if_complete(key);
+        // The End settles blocks that were waiting for spare symbols.
+        if self.write_ready(pipe, key) {
+            self.land_if_complete(key);
+        }
     }
 
     fn on_symbol(&mut self, pipe: &Pipe, h: &Header, payload: &[u8], now: Instant) {
@@ -367,19 +370,16 @@ impl Worker {
         };
         let failure = asm.on_pass(h.pass, now);
         let decoded = asm.on_symbol(h.block, h.symbol, payload, &mut self.blocks);
+        // Blocks decode on a symbol, or settle when a new pass begins.
+        let ready = asm.has_ready();
         self.report(key, failure);
-        match decoded {
-            Ok(false) => {}
-            Ok(true) => {
-                if self.write_ready(pipe, key) {
-                    self.land_if_complete(key);
-                }
+        if let Err(reason) = decoded {
+            if let Some(suppressed) = self.warn_limited(&format!("bad symbol {}", pipe.name)) {
+                tracing::warn!(pipe = %pipe.name, reason, suppressed, "dropped a symbol that does not fit its object");
             }
-            Err(reason) => {
-                if let Some(suppressed) = self.warn_limited(&format!("bad symbol {}", pipe.name)) {
-                    tracing::warn!(pipe = %pipe.name, reason, suppressed, "dropped a symbol that does not fit its object");
-                }
-            }
+        }
+        if ready && self.write_ready(pipe, key) {
+            self.land_if_complete(key);
         }
     }
 
@@ -404,7 +404,7 @@ impl Worker {
         let Some((pipe, asm, started)) = self.objects.get(&key) else {
             return;
         };
-        let Some(end) = asm.end().filter(|_| asm.complete()) else {
+        let Some(end) = asm.end().filter(|_| asm.complete() && !asm.has_ready()) else {
             return;
         };
         let (pipe, started) = (pipe.clone(), *started);
@@ -481,11 +481,17 @@ impl Worker {
     pub fn on_tick(&mut self, now: Instant) {
         let keys: Vec<ObjectKey> = self.objects.keys().copied().collect();
         for key in keys {
-            let failure = self
-                .objects
-                .get_mut(&key)
-                .and_then(|(_, asm, _)| asm.on_tick(now));
+            let Some((pipe, asm, _)) = self.objects.get_mut(&key) else {
+                continue;
+            };
+            let pipe = pipe.clone();
+            // A deadline settles blocks that were waiting for spare symbols.
+            let failure = asm.on_tick(now);
+            let ready = asm.has_ready();
             self.report(key, failure);
+            if ready && self.write_ready(&pipe, key) {
+                self.land_if_complete(key);
+            }
         }
         for (tag, link) in &mut self.links {
             let Some(last) = link.last_heard else {
