@@ -26,6 +26,11 @@ pub enum LogFormat {
 /// Lines buffered for the log writer thread before logging waits for it.
 const LOG_BUFFER_LINES: usize = 4096;
 
+/// Bytes the log writer thread gathers into one write: it flushes after each run of lines it
+/// finds waiting, so lines still reach the file at once, but a burst (a line per small file)
+/// costs one system call per run instead of one per line.
+const LOG_WRITE_BYTES: usize = 64 << 10;
+
 /// Keeps the log writer thread alive; dropping it flushes every buffered line.
 #[derive(Debug)]
 pub struct LogGuard {
@@ -67,7 +72,7 @@ pub fn init(
         let (writer, g) = NonBlockingBuilder::default()
             .lossy(false)
             .buffered_lines_limit(LOG_BUFFER_LINES)
-            .finish(appender);
+            .finish(std::io::BufWriter::with_capacity(LOG_WRITE_BYTES, appender));
         guard = Some(g);
         let base = tracing_subscriber::fmt::layer()
             .with_writer(writer)
