@@ -109,7 +109,7 @@ impl DataWriter {
         let body_at = offset + head as u64;
         file.write_all_at(head_data, offset)?;
         if body.as_ptr().addr() % DIRECT_ALIGN == 0 {
-            self.direct_or_buffered(file, body, body_at, staging)?;
+            direct_or_buffered(&mut self.direct, file, body, body_at, staging)?;
         } else {
             if self.bounce.is_empty() {
                 self.bounce = vec![0; BOUNCE_BYTES + DIRECT_ALIGN];
@@ -117,37 +117,35 @@ impl DataWriter {
             let at = (DIRECT_ALIGN - self.bounce.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
             let mut done = 0;
             for chunk in body.chunks(BOUNCE_BYTES) {
-                let mut bounce = std::mem::take(&mut self.bounce);
-                let aligned = &mut bounce[at..at + chunk.len()];
+                let aligned = &mut self.bounce[at..at + chunk.len()];
                 aligned.copy_from_slice(chunk);
-                let written = self.direct_or_buffered(file, aligned, body_at + done, staging);
-                self.bounce = bounce;
-                written?;
+                direct_or_buffered(&mut self.direct, file, aligned, body_at + done, staging)?;
                 done += chunk.len() as u64;
             }
         }
         file.write_all_at(tail, body_at + pages as u64)
     }
+}
 
-    /// One direct write of aligned `data`; buffered (from now on) if the filesystem refuses.
-    fn direct_or_buffered(
-        &mut self,
-        file: &File,
-        data: &[u8],
-        offset: u64,
-        staging: &Path,
-    ) -> io::Result<()> {
-        if !self.direct {
-            return file.write_all_at(data, offset);
+/// One direct write of aligned `data` while `direct` holds; buffered, and `direct` cleared,
+/// if the filesystem refuses it.
+fn direct_or_buffered(
+    direct: &mut bool,
+    file: &File,
+    data: &[u8],
+    offset: u64,
+    staging: &Path,
+) -> io::Result<()> {
+    if !*direct {
+        return file.write_all_at(data, offset);
+    }
+    match write_direct(file, data, offset) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            tracing::info!(staging = %staging.display(), "the staging filesystem refuses direct writes; writing through the page cache");
+            *direct = false;
+            file.write_all_at(data, offset)
         }
-        match write_direct(file, data, offset) {
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                tracing::info!(staging = %staging.display(), "the staging filesystem refuses direct writes; writing through the page cache");
-                self.direct = false;
-                file.write_all_at(data, offset)
-            }
-            other => other,
-        }
+        other => other,
     }
 }
 
@@ -687,13 +685,18 @@ mod tests {
         s.write(9, 2 * block as u64, &data[2 * block..])
             .expect("the unaligned tail goes through the page cache");
         // Out of order: the digest is read back from the file at commit.
+        assert_lands(&mut s, dir.path(), 9, "big.bin", &data);
+    }
+
+    /// Commits transfer `id`, flushes, and checks that `name` landed holding `data`.
+    fn assert_lands(s: &mut DirectorySink, root: &Path, id: u64, name: &str, data: &[u8]) {
         assert_eq!(
-            s.commit(9, &commit_for(&data)).expect("commit"),
+            s.commit(id, &commit_for(data)).expect("commit"),
             Applied::Done
         );
         assert_eq!(s.flush().expect("flush").len(), 1);
         assert_eq!(
-            fs::read(dir.path().join("dest/big.bin")).expect("landed"),
+            fs::read(root.join("dest").join(name)).expect("landed"),
             data
         );
     }
@@ -724,15 +727,7 @@ mod tests {
             s.write(4, at as u64, &data[at..at + n]).expect("write");
             at += n;
         }
-        assert_eq!(
-            s.commit(4, &commit_for(data)).expect("commit"),
-            Applied::Done
-        );
-        assert_eq!(s.flush().expect("flush").len(), 1);
-        assert_eq!(
-            fs::read(dir.path().join("dest/odd.bin")).expect("landed"),
-            data
-        );
+        assert_lands(&mut s, dir.path(), 4, "odd.bin", data);
     }
 
     #[test]
