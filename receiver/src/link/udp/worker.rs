@@ -357,9 +357,7 @@ impl Worker {
         let failure = asm.on_pass(h.pass, now);
         self.report(key, failure);
         // The End settles blocks that were waiting for spare symbols.
-        if self.write_ready(pipe, key) {
-            self.land_if_complete(key);
-        }
+        self.write_and_land(pipe, key);
     }
 
     fn on_symbol(&mut self, pipe: &Pipe, h: &Header, payload: &[u8], now: Instant) {
@@ -378,7 +376,14 @@ impl Worker {
                 tracing::warn!(pipe = %pipe.name, reason, suppressed, "dropped a symbol that does not fit its object");
             }
         }
-        if ready && self.write_ready(pipe, key) {
+        if ready {
+            self.write_and_land(pipe, key);
+        }
+    }
+
+    /// Writes the object's ready blocks, then lands it if that completed it.
+    fn write_and_land(&mut self, pipe: &Pipe, key: ObjectKey) {
+        if self.write_ready(pipe, key) {
             self.land_if_complete(key);
         }
     }
@@ -484,13 +489,12 @@ impl Worker {
             let Some((pipe, asm, _)) = self.objects.get_mut(&key) else {
                 continue;
             };
-            let pipe = pipe.clone();
             // A deadline settles blocks that were waiting for spare symbols.
             let failure = asm.on_tick(now);
-            let ready = asm.has_ready();
+            let ready = asm.has_ready().then(|| pipe.clone());
             self.report(key, failure);
-            if ready && self.write_ready(&pipe, key) {
-                self.land_if_complete(key);
+            if let Some(pipe) = ready {
+                self.write_and_land(&pipe, key);
             }
         }
         for (tag, link) in &mut self.links {
