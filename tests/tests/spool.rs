@@ -291,6 +291,15 @@ fn an_unreadable_file_is_quarantined_with_the_os_error_and_the_pipe_goes_on() {
         }
         std::fs::set_permissions(lab.root.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod root");
+        // The checkout may sit in a folder nobody cannot enter (`mktemp -d` makes it 0700):
+        // the profile goes next to the config, where the sender also looks for it.
+        let profiles = lab.path("hardware-profiles");
+        std::fs::create_dir_all(&profiles).expect("mkdir profiles");
+        std::fs::copy(
+            gapsync_tests::profiles_dir().join("loopback.toml"),
+            profiles.join("loopback.toml"),
+        )
+        .expect("copy the profile");
         lab.sender_wrapper = [
             "setpriv",
             "--reuid=65534",
