@@ -148,7 +148,12 @@ impl Connection {
             }
             let out = self.session.pending_output();
             if !out.is_empty() {
-                if let Err(e) = stream.write_all(out).await {
+                // Flushed: TLS may hold the reply's record until then.
+                let written = match stream.write_all(out).await {
+                    Ok(()) => stream.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     tracing::warn!(error = %e, "cannot write the reply byte; closing");
                     break;
                 }

@@ -269,7 +269,13 @@ async fn flush<W: AsyncWrite + Unpin>(
     if s.pending_output().is_empty() {
         return Ok(());
     }
-    match tokio::time::timeout(limit, wr.write_all(s.pending_output())).await {
+    // TLS keeps records it could not hand to the socket until flushed: without the flush the
+    // tail of a frame could wait for the next write, and the receiver never answer it.
+    let write = async {
+        wr.write_all(s.pending_output()).await?;
+        wr.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
         Ok(Ok(())) => {
             s.clear_output();
             Ok(())
