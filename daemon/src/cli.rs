@@ -92,11 +92,41 @@ pub fn start<F: Future<Output = anyhow::Result<()>>>(
     serve: F,
 ) -> anyhow::Result<()> {
     let _guard = crate::logging::init(program, log.dir.as_deref(), log.format, &log.level)?;
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve)
+}
+
+/// Open files both daemons may need at once: the sender holds up to 4,096 small files being
+/// read, the receiver a frame's worth of partials (about 1,000 of 4 KiB in a 4 MiB frame).
+const OPEN_FILES_WANTED: u64 = 16_384;
+
+/// Raises the soft limit of open files towards the hard limit (as systemd's units set
+/// LimitNOFILE=65536; a shell's soft limit is often 1,024), and says at WARN when even the
+/// hard limit is lower than what a busy pipe may hold.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    let (soft, hard) = (
+        lim.current.unwrap_or(u64::MAX),
+        lim.maximum.unwrap_or(u64::MAX),
+    );
+    if soft < OPEN_FILES_WANTED.min(hard) {
+        lim.current = Some(OPEN_FILES_WANTED.min(hard));
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::warn!(error = %e, soft, "cannot raise the limit of open files");
+        }
+    }
+    if hard < OPEN_FILES_WANTED {
+        tracing::warn!(
+            hard,
+            wanted = OPEN_FILES_WANTED,
+            "the hard limit of open files is low; with many small files in flight, opens may wait for descriptors (set LimitNOFILE=65536 as the shipped unit does)"
+        );
+    }
 }
 
 /// Calls `tick` every `every` until SIGTERM or Ctrl-C, then tells systemd the daemon stops.

@@ -24,9 +24,12 @@ use crate::transfer::{Transfer, mtime_ns};
 const PERSIST_EVERY: u64 = 16 << 20;
 const PERSIST_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Files in flight at once per pipe (each holds an open file): enough to fill every frame of
-/// the window with small files on a fast link, well below the units' LimitNOFILE of 65536.
-const MAX_ACTIVE_FILES: usize = 1024;
+/// Files in flight at once per pipe: four 4 MiB frames of 4 KiB files, so the sender prepares
+/// the next frames while the receiver lands one. At 1,024 a pipe had about one frame of small
+/// files in flight and the two ends took turns (BENCHMARKS.md, history). A file holds an open
+/// descriptor only until it was read (`Transfer`): at most this many, well below the units'
+/// LimitNOFILE of 65536.
+const MAX_ACTIVE_FILES: usize = 4096;
 
 /// Before an fsync of in-flight records, files are started until this many frames of data
 /// wait (each started file holds an open file until delivered).
@@ -70,6 +73,11 @@ pub struct PipeWorker {
     pending_bytes: u64,
     known: HashSet<String>,
     active: VecDeque<Transfer>,
+    /// Every transfer in `active` before this index is fully sent (waiting for its answer):
+    /// where the search for the next record starts, instead of at the front each time.
+    first_unsent: usize,
+    /// The last open failed for lack of descriptors (EMFILE): not said again until one works.
+    short_of_descriptors: bool,
     failures: HashMap<String, u32>,
     /// Transfers that got a FAIL, waiting at the back of the queue with their state.
     parked: HashMap<String, Transfer>,
@@ -112,6 +120,8 @@ impl PipeWorker {
             pending_bytes: 0,
             known: HashSet::new(),
             active: VecDeque::new(),
+            first_unsent: 0,
+            short_of_descriptors: false,
             failures: HashMap::new(),
             parked: HashMap::new(),
             in_flight: VecDeque::new(),
@@ -152,7 +162,10 @@ impl PipeWorker {
         if queued >= max_payload as u64 {
             return true;
         }
-        let sending = self.active.iter().filter(|t| !t.fully_sent());
+        let sending = self
+            .active
+            .range(self.first_unsent..)
+            .filter(|t| !t.fully_sent());
         let active: u64 = sending.clone().map(Transfer::unsent).sum();
         queued + active + sending.count() as u64 * PER_FILE >= max_payload as u64
     }
@@ -192,7 +205,8 @@ impl PipeWorker {
     pub fn next_frame(&mut self, max_payload: usize) -> Option<(FrameKind, u64, u64)> {
         self.buf.clear();
         let mut records = Vec::new();
-        let mut idx = 0;
+        // Everything before `idx` is fully sent, at every step of the loop.
+        let mut idx = self.first_unsent;
         loop {
             // The next transfer with records left, starting new ones while there is room.
             while idx < self.active.len() && self.active[idx].fully_sent() {
@@ -277,6 +291,7 @@ impl PipeWorker {
                 }
             }
         }
+        self.first_unsent = idx;
         if records.is_empty() {
             return None;
         }
@@ -292,6 +307,7 @@ impl PipeWorker {
             for t in &mut self.active {
                 t.rewind();
             }
+            self.first_unsent = 0;
             return None;
         }
         self.in_flight.push_back(records);
@@ -305,7 +321,11 @@ impl PipeWorker {
     /// Starts queued files until `bytes` of data wait in the active transfers (or the limit
     /// of open files is reached), so that their in-flight records share one fsync.
     fn activate_ahead(&mut self, bytes: u64) {
-        let mut unsent: u64 = self.active.iter().map(Transfer::unsent).sum();
+        let mut unsent: u64 = self
+            .active
+            .range(self.first_unsent..)
+            .map(Transfer::unsent)
+            .sum();
         while unsent < bytes && self.active.len() < self.max_active() {
             if self.activate().is_none() {
                 break;
@@ -319,6 +339,9 @@ impl PipeWorker {
             .active
             .remove(idx)
             .unwrap_or_else(|| unreachable!("index from position()"));
+        if idx < self.first_unsent {
+            self.first_unsent -= 1;
+        }
         self.update_depth();
         t
     }
@@ -334,7 +357,17 @@ impl PipeWorker {
             }
             let fs_path = self.cfg.spool.join(&rel);
             let file = match fs::File::open(&fs_path) {
-                Ok(f) => f,
+                Ok(f) => {
+                    self.short_of_descriptors = false;
+                    f
+                }
+                Err(e) if is_out_of_descriptors(&e) => {
+                    // Not the file's fault: it goes first once transfers in flight have
+                    // finished and closed theirs.
+                    self.out_of_descriptors(&rel, &e);
+                    self.queue(rel, true);
+                    return None;
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.known.remove(&rel);
                     let _ = self.store.remove(&rel);
@@ -506,6 +539,7 @@ impl PipeWorker {
     /// The connection ended: every transfer resumes from its acknowledged offset next time.
     pub fn on_disconnect(&mut self) {
         self.in_flight.clear();
+        self.first_unsent = 0;
         for idx in 0..self.active.len() {
             self.active[idx].rewind();
             if self.active[idx].acked != self.active[idx].persisted_acked {
@@ -588,6 +622,13 @@ impl PipeWorker {
 
     fn read_failed(&mut self, t: Transfer, e: io::Error) {
         self.forget_transfer(&t);
+        if is_out_of_descriptors(&e) {
+            // A resend reopens a file it had closed: it starts again as a new transfer once
+            // descriptors are free.
+            self.out_of_descriptors(&t.rel, &e);
+            self.queue(t.rel, true);
+            return;
+        }
         match e.kind() {
             io::ErrorKind::NotFound => {
                 tracing::warn!(pipe = %self.cfg.name, path = %t.rel, "the file was removed from the spool before it was sent; skipped");
@@ -605,6 +646,13 @@ impl PipeWorker {
         }
     }
 
+    /// Says at WARN, once per shortage, that files wait for descriptors.
+    fn out_of_descriptors(&mut self, rel: &str, e: &io::Error) {
+        if !std::mem::replace(&mut self.short_of_descriptors, true) {
+            tracing::warn!(pipe = %self.cfg.name, path = %rel, error = %e, "cannot open a file for lack of descriptors; files wait in the queue until transfers in flight close theirs (raise LimitNOFILE)");
+        }
+    }
+
     /// Moves a file out of the spool into the quarantine folder and says so at ERROR.
     fn quarantine_path(&mut self, path: &Path, rel: &Path, reason: &str) {
         let rel_s = rel.to_string_lossy().into_owned();
@@ -614,6 +662,12 @@ impl PipeWorker {
         quarantine(&self.cfg, path, rel, reason);
         self.update_depth();
     }
+}
+
+/// The process (EMFILE) or the system (ENFILE) is out of file descriptors: the file is not
+/// at fault.
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// Moves a file of `cfg`'s spool into its quarantine folder and says so at ERROR.

@@ -4,7 +4,7 @@
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::FileExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, UNIX_EPOCH};
 
 use gapsync_protocol::{Commit, FrameKind, OpenFile, encode_body};
@@ -20,6 +20,14 @@ pub fn mtime_ns(meta: &Metadata) -> i64 {
 /// Upper bound of an encoded Commit body (a varint size and the 32-byte digest).
 pub const COMMIT_BODY_MAX: usize = 48;
 
+/// The file in `slot`, reopened by `path` if it was closed after a full read.
+fn opened<'a>(slot: &'a mut Option<File>, path: &Path) -> io::Result<&'a File> {
+    match slot {
+        Some(f) => Ok(f),
+        None => Ok(slot.insert(File::open(path)?)),
+    }
+}
+
 /// A file being sent.
 #[derive(Debug)]
 pub struct Transfer {
@@ -28,7 +36,10 @@ pub struct Transfer {
     pub fs_path: PathBuf,
     pub size: u64,
     pub mtime_ns: i64,
-    file: File,
+    /// Open while bytes remain to be read; closed once the whole file was read and hashed, so
+    /// that files waiting for their acknowledgement hold no descriptor. Reopened by path if
+    /// a reconnect makes it resend data.
+    file: Option<File>,
     /// Bytes `0..acked` were acknowledged as written by the receiver.
     pub acked: u64,
     next: u64,
@@ -68,7 +79,7 @@ impl Transfer {
             fs_path,
             size: meta.len(),
             mtime_ns: mtime_ns(meta),
-            file,
+            file: Some(file),
             acked: acked.min(meta.len()),
             next: acked.min(meta.len()),
             open_sent: false,
@@ -133,7 +144,7 @@ impl Transfer {
             let start = buf.len();
             buf.resize(start + len, 0);
             let body = &mut buf[start..];
-            self.file.read_exact_at(body, self.next)?;
+            opened(&mut self.file, &self.fs_path)?.read_exact_at(body, self.next)?;
             if self.hashed == self.next {
                 self.hasher.update(body);
                 self.hashed += len as u64;
@@ -141,6 +152,9 @@ impl Transfer {
             let offset = self.next;
             self.next += len as u64;
             self.bytes_sent += len as u64;
+            if self.next == self.size && self.hashed == self.size {
+                self.file = None;
+            }
             return Ok(Some((FrameKind::Data, offset)));
         }
         if !self.commit_sent {
@@ -163,7 +177,7 @@ impl Transfer {
         while self.hashed < upto {
             let len = (upto - self.hashed).min(STEP) as usize;
             scratch.resize(len, 0);
-            self.file.read_exact_at(&mut scratch, self.hashed)?;
+            opened(&mut self.file, &self.fs_path)?.read_exact_at(&mut scratch, self.hashed)?;
             self.hasher.update(&scratch);
             self.hashed += len as u64;
         }
@@ -246,6 +260,29 @@ mod tests {
         );
         let c: Commit = decode_body("commit", &f[4].2).expect("commit");
         assert_eq!(c.digest, *blake3::hash(&data).as_bytes());
+    }
+
+    #[test]
+    fn a_fully_read_file_is_closed_and_reopened_for_a_resend() {
+        let data: Vec<u8> = (0..25u8).collect();
+        let (dir, mut t) = transfer(&data, 0);
+        let first = frames(&mut t, 10);
+        assert!(
+            t.file.is_none(),
+            "no descriptor held while waiting for the answer"
+        );
+        // A reconnect before any answer: everything again, read through a new descriptor.
+        t.rewind();
+        let again = frames(&mut t, 10);
+        assert_eq!(again, first);
+        assert!(t.file.is_none());
+        // Removed from the spool in the meantime: the resend says so instead of sending.
+        t.rewind();
+        std::fs::remove_file(dir.path().join("f")).expect("rm");
+        let mut buf = Vec::new();
+        assert!(t.next_frame(10, &mut buf).expect("open").is_some());
+        let e = t.next_frame(10, &mut buf).expect_err("gone");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -331,3 +331,49 @@ fn an_unreadable_file_is_quarantined_with_the_os_error_and_the_pipe_goes_on() {
         "the OS error is named: {line}"
     );
 }
+
+#[test]
+fn a_sender_short_of_file_descriptors_sends_every_file_and_quarantines_none() {
+    let mut lab = Lab::new("loopback");
+    let quarantine = lab.path("quarantine");
+    lab.sender_pipe_extra = format!("quarantine_dir = {:?}\n", quarantine.display().to_string());
+    // A hard limit of 64 open files, which the sender cannot raise. It opens the files of the
+    // next frames ahead (16 MB here, four frames), far more than 64 files, so opens fail with
+    // EMFILE and the files wait their turn.
+    lab.sender_wrapper = ["prlimit", "--nofile=64:64"].map(String::from).to_vec();
+    let mut expected = BTreeMap::new();
+    for i in 0..400u64 {
+        let rel = format!("d{}/f{i:04}.dat", i % 4);
+        expected.insert(
+            rel.clone(),
+            make_file(&lab.spool.join(&rel), 40_000 + i as usize, i),
+        );
+    }
+    // The receiver is down until the sender has queued every file, so that the first frames
+    // find the whole queue to open ahead.
+    lab.start_receiver();
+    lab.receiver.as_mut().expect("receiver").kill9();
+    lab.start_sender();
+    wait_until(
+        "the sender to queue the spool",
+        Duration::from_secs(20),
+        || lab.sender_log().contains("cannot connect to the gate"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    lab.start_receiver();
+    lab.wait_for_tree(&expected, Duration::from_secs(60));
+    assert_eq!(count_files(&quarantine), 0, "nothing quarantined");
+    let log = lab.sender_log();
+    assert!(
+        log.contains("the hard limit of open files is low"),
+        "the low limit is said at start:\n{log}"
+    );
+    assert!(
+        log.contains("lack of descriptors"),
+        "the shortage is said:\n{log}"
+    );
+    assert!(
+        count_lines(&log, &["lack of descriptors"]) < 50,
+        "said once per shortage, not per file"
+    );
+}

@@ -112,8 +112,11 @@ fn main() -> anyhow::Result<()> {
         sc.small_files = n;
     }
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    // GAPSYNC_BENCH_KEEP=1 leaves the work folder on disk: deleting its 100,000+ small files
+    // would slow the creates of a bench started within the next minutes (runs::fresh_folder).
     let work = tempfile::Builder::new()
         .prefix("gapsync-bench-")
+        .disable_cleanup(std::env::var_os("GAPSYNC_BENCH_KEEP").is_some())
         .tempdir_in(&args.disk)
         .context("work folder on disk")?;
     let shm = tempfile::Builder::new()
@@ -150,10 +153,11 @@ fn main() -> anyhow::Result<()> {
         master: tree.clone(),
         files: sc.small_files,
     };
-    let loopback = |dest: &Path, keyed| Setup {
+    let loopback = |dest: &Path, keyed, keep_landed| Setup {
         profile: "loopback".into(),
         dest: dest.to_path_buf(),
         keyed,
+        keep_landed,
         sim_latency_ms: None,
         sim_extra: Vec::new(),
     };
@@ -185,18 +189,20 @@ fn main() -> anyhow::Result<()> {
 
     // A run of gapsync and one of its baseline: the large file, or the tree of small files.
     let big_runs = |name: &str, dest: &Path, keyed: bool, fsync: bool| {
-        alternate(sc.runs, name, dest, || {
-            let g = gapsync(&loopback(dest, keyed), &big_drop, timeout(bytes_big))?;
+        alternate(sc.runs, name, Some(dest), |_| {
+            let g = gapsync(&loopback(dest, keyed, false), &big_drop, timeout(bytes_big))?;
             let to = copy_to(&dest.join("big.bin"), fsync);
             let b = baseline(w, &send_big, &to, bytes_big, 1)?;
             Ok((g.sample, b))
         })
     };
     let tree_runs = |name: &str, keyed: bool| {
-        alternate(sc.runs, name, &disk_dest, || {
-            let setup = loopback(&disk_dest, keyed);
+        // Each run lands in folders of its own, kept until the end (runs::fresh_folder).
+        alternate(sc.runs, name, None, |i| {
+            let dest = runs::fresh_folder(&disk_dest, &format!("{name}-{i}-gapsync"))?;
+            let setup = loopback(&dest, keyed, true);
             let g = gapsync(&setup, &tree_drop, timeout(bytes_tree * 50))?;
-            let to = tar_recv(&disk_dest);
+            let to = tar_recv(&runs::fresh_folder(&disk_dest, &format!("{name}-{i}-tar"))?);
             let b = baseline(w, &tar_send, &to, bytes_tree, sc.small_files)?;
             Ok((g.sample, b))
         })
@@ -265,17 +271,20 @@ fn timeout(bytes: u64) -> Duration {
     Duration::from_secs(60 + bytes / 10_000_000)
 }
 
-/// Runs `one` (a gapsync run then a baseline run) `runs` times, printing each run.
+/// Runs `one` (a gapsync run then a baseline run, given the run number) `runs` times, printing
+/// each run and clearing `dest` after each when given.
 fn alternate(
     runs: usize,
     name: &str,
-    dest: &Path,
-    mut one: impl FnMut() -> anyhow::Result<(Sample, Sample)>,
+    dest: Option<&Path>,
+    mut one: impl FnMut(usize) -> anyhow::Result<(Sample, Sample)>,
 ) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
     let (mut g, mut b) = (Vec::new(), Vec::new());
     for i in 0..runs {
-        let (gs, bs) = one().with_context(|| format!("{name} run {}", i + 1))?;
-        runs::clear(dest)?;
+        let (gs, bs) = one(i + 1).with_context(|| format!("{name} run {}", i + 1))?;
+        if let Some(dest) = dest {
+            runs::clear(dest)?;
+        }
         eprintln!(
             "{name} run {}: gapsync {:.1} MB/s {:.0} files/s in {:.2} s; baseline {:.1} MB/s {:.0} files/s in {:.2} s",
             i + 1,
@@ -346,6 +355,7 @@ fn scenario4(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
                 profile: prof.into(),
                 dest: dest.to_path_buf(),
                 keyed: false,
+                keep_landed: false,
                 sim_latency_ms: Some(latency),
                 sim_extra: Vec::new(),
             };
@@ -392,6 +402,7 @@ fn scenario5(sc: &Scale, dest: &Path) -> anyhow::Result<Row> {
         profile: "loopback".into(),
         dest: dest.to_path_buf(),
         keyed: false,
+        keep_landed: false,
         sim_latency_ms: None,
         sim_extra: Vec::new(),
     };
@@ -433,6 +444,7 @@ fn diode(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
             profile: "udp-loopback".into(),
             dest: dest.to_path_buf(),
             keyed: false,
+            keep_landed: false,
             sim_latency_ms: None,
             sim_extra: if loss == 0 {
                 Vec::new()
@@ -505,6 +517,7 @@ fn sparse_rss(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Row> {
         profile: "loopback".into(),
         dest: dest.to_path_buf(),
         keyed: false,
+        keep_landed: false,
         sim_latency_ms: None,
         sim_extra: Vec::new(),
     };

@@ -29,8 +29,10 @@ pub enum Drop {
 #[derive(Debug, Clone)]
 pub struct Setup {
     pub profile: String,
-    /// Landing folder (its contents are removed after the run).
+    /// Landing folder (its contents are removed after the run unless `keep_landed`).
     pub dest: PathBuf,
+    /// Leave the landed files in place (trees of small files: see [`fresh_folder`]).
+    pub keep_landed: bool,
     pub keyed: bool,
     /// Through the gate simulator with this one-way latency in ms.
     pub sim_latency_ms: Option<u64>,
@@ -97,6 +99,13 @@ fn start(setup: &Setup) -> anyhow::Result<Lab> {
     Ok(lab)
 }
 
+/// Writes back what earlier steps left dirty (the previous run's clean-up, the hard links of
+/// the drop) before a clock starts, so that neither side pays for the other's leftovers in
+/// its first flush (a syncfs or `sync -f` flushes the whole filesystem).
+fn settle_disks() {
+    rustix::fs::sync();
+}
+
 /// Runs gapsync once: drops `drop` into the spool and waits until the receiver has logged every
 /// file delivered. Time runs from the first rename into the spool to the last delivery line.
 pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<GapsyncRun> {
@@ -111,6 +120,7 @@ pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<
     let mut log = DeliveryLog::new(&lab.path("rlogs"));
     let mut dropped: Vec<(String, SystemTime)> = Vec::new();
     let (expected, bytes) = prepare(drop, &staging)?;
+    settle_disks();
     let t0 = SystemTime::now();
     match drop {
         Drop::Files(files) => {
@@ -172,6 +182,7 @@ pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<
             if l.contains(" sent ")
                 || l.contains("delivered")
                 || l.contains("link summary")
+                || l.contains("group commit")
                 || l.contains("WARN")
                 || l.contains("ERROR")
             {
@@ -179,7 +190,7 @@ pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<
             }
         }
     }
-    drop_lab(lab, &setup.dest)?;
+    drop_lab(lab, &setup.dest, setup.keep_landed)?;
     Ok(GapsyncRun {
         sample: Sample {
             secs: end.duration_since(t0).unwrap_or_default().as_secs_f64(),
@@ -192,11 +203,25 @@ pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<
     })
 }
 
-/// Stops the daemons and removes the landing folder's contents and the receiver's staging.
-fn drop_lab(lab: Lab, dest: &Path) -> anyhow::Result<()> {
+/// Stops the daemons and removes the receiver's staging and, unless `keep`, the landing
+/// folder's contents.
+fn drop_lab(lab: Lab, dest: &Path, keep: bool) -> anyhow::Result<()> {
     std::mem::drop(lab);
     let _ = std::fs::remove_dir_all(dest.with_file_name("staging"));
-    clear(dest)
+    if keep { Ok(()) } else { clear(dest) }
+}
+
+/// A new, empty landing folder `<parent>/<name>` for one run of a tree of small files. Such
+/// runs land in folders of their own that stay until the harness ends: ext4 without a journal
+/// (the reference VM's disk) scans past every inode freed in the last 5 s, or 305 s while its
+/// inode-table block is dirty, for each inode it allocates (`recently_deleted` in
+/// `find_inode_bit`). Deleting one run's 20,000 files made the next run's creates pay that
+/// scan, whichever side ran next, by an amount that depended on which block groups the two
+/// runs shared: 2-4x swings between runs of either side.
+pub fn fresh_folder(parent: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// Puts what `drop` needs into `staging`; returns the number of files and bytes.
@@ -304,6 +329,7 @@ pub fn baseline(
     wait_until("the baseline to listen", Duration::from_secs(10), || {
         std::fs::read_to_string(&er).is_ok_and(|t| t.contains("listening on"))
     });
+    settle_disks();
     let t0 = Instant::now();
     let mut send = timed_sh(&send_sh.replace("{PORT}", &port), &ts, &es)?;
     let (s, r) = (send.wait()?, recv.wait()?);
