@@ -159,6 +159,9 @@ impl Transfer {
         }
         if !self.commit_sent {
             self.hash_up_to(self.size)?;
+            // Closed here too: a transfer resumed with every byte acknowledged reads its file
+            // only to hash it, here.
+            self.file = None;
             self.commit_sent = true;
             let commit = Commit {
                 size: self.size,
