@@ -134,9 +134,14 @@ impl PipeWorker {
         })
     }
 
-    /// Queues a file (at the front: it goes next), noting its size.
-    fn queue(&mut self, rel: String, front: bool) {
+    /// Queues a file again (at the front: it goes next), reading its size.
+    fn requeue(&mut self, rel: String, front: bool) {
         let size = fs::metadata(self.cfg.spool.join(&rel)).map_or(0, |m| m.len());
+        self.queue(rel, size, front);
+    }
+
+    /// Queues a file of `size` bytes (at the front: it goes next).
+    fn queue(&mut self, rel: String, size: u64, front: bool) {
         self.pending_bytes += size;
         if front {
             self.pending.push_front((rel, size));
@@ -182,11 +187,11 @@ impl PipeWorker {
     /// Takes a file from the source.
     pub fn on_source(&mut self, ev: SourceEvent) {
         match ev {
-            SourceEvent::Found(rel) => {
+            SourceEvent::Found { rel, size } => {
                 if self.known.insert(rel.clone()) {
                     // Files that survived a crash in flight go first.
                     let front = self.store.get(&rel).is_some();
-                    self.queue(rel, front);
+                    self.queue(rel, size, front);
                 }
             }
             SourceEvent::BadName { path, reason } => {
@@ -365,7 +370,7 @@ impl PipeWorker {
                     // Not the file's fault: it goes first once transfers in flight have
                     // finished and closed theirs.
                     self.out_of_descriptors(&rel, &e);
-                    self.queue(rel, true);
+                    self.requeue(rel, true);
                     return None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -395,7 +400,7 @@ impl PipeWorker {
                     Ok(id) => (id, 0),
                     Err(e) => {
                         tracing::error!(pipe = %self.cfg.name, error = %e, "cannot advance the session counter in the state folder; not sending until it can be written");
-                        self.queue(rel, true);
+                        self.requeue(rel, true);
                         return None;
                     }
                 },
@@ -410,7 +415,7 @@ impl PipeWorker {
             };
             if let Err(e) = self.store.put(record) {
                 tracing::error!(pipe = %self.cfg.name, path = %rel, error = %e, "cannot write the in-flight record to the state folder; not sending until it can be written");
-                self.queue(rel, true);
+                self.requeue(rel, true);
                 return None;
             }
             if acked > 0 {
@@ -532,7 +537,7 @@ impl PipeWorker {
             t.rewind();
             self.parked.insert(rel.clone(), t);
         }
-        self.queue(rel, false);
+        self.requeue(rel, false);
         self.update_depth();
     }
 
@@ -579,7 +584,7 @@ impl PipeWorker {
             });
         self.cooling = waiting;
         for rel in ready.into_iter().rev() {
-            self.queue(rel, true);
+            self.requeue(rel, true);
         }
     }
 
@@ -626,7 +631,7 @@ impl PipeWorker {
             // A resend reopens a file it had closed: it starts again as a new transfer once
             // descriptors are free.
             self.out_of_descriptors(&t.rel, &e);
-            self.queue(t.rel, true);
+            self.requeue(t.rel, true);
             return;
         }
         match e.kind() {

@@ -12,7 +12,7 @@
 //! A crash between 3 and 4 is repaired at start: a done transfer whose partial is still staged
 //! is renamed into place before any connection is accepted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt as _;
@@ -22,8 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use gapsync_protocol::{Commit, OpenFile, WirePath, decode_body};
 
 use super::done_log::DoneLog;
+use super::land::{FSYNC_EACH_UP_TO, Places};
 use super::open_log::OpenLog;
-use super::{Applied, Delivered, Sink, SinkError};
+use super::{Applied, Delivered, Sink, SinkError, io_err};
 
 #[derive(Debug)]
 struct Partial {
@@ -60,20 +61,24 @@ const BOUNCE_BYTES: usize = 1 << 20;
 /// would be pure cost.
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 
-/// Up to this many files a flush fsyncs each one (and each folder); above it, one syncfs of
-/// the filesystem makes the whole group durable at once.
-const FSYNC_EACH_UP_TO: usize = 2;
+/// How long a reading of the staging folder's free space is reused for the next Opens.
+const SPACE_READING_FRESH: Duration = Duration::from_secs(1);
+/// Free space a reused reading must still show beyond what an Open needs.
+const SPACE_HEADROOM: u64 = 256 << 20;
 
 /// Lands one pipe's files in a destination folder.
 #[derive(Debug)]
 pub struct DirectorySink {
-    dest: PathBuf,
-    staging: PathBuf,
+    places: Places,
     done: DoneLog,
     opens: OpenLog,
     partials: HashMap<u64, Partial>,
     staged: Vec<Staged>,
     writer: DataWriter,
+    /// Folders of dest checked by Opens since the last flush, relative to dest.
+    checked_dirs: HashSet<String>,
+    /// The staging folder's free space as last read (less the Opens admitted since), and when.
+    space: Option<(Instant, u64)>,
 }
 
 /// Writes file data: whole pages with O_DIRECT where the staging filesystem allows it, the
@@ -149,14 +154,6 @@ fn direct_or_buffered(
     }
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SinkError + 'a {
-    move |source| SinkError::Io {
-        what,
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// Writes `data` at `offset` with O_DIRECT set for just this write, so that every other read
 /// and write of the file stays buffered.
 fn write_direct(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
@@ -194,31 +191,36 @@ impl DirectorySink {
                 staging.display()
             )
         })?;
-        let mut sink = Self {
+        let places = Places {
             dest: dest.to_path_buf(),
             staging: staging.to_path_buf(),
+        };
+        let mut sink = Self {
+            places,
             done,
             opens,
             partials: HashMap::new(),
             staged: Vec::new(),
             writer: DataWriter::new(staging),
+            checked_dirs: HashSet::new(),
+            space: None,
         };
         sink.recover(stale_after)?;
         Ok(sink)
     }
 
     fn opens_path(&self) -> PathBuf {
-        self.staging.join("opens.log")
+        self.places.staging.join("opens.log")
     }
 
     fn part_path(&self, id: u64) -> PathBuf {
-        self.staging.join(format!("{}.part", hex(id)))
+        self.places.part_path(id)
     }
 
     /// Files in staging named `<id hex>.<suffix>`, by id.
     fn staged_files(&self, suffix: &str) -> std::io::Result<Vec<u64>> {
         let mut ids = Vec::new();
-        for entry in fs::read_dir(&self.staging)? {
+        for entry in fs::read_dir(&self.places.staging)? {
             let name = entry?.file_name();
             if let Some(id) = name
                 .to_str()
@@ -237,7 +239,7 @@ impl DirectorySink {
             .staged_files(".meta")?
             .into_iter()
             .map(|id| {
-                let meta = self.staging.join(format!("{}.meta", hex(id)));
+                let meta = self.places.staging.join(format!("{}.meta", hex(id)));
                 if let Ok(open) = decode_body::<OpenFile>("meta", &fs::read(&meta)?) {
                     self.opens.insert(id, &open)?;
                 }
@@ -250,19 +252,29 @@ impl DirectorySink {
             fs::remove_file(&meta)?;
         }
         let mut finished = Vec::new();
-        for id in self.opens.ids() {
+        let mut unlanded = Vec::new();
+        // In id order, so that of two versions of one name the later lands last.
+        let mut ids = self.opens.ids();
+        ids.sort_unstable();
+        for id in ids {
             if !self.done.contains(id) {
                 continue;
             }
-            if let Some(open) = self.opens.get(id) {
-                let path = WirePath::parse(&open.path)?;
-                if self.part_path(id).exists() {
-                    let dir = self.land(id, &path)?;
-                    gapsync_daemon::durable::fsync_dir(&dir)?;
-                    tracing::info!(transfer = %hex(id), path = %path, "finished a commit interrupted by a restart");
+            match self.opens.get(id) {
+                Some(open) if self.part_path(id).exists() => {
+                    unlanded.push((id, WirePath::parse(&open.path)?));
                 }
+                _ => finished.push(id),
             }
-            finished.push(id);
+        }
+        let (landed, err) = self.places.land_all(&unlanded);
+        for (id, path) in &unlanded[..landed.len()] {
+            tracing::info!(transfer = %hex(*id), path = %path, "finished a commit interrupted by a restart");
+        }
+        finished.extend(landed);
+        if let Some(e) = err {
+            self.opens.finish(&finished)?;
+            anyhow::bail!("cannot finish a commit interrupted by a restart: {e}");
         }
         self.opens.finish(&finished)?;
         // A partial whose Open never became durable cannot be resumed: a new Open restarts it.
@@ -280,6 +292,11 @@ impl DirectorySink {
         let now = SystemTime::now();
         let mut removed = 0;
         for id in self.opens.ids() {
+            // A committed partial that could not be landed waits for the next start, whatever
+            // its age (its mtime is the source file's, which may be old).
+            if self.done.contains(id) {
+                continue;
+            }
             let age = fs::metadata(self.part_path(id))
                 .and_then(|m| m.modified())
                 .map_or(Duration::MAX, |t| now.duration_since(t).unwrap_or_default());
@@ -293,48 +310,35 @@ impl DirectorySink {
     }
 
     /// Checks that the folders of `path` inside dest are real folders (no symlinks out),
-    /// creating missing ones. Returns the final path.
-    fn prepare_target(&self, path: &WirePath) -> Result<PathBuf, SinkError> {
-        let mut cur = self.dest.clone();
-        let parts: Vec<&str> = path.components().collect();
-        let (file, dirs) = parts
-            .split_last()
-            .ok_or_else(|| SinkError::Escape(path.to_string()))?;
-        for d in dirs {
-            cur.push(d);
-            match fs::symlink_metadata(&cur) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(SinkError::Escape(path.to_string())),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&cur).map_err(io_err("cannot create folder", &cur))?;
+    /// creating missing ones, and that the name itself is not a folder. Folders checked since
+    /// the last flush are not checked again; the rename checks every folder anyway.
+    fn prepare_target(&mut self, path: &WirePath) -> Result<(), SinkError> {
+        let (dirs, _) = path.as_str().rsplit_once('/').unwrap_or(("", ""));
+        if !dirs.is_empty() && !self.checked_dirs.contains(dirs) {
+            let mut cur = self.places.dest.clone();
+            for d in dirs.split('/') {
+                cur.push(d);
+                match fs::symlink_metadata(&cur) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Err(SinkError::Escape(path.to_string())),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&cur) {
+                        Ok(()) => {}
+                        // Made meanwhile by someone else: checked again below.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                            if !fs::symlink_metadata(&cur).is_ok_and(|m| m.is_dir()) {
+                                return Err(SinkError::Escape(path.to_string()));
+                            }
+                        }
+                        Err(e) => return Err(io_err("cannot create folder", &cur)(e)),
+                    },
+                    Err(e) => return Err(io_err("cannot inspect", &cur)(e)),
                 }
-                Err(e) => return Err(io_err("cannot inspect", &cur)(e)),
             }
+            self.checked_dirs.insert(dirs.to_owned());
         }
-        cur.push(file);
-        if fs::symlink_metadata(&cur).is_ok_and(|m| m.is_dir()) {
+        let target = self.places.dest.join(path.as_str());
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
             return Err(SinkError::Escape(path.to_string()));
-        }
-        Ok(cur)
-    }
-
-    /// Renames the staged partial into place; returns the folder that must be made durable.
-    fn land(&self, id: u64, path: &WirePath) -> Result<PathBuf, SinkError> {
-        let target = self.prepare_target(path)?;
-        let part = self.part_path(id);
-        fs::rename(&part, &target).map_err(io_err("cannot rename into place", &target))?;
-        Ok(target.parent().unwrap_or(&self.dest).to_path_buf())
-    }
-
-    /// Makes the renames into `dirs` durable: an fsync of each folder for one or two, one
-    /// syncfs of the destination filesystem for more.
-    fn sync_dirs(&self, dirs: &[PathBuf]) -> Result<(), SinkError> {
-        if dirs.len() > FSYNC_EACH_UP_TO {
-            return gapsync_daemon::durable::sync_filesystem(&self.dest)
-                .map_err(io_err("cannot sync the filesystem of", &self.dest));
-        }
-        for d in dirs {
-            gapsync_daemon::durable::fsync_dir(d).map_err(io_err("cannot fsync", d))?;
         }
         Ok(())
     }
@@ -353,19 +357,30 @@ impl DirectorySink {
 
     /// Refuses a transfer that cannot fit: `needed` more bytes, plus a margin for the folder
     /// entries and the done log.
-    fn check_space(&self, path: &str, needed: u64) -> Result<(), SinkError> {
+    fn check_space(&mut self, path: &str, needed: u64) -> Result<(), SinkError> {
         const MARGIN: u64 = 1 << 20;
-        let st = rustix::fs::statvfs(&self.staging)
-            .map_err(|e| io_err("cannot read free space of", &self.staging)(e.into()))?;
+        let want = needed.saturating_add(MARGIN);
+        // A reading of the last second, with the Opens admitted since subtracted, answers
+        // while it leaves ample room; a refusal always comes from a fresh reading.
+        if let Some((at, free)) = &mut self.space {
+            if at.elapsed() < SPACE_READING_FRESH && *free >= want.saturating_add(SPACE_HEADROOM) {
+                *free -= needed;
+                return Ok(());
+            }
+        }
+        let st = rustix::fs::statvfs(&self.places.staging)
+            .map_err(|e| io_err("cannot read free space of", &self.places.staging)(e.into()))?;
         let free = st.f_bavail.saturating_mul(st.f_frsize);
-        if free < needed.saturating_add(MARGIN) {
+        if free < want {
+            self.space = None;
             return Err(SinkError::NoSpace {
                 path: path.to_owned(),
-                needed: needed.saturating_add(MARGIN),
+                needed: want,
                 free,
-                folder: self.staging.display().to_string(),
+                folder: self.places.staging.display().to_string(),
             });
         }
+        self.space = Some((Instant::now(), free - needed));
         Ok(())
     }
 
@@ -373,6 +388,86 @@ impl DirectorySink {
         self.partials.remove(&id);
         let _ = fs::remove_file(self.part_path(id));
         let _ = self.opens.finish(&[id]);
+    }
+}
+
+impl DirectorySink {
+    /// Steps 1 to 3 of the commit order for the staged commits: the partials and their Opens
+    /// made durable, then the done record. Returns the group to rename into place (step 4)
+    /// and what each delivers, or `None` when nothing was staged.
+    #[allow(clippy::type_complexity)]
+    fn commit_group(
+        &mut self,
+    ) -> Result<Option<(Vec<(u64, WirePath)>, Vec<Delivered>)>, SinkError> {
+        // New partials' Opens reach the file at every frame (no fsync), so a receiver killed
+        // mid-file resumes them.
+        let opens_path = self.opens_path();
+        self.opens
+            .write_out()
+            .map_err(io_err("cannot write", &opens_path))?;
+        if self.staged.is_empty() {
+            return Ok(None);
+        }
+        let group = std::mem::take(&mut self.staged);
+        let t0 = Instant::now();
+        // The partials and their Opens: one syncfs for a group, an fsync each for one or two.
+        if group.len() > FSYNC_EACH_UP_TO {
+            gapsync_daemon::durable::sync_filesystem(&self.places.staging).map_err(io_err(
+                "cannot sync the filesystem of",
+                &self.places.staging,
+            ))?;
+            self.opens.mark_synced();
+        } else {
+            for s in &group {
+                let part = self.part_path(s.id);
+                s.partial
+                    .file
+                    .sync_all()
+                    .map_err(io_err("cannot fsync", &part))?;
+            }
+            self.opens
+                .sync()
+                .map_err(io_err("cannot fsync", &opens_path))?;
+        }
+        let t_data = t0.elapsed();
+        let ids: Vec<u64> = group.iter().map(|s| s.id).collect();
+        self.done
+            .record_all(&ids)
+            .map_err(io_err("cannot record commit in", self.done.path()))?;
+        tracing::debug!(
+            files = ids.len(),
+            data_sync_ms = t_data.as_secs_f64() * 1e3,
+            done_log_ms = (t0.elapsed() - t_data).as_secs_f64() * 1e3,
+            "group commit"
+        );
+        let mut items = Vec::with_capacity(group.len());
+        let mut delivered = Vec::with_capacity(group.len());
+        for s in group {
+            let Staged {
+                id,
+                partial,
+                digest,
+            } = s;
+            delivered.push(Delivered {
+                path: partial.open.path,
+                size: partial.open.size,
+                digest_hex: blake3::Hash::from_bytes(digest).to_hex().to_string(),
+                elapsed: partial.started.elapsed(),
+            });
+            items.push((id, partial.path));
+        }
+        Ok(Some((items, delivered)))
+    }
+
+    /// Records landed ids in the staging journal. A failure only means the next start checks
+    /// them again (each is done and no longer staged), so it is a warning.
+    fn finish(&mut self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.opens.finish(ids) {
+            tracing::warn!(journal = %self.opens_path().display(), error = %e, "cannot record landed files in the staging journal; the next start checks them again");
+        }
     }
 }
 
@@ -458,16 +553,19 @@ impl Sink for DirectorySink {
                 size: p.open.size,
             });
         }
-        if let Err(e) = self.writer.write(&p.file, data, offset, &self.staging) {
+        if let Err(e) = self
+            .writer
+            .write(&p.file, data, offset, &self.places.staging)
+        {
             if e.kind() == io::ErrorKind::StorageFull {
                 let (path, needed) = (p.open.path.clone(), p.open.size - offset);
-                let free = rustix::fs::statvfs(&self.staging)
+                let free = rustix::fs::statvfs(&self.places.staging)
                     .map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize));
                 return Err(SinkError::NoSpace {
                     path,
                     needed,
                     free,
-                    folder: self.staging.display().to_string(),
+                    folder: self.places.staging.display().to_string(),
                 });
             }
             return Err(io_err("cannot write partial", &part)(e));
@@ -519,73 +617,25 @@ impl Sink for DirectorySink {
     }
 
     fn flush(&mut self) -> Result<Vec<Delivered>, SinkError> {
-        // New partials' Opens reach the file at every frame (no fsync), so a receiver killed
-        // mid-file resumes them.
-        let opens_path = self.opens_path();
-        self.opens
-            .write_out()
-            .map_err(io_err("cannot write", &opens_path))?;
-        if self.staged.is_empty() {
+        self.checked_dirs.clear();
+        let Some((items, mut delivered)) = self.commit_group()? else {
             return Ok(Vec::new());
-        }
-        let group = std::mem::take(&mut self.staged);
+        };
         let t0 = Instant::now();
-        // The partials and their Opens: one syncfs for a group, an fsync each for one or two.
-        if group.len() > FSYNC_EACH_UP_TO {
-            gapsync_daemon::durable::sync_filesystem(&self.staging)
-                .map_err(io_err("cannot sync the filesystem of", &self.staging))?;
-            self.opens.mark_synced();
-        } else {
-            for s in &group {
-                let part = self.part_path(s.id);
-                s.partial
-                    .file
-                    .sync_all()
-                    .map_err(io_err("cannot fsync", &part))?;
-            }
-            self.opens
-                .sync()
-                .map_err(io_err("cannot fsync", &opens_path))?;
-        }
-        let t_data = t0.elapsed();
-        let ids: Vec<u64> = group.iter().map(|s| s.id).collect();
-        self.done
-            .record_all(&ids)
-            .map_err(io_err("cannot record commit in", self.done.path()))?;
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        let mut delivered = Vec::with_capacity(group.len());
-        for s in group {
-            let Staged {
-                id,
-                partial,
-                digest,
-            } = s;
-            drop(partial.file);
-            let dir = self.land(id, &partial.path)?;
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
-            }
-            delivered.push(Delivered {
-                path: partial.open.path,
-                size: partial.open.size,
-                digest_hex: blake3::Hash::from_bytes(digest).to_hex().to_string(),
-                elapsed: partial.started.elapsed(),
-            });
-        }
-        let t_done = t0.elapsed();
-        self.sync_dirs(&dirs)?;
+        let (landed, err) = self.places.land_all(&items);
         tracing::debug!(
-            files = ids.len(),
-            folders = dirs.len(),
-            data_sync_ms = t_data.as_secs_f64() * 1e3,
-            done_log_ms = (t_done - t_data).as_secs_f64() * 1e3,
-            total_ms = t0.elapsed().as_secs_f64() * 1e3,
-            "group commit"
+            files = landed.len(),
+            landing_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "group landed"
         );
-        self.opens
-            .finish(&ids)
-            .map_err(io_err("cannot record the landing in", &self.opens_path()))?;
-        Ok(delivered)
+        self.finish(&landed);
+        match err {
+            Some(e) => Err(e),
+            None => {
+                delivered.truncate(landed.len());
+                Ok(delivered)
+            }
+        }
     }
 
     fn abandon(&mut self) {
@@ -918,5 +968,43 @@ mod tests {
             s.write(10, 1, b"x"),
             Err(SinkError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_or_a_name_taken_by_a_folder_before_the_rename_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).expect("mkdir");
+        let mut s = sink(dir.path());
+        for (id, name) in [(1, "sub/a.txt"), (2, "b.txt"), (3, "sub2/deep/c.txt")] {
+            let open = OpenFile {
+                path: name.into(),
+                size: 2,
+                mtime_ns: 0,
+            };
+            assert_eq!(s.open(id, &open).expect("open"), Applied::Done);
+            s.write(id, 0, b"hi").expect("write");
+        }
+        // After the Opens checked them: a folder becomes a symlink out, a name becomes a folder.
+        let dest = dir.path().join("dest");
+        fs::remove_dir(dest.join("sub")).expect("rmdir");
+        std::os::unix::fs::symlink(&outside, dest.join("sub")).expect("symlink");
+        fs::create_dir(dest.join("b.txt")).expect("mkdir");
+        for id in [1, 2] {
+            s.commit(id, &commit_for(b"hi")).expect("commit");
+            let r = s.flush();
+            assert!(matches!(r, Err(SinkError::Escape(_))), "{id}: {r:?}");
+            s.abandon();
+        }
+        assert_eq!(
+            fs::read_dir(&outside).expect("ls").count(),
+            0,
+            "nothing written outside"
+        );
+        assert!(dest.join("b.txt").is_dir());
+        // A deeper name in a fresh folder still lands.
+        s.commit(3, &commit_for(b"hi")).expect("commit");
+        assert_eq!(s.flush().expect("flush").len(), 1);
+        assert_eq!(fs::read(dest.join("sub2/deep/c.txt")).expect("read"), b"hi");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod directory;
 pub mod done_log;
+pub mod land;
 pub mod open_log;
 
 use gapsync_protocol::{Commit, OpenFile, PathError};
@@ -89,6 +90,17 @@ impl SinkError {
             self,
             SinkError::Io { .. } | SinkError::DigestMismatch { .. } | SinkError::NoSpace { .. }
         )
+    }
+}
+
+pub(crate) fn io_err<'a>(
+    what: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
+    move |source| SinkError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
     }
 }
 

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 /// What a source found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEvent {
-    /// A complete file, by its relative path (`/`-separated UTF-8) inside the spool.
-    Found(String),
+    /// A complete file, by its relative path (`/`-separated UTF-8) inside the spool, and its
+    /// size when it was found.
+    Found { rel: String, size: u64 },
     /// A file whose name cannot be sent as it is; it is quarantined with the reason.
     BadName { path: PathBuf, reason: String },
 }

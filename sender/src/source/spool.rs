@@ -111,10 +111,11 @@ impl Scanner {
         let Some(path) = event.paths.last() else {
             return true;
         };
-        if path.is_dir() {
-            return self.scan(path, None);
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => self.scan(path, None),
+            Ok(meta) => self.consider(path, &meta, None),
+            Err(_) => true,
         }
-        self.consider(path, None)
     }
 
     /// Walks `root`; files unchanged for `settle` (or all, with `None`) are sent.
@@ -130,8 +131,11 @@ impl Scanner {
         for entry in walk.flatten() {
             if entry.file_type().is_symlink() {
                 self.skip_symlink(entry.path());
-            } else if entry.file_type().is_file() && !self.consider(entry.path(), settle) {
-                return false;
+            } else if entry.file_type().is_file() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if !self.consider(entry.path(), &meta, settle) {
+                    return false;
+                }
             }
         }
         true
@@ -148,8 +152,8 @@ impl Scanner {
         }
     }
 
-    /// Sends one file if it is eligible; false when the pipe is gone.
-    fn consider(&self, path: &Path, settle: Option<Duration>) -> bool {
+    /// Sends one file if it is eligible, given its `lstat`; false when the pipe is gone.
+    fn consider(&self, path: &Path, meta: &std::fs::Metadata, settle: Option<Duration>) -> bool {
         let Ok(rel) = path.strip_prefix(&self.cfg.spool) else {
             return true;
         };
@@ -160,9 +164,6 @@ impl Scanner {
         {
             return true;
         }
-        let Ok(meta) = std::fs::symlink_metadata(path) else {
-            return true;
-        };
         if meta.file_type().is_symlink() {
             self.skip_symlink(path);
             return true;
@@ -180,7 +181,10 @@ impl Scanner {
             }
         }
         let event = match rel.to_str().map(WirePath::parse) {
-            Some(Ok(p)) => SourceEvent::Found(p.as_str().to_owned()),
+            Some(Ok(p)) => SourceEvent::Found {
+                rel: p.as_str().to_owned(),
+                size: meta.len(),
+            },
             Some(Err(e)) => SourceEvent::BadName {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
@@ -228,7 +232,7 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < 2 {
             match rx.blocking_recv() {
-                Some(SourceEvent::Found(p)) => got.push(p),
+                Some(SourceEvent::Found { rel, .. }) => got.push(rel),
                 other => panic!("{other:?}"),
             }
         }
@@ -239,7 +243,10 @@ mod tests {
         std::fs::rename(dir.path().join("new.tmp"), spool.join("new.bin")).expect("rename");
         assert_eq!(
             rx.blocking_recv(),
-            Some(SourceEvent::Found("new.bin".into()))
+            Some(SourceEvent::Found {
+                rel: "new.bin".into(),
+                size: 1
+            })
         );
     }
 }

@@ -190,7 +190,7 @@ impl Driver {
 
     fn on_source(&mut self, ev: SourceEvent) {
         match ev {
-            SourceEvent::Found(rel) => {
+            SourceEvent::Found { rel, .. } => {
                 if self.known.insert(rel.clone()) {
                     self.queue.push_back(rel);
                 }

@@ -183,6 +183,7 @@ pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<
                 || l.contains("delivered")
                 || l.contains("link summary")
                 || l.contains("group commit")
+                || l.contains("group landed")
                 || l.contains("WARN")
                 || l.contains("ERROR")
             {
