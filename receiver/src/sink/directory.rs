@@ -1006,5 +1006,19 @@ mod tests {
         s.commit(3, &commit_for(b"hi")).expect("commit");
         assert_eq!(s.flush().expect("flush").len(), 1);
         assert_eq!(fs::read(dest.join("sub2/deep/c.txt")).expect("read"), b"hi");
+        // The two refused ones are committed (their partials carry the source's 1970 mtime):
+        // housekeeping keeps them, and once the names are free a restart lands them.
+        assert_eq!(
+            s.housekeeping(Duration::from_secs(60))
+                .expect("housekeeping"),
+            0
+        );
+        drop(s);
+        fs::remove_file(dest.join("sub")).expect("rm symlink");
+        fs::remove_dir(dest.join("b.txt")).expect("rmdir");
+        let _s = sink(dir.path());
+        assert_eq!(fs::read(dest.join("sub/a.txt")).expect("read"), b"hi");
+        assert_eq!(fs::read(dest.join("b.txt")).expect("read"), b"hi");
+        assert_eq!(fs::read_dir(&outside).expect("ls").count(), 0);
     }
 }
