@@ -37,6 +37,10 @@ struct Partial {
     started: Instant,
 }
 
+/// A group made durable and recorded as done: each transfer's id and name, to rename into
+/// place in this order, and what each delivers.
+type Committed = (Vec<(u64, WirePath)>, Vec<Delivered>);
+
 /// A commit verified (size and digest) and waiting for the next flush.
 #[derive(Debug)]
 struct Staged {
@@ -323,7 +327,7 @@ impl DirectorySink {
                     Ok(_) => return Err(SinkError::Escape(path.to_string())),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&cur) {
                         Ok(()) => {}
-                        // Made meanwhile by someone else: checked again below.
+                        // Made meanwhile by someone else: it must be a folder too.
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                             if !fs::symlink_metadata(&cur).is_ok_and(|m| m.is_dir()) {
                                 return Err(SinkError::Escape(path.to_string()));
@@ -389,16 +393,11 @@ impl DirectorySink {
         let _ = fs::remove_file(self.part_path(id));
         let _ = self.opens.finish(&[id]);
     }
-}
 
-impl DirectorySink {
     /// Steps 1 to 3 of the commit order for the staged commits: the partials and their Opens
     /// made durable, then the done record. Returns the group to rename into place (step 4)
     /// and what each delivers, or `None` when nothing was staged.
-    #[allow(clippy::type_complexity)]
-    fn commit_group(
-        &mut self,
-    ) -> Result<Option<(Vec<(u64, WirePath)>, Vec<Delivered>)>, SinkError> {
+    fn commit_group(&mut self) -> Result<Option<Committed>, SinkError> {
         // New partials' Opens reach the file at every frame (no fsync), so a receiver killed
         // mid-file resumes them.
         let opens_path = self.opens_path();
