@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use gapsync_daemon::ratelimit::RateLimiter;
 use gapsync_protocol::crypto::{ConnectionId, FrameKey};
 use gapsync_protocol::messages::HelloAuth;
-use gapsync_protocol::{Hello, PROTOCOL_VERSION, SenderEvent, SenderSession};
+use gapsync_protocol::{FrameKind, Hello, PROTOCOL_VERSION, SenderEvent, SenderSession};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -174,6 +174,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut replies = [0u8; 4096];
     let mut accepted = false;
     let mut pacer = Pacer::new(w.profile.rate_limit_mbit);
+    // A frame built ahead (its payload in `w.buf`), sent as soon as the window allows.
+    let mut prepared: Option<(FrameKind, u64, u64)> = None;
     let (pipe, gate) = (w.cfg.name.clone(), w.cfg.gate.clone());
     let warn = |what: &str, detail: String| {
         // Different failures are each logged; repeats of one (numbers aside) are rate-limited.
@@ -208,15 +210,21 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             return Ended::Failed { accepted };
         }
         while s.can_send() {
-            // A frame that would not be full waits until nothing is in flight.
-            if s.in_flight() > 0 && !w.fills_frame(s.max_payload()) {
-                break;
-            }
-            let Some((kind, transfer, offset)) =
-                tokio::task::block_in_place(|| w.next_frame(s.max_payload()))
-            else {
-                break;
+            let next = match prepared.take() {
+                Some(next) => next,
+                None => {
+                    // A frame that would not be full waits until nothing is in flight.
+                    if s.in_flight() > 0 && !w.fills_frame(s.max_payload()) {
+                        break;
+                    }
+                    let Some(next) = tokio::task::block_in_place(|| w.next_frame(s.max_payload()))
+                    else {
+                        break;
+                    };
+                    next
+                }
             };
+            let (kind, transfer, offset) = next;
             if let Err(e) = s.send(kind, transfer, offset, &w.buf, Instant::now()) {
                 tracing::error!(pipe = %w.cfg.name, error = %e, "internal: a frame did not fit the session");
                 return Ended::Failed { accepted };
@@ -230,6 +238,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if let Err(e) = flush(&mut s, &mut wr, write_timeout).await {
             warn("cannot write to the gate", e);
             return Ended::Failed { accepted };
+        }
+        // The window is full: the next frame (read, hashed) is built while the answer is on
+        // its way, so with a window of 1 the answer and the next frame's reading overlap
+        // instead of adding up. Only a full frame is built ahead, as the rule above says.
+        if prepared.is_none()
+            && accepted
+            && !s.can_send()
+            && s.in_flight() > 0
+            && w.fills_frame(s.max_payload())
+        {
+            prepared = tokio::task::block_in_place(|| w.next_frame(s.max_payload()));
         }
         let deadline = s.next_deadline().map_or_else(
             || tokio::time::Instant::now() + Duration::from_secs(3600),
