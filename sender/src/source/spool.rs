@@ -6,13 +6,12 @@
 //! it has been unchanged for `settle`. Dotfiles, dot-folders, `*.tmp`, `*.part` and symlinks
 //! are never taken.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime};
 
 use gapsync_protocol::WirePath;
-use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-use notify::{EventKind, RecursiveMode, Watcher as _};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::sync::mpsc;
 
 use super::SourceEvent;
@@ -58,64 +57,218 @@ struct Scanner {
     warned_links: std::cell::RefCell<std::collections::HashSet<PathBuf>>,
 }
 
+/// What the watch asks the kernel for: a file closed after writing or renamed in, a folder
+/// made or renamed in, a folder renamed away. Not opens, writes, attribute changes or
+/// deletions: the sender's own reads and removals would otherwise cost two events per file.
+fn watch_mask() -> WatchMask {
+    WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::CREATE
+        | WatchMask::MOVED_FROM
+        | WatchMask::DONT_FOLLOW
+        | WatchMask::ONLYDIR
+}
+
+/// One inotify watch per folder of the spool (inotify is not recursive).
+struct Watch {
+    inotify: Inotify,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    buf: Vec<u8>,
+    /// The limit of watches was reported (once).
+    warned_limit: bool,
+}
+
+/// What an event means for the spool.
+enum Change {
+    /// A file that may be complete.
+    File(PathBuf),
+    /// A folder made or renamed into the spool.
+    NewFolder(PathBuf),
+    /// A folder renamed away (or within: its new name comes as a `NewFolder`).
+    GoneFolder(PathBuf),
+    /// The kernel's queue overflowed: events were lost.
+    Overflow,
+}
+
+impl Watch {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            inotify: Inotify::init()?,
+            dirs: HashMap::new(),
+            buf: vec![0; 64 << 10],
+            warned_limit: false,
+        })
+    }
+
+    /// Watches `root` and every folder under it that the scanner would walk.
+    fn add_tree(&mut self, scanner: &Scanner, root: &Path) {
+        if !scanner.takes_folder(root) {
+            return;
+        }
+        let walk = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || scanner.takes_folder(e.path()));
+        for dir in walk.flatten().filter(|e| e.file_type().is_dir()) {
+            match self.inotify.watches().add(dir.path(), watch_mask()) {
+                Ok(wd) => {
+                    self.dirs.insert(wd, dir.path().to_path_buf());
+                }
+                Err(e) if e.raw_os_error() == Some(28) => {
+                    if !std::mem::replace(&mut self.warned_limit, true) {
+                        tracing::warn!(pipe = %scanner.cfg.pipe, folder = %dir.path().display(), "cannot watch every spool folder: the limit of inotify watches is reached; files there are found by the scan every poll_interval (raise fs.inotify.max_user_watches)");
+                    }
+                }
+                // Gone or replaced meanwhile: its own event or the next scan tells.
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Stops watching `root` and everything under it.
+    fn remove_tree(&mut self, root: &Path) {
+        let gone: Vec<WatchDescriptor> = self
+            .dirs
+            .iter()
+            .filter(|(_, p)| p.starts_with(root))
+            .map(|(wd, _)| wd.clone())
+            .collect();
+        for wd in gone {
+            self.dirs.remove(&wd);
+            let _ = self.inotify.watches().remove(wd);
+        }
+    }
+
+    /// Waits up to `timeout` for events; `None` when none came.
+    fn wait(&mut self, timeout: Duration) -> std::io::Result<Option<Vec<Change>>> {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let ts = rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        let mut fds = [PollFd::new(&self.inotify, PollFlags::IN)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(0) => return Ok(None),
+            Err(rustix::io::Errno::INTR) => return Ok(Some(Vec::new())),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let events = match self.inotify.read_events(&mut self.buf) {
+            Ok(events) => events,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Some(Vec::new())),
+            Err(e) => return Err(e),
+        };
+        let mut changes = Vec::new();
+        let mut ignored = Vec::new();
+        for ev in events {
+            if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                changes.push(Change::Overflow);
+                continue;
+            }
+            if ev.mask.contains(EventMask::IGNORED) {
+                ignored.push(ev.wd);
+                continue;
+            }
+            let (Some(dir), Some(name)) = (self.dirs.get(&ev.wd), ev.name) else {
+                continue;
+            };
+            let path = dir.join(name);
+            let is_dir = ev.mask.contains(EventMask::ISDIR);
+            if is_dir && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+                changes.push(Change::NewFolder(path));
+            } else if is_dir && ev.mask.contains(EventMask::MOVED_FROM) {
+                changes.push(Change::GoneFolder(path));
+            } else if !is_dir
+                && ev
+                    .mask
+                    .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
+            {
+                changes.push(Change::File(path));
+            }
+        }
+        for wd in ignored {
+            self.dirs.remove(&wd);
+        }
+        Ok(Some(changes))
+    }
+}
+
 impl Scanner {
     fn run(self) {
-        let (ev_tx, ev_rx) = std_mpsc::channel();
-        let watcher = notify::recommended_watcher(ev_tx).and_then(|mut w| {
-            w.watch(&self.cfg.spool, RecursiveMode::Recursive)?;
-            Ok(w)
-        });
-        if let Err(e) = &watcher {
-            tracing::warn!(pipe = %self.cfg.pipe, error = %e, "cannot watch the spool for new files; falling back to a scan every poll_interval (raise fs.inotify.max_user_watches if it is exhausted)");
+        let mut watch = Watch::new();
+        match &mut watch {
+            Ok(w) => w.add_tree(&self, &self.cfg.spool),
+            Err(e) => {
+                tracing::warn!(pipe = %self.cfg.pipe, error = %e, "cannot watch the spool for new files; falling back to a scan every poll_interval (raise fs.inotify.max_user_instances if it is exhausted)")
+            }
         }
         if !self.scan(&self.cfg.spool, Some(self.cfg.settle)) {
             return;
         }
         loop {
-            match ev_rx.recv_timeout(self.cfg.poll_interval) {
-                Ok(Ok(event)) => {
-                    if !self.on_event(event) {
-                        return;
+            let changes = match &mut watch {
+                Ok(w) => match w.wait(self.cfg.poll_interval) {
+                    Ok(changes) => changes,
+                    Err(e) => {
+                        tracing::warn!(pipe = %self.cfg.pipe, error = %e, "the spool watch failed; falling back to a scan every poll_interval");
+                        watch = Err(e);
+                        None
                     }
-                }
-                Ok(Err(e)) => tracing::debug!(pipe = %self.cfg.pipe, error = %e, "watch error"),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    if !self.scan(&self.cfg.spool, Some(self.cfg.settle)) {
-                        return;
-                    }
-                }
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                },
+                Err(_) => {
                     std::thread::sleep(self.cfg.poll_interval);
-                    if !self.scan(&self.cfg.spool, Some(self.cfg.settle)) {
-                        return;
-                    }
+                    None
                 }
+            };
+            let keep_going = match (changes, &mut watch) {
+                (Some(changes), Ok(w)) => self.on_changes(w, changes),
+                // Quiet for poll_interval (or no watch): the scan finds what events missed.
+                _ => self.scan(&self.cfg.spool, Some(self.cfg.settle)),
+            };
+            if !keep_going {
+                return;
             }
         }
     }
 
-    /// Handles one filesystem event; false when the pipe is gone.
-    fn on_event(&self, event: notify::Event) -> bool {
-        let complete = matches!(
-            event.kind,
-            EventKind::Access(AccessKind::Close(AccessMode::Write))
-                | EventKind::Modify(ModifyKind::Name(
-                    RenameMode::To | RenameMode::Both | RenameMode::Any
-                ))
-                | EventKind::Create(CreateKind::Folder)
-        );
-        if !complete {
-            return true;
+    /// Acts on a batch of watch events; false when the pipe is gone.
+    fn on_changes(&self, w: &mut Watch, changes: Vec<Change>) -> bool {
+        for change in changes {
+            let ok = match change {
+                Change::File(path) => match std::fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_dir() => true,
+                    Ok(meta) => self.consider(&path, &meta, None),
+                    Err(_) => true,
+                },
+                // Watched first, then walked: a file renamed in meanwhile is found either way.
+                Change::NewFolder(path) => {
+                    w.add_tree(self, &path);
+                    !self.takes_folder(&path) || self.scan(&path, None)
+                }
+                Change::GoneFolder(path) => {
+                    w.remove_tree(&path);
+                    true
+                }
+                Change::Overflow => {
+                    tracing::debug!(pipe = %self.cfg.pipe, "the spool watch overflowed; scanning");
+                    self.scan(&self.cfg.spool, Some(self.cfg.settle))
+                }
+            };
+            if !ok {
+                return false;
+            }
         }
-        // For a rename pair the last path is the new name.
-        let Some(path) = event.paths.last() else {
-            return true;
+        true
+    }
+
+    /// True for a folder the scanner walks: inside the spool, not ignored, not excluded.
+    fn takes_folder(&self, path: &Path) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.cfg.spool) else {
+            return false;
         };
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.is_dir() => self.scan(path, None),
-            Ok(meta) => self.consider(path, &meta, None),
-            Err(_) => true,
-        }
+        !rel.components()
+            .any(|c| ignored_name(&c.as_os_str().to_string_lossy()))
+            && !self.cfg.exclude.iter().any(|x| path.starts_with(x))
     }
 
     /// Walks `root`; files unchanged for `settle` (or all, with `None`) are sent.
@@ -248,5 +401,86 @@ mod tests {
                 size: 1
             })
         );
+    }
+
+    /// The next file found within 10 s, or `None`.
+    fn next_found(rx: &mut mpsc::Receiver<SourceEvent>) -> Option<String> {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            match rx.try_recv() {
+                Ok(SourceEvent::Found { rel, .. }) => return Some(rel),
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn folders_made_moved_in_renamed_and_moved_out_are_followed_without_a_scan() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = dir.path().join("spool");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&spool).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        let (tx, mut rx) = mpsc::channel(64);
+        let cfg = SpoolConfig {
+            pipe: "t".into(),
+            spool: spool.clone(),
+            exclude: vec![spool.join("sent")],
+            settle: Duration::ZERO,
+            // No scan during the test: everything below is found by the watch alone.
+            poll_interval: Duration::from_secs(3600),
+        };
+        let _h = spawn(cfg, tx).expect("spawn");
+        std::thread::sleep(Duration::from_millis(200));
+        let put = |name: &str, into: &Path| {
+            let tmp = dir.path().join("x.tmp");
+            std::fs::write(&tmp, name).expect("write");
+            std::fs::rename(&tmp, into.join(name)).expect("rename");
+        };
+        // A folder made in the spool, then a file renamed into it.
+        std::fs::create_dir_all(spool.join("made/deep")).expect("mkdir");
+        std::thread::sleep(Duration::from_millis(200));
+        put("a.bin", &spool.join("made/deep"));
+        assert_eq!(next_found(&mut rx).as_deref(), Some("made/deep/a.bin"));
+        // A folder with files moved in whole; later files renamed into its sub-folder.
+        std::fs::create_dir_all(outside.join("batch/sub")).expect("mkdir");
+        put("b.bin", &outside.join("batch/sub"));
+        std::fs::rename(outside.join("batch"), spool.join("batch")).expect("move in");
+        assert_eq!(next_found(&mut rx).as_deref(), Some("batch/sub/b.bin"));
+        put("c.bin", &spool.join("batch/sub"));
+        assert_eq!(next_found(&mut rx).as_deref(), Some("batch/sub/c.bin"));
+        // Renamed within the spool: its files are found again under the new path (the
+        // operator renamed them), and later ones are named by it.
+        std::fs::rename(spool.join("batch"), spool.join("renamed")).expect("rename");
+        let mut again = [next_found(&mut rx), next_found(&mut rx)];
+        again.sort();
+        assert_eq!(
+            again,
+            [
+                Some("renamed/sub/b.bin".to_owned()),
+                Some("renamed/sub/c.bin".to_owned())
+            ]
+        );
+        put("d.bin", &spool.join("renamed/sub"));
+        assert_eq!(next_found(&mut rx).as_deref(), Some("renamed/sub/d.bin"));
+        // Moved out: what lands there now is not the spool's. The excluded folder neither.
+        std::fs::rename(spool.join("renamed"), outside.join("gone")).expect("move out");
+        std::fs::create_dir_all(spool.join("sent")).expect("mkdir");
+        std::thread::sleep(Duration::from_millis(200));
+        put("e.bin", &outside.join("gone/sub"));
+        put("f.bin", &spool.join("sent"));
+        put("g.bin", &spool);
+        assert_eq!(next_found(&mut rx).as_deref(), Some("g.bin"));
+        assert_eq!(next_found_within(&mut rx, Duration::from_millis(500)), None);
+    }
+
+    fn next_found_within(
+        rx: &mut mpsc::Receiver<SourceEvent>,
+        wait: Duration,
+    ) -> Option<SourceEvent> {
+        std::thread::sleep(wait);
+        rx.try_recv().ok()
     }
 }
