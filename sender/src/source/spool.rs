@@ -114,7 +114,7 @@ impl Watch {
                 Ok(wd) => {
                     self.dirs.insert(wd, dir.path().to_path_buf());
                 }
-                Err(e) if e.raw_os_error() == Some(28) => {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
                     if !std::mem::replace(&mut self.warned_limit, true) {
                         tracing::warn!(pipe = %scanner.cfg.pipe, folder = %dir.path().display(), "cannot watch every spool folder: the limit of inotify watches is reached; files there are found by the scan every poll_interval (raise fs.inotify.max_user_watches)");
                     }
