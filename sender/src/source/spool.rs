@@ -373,15 +373,7 @@ mod tests {
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             std::fs::write(p, b"x").expect("write");
         }
-        let (tx, mut rx) = mpsc::channel(64);
-        let cfg = SpoolConfig {
-            pipe: "t".into(),
-            spool: spool.clone(),
-            exclude: vec![spool.join("sent")],
-            settle: Duration::ZERO,
-            poll_interval: Duration::from_secs(3600),
-        };
-        let _h = spawn(cfg, tx).expect("spawn");
+        let (mut rx, _h) = watch_without_scans(&spool);
         let mut got = Vec::new();
         while got.len() < 2 {
             match rx.blocking_recv() {
@@ -401,6 +393,21 @@ mod tests {
                 size: 1
             })
         );
+    }
+
+    /// Starts a scanner of `spool` (with `sent/` excluded) that scans only at start.
+    fn watch_without_scans(
+        spool: &Path,
+    ) -> (mpsc::Receiver<SourceEvent>, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(64);
+        let cfg = SpoolConfig {
+            pipe: "t".into(),
+            spool: spool.to_path_buf(),
+            exclude: vec![spool.join("sent")],
+            settle: Duration::ZERO,
+            poll_interval: Duration::from_secs(3600),
+        };
+        (rx, spawn(cfg, tx).expect("spawn"))
     }
 
     /// The next file found within 10 s, or `None`.
@@ -423,16 +430,8 @@ mod tests {
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(&spool).expect("mkdir");
         std::fs::create_dir_all(&outside).expect("mkdir");
-        let (tx, mut rx) = mpsc::channel(64);
-        let cfg = SpoolConfig {
-            pipe: "t".into(),
-            spool: spool.clone(),
-            exclude: vec![spool.join("sent")],
-            settle: Duration::ZERO,
-            // No scan during the test: everything below is found by the watch alone.
-            poll_interval: Duration::from_secs(3600),
-        };
-        let _h = spawn(cfg, tx).expect("spawn");
+        // Everything below is found by the watch alone.
+        let (mut rx, _h) = watch_without_scans(&spool);
         std::thread::sleep(Duration::from_millis(200));
         let put = |name: &str, into: &Path| {
             let tmp = dir.path().join("x.tmp");
