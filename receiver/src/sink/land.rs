@@ -35,14 +35,17 @@ impl Places {
     }
 
     /// Renames the staged partials of `items` into place, in order, then makes the renames
-    /// durable. Returns the ids landed, and the error that stopped it (the rest stay staged).
+    /// durable. Returns the ids landed durably, and the error that stopped it: the rest stay
+    /// staged, and a rename that could not be made durable is checked again at the next start
+    /// (its id stays in the staging journal).
     pub fn land_all(&self, items: &[(u64, WirePath)]) -> (Vec<u64>, Option<SinkError>) {
-        let mut landed = Vec::with_capacity(items.len());
         let mut folders = match Folders::new(&self.staging) {
             Ok(f) => f,
-            Err(e) => return (landed, Some(io_err("cannot open", &self.staging)(e))),
+            Err(e) => return (Vec::new(), Some(io_err("cannot open", &self.staging)(e))),
         };
+        let mut landed = Vec::with_capacity(items.len());
         let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut stopped = None;
         for (id, path) in items {
             match self.land(&mut folders, *id, path) {
                 Ok(dir) => {
@@ -51,10 +54,16 @@ impl Places {
                     }
                     landed.push(*id);
                 }
-                Err(e) => return (landed, Some(e)),
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
             }
         }
-        (landed, self.sync_dirs(&dirs).err())
+        if let Err(e) = self.sync_dirs(&dirs) {
+            return (Vec::new(), Some(stopped.unwrap_or(e)));
+        }
+        (landed, stopped)
     }
 
     /// Renames the staged partial into place through `folders`; returns the folder that must
