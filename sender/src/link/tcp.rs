@@ -210,21 +210,15 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             return Ended::Failed { accepted };
         }
         while s.can_send() {
-            let next = match prepared.take() {
+            let (kind, transfer, offset) = match prepared.take() {
                 Some(next) => next,
-                None => {
-                    // A frame that would not be full waits until nothing is in flight.
-                    if s.in_flight() > 0 && !w.fills_frame(s.max_payload()) {
-                        break;
-                    }
-                    let Some(next) = tokio::task::block_in_place(|| w.next_frame(s.max_payload()))
-                    else {
-                        break;
-                    };
-                    next
-                }
+                // A frame that would not be full waits until nothing is in flight.
+                None if s.in_flight() > 0 && !w.fills_frame(s.max_payload()) => break,
+                None => match tokio::task::block_in_place(|| w.next_frame(s.max_payload())) {
+                    Some(next) => next,
+                    None => break,
+                },
             };
-            let (kind, transfer, offset) = next;
             if let Err(e) = s.send(kind, transfer, offset, &w.buf, Instant::now()) {
                 tracing::error!(pipe = %w.cfg.name, error = %e, "internal: a frame did not fit the session");
                 return Ended::Failed { accepted };

@@ -102,13 +102,13 @@ impl Watch {
 
     /// Watches `root` and every folder under it that the scanner would walk.
     fn add_tree(&mut self, scanner: &Scanner, root: &Path) {
-        if !scanner.takes_folder(root) {
+        if !scanner.within(root) {
             return;
         }
         let walk = walkdir::WalkDir::new(root)
             .follow_links(false)
             .into_iter()
-            .filter_entry(|e| e.depth() == 0 || scanner.takes_folder(e.path()));
+            .filter_entry(|e| e.depth() == 0 || scanner.within(e.path()));
         for dir in walk.flatten().filter(|e| e.file_type().is_dir()) {
             match self.inotify.watches().add(dir.path(), watch_mask()) {
                 Ok(wd) => {
@@ -243,7 +243,7 @@ impl Scanner {
                 // Watched first, then walked: a file renamed in meanwhile is found either way.
                 Change::NewFolder(path) => {
                     w.add_tree(self, &path);
-                    !self.takes_folder(&path) || self.scan(&path, None)
+                    !self.within(&path) || self.scan(&path, None)
                 }
                 Change::GoneFolder(path) => {
                     w.remove_tree(&path);
@@ -261,8 +261,9 @@ impl Scanner {
         true
     }
 
-    /// True for a folder the scanner walks: inside the spool, not ignored, not excluded.
-    fn takes_folder(&self, path: &Path) -> bool {
+    /// True for a path the scanner takes (a file) or walks (a folder): inside the spool, with
+    /// no ignored name on the way, not under an excluded folder.
+    fn within(&self, path: &Path) -> bool {
         let Ok(rel) = path.strip_prefix(&self.cfg.spool) else {
             return false;
         };
@@ -307,16 +308,12 @@ impl Scanner {
 
     /// Sends one file if it is eligible, given its `lstat`; false when the pipe is gone.
     fn consider(&self, path: &Path, meta: &std::fs::Metadata, settle: Option<Duration>) -> bool {
+        if !self.within(path) {
+            return true;
+        }
         let Ok(rel) = path.strip_prefix(&self.cfg.spool) else {
             return true;
         };
-        if rel
-            .components()
-            .any(|c| ignored_name(&c.as_os_str().to_string_lossy()))
-            || self.cfg.exclude.iter().any(|x| path.starts_with(x))
-        {
-            return true;
-        }
         if meta.file_type().is_symlink() {
             self.skip_symlink(path);
             return true;
