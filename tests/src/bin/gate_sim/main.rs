@@ -232,6 +232,12 @@ async fn main() -> anyhow::Result<()> {
 /// has started once these bytes are delivered (counted on the bytes before any fault).
 type Chunk = (Instant, Vec<u8>, u64);
 
+/// Chunks (of at most 64 KiB) the forward direction holds while they wait out the added
+/// latency: the bytes in flight on the simulated link. At 64 chunks it held 4 MiB, so a
+/// window of 8 frames of 1 MiB at +50 ms waited half in the sender's socket, and its second
+/// half reached the receiver a whole one-way trip late (BENCHMARKS.md, scenario 4).
+const DELAY_LINE_CHUNKS: usize = 4096;
+
 async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream, envelope: Envelope) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
@@ -239,7 +245,7 @@ async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream, envelo
     let (mut s_rd, mut s_wr) = server.into_split();
     let latency = Duration::from_millis(shared.args.latency_ms);
     let frames_delivered = Arc::new(AtomicU64::new(0));
-    let (ftx, mut frx) = mpsc::channel::<Chunk>(64);
+    let (ftx, mut frx) = mpsc::channel::<Chunk>(DELAY_LINE_CHUNKS);
     let (rtx, mut rrx) = mpsc::channel::<Chunk>(64);
 
     // sender -> gate: faults applied at read time.
@@ -248,6 +254,9 @@ async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream, envelo
         let mut buf = vec![0u8; 64 * 1024];
         let mut decoder = Decoder::new(envelope, sh.args.max_frame);
         let mut complete = 0u64;
+        // False once the stream could not be decoded (not gapsync frames, e.g. the bench's raw
+        // copy): from then on bytes are only relayed, without decoding or a message per chunk.
+        let mut counting = true;
         loop {
             let n = match c_rd.read(&mut buf).await {
                 Ok(0) | Err(_) => return "sender closed",
@@ -256,13 +265,16 @@ async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream, envelo
             let start = sh.position.fetch_add(n as u64, SeqCst);
             let end = start + n as u64;
             let mut data = buf[..n].to_vec();
-            decoder.feed(&data);
-            loop {
+            if counting {
+                decoder.feed(&data);
+            }
+            while counting {
                 let frame = match decoder.decode() {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
-                        eprintln!("cannot count frames any more: {e}");
+                        eprintln!("cannot count frames any more (relaying bytes only): {e}");
+                        counting = false;
                         break;
                     }
                 };
