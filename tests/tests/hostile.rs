@@ -121,9 +121,17 @@ fn idle_connections_are_limited_and_cut_after_the_handshake_timeout() {
         start.elapsed() < Duration::from_secs(5),
         "all closed within the handshake timeout"
     );
+    // The log is written by a thread of its own: the line may follow the close by a moment.
+    wait_until(
+        "the handshake-timeout line",
+        Duration::from_secs(10),
+        || {
+            lab.receiver_log()
+                .contains("no handshake within the profile's handshake_timeout")
+        },
+    );
     let log = lab.receiver_log();
     assert_eq!(count_lines(&log, &["connection limit reached"]), 1, "{log}");
-    assert!(log.contains("no handshake within the profile's handshake_timeout"));
     assert_alive_and_small(&lab);
 }
 
