@@ -188,6 +188,25 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     loop {
+        // An answer that opened the window sends the frame built ahead at once; the answer's
+        // bookkeeping (the spool file's removal, the `sent` line) then overlaps its trip.
+        if s.can_send()
+            && let Some((kind, transfer, offset)) = prepared.take()
+        {
+            let sent = send(
+                &mut s,
+                &mut wr,
+                &mut pacer,
+                w,
+                (kind, transfer, offset),
+                write_timeout,
+            )
+            .await;
+            if let Err(e) = sent {
+                warn("cannot write to the gate", e);
+                return Ended::Failed { accepted };
+            }
+        }
         while let Some(ev) = s.poll_event() {
             match &ev {
                 SenderEvent::HandshakeAccepted => {
@@ -219,12 +238,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     None => break,
                 },
             };
-            if let Err(e) = s.send(kind, transfer, offset, &w.buf, Instant::now()) {
-                tracing::error!(pipe = %w.cfg.name, error = %e, "internal: a frame did not fit the session");
-                return Ended::Failed { accepted };
-            }
-            pacer.wait(s.pending_output().len()).await;
-            if let Err(e) = flush(&mut s, &mut wr, write_timeout).await {
+            if let Err(e) = send(
+                &mut s,
+                &mut wr,
+                &mut pacer,
+                w,
+                (kind, transfer, offset),
+                write_timeout,
+            )
+            .await
+            {
                 warn("cannot write to the gate", e);
                 return Ended::Failed { accepted };
             }
@@ -272,6 +295,23 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             _ = shutdown.changed() => return Ended::Shutdown,
         }
     }
+}
+
+/// Sends the frame whose payload `w.buf` holds, paced, and writes it out.
+async fn send<W: AsyncWrite + Unpin>(
+    s: &mut SenderSession,
+    wr: &mut W,
+    pacer: &mut Pacer,
+    w: &PipeWorker,
+    (kind, transfer, offset): (FrameKind, u64, u64),
+    limit: Duration,
+) -> Result<(), String> {
+    if let Err(e) = s.send(kind, transfer, offset, &w.buf, Instant::now()) {
+        tracing::error!(pipe = %w.cfg.name, error = %e, "internal: a frame did not fit the session");
+        return Err(format!("internal: {e}"));
+    }
+    pacer.wait(s.pending_output().len()).await;
+    flush(s, wr, limit).await
 }
 
 async fn flush<W: AsyncWrite + Unpin>(
