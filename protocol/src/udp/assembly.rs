@@ -327,9 +327,10 @@ impl Assembly {
         }
         let k = self.layout.symbols(block);
         let limit = esi_limit(k, self.announce.repair_percent, self.announce.passes);
+        let (offset, _) = self.layout.block(block);
         self.decoders.insert(
             block,
-            BlockDecoder::new(k, self.layout.symbol_bytes, limit, pool.take()),
+            BlockDecoder::new(k, self.layout.symbol_bytes, limit, offset, pool.take()),
         );
         self.slots[block as usize] = Slot::Decoding;
     }

@@ -142,11 +142,14 @@ pub fn interleave(counts: &[(u32, u32)]) -> Vec<(usize, u32)> {
     order
 }
 
-/// Alignment of a [`BlockBuf`]'s start in memory: the page size, which direct I/O needs.
+/// The page size, which direct I/O needs memory and file offsets aligned to.
 pub const ALIGN: usize = 4096;
 
-/// A block's bytes, starting at an [`ALIGN`]-aligned address so that the receiver can write
-/// whole blocks with direct I/O. Its buffer goes back to a [`BlockPool`] once written.
+/// A block's bytes, placed in memory so that each byte sits at the same offset within its
+/// page as it will in the file: wherever a page of the file starts inside the block, the
+/// bytes are [`ALIGN`]-aligned, so the receiver writes the block's whole pages with direct
+/// I/O and no copy, whatever the block size. Its buffer goes back to a [`BlockPool`] once
+/// written.
 pub struct BlockBuf {
     buf: Vec<u8>,
     start: usize,
@@ -154,12 +157,14 @@ pub struct BlockBuf {
 }
 
 impl BlockBuf {
-    /// `len` bytes, reusing `spare`'s allocation when it is large enough. The bytes are
-    /// whatever the buffer held: every caller overwrites all of them before reading.
-    fn new(len: usize, spare: Option<Vec<u8>>) -> Self {
+    /// `len` bytes for the block at byte `offset` of its file, reusing `spare`'s allocation
+    /// when it is large enough. The bytes are whatever the buffer held: every caller
+    /// overwrites all of them before reading.
+    fn new(len: usize, offset: u64, spare: Option<Vec<u8>>) -> Self {
         let mut buf = spare.unwrap_or_default();
         buf.resize(len + ALIGN, 0);
-        let start = (ALIGN - buf.as_ptr().addr() % ALIGN) % ALIGN;
+        let phase = (offset % ALIGN as u64) as usize;
+        let start = (ALIGN + phase - buf.as_ptr().addr() % ALIGN) % ALIGN;
         Self { buf, start, len }
     }
 
@@ -257,9 +262,15 @@ impl std::fmt::Debug for BlockDecoder {
 }
 
 impl BlockDecoder {
-    /// A decoder for a block of `k` source symbols accepting ESIs below `esi_limit`, its
-    /// block in `spare`'s allocation when one is given.
-    pub fn new(k: u32, symbol_bytes: u16, esi_limit: u32, spare: Option<Vec<u8>>) -> Self {
+    /// A decoder for the block of `k` source symbols at byte `offset` of its object,
+    /// accepting ESIs below `esi_limit`, its block in `spare`'s allocation when one is given.
+    pub fn new(
+        k: u32,
+        symbol_bytes: u16,
+        esi_limit: u32,
+        offset: u64,
+        spare: Option<Vec<u8>>,
+    ) -> Self {
         Self {
             k,
             symbol_bytes,
@@ -267,7 +278,11 @@ impl BlockDecoder {
             seen: vec![0; (esi_limit as usize).div_ceil(64)],
             distinct: 0,
             sources: 0,
-            block: Some(BlockBuf::new(k as usize * usize::from(symbol_bytes), spare)),
+            block: Some(BlockBuf::new(
+                k as usize * usize::from(symbol_bytes),
+                offset,
+                spare,
+            )),
             repairs: Vec::new(),
             tail_seen: false,
             tried_at: 0,
@@ -364,7 +379,7 @@ mod tests {
         let (k, t) = (200u32, 64u16);
         let data = block(k, t);
         let repair = repair_symbols(&data, t, 0, 40);
-        let mut d = BlockDecoder::new(k, t, k + 40, None);
+        let mut d = BlockDecoder::new(k, t, k + 40, 0, None);
         // Lose every tenth source symbol: 20 lost, 40 repair symbols make up for them.
         let mut out = None;
         for i in (0..k).filter(|i| i % 10 != 3) {
@@ -387,7 +402,7 @@ mod tests {
         let repair = repair_symbols(&data, t, 0, 10);
         let ts = usize::from(t);
         for how in ["tail", "settle"] {
-            let mut d = BlockDecoder::new(k, t, k + 10, None);
+            let mut d = BlockDecoder::new(k, t, k + 10, 0, None);
             // Five source symbols lost and six repair symbols: enough to decode, fewer than
             // k + EAGER_EXTRA, so the decoder waits for a sign that no more are coming.
             for i in (0..k).filter(|i| i % 20 != 7) {
@@ -412,7 +427,9 @@ mod tests {
     fn all_source_symbols_decode_without_repair_and_repeats_are_ignored() {
         let (k, t) = (10u32, 16u16);
         let data = block(k, t);
-        let mut d = BlockDecoder::new(k, t, k + 2, Some(vec![7; 3]));
+        // The block starts 100 bytes into a page of its file: its bytes start 100 bytes
+        // into a page of memory, so the file's next page starts aligned in the block.
+        let mut d = BlockDecoder::new(k, t, k + 2, 3 * ALIGN as u64 + 100, Some(vec![7; 3]));
         for i in 0..k - 1 {
             let s = usize::from(t) * i as usize;
             assert!(d.add(i, &data[s..s + 16], false).is_none());
@@ -424,8 +441,8 @@ mod tests {
         assert_eq!(out.bytes(), &data[..]);
         assert_eq!(
             out.bytes().as_ptr().addr() % ALIGN,
-            0,
-            "aligned for direct I/O"
+            100,
+            "in phase with the file's pages, for direct I/O"
         );
     }
 
