@@ -205,6 +205,7 @@ impl Scanner {
         if !self.scan(&self.cfg.spool, Some(self.cfg.settle)) {
             return;
         }
+        let mut scanned = std::time::Instant::now();
         loop {
             let changes = match &mut watch {
                 Ok(w) => match w.wait(self.cfg.poll_interval) {
@@ -220,11 +221,17 @@ impl Scanner {
                     None
                 }
             };
-            let keep_going = match (changes, &mut watch) {
+            let mut keep_going = match (changes, &mut watch) {
                 (Some(changes), Ok(w)) => self.on_changes(w, changes),
-                // Quiet for poll_interval (or no watch): the scan finds what events missed.
-                _ => self.scan(&self.cfg.spool, Some(self.cfg.settle)),
+                _ => true,
             };
+            // The scan finds what events missed (a file written in place and still open, a
+            // watch at its limit): after poll_interval of quiet, and every poll_interval while
+            // events keep coming (a busy spool once starved it).
+            if keep_going && scanned.elapsed() >= self.cfg.poll_interval {
+                keep_going = self.scan(&self.cfg.spool, Some(self.cfg.settle));
+                scanned = std::time::Instant::now();
+            }
             if !keep_going {
                 return;
             }
@@ -405,6 +412,47 @@ mod tests {
             poll_interval: Duration::from_secs(3600),
         };
         (rx, spawn(cfg, tx).expect("spawn"))
+    }
+
+    #[test]
+    fn a_file_no_event_reports_is_found_by_the_scan_while_events_keep_coming() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = dir.path().join("spool");
+        std::fs::create_dir_all(&spool).expect("mkdir");
+        let (tx, mut rx) = mpsc::channel(4096);
+        let cfg = SpoolConfig {
+            pipe: "t".into(),
+            spool: spool.clone(),
+            exclude: Vec::new(),
+            settle: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(500),
+        };
+        let _h = spawn(cfg, tx).expect("spawn");
+        std::thread::sleep(Duration::from_millis(200));
+        // Written in place and held open: no close, no rename, so no event; only a scan
+        // takes it, once it has been unchanged for settle.
+        let mut held = std::fs::File::create(spool.join("held.log")).expect("create");
+        std::io::Write::write_all(&mut held, b"appended, never closed").expect("write");
+        // Meanwhile a file is renamed in every 100 ms, so the watch is never quiet for
+        // poll_interval.
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        let mut n = 0;
+        let mut found_held = false;
+        while std::time::Instant::now() < until && !found_held {
+            let tmp = dir.path().join("x.tmp");
+            std::fs::write(&tmp, b"x").expect("write");
+            std::fs::rename(&tmp, spool.join(format!("busy-{n}.bin"))).expect("rename");
+            n += 1;
+            std::thread::sleep(Duration::from_millis(100));
+            while let Ok(ev) = rx.try_recv() {
+                found_held |= matches!(ev, SourceEvent::Found { rel, .. } if rel == "held.log");
+            }
+        }
+        assert!(
+            found_held,
+            "the held-open file was not found within 5 s of busy events"
+        );
+        drop(held);
     }
 
     /// The next file found within 10 s, or `None`.
