@@ -228,15 +228,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if s.is_closed() {
             return Ended::Failed { accepted };
         }
+        // A frame built ahead went out above whenever the window allowed, and handling events
+        // does not open the window: from here on frames are built as they are sent.
         while s.can_send() {
-            let (kind, transfer, offset) = match prepared.take() {
-                Some(next) => next,
-                // A frame that would not be full waits until nothing is in flight.
-                None if s.in_flight() > 0 && !w.fills_frame(s.max_payload()) => break,
-                None => match tokio::task::block_in_place(|| w.next_frame(s.max_payload())) {
-                    Some(next) => next,
-                    None => break,
-                },
+            // A frame that would not be full waits until nothing is in flight.
+            if s.in_flight() > 0 && !w.fills_frame(s.max_payload()) {
+                break;
+            }
+            let Some((kind, transfer, offset)) =
+                tokio::task::block_in_place(|| w.next_frame(s.max_payload()))
+            else {
+                break;
             };
             if let Err(e) = send(
                 &mut s,

@@ -202,12 +202,10 @@ impl Scanner {
                 tracing::warn!(pipe = %self.cfg.pipe, error = %e, "cannot watch the spool for new files; falling back to a scan every poll_interval (raise fs.inotify.max_user_instances if it is exhausted)")
             }
         }
-        let start = std::time::Instant::now();
-        if !self.scan(&self.cfg.spool, Some(self.cfg.settle)) {
+        let (ok, mut scanned, mut scan_took) = self.scan_spool();
+        if !ok {
             return;
         }
-        let mut scanned = std::time::Instant::now();
-        let mut scan_took = scanned - start;
         loop {
             let changes = match &mut watch {
                 Ok(w) => match w.wait(self.cfg.poll_interval) {
@@ -239,15 +237,21 @@ impl Scanner {
                 self.cfg.poll_interval.max(scan_took * 50)
             };
             if keep_going && scanned.elapsed() >= due {
-                let start = std::time::Instant::now();
-                keep_going = self.scan(&self.cfg.spool, Some(self.cfg.settle));
-                scanned = std::time::Instant::now();
-                scan_took = scanned - start;
+                (keep_going, scanned, scan_took) = self.scan_spool();
             }
             if !keep_going {
                 return;
             }
         }
+    }
+
+    /// Scans the whole spool (files unchanged for `settle`): whether the pipe is still there,
+    /// when the scan ended and how long it took.
+    fn scan_spool(&self) -> (bool, std::time::Instant, Duration) {
+        let start = std::time::Instant::now();
+        let ok = self.scan(&self.cfg.spool, Some(self.cfg.settle));
+        let end = std::time::Instant::now();
+        (ok, end, end - start)
     }
 
     /// Acts on a batch of watch events; false when the pipe is gone.
@@ -270,7 +274,7 @@ impl Scanner {
                 }
                 Change::Overflow => {
                     tracing::debug!(pipe = %self.cfg.pipe, "the spool watch overflowed; scanning");
-                    self.scan(&self.cfg.spool, Some(self.cfg.settle))
+                    self.scan_spool().0
                 }
             };
             if !ok {
