@@ -83,6 +83,10 @@ pub struct Assembly {
     deadline: Instant,
     received: u64,
     per_pass: u64,
+    /// Symbols received for blocks not yet decoded, over all passes, and that count at the
+    /// last tick: while it grows the pass is still arriving (see [`Assembly::on_tick`]).
+    useful: u64,
+    useful_at_tick: u64,
 }
 
 impl std::fmt::Debug for Assembly {
@@ -152,6 +156,8 @@ impl Assembly {
             deadline,
             received: 0,
             per_pass,
+            useful: 0,
+            useful_at_tick: 0,
         })
     }
 
@@ -209,7 +215,15 @@ impl Assembly {
 
     /// The pass's deadline passed with blocks missing: returns the failure, and either waits
     /// for the next pass (a new deadline) or, after the last, marks it final.
+    ///
+    /// A pass ends `deadline_slack` after its announced duration or after the last symbol that
+    /// a block still needed, whichever is later: a sender slowed below its pace (a busy host)
+    /// is still sending, and abandoning its object then would discard data that is arriving.
     pub fn on_tick(&mut self, now: Instant) -> Option<PassFailure> {
+        if self.useful != self.useful_at_tick {
+            self.useful_at_tick = self.useful;
+            self.deadline = self.deadline.max(now + self.limits.deadline_slack);
+        }
         if now < self.deadline || self.complete() {
             return None;
         }
@@ -261,6 +275,7 @@ impl Assembly {
         if slot == Slot::Done {
             return Ok(false);
         }
+        self.useful += 1;
         let before = self.ready.len();
         if slot == Slot::Waiting {
             self.start_block(block, pool);
@@ -462,6 +477,29 @@ mod tests {
         // Block 1 left early when a fifth block waited (max_decoding is 4); the rest in order.
         assert_eq!(offsets, vec![64, 0, 128, 192, 256, 320, 384]);
         assert!(a.next_ready().is_none());
+    }
+
+    #[test]
+    fn a_pass_still_arriving_past_its_announced_time_is_not_abandoned() {
+        let now = Instant::now();
+        let d = data(100);
+        let mut a = Assembly::new(announce(100, 1), 1, limits(), now).expect("valid");
+        let pool = &mut BlockPool::default();
+        // The sender runs late: one symbol of block 0 arrives each second, long past the
+        // announced 10 ms + 1 s.
+        for esi in 0..3u32 {
+            let at = now + Duration::from_secs(2 + u64::from(esi));
+            let start = esi as usize * usize::from(T);
+            a.on_symbol(0, esi, &d[start..start + usize::from(T)], pool)
+                .expect("valid symbol");
+            assert_eq!(a.on_tick(at), None, "symbols still arriving at {esi} s");
+        }
+        // Then nothing more: the pass fails one slack after the last symbol.
+        assert_eq!(a.on_tick(now + Duration::from_millis(4500)), None);
+        let f = a
+            .on_tick(now + Duration::from_millis(5100))
+            .expect("silent for longer than the slack");
+        assert!(f.last && f.missing_blocks == 2);
     }
 
     #[test]
