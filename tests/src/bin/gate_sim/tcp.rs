@@ -40,7 +40,8 @@ enum Out<W> {
 
 impl<W: tokio::io::AsyncWrite + Unpin> Out<W> {
     /// Delivers `data` (at once, or after the latency); false once the other side is gone.
-    /// `published` runs just before the bytes are written (directly) or queued.
+    /// `published` runs just before a direct write (the latency line's writer publishes
+    /// before it writes).
     async fn deliver(&mut self, data: Vec<u8>, tag: u64, published: impl FnOnce(u64)) -> bool {
         match self {
             Out::Direct(w) => {
