@@ -143,28 +143,29 @@ pub async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream, en
                 sh.stats.flips.fetch_add(1, SeqCst);
                 eprintln!("fault: flipped a bit at byte {at}");
             }
-            if let Some(&at) = take_in(&sh.faults.cuts, start + 1, end + 1).first() {
+            let cut = take_in(&sh.faults.cuts, start + 1, end + 1)
+                .first()
+                .copied();
+            if let Some(at) = cut {
                 data.truncate((at - start) as usize);
-                let len = data.len() as u64;
-                // The latency line's writer counts the bytes it writes.
-                if fout.deliver(data, started, publish).await && direct {
-                    sh.stats.forward_bytes.fetch_add(len, SeqCst);
-                }
-                sh.stats.cuts.fetch_add(1, SeqCst);
-                eprintln!("fault: cut the connection after byte {at}");
-                return "cut";
-            }
-            if !take_in(&sh.faults.stalls, start, end).is_empty() {
+            } else if !take_in(&sh.faults.stalls, start, end).is_empty() {
                 sh.stats.stalls.fetch_add(1, SeqCst);
                 eprintln!("fault: stalling for {} ms", sh.args.stall_ms);
                 tokio::time::sleep(Duration::from_millis(sh.args.stall_ms)).await;
             }
             let len = data.len() as u64;
-            if !fout.deliver(data, started, publish).await {
-                return "receiver side closed";
-            }
-            if direct {
+            let sent = fout.deliver(data, started, publish).await;
+            // The latency line's writer counts the bytes it writes.
+            if sent && direct {
                 sh.stats.forward_bytes.fetch_add(len, SeqCst);
+            }
+            if let Some(at) = cut {
+                sh.stats.cuts.fetch_add(1, SeqCst);
+                eprintln!("fault: cut the connection after byte {at}");
+                return "cut";
+            }
+            if !sent {
+                return "receiver side closed";
             }
         }
     };
