@@ -6,12 +6,43 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use gapsync_tests::{Lab, count_files, count_lines, make_file, wait_until};
+use clap::Parser;
+use gapsync_tests::{Lab, count_files, count_lines, make_file, profiles_dir, wait_until};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gapsync-demo",
+    about = "The main job on loopback: a receiver, the gate simulator and a sender transfer 300 \
+             sample files (96 MB), verified byte by byte, then a summary and where the logs are."
+)]
+struct Args {
+    /// A profile of hardware-profiles/, by name.
+    #[arg(default_value = "syskeeper-2000")]
+    profile: String,
+}
 
 fn main() {
-    let profile = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "syskeeper-2000".to_owned());
+    let profile = Args::parse().profile;
+    if !profiles_dir().join(format!("{profile}.toml")).is_file() {
+        let mut shipped: Vec<String> = std::fs::read_dir(profiles_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".toml")
+                    .map(str::to_owned)
+            })
+            .collect();
+        shipped.sort();
+        eprintln!(
+            "gapsync-demo: no profile {profile:?} in {}; shipped: {}",
+            profiles_dir().display(),
+            shipped.join(", ")
+        );
+        std::process::exit(2);
+    }
     let mut lab = Lab::new(&profile);
     println!(
         "gapsync demo: preparing sample files in {}",
@@ -74,9 +105,14 @@ fn main() {
         delivered
     );
     println!(
-        "  bytes      {:.1} MB in {secs:.1} s = {:.1} MB/s (stop-and-wait through the simulator, durable commits)",
+        "  bytes      {:.1} MB in {secs:.1} s = {:.1} MB/s ({} through the simulator, durable commits)",
         bytes as f64 / 1e6,
-        bytes as f64 / 1e6 / secs
+        bytes as f64 / 1e6 / secs,
+        if gapsync_tests::profile_is_udp(&profile) {
+            "UDP with forward error correction".to_owned()
+        } else {
+            format!("window {}", gapsync_tests::profile(&profile).window)
+        }
     );
     println!(
         "  gate       {} frames forwarded, {} reply bytes back, {} violations of the one-byte rule",
