@@ -230,10 +230,15 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         // A frame built ahead went out above whenever the window allowed, and handling events
         // does not open the window: from here on frames are built as they are sent.
+        // A frame that would not be full waits for the answers while files keep arriving
+        // (until `held_until`, when it is looked at again).
+        let mut held_until = None;
         while s.can_send() {
-            // A frame that would not be full waits until nothing is in flight.
-            if s.in_flight() > 0 && !w.fills_frame(s.max_payload()) {
-                break;
+            if !w.fills_frame(s.max_payload()) {
+                held_until = w.partial_frame_wait(s.in_flight(), Instant::now());
+                if held_until.is_some() {
+                    break;
+                }
             }
             let Some((kind, transfer, offset)) =
                 tokio::task::block_in_place(|| w.next_frame(s.max_payload()))
@@ -269,7 +274,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         {
             prepared = tokio::task::block_in_place(|| w.next_frame(s.max_payload()));
         }
-        let deadline = s.next_deadline().map_or_else(
+        let deadline = match (s.next_deadline(), held_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map_or_else(
             || tokio::time::Instant::now() + Duration::from_secs(3600),
             tokio::time::Instant::from_std,
         );
