@@ -354,9 +354,10 @@ pub fn baseline(
     })
 }
 
-/// MB/s of a raw copy of `file` through the gate simulator into /dev/null: the rate of the
-/// simulated link itself.
-pub fn link_through_sim(work: &Path, file: &Path, bytes: u64) -> anyhow::Result<f64> {
+/// MB/s of a raw copy of `file` through the gate simulator into `out`: into /dev/null it is
+/// the rate of the simulated link itself; into a file of the landing folder, what the link and
+/// that folder's storage allow together (the file is removed afterwards).
+pub fn link_through_sim(work: &Path, file: &Path, bytes: u64, out: &Path) -> anyhow::Result<f64> {
     use gapsync_tests::Proc;
     let port = free_port()?;
     let recv_args = [
@@ -364,8 +365,17 @@ pub fn link_through_sim(work: &Path, file: &Path, bytes: u64) -> anyhow::Result<
         "--listen".to_owned(),
         format!("127.0.0.1:{port}"),
         "--out".to_owned(),
-        "/dev/null".to_owned(),
+        out.display().to_string(),
     ];
+    // Into a file the copy is made durable, as gapsync's commit is.
+    let recv_args: Vec<String> = if out == Path::new("/dev/null") {
+        recv_args.to_vec()
+    } else {
+        recv_args
+            .into_iter()
+            .chain(["--fsync".to_owned()])
+            .collect()
+    };
     let mut recv = Proc::spawn("link-recv", &bin("gapsync-rawcopy"), &recv_args, work);
     wait_until("the link receiver", Duration::from_secs(10), || {
         recv.stderr_text().contains("listening on")
@@ -402,6 +412,9 @@ pub fn link_through_sim(work: &Path, file: &Path, bytes: u64) -> anyhow::Result<
         || !recv.alive(),
     );
     let secs = t0.elapsed().as_secs_f64();
+    if out != Path::new("/dev/null") {
+        std::fs::remove_file(out).with_context(|| format!("removing {}", out.display()))?;
+    }
     let _ = std::fs::remove_file(work.join("link-recv.stderr"));
     let _ = std::fs::remove_file(work.join("link-sim.stderr"));
     Ok(bytes as f64 / 1e6 / secs)
