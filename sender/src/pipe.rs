@@ -718,7 +718,6 @@ pub fn dispose(cfg: &PipeConfig, fs_path: &Path, rel: &str) -> io::Result<&'stat
     }
 }
 
-/// Moves `from` to `to`, creating folders, copying across filesystems when rename cannot.
 /// [`PipeWorker::partial_frame_wait`] for a source that last found a new file at `last_found`.
 fn partial_frame_wait(
     last_found: Option<Instant>,
@@ -729,6 +728,7 @@ fn partial_frame_wait(
     (in_flight > 0 && now < quiet_from).then_some(quiet_from)
 }
 
+/// Moves `from` to `to`, creating folders, copying across filesystems when rename cannot.
 pub fn move_file(from: &Path, to: &PathBuf) -> io::Result<()> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
