@@ -41,7 +41,7 @@ const LOOKAHEAD_FRAMES: u64 = 16;
 /// for every answer first would cost the last file of a burst a whole round trip more (on a
 /// 50 ms gate with 8 frames in flight, a tenth of a 200 MiB burst's time). Shorter than this,
 /// files are still arriving and the frame is left to fill, as before.
-pub const PARTIAL_FRAME_QUIET: std::time::Duration = std::time::Duration::from_millis(5);
+const PARTIAL_FRAME_QUIET: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A Data record is started only with room for this much (or the rest of the file), so a
 /// frame's last bytes are not spent on a sliver of a large file.

@@ -360,7 +360,8 @@ pub fn baseline(
 pub fn link_through_sim(work: &Path, file: &Path, bytes: u64, out: &Path) -> anyhow::Result<f64> {
     use gapsync_tests::Proc;
     let port = free_port()?;
-    let recv_args = [
+    let into_file = out != Path::new("/dev/null");
+    let mut recv_args = vec![
         "recv".to_owned(),
         "--listen".to_owned(),
         format!("127.0.0.1:{port}"),
@@ -368,14 +369,9 @@ pub fn link_through_sim(work: &Path, file: &Path, bytes: u64, out: &Path) -> any
         out.display().to_string(),
     ];
     // Into a file the copy is made durable, as gapsync's commit is.
-    let recv_args: Vec<String> = if out == Path::new("/dev/null") {
-        recv_args.to_vec()
-    } else {
-        recv_args
-            .into_iter()
-            .chain(["--fsync".to_owned()])
-            .collect()
-    };
+    if into_file {
+        recv_args.push("--fsync".to_owned());
+    }
     let mut recv = Proc::spawn("link-recv", &bin("gapsync-rawcopy"), &recv_args, work);
     wait_until("the link receiver", Duration::from_secs(10), || {
         recv.stderr_text().contains("listening on")
@@ -412,7 +408,7 @@ pub fn link_through_sim(work: &Path, file: &Path, bytes: u64, out: &Path) -> any
         || !recv.alive(),
     );
     let secs = t0.elapsed().as_secs_f64();
-    if out != Path::new("/dev/null") {
+    if into_file {
         std::fs::remove_file(out).with_context(|| format!("removing {}", out.display()))?;
     }
     let _ = std::fs::remove_file(work.join("link-recv.stderr"));
