@@ -135,6 +135,20 @@ fn five_percent_loss_is_repaired_with_the_lossy_profile() {
 }
 
 #[test]
+fn the_jumbo_profile_delivers_with_its_9000_byte_datagrams() {
+    // 8,952-byte datagrams: a batch of them is larger than one UDP GSO send may carry (64 KiB).
+    // Paced down so that the machine running the tests keeps up.
+    let lab = run_through_sim(
+        "udp-diode-10g-jumbo",
+        &["--loss-percent", "1", "--seed", "3"],
+        "rate_limit_mbit = 1000",
+        12,
+    );
+    assert_clean(&lab);
+    assert!(sim_stats(&lab)["lost_random"] > 5, "{:?}", sim_stats(&lab));
+}
+
+#[test]
 fn bursts_of_fifty_lost_datagrams_are_repaired() {
     let lab = run_through_sim(
         LOOPBACK,

@@ -13,6 +13,10 @@ use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 
 /// Most datagrams in one send call (and one burst of the pacer).
 const MAX_BATCH: usize = 16;
+/// Most bytes one UDP GSO send may carry: the IPv4 length field's 65,535 less the IPv4 and
+/// UDP headers. A larger send is refused by the kernel as a whole, and quinn-udp drops such a
+/// send without an error, so with 9000-byte datagrams 16 per send would lose every batch.
+const MAX_GSO_BYTES: usize = 65_535 - 28;
 /// The pacer sleeps only when this far ahead of the rate.
 const SLEEP_MIN: Duration = Duration::from_micros(1000);
 /// Most credit the pacer keeps for time spent not sending.
@@ -109,7 +113,11 @@ impl Emitter {
             (CONTROL_SPACING_DATAGRAMS * segment as u64) as f64 / profile.rate_bytes_per_s() as f64,
         )
         .max(MIN_CONTROL_SPACING);
-        let max_batch = state.max_gso_segments().clamp(1, MAX_BATCH);
+        let max_batch = state
+            .max_gso_segments()
+            .clamp(1, MAX_BATCH)
+            .min(MAX_GSO_BYTES / segment)
+            .max(1);
         let now = Instant::now();
         Ok(Self {
             socket,

@@ -81,6 +81,9 @@ const REORDER_DEPTH: usize = 7;
 
 /// Datagrams forwarded in one send (one GSO call where the kernel has it).
 const OUT_BATCH: usize = 32;
+/// Bytes one GSO send may carry (65,535 less the IPv4 and UDP headers); the kernel refuses a
+/// larger one as a whole.
+const MAX_GSO_BYTES: usize = 65_535 - 28;
 
 /// The forwarding side: datagrams of one size batched into one send.
 struct Out {
@@ -97,7 +100,11 @@ struct Out {
 
 impl Out {
     fn push(&mut self, d: &[u8], counts: &mut Counts) {
-        if self.count > 0 && (d.len() != self.segment || self.count >= self.max) {
+        if self.count > 0
+            && (d.len() != self.segment
+                || self.count >= self.max
+                || self.batch.len() + d.len() > MAX_GSO_BYTES)
+        {
             self.flush(counts);
         }
         if self.count == 0 {
