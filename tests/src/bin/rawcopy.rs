@@ -5,6 +5,13 @@
 //! input to the socket.
 //!   gapsync-rawcopy recv --listen 127.0.0.1:0 --out /var/tmp/x --fsync
 //!   gapsync-rawcopy send --to 127.0.0.1:PORT --input /var/tmp/file
+//!
+//! With `--frame BYTES` on both sides the copy is acknowledged like gapsync over a one-byte
+//! gate, and nothing more: the sender cuts the input into gapsync frames of that size (so the
+//! gate simulator counts them and checks its one-byte rule) and keeps at most `--window` of
+//! them unanswered; the receiver checks each frame's CRC, writes its payload and answers one
+//! 0x00 byte. No digest, no journal, no commit: the fastest any sender and receiver that wait
+//! for a gate's answers can be, the floor scenario 4 of the benchmark compares with.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -13,6 +20,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gapsync_protocol::{Decoder, Envelope, FrameKind, HEADER_LEN, encode_frame};
 
 /// Buffer size of every read and write: large enough that syscalls cost nothing measurable.
 const BUF: usize = 4 << 20;
@@ -38,6 +46,9 @@ enum Cmd {
         /// fsync the output file before exiting.
         #[arg(long)]
         fsync: bool,
+        /// Expect gapsync frames of at most this many bytes and answer each with 0x00.
+        #[arg(long)]
+        frame: Option<u32>,
     },
     /// Connect to --to and send --input (a file, or - for stdin).
     Send {
@@ -45,16 +56,34 @@ enum Cmd {
         to: String,
         #[arg(long)]
         input: PathBuf,
+        /// Send gapsync frames of this many bytes (header included), each answered by one byte.
+        #[arg(long)]
+        frame: Option<u32>,
+        /// Frames sent before waiting for an answer (with --frame).
+        #[arg(long, default_value_t = 1)]
+        window: u32,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
-        Cmd::Recv { listen, out, fsync } => {
+        Cmd::Recv {
+            listen,
+            out,
+            fsync,
+            frame,
+        } => {
             let listener = TcpListener::bind(&listen).with_context(|| format!("bind {listen}"))?;
             eprintln!("listening on {}", listener.local_addr()?);
             let (mut sock, _) = listener.accept().context("accept")?;
-            if out.as_os_str() == "-" {
+            if let Some(frame) = frame {
+                sock.set_nodelay(true)?;
+                let mut f = File::create(&out).with_context(|| format!("create {out:?}"))?;
+                recv_acked(&mut sock, &mut f, frame)?;
+                if fsync {
+                    f.sync_all().context("fsync")?;
+                }
+            } else if out.as_os_str() == "-" {
                 copy(&mut sock, &mut io::stdout().lock())?;
             } else {
                 let mut f = File::create(&out).with_context(|| format!("create {out:?}"))?;
@@ -64,9 +93,18 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Send { to, input } => {
+        Cmd::Send {
+            to,
+            input,
+            frame,
+            window,
+        } => {
             let mut sock = TcpStream::connect(&to).with_context(|| format!("connect {to}"))?;
-            if input.as_os_str() == "-" {
+            if let Some(frame) = frame {
+                sock.set_nodelay(true)?;
+                let mut f = File::open(&input).with_context(|| format!("open {input:?}"))?;
+                send_acked(&mut f, &mut sock, frame, window.max(1))?;
+            } else if input.as_os_str() == "-" {
                 copy(&mut io::stdin().lock(), &mut sock)?;
             } else {
                 copy(
@@ -96,4 +134,90 @@ fn copy(from: &mut impl Read, to: &mut impl Write) -> anyhow::Result<u64> {
     }
     to.flush().context("flush")?;
     Ok(total)
+}
+
+/// Sends `from` as Data frames of `frame` bytes, at most `window` of them unanswered.
+fn send_acked(
+    from: &mut File,
+    sock: &mut TcpStream,
+    frame: u32,
+    window: u32,
+) -> anyhow::Result<()> {
+    let payload_max = (frame as usize)
+        .checked_sub(HEADER_LEN)
+        .filter(|n| *n > 0)
+        .context("--frame must be larger than the frame header")?;
+    let mut payload = vec![0u8; payload_max];
+    let mut wire = Vec::with_capacity(frame as usize);
+    let (mut offset, mut sequence, mut in_flight) = (0u64, 1u64, 0u32);
+    let mut done = false;
+    while !done || in_flight > 0 {
+        if !done && in_flight < window {
+            let n = read_full(from, &mut payload)?;
+            if n == 0 {
+                done = true;
+                continue;
+            }
+            wire.clear();
+            let body = payload.get(..n).unwrap_or_default();
+            encode_frame(
+                Envelope::Raw,
+                FrameKind::Data,
+                sequence,
+                1,
+                offset,
+                body,
+                &mut wire,
+            )
+            .context("frame too large")?;
+            sock.write_all(&wire).context("write")?;
+            (offset, sequence, in_flight) = (offset + n as u64, sequence + 1, in_flight + 1);
+        } else {
+            let mut answer = [0u8; 1];
+            sock.read_exact(&mut answer).context("read the answer")?;
+            if answer[0] != 0x00 {
+                anyhow::bail!("frame refused (answer {:#04x})", answer[0]);
+            }
+            in_flight -= 1;
+        }
+    }
+    // Every frame was answered, so every byte is written: the copy is complete even if the
+    // gate has already dropped the connection (the simulator sometimes has, at +50 ms).
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// Receives Data frames of at most `frame` bytes, writes their payloads in order and answers
+/// each with 0x00 once it is written.
+fn recv_acked(sock: &mut TcpStream, to: &mut File, frame: u32) -> anyhow::Result<()> {
+    let mut decoder = Decoder::new(Envelope::Raw, frame);
+    // Read into a buffer zeroed once; the decoder takes a copy of what arrived.
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        while let Some(f) = decoder.decode().context("a frame that does not decode")? {
+            to.write_all(&f.payload).context("write")?;
+            sock.write_all(&[0x00]).context("answer")?;
+        }
+        let n = match sock.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("read"),
+        };
+        decoder.feed(buf.get(..n).unwrap_or_default());
+    }
+}
+
+/// Fills `buf` from `from` unless the input ends first; returns the bytes read.
+fn read_full(from: &mut File, buf: &mut [u8]) -> anyhow::Result<usize> {
+    let mut got = 0;
+    while let Some(rest) = buf.get_mut(got..).filter(|r| !r.is_empty()) {
+        match from.read(rest) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("read"),
+        }
+    }
+    Ok(got)
 }

@@ -354,10 +354,28 @@ pub fn baseline(
     })
 }
 
+/// A raw copy that waits for the gate's answers as gapsync does (`gapsync-rawcopy --frame`).
+#[derive(Debug, Clone, Copy)]
+pub struct Acked {
+    /// Frame size in bytes, header included (the profile's `max_frame_bytes`).
+    pub frame: u32,
+    /// Frames unanswered at most (the profile's `window`).
+    pub window: u32,
+    /// The simulator's added one-way latency.
+    pub latency_ms: u64,
+}
+
 /// MB/s of a raw copy of `file` through the gate simulator into `out`: into /dev/null it is
 /// the rate of the simulated link itself; into a file of the landing folder, what the link and
-/// that folder's storage allow together (the file is removed afterwards).
-pub fn link_through_sim(work: &Path, file: &Path, bytes: u64, out: &Path) -> anyhow::Result<f64> {
+/// that folder's storage allow together (the file is removed afterwards). With `acked`, each
+/// frame waits for its one-byte answer within the window, through the simulator's latency.
+pub fn link_through_sim(
+    work: &Path,
+    file: &Path,
+    bytes: u64,
+    out: &Path,
+    acked: Option<Acked>,
+) -> anyhow::Result<f64> {
     use gapsync_tests::Proc;
     let port = free_port()?;
     let into_file = out != Path::new("/dev/null");
@@ -372,16 +390,27 @@ pub fn link_through_sim(work: &Path, file: &Path, bytes: u64, out: &Path) -> any
     if into_file {
         recv_args.push("--fsync".to_owned());
     }
-    let mut recv = Proc::spawn("link-recv", &bin("gapsync-rawcopy"), &recv_args, work);
-    wait_until("the link receiver", Duration::from_secs(10), || {
-        recv.stderr_text().contains("listening on")
-    });
-    let sim_args = [
+    let mut send_args = vec!["send".to_owned()];
+    let mut sim_args = vec![
         "--listen".to_owned(),
         "127.0.0.1:0".to_owned(),
         "--forward".to_owned(),
         format!("127.0.0.1:{port}"),
     ];
+    if let Some(a) = acked {
+        recv_args.extend(["--frame".to_owned(), a.frame.to_string()]);
+        send_args.extend([
+            "--frame".to_owned(),
+            a.frame.to_string(),
+            "--window".to_owned(),
+            a.window.to_string(),
+        ]);
+        sim_args.extend(["--latency-ms".to_owned(), a.latency_ms.to_string()]);
+    }
+    let mut recv = Proc::spawn("link-recv", &bin("gapsync-rawcopy"), &recv_args, work);
+    wait_until("the link receiver", Duration::from_secs(10), || {
+        recv.stderr_text().contains("listening on")
+    });
     let sim = Proc::spawn("link-sim", &bin("gapsync-gate-sim"), &sim_args, work);
     let mut addr = String::new();
     wait_until("the link simulator", Duration::from_secs(10), || {
@@ -396,7 +425,8 @@ pub fn link_through_sim(work: &Path, file: &Path, bytes: u64, out: &Path) -> any
     });
     let t0 = Instant::now();
     let st = Command::new(bin("gapsync-rawcopy"))
-        .args(["send", "--to", &addr, "--input"])
+        .args(&send_args)
+        .args(["--to", &addr, "--input"])
         .arg(file)
         .status()?;
     if !st.success() {
