@@ -48,14 +48,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, link = "udp", node = %config.node, profile = %config.profile.name, pipes = config.pipes.len(), receive_buffer = got, state_dir = %config.state_dir.display(), "listening");
     let config = Arc::new(config);
-    let gather = socket::gather_pause(got, udp.rate_bytes_per_s());
     let mut worker = worker::Worker::new(config.clone(), &pipes, udp)?;
     let (tx, rx) = sync_channel(QUEUE_BATCHES);
     let (spare_tx, spare_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reader = std::thread::Builder::new()
         .name("udp-read".into())
-        .spawn(move || socket::read_loop(sock, tx, spare_rx, gather, stop_rx))?;
+        .spawn(move || socket::read_loop(sock, tx, spare_rx, stop_rx))?;
     let summary_every = config.summary_interval;
     let work = std::thread::Builder::new()
         .name("udp-work".into())

@@ -18,22 +18,6 @@ const BATCH: usize = 32;
 const BUF_BYTES: usize = 64 * 1024;
 /// Receive buffer asked of the kernel when the profile does not say.
 pub const DEFAULT_RCVBUF: usize = 64 * 1024 * 1024;
-/// Longest pause between reads that found only a few datagrams.
-const MAX_GATHER: Duration = Duration::from_millis(1);
-/// Share of the receive buffer a pause may let fill at the profile's rate: an eighth, since
-/// the kernel counts each 1500-byte datagram at about twice its size against the buffer.
-const GATHER_SHARE: u32 = 8;
-
-/// How long the socket thread pauses after a read that did not fill its batch, so that the
-/// next read takes many datagrams at once: a paced sender's datagrams otherwise arrive a few
-/// at a time and wake both threads thousands of times a second, which on a small machine costs
-/// more CPU than reading them. Bounded so that the kernel buffer (`receive_buffer` bytes) fills
-/// to at most an eighth at `rate_bytes_per_s`: with a buffer capped at the stock 208 KiB
-/// there is almost no pause, with the profile's 64 MiB it is the full millisecond.
-pub fn gather_pause(receive_buffer: usize, rate_bytes_per_s: u64) -> Duration {
-    let fill = Duration::from_secs_f64(receive_buffer as f64 / rate_bytes_per_s.max(1) as f64);
-    (fill / GATHER_SHARE).min(MAX_GATHER)
-}
 
 /// One read buffer: `len` bytes from `addr`, datagrams of `stride` bytes each (the last may
 /// be shorter) when the kernel coalesced several (GRO).
@@ -72,13 +56,11 @@ pub fn bind(listen: SocketAddr, want: usize) -> io::Result<(UdpSocket, usize)> {
 }
 
 /// Reads datagrams until `stop` turns true, handing them to `out` in batches. Blocks when the
-/// worker is behind (the kernel buffer then absorbs the burst). After a read that did not
-/// fill the batch it pauses for `gather` (see [`gather_pause`]).
+/// worker is behind (the kernel buffer then absorbs the burst).
 pub fn read_loop(
     socket: UdpSocket,
     out: SyncSender<Batch>,
     spare: Receiver<Vec<u8>>,
-    gather: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -123,27 +105,6 @@ pub fn read_loop(
             if out.send(batch).is_err() {
                 return Ok(());
             }
-            if n < BATCH && !gather.is_zero() {
-                // Only this thread runs on this runtime, so blocking it holds up nothing else.
-                std::thread::sleep(gather);
-            }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pause_lets_at_most_an_eighth_of_the_buffer_fill_and_never_exceeds_a_millisecond() {
-        // The profile's 64 MiB at 2 Gbit/s: 33 ms to fill an eighth, so the full millisecond.
-        assert_eq!(gather_pause(64 << 20, 250_000_000), MAX_GATHER);
-        // The stock 208 KiB at 2 Gbit/s: an eighth fills in 106 us.
-        let stock = gather_pause(212_992, 250_000_000);
-        assert_eq!(stock, Duration::from_nanos(106_496));
-        assert!(stock.as_secs_f64() * 250e6 <= 212_992.0 / 8.0 + 1.0);
-        // A rate of zero (never in a checked profile) does not divide by zero.
-        assert_eq!(gather_pause(1 << 20, 0), MAX_GATHER);
-    }
 }
