@@ -111,41 +111,45 @@ fn a_clean_link_delivers_every_file_once_and_the_sender_keeps_what_it_sent() {
     assert_eq!(count_lines(&lab.receiver_log(), &[RECEIVED]), 40);
 }
 
+/// Files sent with `profile` through the simulator losing `percent` of the datagrams at
+/// random all arrive whole, and the simulator did lose more than `min_lost`.
+fn random_loss_is_repaired(
+    profile: &str,
+    percent: &str,
+    seed: &str,
+    overrides: &str,
+    n: usize,
+    min_lost: u64,
+) {
+    let sim = ["--loss-percent", percent, "--seed", seed];
+    let lab = run_through_sim(profile, &sim, overrides, n);
+    assert_clean(&lab);
+    let stats = sim_stats(&lab);
+    assert!(stats["lost_random"] > min_lost, "{stats:?}");
+}
+
 #[test]
 fn one_percent_random_loss_is_repaired() {
-    let lab = run_through_sim(LOOPBACK, &["--loss-percent", "1", "--seed", "11"], "", 30);
-    assert_clean(&lab);
-    assert!(sim_stats(&lab)["lost_random"] > 20, "{:?}", sim_stats(&lab));
+    random_loss_is_repaired(LOOPBACK, "1", "11", "", 30, 20);
 }
 
 #[test]
 fn five_percent_loss_is_repaired_with_the_lossy_profile() {
-    let lab = run_through_sim(
-        "udp-diode-100m-lossy",
-        &["--loss-percent", "5", "--seed", "5"],
-        "",
-        12,
-    );
-    assert_clean(&lab);
-    assert!(
-        sim_stats(&lab)["lost_random"] > 100,
-        "{:?}",
-        sim_stats(&lab)
-    );
+    random_loss_is_repaired("udp-diode-100m-lossy", "5", "5", "", 12, 100);
 }
 
 #[test]
 fn the_jumbo_profile_delivers_with_its_9000_byte_datagrams() {
     // 8,952-byte datagrams: a batch of them is larger than one UDP GSO send may carry (64 KiB).
     // Paced down so that the machine running the tests keeps up.
-    let lab = run_through_sim(
+    random_loss_is_repaired(
         "udp-diode-10g-jumbo",
-        &["--loss-percent", "1", "--seed", "3"],
+        "1",
+        "3",
         "rate_limit_mbit = 1000",
         12,
+        5,
     );
-    assert_clean(&lab);
-    assert!(sim_stats(&lab)["lost_random"] > 5, "{:?}", sim_stats(&lab));
 }
 
 #[test]
