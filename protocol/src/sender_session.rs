@@ -415,7 +415,8 @@ mod properties {
             let mut s = SenderSession::new(&p, &hello, now, None);
             s.on_bytes(&[0xFF], now);
             prop_assert_eq!(s.poll_event(), Some(SenderEvent::HandshakeAccepted));
-            let mut model: VecDeque<u64> = VecDeque::new();
+            // What the session must report for each frame in flight, oldest first.
+            let mut model: VecDeque<FrameInfo> = VecDeque::new();
             let mut next = 1u64;
             let mut closed = false;
             for op in ops {
@@ -426,7 +427,7 @@ mod properties {
                             prop_assert!(r.is_err());
                         } else {
                             prop_assert_eq!(r.map(|i| i.sequence).ok(), Some(next));
-                            model.push_back(next);
+                            model.push_back(FrameInfo { sequence: next, kind: FrameKind::Data, transfer: 1, offset: next * 10, length: 10 });
                             next += 1;
                         }
                     }
@@ -439,9 +440,10 @@ mod properties {
                                 prop_assert!(matches!(ev, Some(SenderEvent::Violation(ProtocolError::UnsolicitedByte(_)))));
                                 closed = true;
                             }
-                            Some(seq) if b == 0xFF => prop_assert_eq!(ev.map(|e| match e { SenderEvent::Acked(i) => i.sequence, _ => 0 }), Some(seq)),
-                            Some(seq) if b == 0x00 => {
-                                prop_assert_eq!(ev, Some(SenderEvent::Failed(FrameInfo { sequence: seq, kind: FrameKind::Data, transfer: 1, offset: seq * 10, length: 10 })));
+                            Some(info) if b == 0xFF => prop_assert_eq!(ev.map(|e| match e { SenderEvent::Acked(i) => i.sequence, _ => 0 }), Some(info.sequence)),
+                            Some(info) if b == 0x00 => {
+                                // The frame refused may be a Data frame or a heartbeat.
+                                prop_assert_eq!(ev, Some(SenderEvent::Failed(info)));
                                 closed = true;
                             }
                             Some(_) => {
@@ -460,7 +462,7 @@ mod properties {
                         } else if !closed && s.in_flight() > before {
                             // A heartbeat was queued into an idle window: track it in the model.
                             prop_assert_eq!(before, 0);
-                            model.push_back(next);
+                            model.push_back(FrameInfo { sequence: next, kind: FrameKind::Heartbeat, transfer: 0, offset: 0, length: 0 });
                             next += 1;
                         }
                     }
