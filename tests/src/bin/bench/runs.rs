@@ -400,6 +400,9 @@ fn link_through_sim_once(
     acked: Option<Acked>,
 ) -> anyhow::Result<f64> {
     use gapsync_tests::Proc;
+    // A failed attempt leaves its logs; the next one must not read the old listening lines.
+    let _ = std::fs::remove_file(work.join("link-recv.stderr"));
+    let _ = std::fs::remove_file(work.join("link-sim.stderr"));
     let port = free_port()?;
     let into_file = out != Path::new("/dev/null");
     let mut recv_args = vec![
@@ -453,7 +456,11 @@ fn link_through_sim_once(
         .arg(file)
         .status()?;
     if !st.success() {
-        bail!("the raw copy through the simulator failed: {st}");
+        bail!(
+            "the raw copy through the simulator failed: {st}; its receiving side said {:?}, the simulator {:?}",
+            recv.stderr_text().trim(),
+            sim.stderr_text().trim()
+        );
     }
     wait_until(
         "the link receiver to finish",
