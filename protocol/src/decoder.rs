@@ -156,8 +156,9 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(a)
 }
 
-/// Parses and checks the 44 header bytes.
-fn parse_header(head: &[u8; HEADER_LEN], max_frame: usize) -> Result<FrameHeader, DecodeError> {
+/// Parses and checks the 44 header bytes (magic, version, header CRC, flags, kind, and the
+/// frame's length against `max_frame`); the payload's CRC is the caller's to check.
+pub fn parse_header(head: &[u8; HEADER_LEN], max_frame: usize) -> Result<FrameHeader, DecodeError> {
     let magic: [u8; 4] = [head[0], head[1], head[2], head[3]];
     if magic != MAGIC {
         return Err(DecodeError::BadMagic(magic));

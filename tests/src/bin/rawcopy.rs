@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gapsync_protocol::decoder::parse_header;
 use gapsync_protocol::{Envelope, FrameKind, HEADER_LEN, encode_frame};
 
 /// Buffer size of every read and write: large enough that syscalls cost nothing measurable.
@@ -190,7 +191,7 @@ fn send_acked(
 /// Receives Data frames of at most `frame` bytes, writes their payloads in order and answers
 /// each with 0x00 once it is written. Each payload is read straight into one reused buffer
 /// (no copy through a decoder, so the floor is not slowed by work gapsync does not do); the
-/// header's and the payload's CRCs are checked as gapsync's decoder checks them.
+/// header goes through the protocol's own header check, the payload's CRC after it.
 fn recv_acked(sock: &mut TcpStream, to: &mut File, frame: u32) -> anyhow::Result<()> {
     let mut payload = vec![0u8; frame as usize];
     loop {
@@ -201,18 +202,13 @@ fn recv_acked(sock: &mut TcpStream, to: &mut File, frame: u32) -> anyhow::Result
             }
             return Err(e).context("read a frame header");
         }
-        let be32 =
-            |at: usize| u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
-        if crc32fast::hash(head.get(..40).unwrap_or_default()) != be32(40) {
-            anyhow::bail!("a frame header's CRC does not match");
-        }
-        let len = be32(32) as usize;
+        // Length within --frame, header CRC and the rest, as gapsync's decoder checks them.
+        let h = parse_header(&head, frame as usize).context("a frame header")?;
         let body = payload
-            .get_mut(..len)
-            .filter(|_| len + HEADER_LEN <= frame as usize)
+            .get_mut(..h.length as usize)
             .context("a frame longer than --frame")?;
         sock.read_exact(body).context("read a payload")?;
-        if crc32fast::hash(body) != be32(36) {
+        if crc32fast::hash(body) != h.payload_crc {
             anyhow::bail!("a payload's CRC does not match");
         }
         to.write_all(body).context("write")?;
