@@ -33,6 +33,9 @@ struct Args {
     /// Only these scenarios (comma-separated: S1,S2,S3,S4,S5,S6,RSS,D).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only these rows of scenario 4, as PROFILE@MS (e.g. forward-gate-pipelined@0).
+    #[arg(long, value_delimiter = ',')]
+    s4_rows: Vec<String>,
     /// Size of the large file of scenarios 1, 2 and 6 in MiB (default 2048, 8 with --tiny).
     #[arg(long)]
     file_mib: Option<u64>,
@@ -236,7 +239,7 @@ fn main() -> anyhow::Result<()> {
         rows.push(row);
     }
     if want("S4") {
-        rows.extend(scenario4(&sc, w, &shm_dest)?);
+        rows.extend(scenario4(&sc, w, &shm_dest, &args.s4_rows)?);
     }
     if want("S5") {
         rows.push(scenario5(&sc, &disk_dest)?);
@@ -327,7 +330,7 @@ fn compare(
 }
 
 /// Scenario 4: 1 MiB files through the gate simulator against window x frame / RTT.
-fn scenario4(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
+fn scenario4(sc: &Scale, w: &Path, dest: &Path, only: &[String]) -> anyhow::Result<Vec<Row>> {
     let master = w.join("s4");
     let mut list = Vec::new();
     for i in 0..sc.s4_files {
@@ -349,7 +352,7 @@ fn scenario4(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
     let null = Path::new("/dev/null");
     let link = median(
         (0..sc.runs)
-            .map(|_| runs::link_through_sim(w, &link_file, bytes, null, None))
+            .map(|_| runs::link_through_sim(w, &link_file, bytes, null, None).map(|c| c.mb_per_s))
             .collect::<anyhow::Result<Vec<_>>>()?,
     ) * 1e6;
     let base_rtt = runs::loopback_rtt()?;
@@ -357,6 +360,9 @@ fn scenario4(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
     for prof in ["syskeeper-2000", "forward-gate-pipelined"] {
         let p = profile(prof);
         for latency in [0u64, 50] {
+            if !only.is_empty() && !only.contains(&format!("{prof}@{latency}")) {
+                continue;
+            }
             let setup = Setup {
                 profile: prof.into(),
                 dest: dest.to_path_buf(),
@@ -375,7 +381,7 @@ fn scenario4(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
             };
             let (mut gap, mut to_dest, mut raw_acked) = (Vec::new(), Vec::new(), Vec::new());
             for i in 0..sc.runs {
-                to_dest.push(runs::link_through_sim(w, &link_file, bytes, &landed, None)?);
+                to_dest.push(runs::link_through_sim(w, &link_file, bytes, &landed, None)?.mb_per_s);
                 raw_acked.push(runs::link_through_sim(
                     w,
                     &link_file,
@@ -385,10 +391,14 @@ fn scenario4(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
                 )?);
                 let r = gapsync(&setup, &drop, timeout(bytes * 20))
                     .with_context(|| format!("S4 {prof} {latency} ms run {}", i + 1))?;
+                let floor = raw_acked.last().copied().unwrap_or_default();
                 eprintln!(
-                    "S4 {prof} {latency} ms run {}: {:.1} MB/s",
+                    "S4 {prof} {latency} ms run {}: {:.1} MB/s, machine busy {:.2} cores (the floor: {:.1} MB/s, {:.2} cores)",
                     i + 1,
-                    r.sample.mb_per_s()
+                    r.sample.mb_per_s(),
+                    r.sample.busy_cores,
+                    floor.mb_per_s,
+                    floor.busy_cores,
                 );
                 gap.push(r.sample);
             }
@@ -397,7 +407,10 @@ fn scenario4(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
             let rtt = base_rtt + 2.0 * latency as f64 / 1e3 + frame / link;
             let window = f64::from(p.window.get()) * frame / rtt;
             let link_landed = median(to_dest) * 1e6;
-            let raw_acked = median(raw_acked);
+            let floor_busy = median(raw_acked.iter().map(|c| c.busy_cores).collect());
+            let raw_acked = median(raw_acked.iter().map(|c| c.mb_per_s).collect());
+            let busy = median(gap.iter().map(|s| s.busy_cores).collect());
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let bound = window.min(link_landed) / 1e6;
             let value = median(gap.iter().map(Sample::mb_per_s).collect());
             // For comparison: the bound capped by the link into /dev/null (landing nothing).
@@ -408,7 +421,7 @@ fn scenario4(sc: &Scale, w: &Path, dest: &Path) -> anyhow::Result<Vec<Row>> {
                 value,
                 base: Some(bound),
                 base_label: format!(
-                    "window x frame / RTT, RTT {:.2} ms, capped by a raw copy through the simulator into the landing folder at {:.0} MB/s; into /dev/null {:.0} MB/s, against which {:.2}x; the raw copy acked per frame like this profile {raw_acked:.0} MB/s ({:.2}x the bound), against which {:.2}x",
+                    "window x frame / RTT, RTT {:.2} ms, capped by a raw copy through the simulator into the landing folder at {:.0} MB/s; into /dev/null {:.0} MB/s, against which {:.2}x; the raw copy acked per frame like this profile {raw_acked:.0} MB/s ({:.2}x the bound), against which {:.2}x; machine busy (of {cores} cores) {busy:.2} cores during gapsync, {floor_busy:.2} during the acked raw copy",
                     rtt * 1e3,
                     link_landed / 1e6,
                     link / 1e6,

@@ -15,6 +15,9 @@ pub struct Sample {
     pub cpu: [f64; 2],
     /// Peak resident memory of the sending and the receiving side, KiB.
     pub rss_kib: [u64; 2],
+    /// Cores the whole machine kept busy while the run was timed (every process: both
+    /// sides, a gate simulator, the harness).
+    pub busy_cores: f64,
 }
 
 impl Sample {
@@ -52,6 +55,42 @@ pub fn quantile(mut xs: Vec<f64>, q: f64) -> f64 {
     }
     let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
     xs[rank - 1]
+}
+
+/// The machine's CPU time so far, from the first line of /proc/stat: busy and total ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineCpu {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineCpu {
+    pub fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let total = ticks.iter().sum();
+        // idle and iowait are the 4th and 5th fields.
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        Self {
+            busy: total - idle,
+            total,
+        }
+    }
+
+    /// Cores kept busy on average since `self` was taken.
+    pub fn cores_since(&self) -> f64 {
+        let now = Self::now();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = now.total.saturating_sub(self.total).max(1) as f64;
+        now.busy.saturating_sub(self.busy) as f64 / total * cores
+    }
 }
 
 /// User plus system CPU seconds of a live process, from /proc/PID/stat.

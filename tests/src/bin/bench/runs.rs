@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use gapsync_tests::{Lab, bin, wait_until};
 
-use crate::measure::{DeliveryLog, Sample, cpu_seconds, read_gnu_time};
+use crate::measure::{DeliveryLog, MachineCpu, Sample, cpu_seconds, read_gnu_time};
 
 /// What is dropped into the spool at the start of a run.
 #[derive(Debug, Clone)]
@@ -122,6 +122,7 @@ pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<
     let (expected, bytes) = prepare(drop, &staging)?;
     settle_disks();
     let t0 = SystemTime::now();
+    let machine = MachineCpu::now();
     match drop {
         Drop::Files(files) => {
             for (_, name) in files {
@@ -161,6 +162,7 @@ pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<
         std::thread::sleep(Duration::from_millis(5));
         log.poll();
     }
+    let busy_cores = machine.cores_since();
     let cpu = [
         cpu_seconds(pids[0]) - cpu0[0],
         cpu_seconds(pids[1]) - cpu0[1],
@@ -199,6 +201,7 @@ pub fn gapsync(setup: &Setup, drop: &Drop, timeout: Duration) -> anyhow::Result<
             files: expected,
             cpu,
             rss_kib,
+            busy_cores,
         },
         latencies_ms,
     })
@@ -332,9 +335,11 @@ pub fn baseline(
     });
     settle_disks();
     let t0 = Instant::now();
+    let machine = MachineCpu::now();
     let mut send = timed_sh(&send_sh.replace("{PORT}", &port), &ts, &es)?;
     let (s, r) = (send.wait()?, recv.wait()?);
     let secs = t0.elapsed().as_secs_f64();
+    let busy_cores = machine.cores_since();
     if !s.success() || !r.success() {
         let text = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         bail!(
@@ -351,7 +356,16 @@ pub fn baseline(
         files,
         cpu: [cpu_s, cpu_r],
         rss_kib: [rss_s, rss_r],
+        busy_cores,
     })
+}
+
+/// What one raw copy through the simulator measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Copied {
+    pub mb_per_s: f64,
+    /// Cores the machine kept busy meanwhile (the copy's two sides and the simulator).
+    pub busy_cores: f64,
 }
 
 /// A raw copy that waits for the gate's answers as gapsync does (`gapsync-rawcopy --frame`).
@@ -365,7 +379,7 @@ pub struct Acked {
     pub latency_ms: u64,
 }
 
-/// MB/s of a raw copy of `file` through the gate simulator into `out`: into /dev/null it is
+/// A raw copy of `file` through the gate simulator into `out`: into /dev/null it is
 /// the rate of the simulated link itself; into a file of the landing folder, what the link and
 /// that folder's storage allow together (the file is removed afterwards). With `acked`, each
 /// frame waits for its one-byte answer within the window, through the simulator's latency.
@@ -379,7 +393,7 @@ pub fn link_through_sim(
     bytes: u64,
     out: &Path,
     acked: Option<Acked>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Copied> {
     let mut attempt = 1;
     loop {
         match link_through_sim_once(work, file, bytes, out, acked) {
@@ -398,7 +412,7 @@ fn link_through_sim_once(
     bytes: u64,
     out: &Path,
     acked: Option<Acked>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Copied> {
     use gapsync_tests::Proc;
     // A failed attempt leaves its logs; the next one must not read the old listening lines.
     let _ = std::fs::remove_file(work.join("link-recv.stderr"));
@@ -450,6 +464,7 @@ fn link_through_sim_once(
         !addr.is_empty()
     });
     let t0 = Instant::now();
+    let machine = MachineCpu::now();
     let st = Command::new(bin("gapsync-rawcopy"))
         .args(&send_args)
         .args(["--to", &addr, "--input"])
@@ -468,6 +483,7 @@ fn link_through_sim_once(
         || !recv.alive(),
     );
     let secs = t0.elapsed().as_secs_f64();
+    let busy_cores = machine.cores_since();
     // A receiving side that failed (a reset, a CRC mismatch) landed less than was timed.
     let recv_err = recv.stderr_text();
     if recv_err.contains("Error") {
@@ -478,7 +494,10 @@ fn link_through_sim_once(
     }
     let _ = std::fs::remove_file(work.join("link-recv.stderr"));
     let _ = std::fs::remove_file(work.join("link-sim.stderr"));
-    Ok(bytes as f64 / 1e6 / secs)
+    Ok(Copied {
+        mb_per_s: bytes as f64 / 1e6 / secs,
+        busy_cores,
+    })
 }
 
 /// The round trip of one byte over loopback TCP, in seconds (median of 200).
