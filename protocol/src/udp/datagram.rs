@@ -105,34 +105,55 @@ pub fn datagram_len(payload: usize, keyed: bool) -> usize {
 /// Appends one datagram to `out`: the header, `payload` (sealed with `key` if given) and the
 /// tag. `payload` must be at most 65535 bytes.
 pub fn encode(h: &Header, payload: &[u8], key: Option<&FrameKey>, out: &mut Vec<u8>) {
+    let Some(k) = key else {
+        out.extend_from_slice(&unsealed_header(h, payload));
+        out.extend_from_slice(payload);
+        return;
+    };
     let start = out.len();
-    let flags = key.map_or(0, |k| k.flags(false));
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.push(h.kind as u8);
-    out.extend_from_slice(&flags.to_be_bytes());
-    out.extend_from_slice(&h.pipe_tag.to_be_bytes());
-    out.extend_from_slice(&h.session.to_be_bytes());
-    out.extend_from_slice(&h.sequence.to_be_bytes());
-    out.extend_from_slice(&h.object.to_be_bytes());
-    out.extend_from_slice(&h.block.to_be_bytes());
-    out.extend_from_slice(&h.symbol.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    out.push(h.pass);
-    out.push(0);
-    out.extend_from_slice(&[0; 4]);
+    let flags = k.flags(false);
+    out.extend_from_slice(&header_fields(h, flags, payload.len()));
     out.extend_from_slice(payload);
-    if let Some(k) = key {
-        let (head, body) = out[start..].split_at_mut(HEADER_LEN);
-        if let Some(tag) = k.seal_in_place(h.sequence, flags, &head[..COVERED_LEN], body) {
-            out.extend_from_slice(&tag);
-        }
+    let (head, body) = out[start..].split_at_mut(HEADER_LEN);
+    if let Some(tag) = k.seal_in_place(h.sequence, flags, &head[..COVERED_LEN], body) {
+        out.extend_from_slice(&tag);
     }
     let mut crc = crc32fast::Hasher::new();
     crc.update(&out[start..start + COVERED_LEN]);
     crc.update(&out[start + HEADER_LEN..]);
     let sum = crc.finalize().to_be_bytes();
     out[start + COVERED_LEN..start + HEADER_LEN].copy_from_slice(&sum);
+}
+
+/// The header of a datagram without a key, its CRC computed over `payload` where it lies: the
+/// datagram is this header followed by `payload` unchanged, so a sender can hand both to the
+/// kernel as they are (a vectored send) instead of copying the payload behind the header.
+pub fn unsealed_header(h: &Header, payload: &[u8]) -> [u8; HEADER_LEN] {
+    let mut head = header_fields(h, 0, payload.len());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[..COVERED_LEN]);
+    crc.update(payload);
+    head[COVERED_LEN..].copy_from_slice(&crc.finalize().to_be_bytes());
+    head
+}
+
+/// The header's fields, the CRC left zero.
+fn header_fields(h: &Header, flags: u16, payload_len: usize) -> [u8; HEADER_LEN] {
+    let mut b = [0u8; HEADER_LEN];
+    b[0..4].copy_from_slice(&MAGIC);
+    b[4] = VERSION;
+    b[5] = h.kind as u8;
+    b[6..8].copy_from_slice(&flags.to_be_bytes());
+    b[8..12].copy_from_slice(&h.pipe_tag.to_be_bytes());
+    b[12..20].copy_from_slice(&h.session.to_be_bytes());
+    b[20..28].copy_from_slice(&h.sequence.to_be_bytes());
+    b[28..36].copy_from_slice(&h.object.to_be_bytes());
+    b[36..40].copy_from_slice(&h.block.to_be_bytes());
+    b[40..44].copy_from_slice(&h.symbol.to_be_bytes());
+    b[44..46].copy_from_slice(&(payload_len as u16).to_be_bytes());
+    b[46] = h.pass;
+    // b[47] is reserved (zero); b[48..52] the CRC.
+    b
 }
 
 fn be_u16(b: &[u8], at: usize) -> u16 {

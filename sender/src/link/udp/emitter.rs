@@ -2,8 +2,9 @@
 //! kernel has it), paced by a token bucket, control messages repeated and spread out, and
 //! heartbeats with the sender's counters. Blocking: it runs on the pipe's own thread.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use gapsync_protocol::crypto::FrameKey;
@@ -26,6 +27,17 @@ const MAX_CREDIT: Duration = Duration::from_millis(4);
 const MIN_CONTROL_SPACING: Duration = Duration::from_millis(2);
 /// Datagrams' worth of time between two copies of a control message at the paced rate.
 const CONTROL_SPACING_DATAGRAMS: u64 = 200;
+
+/// One symbol to send: where it belongs, and its bytes where they lie (in the block read from
+/// the file, or among the encoder's repair symbols).
+#[derive(Debug, Clone, Copy)]
+pub struct SymbolOut<'a> {
+    pub object: u64,
+    pub block: u32,
+    pub esi: u32,
+    pub pass: u8,
+    pub bytes: &'a [u8],
+}
 
 /// A control message still to be sent `left` more times.
 struct Repeat {
@@ -66,6 +78,12 @@ pub struct Emitter {
     batch_len: usize,
     segment: usize,
     max_batch: usize,
+    /// Symbol batches go out as header and symbol slices in one GSO send, without copying
+    /// the symbols into `batch` (no key, and the kernel took it so far).
+    vectored: bool,
+    /// The headers of a vectored batch.
+    heads: Vec<[u8; datagram::HEADER_LEN]>,
+    dest_addr: nix::sys::socket::SockaddrStorage,
     /// When the pacer allows the next byte out.
     due: Instant,
     repeats: Vec<Repeat>,
@@ -118,6 +136,7 @@ impl Emitter {
             .clamp(1, MAX_BATCH)
             .min(MAX_GSO_BYTES / segment)
             .max(1);
+        let vectored = key.is_none() && max_batch > 1;
         let now = Instant::now();
         Ok(Self {
             socket,
@@ -132,6 +151,9 @@ impl Emitter {
             batch_len: 0,
             segment,
             max_batch,
+            vectored,
+            heads: Vec::with_capacity(max_batch),
+            dest_addr: nix::sys::socket::SockaddrStorage::from(dest),
             due: now,
             repeats: Vec::new(),
             spacing,
@@ -182,6 +204,76 @@ impl Emitter {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Sends `symbols`, in order: as header and symbol slices in GSO sends of up to a batch
+    /// each where possible, else copied into datagrams one by one.
+    pub fn symbols(&mut self, symbols: &[SymbolOut<'_>]) -> io::Result<()> {
+        let payload = self.segment - datagram::HEADER_LEN;
+        let mut rest = symbols;
+        while !rest.is_empty() {
+            let n = rest.len().min(self.max_batch);
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            // GSO cuts the send into datagrams of one size: every symbol must be full-size.
+            if self.vectored && group.iter().all(|s| s.bytes.len() == payload) {
+                self.flush_batch_only()?;
+                if self.send_vectored(group)? {
+                    self.due_controls(Instant::now())?;
+                    continue;
+                }
+            }
+            for s in group {
+                self.symbol(s.object, s.block, s.esi, s.pass, s.bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One GSO send of `group` straight from the symbols' memory; false (and vectored sends
+    /// off from now on, with a WARN) when the kernel refuses the form, so the caller copies.
+    fn send_vectored(&mut self, group: &[SymbolOut<'_>]) -> io::Result<bool> {
+        use nix::errno::Errno;
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        self.pace(self.segment * group.len());
+        self.heads.clear();
+        for s in group {
+            let h = self.header(Kind::Symbol, s.object, s.block, s.esi, s.pass);
+            self.heads.push(datagram::unsealed_header(&h, s.bytes));
+        }
+        let mut iov = Vec::with_capacity(group.len() * 2);
+        for (head, s) in self.heads.iter().zip(group) {
+            iov.push(IoSlice::new(head));
+            iov.push(IoSlice::new(s.bytes));
+        }
+        let gso = self.segment as u16;
+        let cmsg = [ControlMessage::UdpGsoSegments(&gso)];
+        let cmsgs: &[ControlMessage<'_>] = if group.len() > 1 { &cmsg } else { &[] };
+        loop {
+            match sendmsg(
+                self.socket.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::empty(),
+                Some(&self.dest_addr),
+            ) {
+                Ok(_) | Err(Errno::ECONNREFUSED) => break,
+                Err(Errno::EINTR) => continue,
+                // The device or the kernel cannot segment this send (no checksum offload,
+                // no UDP_SEGMENT): send this batch and every later one by copying.
+                Err(e @ (Errno::EIO | Errno::EINVAL | Errno::EOPNOTSUPP)) => {
+                    tracing::warn!(pipe = %self.id.pipe, error = %e, "the kernel refused a vectored UDP GSO send; sending by copy from now on");
+                    self.vectored = false;
+                    // The copies take these sequence numbers again: no gap the receiver
+                    // would count as loss.
+                    self.sequence -= group.len() as u64;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.counters.datagrams += group.len() as u64;
+        Ok(true)
     }
 
     /// Sends the datagrams batched so far, after waiting for the pacer; then any control copy

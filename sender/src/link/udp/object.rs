@@ -19,7 +19,10 @@ use gapsync_protocol::udp::fec::{self, BURST_DATAGRAMS, Layout};
 use gapsync_protocol::udp::{Announce, End};
 use gapsync_protocol::{DIGEST_LEN, encode_body};
 
-use super::emitter::Emitter;
+use super::emitter::{Emitter, SymbolOut};
+
+/// Symbols handed to the emitter at a time (it cuts them into its own send batches).
+const BATCH: usize = 64;
 
 /// Most objects in flight at once.
 pub const MAX_ACTIVE: usize = 256;
@@ -283,19 +286,35 @@ impl Stream {
             .iter()
             .map(|b| (b.k, b.repairs.len() as u32))
             .collect();
+        // Symbols go to the emitter a batch at a time, borrowed where they lie.
+        let mut batch: Vec<SymbolOut<'_>> = Vec::with_capacity(BATCH);
         for (gi, idx) in fec::interleave(&counts) {
             let b = &g.blocks[gi];
-            if idx < b.k {
+            let (esi, bytes) = if idx < b.k {
                 let s = idx as usize * ts;
-                e.symbol(b.id, b.block, idx, b.pass, &b.data[s..s + ts])?;
+                (idx, &b.data[s..s + ts])
             } else if let Some((esi, sym)) = b.repairs.get((idx - b.k) as usize) {
-                e.symbol(b.id, b.block, *esi, b.pass, sym)?;
+                (*esi, sym.as_slice())
+            } else {
+                continue;
+            };
+            batch.push(SymbolOut {
+                object: b.id,
+                block: b.block,
+                esi,
+                pass: b.pass,
+                bytes,
+            });
+            if batch.len() == BATCH {
+                e.symbols(&batch)?;
+                batch.clear();
             }
             if let Some(a) = owners[gi].and_then(|i| self.active.get_mut(i)) {
                 a.sent_in_pass += 1;
                 a.datagrams += 1;
             }
         }
+        e.symbols(&batch)?;
         e.flush()?;
         // Enough for the next group; more would only hold memory.
         self.spare.extend(g.blocks.into_iter().map(|b| b.data));
