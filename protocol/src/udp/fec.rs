@@ -195,15 +195,23 @@ impl std::fmt::Debug for BlockBuf {
 }
 
 /// Block buffers written and given back, handed to the next blocks, so that a stream of
-/// blocks does not allocate (and fault in) a fresh megabyte each.
+/// blocks does not allocate, zero and fault in a fresh block each (at 0% loss that was 6% of
+/// the receiver's CPU with 4 kept for 32 blocks in flight). It keeps as many as the receiver
+/// decodes at once: no more memory than the window it already holds at its peak.
 #[derive(Debug, Default)]
 pub struct BlockPool {
     spare: Vec<Vec<u8>>,
+    keep: usize,
 }
 
 impl BlockPool {
-    /// At most this many buffers are kept.
-    const KEEP: usize = 4;
+    /// A pool that keeps at most `keep` buffers.
+    pub fn new(keep: usize) -> Self {
+        Self {
+            spare: Vec::new(),
+            keep,
+        }
+    }
 
     /// Takes a spare buffer, if any.
     pub fn take(&mut self) -> Option<Vec<u8>> {
@@ -212,9 +220,14 @@ impl BlockPool {
 
     /// Gives a written block's buffer back.
     pub fn give(&mut self, block: BlockBuf) {
-        if self.spare.len() < Self::KEEP {
+        if self.spare.len() < self.keep {
             self.spare.push(block.into_vec());
         }
+    }
+
+    /// Frees the spare buffers (nothing in flight: an idle receiver holds no window).
+    pub fn release(&mut self) {
+        self.spare = Vec::new();
     }
 }
 

@@ -116,7 +116,7 @@ impl Worker {
             limiter: RateLimiter::new(Duration::from_secs(60)),
             dropped: Dropped::default(),
             orphans: VecDeque::new(),
-            blocks: BlockPool::default(),
+            blocks: BlockPool::new(limits.max_decoding),
         })
     }
 
@@ -484,6 +484,9 @@ impl Worker {
 
     /// Deadlines and the silence alarm; call a few times a second.
     pub fn on_tick(&mut self, now: Instant) {
+        if self.objects.is_empty() {
+            self.blocks.release();
+        }
         let keys: Vec<ObjectKey> = self.objects.keys().copied().collect();
         for key in keys {
             let Some((pipe, asm, _)) = self.objects.get_mut(&key) else {
