@@ -372,7 +372,14 @@ impl BlockDecoder {
         let decoded =
             SourceBlockDecoder::new(0, &info, u64::from(self.k) * t as u64).decode(packets)?;
         let mut block = self.block.take()?;
-        block.bytes_mut().copy_from_slice(&decoded);
+        // The block holds every source symbol that arrived: only the lost ones are copied in.
+        for esi in 0..self.k {
+            let (word, bit) = seen_bit(esi);
+            if self.seen[word] & bit == 0 {
+                let at = esi as usize * t;
+                block.bytes_mut()[at..at + t].copy_from_slice(decoded.get(at..at + t)?);
+            }
+        }
         Some(block)
     }
 }
