@@ -1,5 +1,6 @@
 //! The sending half of the diode link: one UDP socket, datagrams batched (UDP GSO where the
-//! kernel has it), paced by a token bucket, control messages repeated and spread out, and
+//! kernel has it; without a key, symbols go out from where they lie, each behind its header in
+//! one vectored send), paced by a token bucket, control messages repeated and spread out, and
 //! heartbeats with the sender's counters. Blocking: it runs on the pipe's own thread.
 
 use std::io::{self, IoSlice};
