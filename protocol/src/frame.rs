@@ -129,6 +129,19 @@ pub fn encode_frame(
     )
 }
 
+/// The header of an unsealed frame in the raw envelope: the frame is this header followed by
+/// `payload` unchanged, so a sender may write both as they lie instead of copying the payload
+/// behind the header. `None` if the payload is too large for a frame.
+pub fn raw_frame_header(
+    kind: FrameKind,
+    sequence: u64,
+    transfer: u64,
+    offset: u64,
+    payload: &[u8],
+) -> Option<[u8; HEADER_LEN]> {
+    Some(FrameHeader::for_payload(kind, sequence, transfer, offset, payload)?.to_bytes())
+}
+
 /// [`encode_frame`], sealed with `key` when one is given (see [`crate::crypto`]).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_sealed_frame(

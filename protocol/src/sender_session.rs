@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::crypto::{FrameKey, TAG_LEN};
 use crate::envelope::Envelope;
 use crate::error::ProtocolError;
-use crate::frame::{FrameKind, encode_sealed_frame};
+use crate::frame::{FrameKind, encode_sealed_frame, raw_frame_header};
 use crate::messages::{Hello, encode_body};
 use crate::profile::{AckBytes, Profile};
 
@@ -136,13 +136,44 @@ impl SenderSession {
         payload: &[u8],
         now: Instant,
     ) -> Result<FrameInfo, SendError> {
+        self.may_send(payload)?;
+        Ok(self.push(kind, transfer, offset, payload, now))
+    }
+
+    fn may_send(&self, payload: &[u8]) -> Result<(), SendError> {
         if !self.can_send() {
             return Err(SendError::NotReady);
         }
         if payload.len() > self.max_payload {
             return Err(SendError::TooLarge(payload.len()));
         }
-        Ok(self.push(kind, transfer, offset, payload, now))
+        Ok(())
+    }
+
+    /// Like [`SenderSession::send`], but where the frame is `payload` unchanged behind its
+    /// header (the raw envelope without a key) only the header is queued, and `true` says
+    /// the caller writes `payload` right after [`SenderSession::pending_output`]: a 1 MiB
+    /// payload is then not copied behind its header. `false`: the whole frame is queued.
+    pub fn send_split(
+        &mut self,
+        kind: FrameKind,
+        transfer: u64,
+        offset: u64,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(FrameInfo, bool), SendError> {
+        self.may_send(payload)?;
+        let split = self.envelope == Envelope::Raw && self.key.is_none();
+        let info = if split {
+            let seq = self.take_sequence();
+            if let Some(head) = raw_frame_header(kind, seq, transfer, offset, payload) {
+                self.out.extend_from_slice(&head);
+            }
+            self.record(seq, kind, transfer, offset, payload, now)
+        } else {
+            self.push(kind, transfer, offset, payload, now)
+        };
+        Ok((info, split))
     }
 
     fn push(
@@ -153,11 +184,9 @@ impl SenderSession {
         payload: &[u8],
         now: Instant,
     ) -> FrameInfo {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.take_sequence();
         // The payload length was bounded by max_payload (< 64 MiB) or is a small body, so
-        // encoding cannot fail. The info carries the plaintext length (no tag): acknowledged
-        // offsets are computed from it.
+        // encoding cannot fail.
         let _ = encode_sealed_frame(
             self.envelope,
             self.key.as_ref(),
@@ -168,6 +197,26 @@ impl SenderSession {
             payload,
             &mut self.out,
         );
+        self.record(seq, kind, transfer, offset, payload, now)
+    }
+
+    fn take_sequence(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Records a queued frame as in flight. The info carries the plaintext length (no tag):
+    /// acknowledged offsets are computed from it.
+    fn record(
+        &mut self,
+        seq: u64,
+        kind: FrameKind,
+        transfer: u64,
+        offset: u64,
+        payload: &[u8],
+        now: Instant,
+    ) -> FrameInfo {
         let length = payload.len() as u32;
         let info = FrameInfo {
             sequence: seq,
@@ -335,6 +384,35 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(offsets, [0, 10]);
         assert!(s.can_send());
+    }
+
+    #[test]
+    fn a_split_frame_is_its_queued_header_then_the_payload_as_a_receiver_decodes_it() {
+        let t0 = Instant::now();
+        let (mut whole, mut split) = (ready(2, t0), ready(2, t0));
+        let payload = b"payload written from where it lies";
+        let a = whole
+            .send(FrameKind::Data, 7, 40, payload, t0)
+            .expect("room");
+        let (b, payload_follows) = split
+            .send_split(FrameKind::Data, 7, 40, payload, t0)
+            .expect("room");
+        assert!(
+            payload_follows,
+            "raw envelope, no key: only the header is queued"
+        );
+        assert_eq!(a, b);
+        assert_eq!(split.pending_output().len(), crate::HEADER_LEN);
+        let mut wire = split.pending_output().to_vec();
+        wire.extend_from_slice(payload);
+        assert_eq!(wire, whole.pending_output());
+        let mut d = Decoder::new(Envelope::Raw, 4096);
+        d.feed(&wire);
+        let f = d.decode().expect("valid").expect("a whole frame");
+        assert_eq!(
+            (f.header.sequence, f.header.offset, &f.payload[..]),
+            (1, 40, &payload[..])
+        );
     }
 
     #[test]

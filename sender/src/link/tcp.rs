@@ -317,12 +317,18 @@ async fn send<W: AsyncWrite + Unpin>(
     (kind, transfer, offset): (FrameKind, u64, u64),
     limit: Duration,
 ) -> Result<(), String> {
-    if let Err(e) = s.send(kind, transfer, offset, &w.buf, Instant::now()) {
-        tracing::error!(pipe = %w.cfg.name, error = %e, "internal: a frame did not fit the session");
-        return Err(format!("internal: {e}"));
-    }
-    pacer.wait(s.pending_output().len()).await;
-    flush(s, wr, limit).await
+    // Where the session queued only the frame's header, the payload is written from where it
+    // lies, right behind it (no copy of up to a frame's bytes behind the header).
+    let payload: &[u8] = match s.send_split(kind, transfer, offset, &w.buf, Instant::now()) {
+        Ok((_, true)) => &w.buf,
+        Ok((_, false)) => &[],
+        Err(e) => {
+            tracing::error!(pipe = %w.cfg.name, error = %e, "internal: a frame did not fit the session");
+            return Err(format!("internal: {e}"));
+        }
+    };
+    pacer.wait(s.pending_output().len() + payload.len()).await;
+    write_out(s, wr, payload, limit).await
 }
 
 async fn flush<W: AsyncWrite + Unpin>(
@@ -330,13 +336,38 @@ async fn flush<W: AsyncWrite + Unpin>(
     wr: &mut W,
     limit: Duration,
 ) -> Result<(), String> {
-    if s.pending_output().is_empty() {
+    write_out(s, wr, &[], limit).await
+}
+
+/// Writes the session's pending output and then `payload`, in as few writes as the stream
+/// takes (vectored where it can), and flushes.
+async fn write_out<W: AsyncWrite + Unpin>(
+    s: &mut SenderSession,
+    wr: &mut W,
+    payload: &[u8],
+    limit: Duration,
+) -> Result<(), String> {
+    if s.pending_output().is_empty() && payload.is_empty() {
         return Ok(());
     }
     // TLS keeps records it could not hand to the socket until flushed: without the flush the
     // tail of a frame could wait for the next write, and the receiver never answer it.
     let write = async {
-        wr.write_all(s.pending_output()).await?;
+        let (mut head, mut body) = (s.pending_output(), payload);
+        while !head.is_empty() || !body.is_empty() {
+            let n = if head.is_empty() {
+                wr.write(body).await?
+            } else {
+                let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+                wr.write_vectored(&parts).await?
+            };
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+            }
+            let from_head = n.min(head.len());
+            head = &head[from_head..];
+            body = &body[n - from_head..];
+        }
         wr.flush().await
     };
     match tokio::time::timeout(limit, write).await {
