@@ -73,6 +73,9 @@ impl MachineCpu {
             .unwrap_or_default()
             .split_whitespace()
             .skip(1)
+            // user nice system idle iowait irq softirq steal; guest time (the last two) is
+            // already counted in user and nice. Steal counts as busy: the cores were not ours.
+            .take(8)
             .filter_map(|v| v.parse().ok())
             .collect();
         let total = ticks.iter().sum();
