@@ -371,13 +371,16 @@ impl BlockDecoder {
         let info = oti(self.k, self.symbol_bytes);
         let decoded =
             SourceBlockDecoder::new(0, &info, u64::from(self.k) * t as u64).decode(packets)?;
+        if decoded.len() != self.k as usize * t {
+            return None;
+        }
         let mut block = self.block.take()?;
         // The block holds every source symbol that arrived: only the lost ones are copied in.
         for esi in 0..self.k {
             let (word, bit) = seen_bit(esi);
             if self.seen[word] & bit == 0 {
                 let at = esi as usize * t;
-                block.bytes_mut()[at..at + t].copy_from_slice(decoded.get(at..at + t)?);
+                block.bytes_mut()[at..at + t].copy_from_slice(&decoded[at..at + t]);
             }
         }
         Some(block)

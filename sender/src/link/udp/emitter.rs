@@ -189,8 +189,8 @@ impl Emitter {
         }
     }
 
-    /// Queues one symbol datagram; sends the batch when it is full.
-    pub fn symbol(
+    /// Queues one symbol datagram, copied behind its header; sends the batch when it is full.
+    fn symbol(
         &mut self,
         object: u64,
         block: u32,
