@@ -1,5 +1,6 @@
 //! The command line and process lifecycle both daemons share: `run` and `check-config`, the
-//! exit codes, logging and the runtime, and waiting for SIGTERM or Ctrl-C.
+//! exit codes, logging and the runtime, and waiting for SIGTERM or Ctrl-C (SIGHUP is logged and
+//! otherwise ignored until the daemons can reload).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -25,12 +26,17 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Write a new random pre-shared key (64 hex digits, mode 600) for a pipe. Copy the same
-    /// file to the other side; it is never overwritten.
+    /// Write a new random pre-shared key (64 hex digits) for a pipe. Copy the same file to the
+    /// other side; it is never overwritten. The file is mode 640 and group `gapsync` (the
+    /// daemons' group) when that group exists and may be used, otherwise mode 600.
     Keygen {
         /// Where to write the key, e.g. /etc/gapsync/keys/scada-1.key.
         #[arg(long, short)]
         out: PathBuf,
+        /// Group that may read the key (mode 640); fails if it cannot be set. Default: gapsync
+        /// if that group exists.
+        #[arg(long, short)]
+        group: Option<String>,
     },
 }
 
@@ -53,10 +59,16 @@ pub fn dispatch(
                 ExitCode::from(2)
             }
         },
-        Command::Keygen { out } => match crate::keys::keygen(&out) {
-            Ok(()) => {
+        Command::Keygen { out, group } => match crate::keys::keygen(&out, group.as_deref()) {
+            Ok(access) => {
+                let how = match access {
+                    crate::keys::KeyAccess::Group(g) => format!("mode 640, group {g}"),
+                    crate::keys::KeyAccess::OwnerOnly { reason } => {
+                        format!("mode 600, owner only: {reason}")
+                    }
+                };
                 println!(
-                    "wrote a new key to {}; copy it to the other side's key file",
+                    "wrote a new key to {} ({how}); copy it to the other side's key file",
                     out.display()
                 );
                 ExitCode::SUCCESS
@@ -97,7 +109,31 @@ pub fn start<F: Future<Output = anyhow::Result<()>>>(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve)
+    runtime.block_on(async {
+        let hangups = log_hangups()?;
+        let result = serve.await;
+        hangups.abort();
+        result
+    })
+}
+
+/// What a daemon logs for each SIGHUP: reload does not exist yet, and SIGHUP's default action
+/// (exit 129 without a word) must not stop a daemon that `systemctl reload` or a habit sent it.
+pub const HANGUP_MESSAGE: &str = "SIGHUP received; reload is not supported yet, keep running";
+
+/// Replaces SIGHUP's default action for the rest of the process: each one is logged at WARN
+/// (the operator asked for something that did not happen) and the daemon goes on.
+fn log_hangups() -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    Ok(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::warn!(
+                hint = "restart the daemon to apply a changed config",
+                "{HANGUP_MESSAGE}"
+            );
+        }
+    }))
 }
 
 /// Open files both daemons may need at once: the sender holds up to 4,096 small files being

@@ -7,9 +7,26 @@ use std::path::Path;
 use gapsync_protocol::crypto::{KEY_LEN, PreSharedKey};
 use ring::rand::SecureRandom as _;
 
-/// Writes a new random key (64 hex digits) to `out`, readable by its owner only. Never
-/// overwrites an existing file.
-pub fn keygen(out: &Path) -> anyhow::Result<()> {
+/// The group a key file is given by default when it exists: the daemons' own group made by
+/// the Debian packages, so that a daemon running as user `gapsync` can read the key.
+pub const DEFAULT_KEY_GROUP: &str = "gapsync";
+
+/// The mode and group a new key file got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAccess {
+    /// Mode 640, readable by this group (the daemon's).
+    Group(String),
+    /// Mode 600: no group was asked for and the default group does not exist, or the default
+    /// group exists but this user may not give files to it (not root, not a member).
+    OwnerOnly { reason: String },
+}
+
+/// Writes a new random key (64 hex digits) to `out`. Never overwrites an existing file.
+///
+/// With `group`, the file is mode 640 and belongs to that group, or keygen fails (and leaves no
+/// file). Without it, the file goes to the `gapsync` group with mode 640 when that group exists
+/// and this user may chown to it (root, or a member); otherwise it stays mode 600.
+pub fn keygen(out: &Path, group: Option<&str>) -> anyhow::Result<KeyAccess> {
     let mut bytes = [0u8; KEY_LEN];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
@@ -26,13 +43,48 @@ pub fn keygen(out: &Path) -> anyhow::Result<()> {
                 out.display()
             )
         })?;
-    f.write_all(format!("{}\n", key.to_hex()).as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    let written = f
+        .write_all(format!("{}\n", key.to_hex()).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| anyhow::anyhow!("cannot write key file {}: {e}", out.display()))
+        .and_then(|()| share_with_group(&f, out, group));
+    if written.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    written
 }
 
-/// Loads a key file. Returns the key and, if the file is readable by group or others, a
-/// warning for the log.
+/// Gives the new key file to `group` (or the default group) with mode 640, as `keygen` says.
+fn share_with_group(f: &std::fs::File, out: &Path, group: Option<&str>) -> anyhow::Result<KeyAccess> {
+    let name = group.unwrap_or(DEFAULT_KEY_GROUP);
+    let found = nix::unistd::Group::from_name(name)
+        .map_err(|e| anyhow::anyhow!("cannot look up group {name}: {e}"))?;
+    let Some(found) = found else {
+        if group.is_some() {
+            anyhow::bail!("group {name} does not exist (make it with `addgroup --system {name}`)");
+        }
+        return Ok(KeyAccess::OwnerOnly {
+            reason: format!("there is no {name} group"),
+        });
+    };
+    if let Err(e) = std::os::unix::fs::fchown(f, None, Some(found.gid.as_raw())) {
+        if group.is_some() {
+            anyhow::bail!(
+                "cannot give key file {} to group {name}: {e} (run keygen as root or as a member of {name})",
+                out.display()
+            );
+        }
+        return Ok(KeyAccess::OwnerOnly {
+            reason: format!("this user may not give files to group {name} ({e})"),
+        });
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(0o640))
+        .map_err(|e| anyhow::anyhow!("cannot chmod key file {}: {e}", out.display()))?;
+    Ok(KeyAccess::Group(name.to_owned()))
+}
+
+/// Loads a key file. Returns the key and, if the file is readable by others, a warning for the
+/// log. Group read is expected: keys are `root:gapsync 0640` so the daemon's user can read them.
 pub fn load(path: &Path) -> anyhow::Result<(PreSharedKey, Option<String>)> {
     let meta = std::fs::metadata(path)
         .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
@@ -48,12 +100,67 @@ pub fn load(path: &Path) -> anyhow::Result<(PreSharedKey, Option<String>)> {
     let key = PreSharedKey::parse(&bytes)
         .map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))?;
     let mode = meta.permissions().mode();
-    let warning = (mode & 0o077 != 0).then(|| {
+    let warning = (mode & 0o007 != 0).then(|| {
         format!(
-            "key file {} is readable by group or others (mode {:o}); run chmod 600 on it",
+            "key file {} is readable by others (mode {:o}); run chmod o-rwx on it",
             path.display(),
             mode & 0o777
         )
     });
     Ok((key, warning))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("meta").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_key_given_to_a_group_is_mode_640_and_in_that_group() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("k.key");
+        // Any user may give its own files to its primary group.
+        let gid = nix::unistd::getgid();
+        let group = nix::unistd::Group::from_gid(gid)
+            .expect("getgrgid")
+            .expect("the primary group has a name");
+        let access = keygen(&out, Some(&group.name)).expect("keygen");
+        assert_eq!(access, KeyAccess::Group(group.name.clone()));
+        assert_eq!(mode(&out), 0o640);
+        assert_eq!(std::fs::metadata(&out).expect("meta").gid(), gid.as_raw());
+        let (_, warning) = load(&out).expect("load");
+        assert_eq!(warning, None, "group read is what the daemon's user needs");
+    }
+
+    #[test]
+    fn an_unknown_group_is_an_error_and_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("k.key");
+        let e = keygen(&out, Some("no-such-group-gapsync-test")).expect_err("refused");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn an_existing_key_is_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("k.key");
+        std::fs::write(&out, "keep").expect("write");
+        assert!(keygen(&out, None).is_err());
+        assert_eq!(std::fs::read_to_string(&out).expect("read"), "keep");
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_warned_about() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("k.key");
+        keygen(&out, None).expect("keygen");
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let (_, warning) = load(&out).expect("load");
+        assert!(warning.is_some_and(|w| w.contains("readable by others")));
+    }
 }
