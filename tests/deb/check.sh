@@ -95,7 +95,9 @@ fi
 
 step "build the packages (cargo deb)"
 declare -A deb
-deb[gapsync-common]=$(cargo deb -p gapsync-daemon --locked | tail -n 1)
+# gapsync-common has no binary: nothing to build (a release build of the library alone would
+# only compile it once more with other features).
+deb[gapsync-common]=$(cargo deb -p gapsync-daemon --locked --no-build | tail -n 1)
 deb[gapsync-sender]=$(cargo deb -p gapsync-sender --locked | tail -n 1)
 deb[gapsync-receiver]=$(cargo deb -p gapsync-receiver --locked | tail -n 1)
 for p in "${packages[@]}"; do
@@ -111,7 +113,8 @@ for p in gapsync-sender gapsync-receiver; do
 	# Maintainer scripts: the unit is never started or enabled by the package itself.
 	scripts=$(mktemp -d)
 	dpkg-deb -e "${deb[$p]}" "$scripts"
-	if grep -nE 'deb-systemd-invoke +(start|restart)|systemctl +(start|enable)' "$scripts"/postinst; then
+	# (Commands only: the postinst's closing message tells the operator to enable it.)
+	if grep -nE '^[[:space:]]*(deb-systemd-invoke[[:space:]]+(start|restart)|systemctl[[:space:]].*[[:space:]](start|enable|restart)[[:space:]])' "$scripts"/postinst; then
 		fail "$p's postinst starts or enables its unit"
 	fi
 	grep -q "^/etc/gapsync/${p#gapsync-}.toml$" "$scripts/conffiles" || fail "$p: /etc/gapsync/${p#gapsync-}.toml is not a conffile"
