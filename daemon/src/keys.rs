@@ -55,7 +55,11 @@ pub fn keygen(out: &Path, group: Option<&str>) -> anyhow::Result<KeyAccess> {
 }
 
 /// Gives the new key file to `group` (or the default group) with mode 640, as `keygen` says.
-fn share_with_group(f: &std::fs::File, out: &Path, group: Option<&str>) -> anyhow::Result<KeyAccess> {
+fn share_with_group(
+    f: &std::fs::File,
+    out: &Path,
+    group: Option<&str>,
+) -> anyhow::Result<KeyAccess> {
     let name = group.unwrap_or(DEFAULT_KEY_GROUP);
     let found = nix::unistd::Group::from_name(name)
         .map_err(|e| anyhow::anyhow!("cannot look up group {name}: {e}"))?;

@@ -167,5 +167,8 @@ fn sighup_is_logged_and_the_receiver_keeps_running_until_sigterm() {
             .any(|l| l.contains(" WARN ") && l.contains("SIGHUP received")),
         "{text}"
     );
-    assert!(status.success(), "SIGTERM still stops it cleanly: {status:?}");
+    assert!(
+        status.success(),
+        "SIGTERM still stops it cleanly: {status:?}"
+    );
 }

@@ -89,5 +89,8 @@ fn sighup_is_logged_and_the_sender_keeps_running_until_sigterm() {
             && l.contains("SIGHUP received; reload is not supported yet, keep running")),
         "{text}"
     );
-    assert!(status.success(), "SIGTERM still stops it cleanly: {status:?}");
+    assert!(
+        status.success(),
+        "SIGTERM still stops it cleanly: {status:?}"
+    );
 }

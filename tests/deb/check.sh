@@ -164,6 +164,8 @@ expect_stat /srv/gapsync/outbox 2750 gapsync gapsync-producers
 expect_stat /srv/gapsync/outbox/scada 2770 gapsync gapsync-producers
 expect_stat /srv/gapsync/inbox 2750 gapsync gapsync-consumers
 expect_stat /srv/gapsync/inbox/scada 2770 gapsync gapsync-consumers
+expect_stat /srv/gapsync/inbox/.staging 2750 gapsync gapsync-consumers
+expect_stat /srv/gapsync/inbox/.staging/scada 2750 gapsync gapsync-consumers
 
 IFS=: read -r _ _ uid gid _ home shell < <(getent passwd gapsync)
 [ "$uid" -lt 1000 ] || fail "gapsync is not a system user (uid $uid)"
@@ -274,6 +276,18 @@ for i in 1 0; do
 done
 pids=()
 pass "both stopped on SIGTERM with exit 0"
+
+step "dpkg -i again (the upgrade path: postinst configure with the old version)"
+key_before=$(sha256sum </etc/gapsync/keys/scada-1.key)
+dpkg -i "${deb[gapsync-common]}" "${deb[gapsync-sender]}" "${deb[gapsync-receiver]}" >/dev/null
+[ "$(sha256sum </etc/gapsync/keys/scada-1.key)" = "$key_before" ] || fail "the reinstall replaced the key"
+pass "the key is kept"
+expect_stat /etc/gapsync/sender.toml 640 root gapsync
+expect_stat /etc/gapsync/receiver.toml 640 root gapsync
+expect_stat /etc/gapsync/keys 750 root gapsync
+expect_stat /srv/gapsync/inbox/scada 2770 gapsync gapsync-consumers
+[ -f "$landed/sample.bin" ] || fail "the reinstall touched landed data"
+pass "landed data untouched"
 
 step "systemd-analyze verify on the installed units"
 out=$(systemd-analyze verify /lib/systemd/system/gapsync-sender.service \
