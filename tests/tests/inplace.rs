@@ -15,7 +15,9 @@ fn delivered(log: &str, rel: &str) -> Vec<u64> {
             let v = l.split_once(" size=").map_or("", |x| x.1);
             let v = v.trim_start_matches('"');
             let end = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-            v[..end].parse().unwrap_or_else(|_| panic!("no size in {l}"))
+            v[..end]
+                .parse()
+                .unwrap_or_else(|_| panic!("no size in {l}"))
         })
         .collect()
 }
@@ -58,7 +60,10 @@ fn a_file_written_in_place_with_a_pause_lands_whole(profile: &str) {
     );
     // During the pause (several scans past settle) nothing is taken.
     std::thread::sleep(Duration::from_millis(2000));
-    assert!(started.elapsed() < Duration::from_millis(2450), "the test was too slow to look during the pause");
+    assert!(
+        started.elapsed() < Duration::from_millis(2450),
+        "the test was too slow to look during the pause"
+    );
     assert!(
         delivered(&lab.receiver_log(), rel).is_empty() && !lab.dest.join(rel).exists(),
         "a file still open for writing was sent:\n{}",
@@ -72,7 +77,11 @@ fn a_file_written_in_place_with_a_pause_lands_whole(profile: &str) {
     // Every version that landed is the whole file, the last one above all.
     std::thread::sleep(Duration::from_millis(1000));
     let sizes = delivered(&lab.receiver_log(), rel);
-    assert_eq!(sizes.last(), Some(&2_500_000), "the last version landed is whole");
+    assert_eq!(
+        sizes.last(),
+        Some(&2_500_000),
+        "the last version landed is whole"
+    );
     assert_eq!(sizes, [2_500_000], "landed once, and never truncated");
     assert_eq!(
         std::fs::read(lab.dest.join(rel)).expect("landed"),
@@ -85,9 +94,11 @@ fn a_file_written_in_place_with_a_pause_lands_whole(profile: &str) {
         0,
         "the open-for-writing check was in force:\n{slog}"
     );
-    wait_until("the spool file to be removed", Duration::from_secs(10), || {
-        !lab.spool.join(rel).exists()
-    });
+    wait_until(
+        "the spool file to be removed",
+        Duration::from_secs(10),
+        || !lab.spool.join(rel).exists(),
+    );
 }
 
 #[test]
@@ -151,7 +162,9 @@ fn a_file_appended_to_after_it_was_sent_is_not_deleted_and_is_sent_again() {
         [100_000, 150_000],
         "the first version, then the new one"
     );
-    wait_until("the spool file to be removed", Duration::from_secs(10), || {
-        !lab.spool.join(rel).exists()
-    });
+    wait_until(
+        "the spool file to be removed",
+        Duration::from_secs(10),
+        || !lab.spool.join(rel).exists(),
+    );
 }

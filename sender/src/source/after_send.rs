@@ -71,7 +71,12 @@ pub fn dispose_if_unchanged(
         if lease.broken() {
             // It opened the name before it was removed: its writes go to the file we moved
             // (or deleted), not to a new one in the spool.
-            tracing::error!(pipe, path = rel, spool_file = *what, "a process opened the spool file for writing just as it was removed after its delivery; what it writes now goes to the removed file and is not sent (producers should write elsewhere and rename files in, or not reopen a file once closed)");
+            tracing::error!(
+                pipe,
+                path = rel,
+                spool_file = *what,
+                "a process opened the spool file for writing just as it was removed after its delivery; what it writes now goes to the removed file and is not sent (producers should write elsewhere and rename files in, or not reopen a file once closed)"
+            );
         }
     }
     drop(lease);
@@ -140,7 +145,10 @@ mod tests {
         std::fs::write(dir.path().join("n.tmp"), b"v2").expect("write");
         std::fs::rename(dir.path().join("n.tmp"), &p).expect("rename in");
         let r = dispose_if_unchanged("t", "a.csv", &p, &sent, delete(&p));
-        assert!(matches!(r, Disposal::Changed(ref w) if w.starts_with("inode")), "{r:?}");
+        assert!(
+            matches!(r, Disposal::Changed(ref w) if w.starts_with("inode")),
+            "{r:?}"
+        );
         assert_eq!(std::fs::read(&p).expect("kept"), b"v2");
     }
 }

@@ -94,7 +94,10 @@ mod tests {
         // Rewritten with the same size and its mtime put back (a copy tool keeping times):
         // the change time still tells.
         let before = id(&p);
-        let mtime = std::fs::metadata(&p).expect("stat").modified().expect("mtime");
+        let mtime = std::fs::metadata(&p)
+            .expect("stat")
+            .modified()
+            .expect("mtime");
         tick();
         std::fs::write(&p, b"FIRST PART, SECOND PART").expect("rewrite");
         std::fs::File::options()

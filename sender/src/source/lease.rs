@@ -143,7 +143,9 @@ static WARNED: Mutex<Vec<(String, Unavailable)>> = Mutex::new(Vec::new());
 
 /// Says once per pipe and reason, at WARN, that the open-for-writing check is not made.
 pub fn warn_unavailable(pipe: &str, path: &Path, why: Unavailable, e: &io::Error) {
-    let mut warned = WARNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut warned = WARNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if warned.iter().any(|(p, w)| p == pipe && *w == why) {
         return;
     }
@@ -171,7 +173,10 @@ mod tests {
         let p = dir.path().join("log.csv");
         let mut w = File::create(&p).expect("create");
         w.write_all(b"first half").expect("write");
-        assert!(take("t", &p).expect("take").is_none(), "still open for writing");
+        assert!(
+            take("t", &p).expect("take").is_none(),
+            "still open for writing"
+        );
         // A read-only descriptor elsewhere does not count.
         let _reader = File::open(&p).expect("open");
         assert!(take("t", &p).expect("take").is_none());
