@@ -168,3 +168,76 @@ fn a_file_appended_to_after_it_was_sent_is_not_deleted_and_is_sent_again() {
         || !lab.spool.join(rel).exists(),
     );
 }
+
+/// Run as another user without CAP_LEASE, the sender cannot ask about writers of files it
+/// does not own: it says so once, with the fix, and falls back to the settle rule.
+#[test]
+fn without_cap_lease_the_fallback_is_said_once_and_files_still_go() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut lab = Lab::new("loopback");
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("id")
+        .stdout;
+    if String::from_utf8_lossy(&uid).trim() != "0" {
+        eprintln!(
+            "SKIPPED: not root, so files of another user cannot be made here; the fallback was not exercised"
+        );
+        return;
+    }
+    // The sender runs as nobody, owning its folders; the files are root's.
+    for d in ["spool", "sstate", "slogs"] {
+        std::fs::create_dir_all(lab.path(d)).expect("mkdir");
+        let ok = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(lab.path(d))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "chown {d}");
+    }
+    std::fs::set_permissions(lab.root.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod root");
+    let profiles = lab.path("hardware-profiles");
+    std::fs::create_dir_all(&profiles).expect("mkdir profiles");
+    std::fs::copy(
+        gapsync_tests::profiles_dir().join("loopback.toml"),
+        profiles.join("loopback.toml"),
+    )
+    .expect("copy the profile");
+    lab.sender_wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..3u64 {
+        let rel = format!("root-{i}.csv");
+        expected.insert(
+            rel.clone(),
+            gapsync_tests::make_file(&lab.spool.join(&rel), 5000, i),
+        );
+    }
+    lab.start_receiver();
+    lab.start_sender();
+    lab.wait_for_tree(&expected, Duration::from_secs(30));
+    let slog = lab.sender_log();
+    let warns: Vec<&str> = slog
+        .lines()
+        .filter(|l| l.contains("cannot tell whether spool files are still open"))
+        .collect();
+    assert_eq!(warns.len(), 1, "said once per pipe:\n{slog}");
+    assert!(
+        warns[0].contains("WARN")
+            && warns[0].contains("CAP_LEASE")
+            && warns[0].contains("pipe=scada"),
+        "{}",
+        warns[0]
+    );
+    wait_until("the spool to empty", Duration::from_secs(10), || {
+        gapsync_tests::count_files(&lab.spool) == 0
+    });
+}

@@ -152,13 +152,13 @@ pub fn warn_unavailable(pipe: &str, path: &Path, why: Unavailable, e: &io::Error
     warned.push((pipe.to_owned(), why));
     let fix = match why {
         Unavailable::NotOwner => {
-            "the file belongs to another user and the sender lacks CAP_LEASE: give the service AmbientCapabilities=CAP_LEASE and CapabilityBoundingSet=CAP_LEASE (the shipped units do), or have producers write elsewhere and rename files in"
+            "the file belongs to another user and the sender lacks CAP_LEASE: give the service CAP_LEASE (AmbientCapabilities=CAP_LEASE and CapabilityBoundingSet=CAP_LEASE in its systemd unit), or have producers write elsewhere and rename files in"
         }
         Unavailable::NotSupported => {
             "the spool's filesystem does not support file leases (a network or FUSE filesystem, or sysctl fs.leases-enable = 0): put the spool on a local filesystem, or have producers write elsewhere and rename files in"
         }
     };
-    tracing::warn!(pipe, path = %path.display(), error = %e, fix, "cannot tell whether spool files are still open for writing; falling back to the settle rule alone, so a file written in place with a pause longer than settle can be sent incomplete (said once per pipe)");
+    tracing::warn!(pipe = %pipe, path = %path.display(), error = %e, fix, "cannot tell whether spool files are still open for writing; falling back to the settle rule alone, so a file written in place with a pause longer than settle can be sent incomplete (said once per pipe)");
 }
 
 #[cfg(test)]
