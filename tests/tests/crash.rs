@@ -148,7 +148,9 @@ fn sender_killed_mid_file_resumes_under_the_same_transfer_and_delivers_once() {
     );
     let staged = tree_sizes(&lab.staging());
     assert!(
-        staged.keys().all(|k| k == "done.log" || k == "opens.log" || k == "last-connection"),
+        staged
+            .keys()
+            .all(|k| k == "done.log" || k == "opens.log" || k == "last-connection"),
         "no partial left behind: {staged:?}"
     );
 }

@@ -75,10 +75,7 @@ fn the_default_staging_lands_files_when_state_and_dest_are_separate_mounts() {
     for (i, name) in ["one.bin", "sub/two.bin"].iter().enumerate() {
         let p = lab.spool.join(name);
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        expected.insert(
-            (*name).to_owned(),
-            make_file(&p, 300_000 + i, i as u64 + 1),
-        );
+        expected.insert((*name).to_owned(), make_file(&p, 300_000 + i, i as u64 + 1));
     }
     lab.wait_for_tree(&expected, Duration::from_secs(30));
     wait_until("the spool to empty", Duration::from_secs(10), || {
@@ -107,13 +104,19 @@ fn a_staging_folder_on_another_mount_is_refused_at_start_with_the_fix() {
     let args: Vec<String> = lab.receiver_wrapper[1..]
         .iter()
         .cloned()
-        .chain([receiver.display().to_string(), "run".into(), "--config".into()])
+        .chain([
+            receiver.display().to_string(),
+            "run".into(),
+            "--config".into(),
+        ])
         .chain([cfg.display().to_string()])
         .collect();
     let mut receiver = Proc::spawn("receiver", Path::new("unshare"), &args, lab.root.path());
-    wait_until("the receiver to refuse to start", Duration::from_secs(20), || {
-        !receiver.alive()
-    });
+    wait_until(
+        "the receiver to refuse to start",
+        Duration::from_secs(20),
+        || !receiver.alive(),
+    );
     let err = format!("{}{}", receiver.stderr_text(), lab.receiver_log());
     assert!(
         err.contains("cannot be renamed from staging") && err.contains("remove `staging`"),
@@ -132,15 +135,24 @@ fn a_landing_that_fails_is_not_confirmed_and_lands_once_the_cause_is_gone() {
     lab.start_receiver();
     // Inside the receiver's namespace, dest/sub becomes another mount: renames into it fail.
     let sub_arg = sub.display().to_string();
-    in_receiver_ns(&lab, &["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", &sub_arg]);
+    in_receiver_ns(
+        &lab,
+        &["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", &sub_arg],
+    );
     lab.start_sender();
     let digest = make_file(&lab.spool.join("sub/a.bin"), 200_000, 7);
-    wait_until("the receiver's landing error", Duration::from_secs(20), || {
-        count_lines(&lab.receiver_log(), &["ERROR", "could not land data"]) > 0
-    });
+    wait_until(
+        "the receiver's landing error",
+        Duration::from_secs(20),
+        || count_lines(&lab.receiver_log(), &["ERROR", "could not land data"]) > 0,
+    );
     // The sender keeps retrying; nothing is confirmed, so the spool file stays.
     std::thread::sleep(Duration::from_secs(2));
-    assert!(lab.spool.join("sub/a.bin").exists(), "{}", lab.diagnostics());
+    assert!(
+        lab.spool.join("sub/a.bin").exists(),
+        "{}",
+        lab.diagnostics()
+    );
     assert_eq!(delivered_lines(&lab, "sub/a.bin"), 0);
     assert_eq!(count_lines(&lab.sender_log(), &[" sent ", "sub/a.bin"]), 0);
     assert!(
@@ -155,5 +167,10 @@ fn a_landing_that_fails_is_not_confirmed_and_lands_once_the_cause_is_gone() {
     wait_until("the spool to empty", Duration::from_secs(10), || {
         tree_sizes(&lab.spool).is_empty()
     });
-    assert_eq!(delivered_lines(&lab, "sub/a.bin"), 1, "{}", lab.diagnostics());
+    assert_eq!(
+        delivered_lines(&lab, "sub/a.bin"),
+        1,
+        "{}",
+        lab.diagnostics()
+    );
 }

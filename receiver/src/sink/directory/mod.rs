@@ -85,7 +85,6 @@ pub struct DirectorySink {
     reserved: Option<String>,
 }
 
-
 fn hex(id: u64) -> String {
     format!("{id:016x}")
 }
@@ -549,7 +548,6 @@ impl Sink for DirectorySink {
         self.remove_stale(stale_after)
     }
 }
-
 
 #[cfg(test)]
 mod tests;

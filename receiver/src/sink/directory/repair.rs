@@ -30,7 +30,8 @@ pub const STAGING_DIR: &str = ".gapsync-staging";
 pub(super) fn probe_rename(staging: &Path, dest: &Path) -> anyhow::Result<()> {
     let name = format!(".gapsync-probe-{}", std::process::id());
     let (from, to) = (staging.join(&name), dest.join(&name));
-    File::create(&from).with_context(|| format!("cannot write in staging {}", staging.display()))?;
+    File::create(&from)
+        .with_context(|| format!("cannot write in staging {}", staging.display()))?;
     match fs::rename(&from, &to) {
         Ok(()) => {
             let _ = fs::remove_file(&to);
@@ -56,7 +57,12 @@ pub(super) fn probe_rename(staging: &Path, dest: &Path) -> anyhow::Result<()> {
 /// move completes). Returns how many files moved.
 pub fn adopt_legacy_staging(legacy: &Path, staging: &Path) -> anyhow::Result<usize> {
     let files: Vec<PathBuf> = fs::read_dir(legacy)
-        .with_context(|| format!("cannot read the earlier staging folder {}", legacy.display()))?
+        .with_context(|| {
+            format!(
+                "cannot read the earlier staging folder {}",
+                legacy.display()
+            )
+        })?
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| e.path())
@@ -188,7 +194,10 @@ impl DirectorySink {
 
     /// Records a group whose landing stopped: the transfers not landed stay staged and are
     /// landed later (never answered OK before).
-    pub(super) fn keep_unlanded(&mut self, rest: impl IntoIterator<Item = (u64, WirePath, Delivered)>) {
+    pub(super) fn keep_unlanded(
+        &mut self,
+        rest: impl IntoIterator<Item = (u64, WirePath, Delivered)>,
+    ) {
         for (id, path, delivered) in rest {
             self.unlanded.insert(id, (path, delivered));
         }

@@ -198,12 +198,21 @@ fn a_partial_resumes_across_a_restart_and_an_interrupted_commit_is_finished() {
         size: 1,
         mtime_ns: 0,
     };
-    assert_eq!(s.open(4, &again).expect("reopen"), Applied::AlreadyCommitted);
-    assert_eq!(s.commit(4, &commit_for(b"z")).expect("commit"), Applied::Done);
+    assert_eq!(
+        s.open(4, &again).expect("reopen"),
+        Applied::AlreadyCommitted
+    );
+    assert_eq!(
+        s.commit(4, &commit_for(b"z")).expect("commit"),
+        Applied::Done
+    );
     let landed = s.flush().into_result().expect("flush");
     assert_eq!(landed.len(), 1);
     assert_eq!(landed[0].path, "late.bin");
-    assert_eq!(landed[0].digest_hex, blake3::hash(b"z").to_hex().to_string());
+    assert_eq!(
+        landed[0].digest_hex,
+        blake3::hash(b"z").to_hex().to_string()
+    );
     assert_eq!(fs::read(&late).expect("recovered"), b"z");
     assert!(!s.is_unlanded(4));
     assert_eq!(
@@ -395,7 +404,10 @@ fn stage(s: &mut DirectorySink, id: u64, name: &str, data: &[u8]) {
     };
     assert_eq!(s.open(id, &open).expect("open"), Applied::Done);
     s.write(id, 0, data).expect("write");
-    assert_eq!(s.commit(id, &commit_for(data)).expect("commit"), Applied::Done);
+    assert_eq!(
+        s.commit(id, &commit_for(data)).expect("commit"),
+        Applied::Done
+    );
 }
 
 #[test]
@@ -409,7 +421,11 @@ fn a_landing_that_fails_is_never_answered_ok_and_lands_with_its_delivery_when_it
     fs::remove_dir(dest.join("blocked")).expect("rmdir");
     fs::write(dest.join("blocked"), b"in the way").expect("block");
     let r = s.flush();
-    assert_eq!(r.delivered.len(), 1, "the file before the failure is delivered");
+    assert_eq!(
+        r.delivered.len(),
+        1,
+        "the file before the failure is delivered"
+    );
     assert_eq!(r.delivered[0].path, "ok.bin");
     assert!(r.result.is_err(), "the frame is not answered OK");
     assert!(s.is_unlanded(2));
@@ -436,10 +452,16 @@ fn a_landing_that_fails_is_never_answered_ok_and_lands_with_its_delivery_when_it
     let r = s.retry_landing().into_result().expect("retry");
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].digest_hex, blake3::hash(b"late").to_hex().to_string());
-    assert_eq!(fs::read(dest.join("blocked/x.bin")).expect("landed"), b"late");
+    assert_eq!(
+        fs::read(dest.join("blocked/x.bin")).expect("landed"),
+        b"late"
+    );
     assert_eq!(s.unlanded(), 0);
     s.commit(2, &commit_for(b"late")).expect("commit");
-    assert!(s.flush().into_result().expect("flush").is_empty(), "landed once");
+    assert!(
+        s.flush().into_result().expect("flush").is_empty(),
+        "landed once"
+    );
 }
 
 #[test]
@@ -453,7 +475,11 @@ fn names_inside_the_staging_folder_are_refused_and_the_default_staging_works() {
         Duration::from_secs(3600),
     )
     .expect("open sink");
-    for name in [".gapsync-staging", ".gapsync-staging/done.log", ".gapsync-staging/x/y"] {
+    for name in [
+        ".gapsync-staging",
+        ".gapsync-staging/done.log",
+        ".gapsync-staging/x/y",
+    ] {
         let open = OpenFile {
             path: name.into(),
             size: 1,
@@ -467,7 +493,10 @@ fn names_inside_the_staging_folder_are_refused_and_the_default_staging_works() {
     stage(&mut s, 1, ".gapsync-stagingx/a.bin", b"a");
     stage(&mut s, 2, "b.bin", b"b");
     assert_eq!(s.flush().into_result().expect("flush").len(), 2);
-    assert_eq!(fs::read(dest.join(".gapsync-stagingx/a.bin")).expect("a"), b"a");
+    assert_eq!(
+        fs::read(dest.join(".gapsync-stagingx/a.bin")).expect("a"),
+        b"a"
+    );
     assert_eq!(fs::read(dest.join("b.bin")).expect("b"), b"b");
     let names: Vec<String> = fs::read_dir(&dest)
         .expect("ls")
@@ -521,7 +550,10 @@ fn the_staging_folder_of_an_earlier_version_is_adopted_with_its_records() {
     };
     assert_eq!(s.open(1, &done).expect("open"), Applied::AlreadyCommitted);
     assert_eq!(s.retry_landing().into_result().expect("retry").len(), 1);
-    assert_eq!(fs::read(dest.join("unlanded.bin")).expect("landed"), b"late");
+    assert_eq!(
+        fs::read(dest.join("unlanded.bin")).expect("landed"),
+        b"late"
+    );
     let half = OpenFile {
         path: "half.bin".into(),
         size: 4,
@@ -529,7 +561,8 @@ fn the_staging_folder_of_an_earlier_version_is_adopted_with_its_records() {
     };
     s.open(2, &half).expect("reopen");
     s.write(2, 2, b"lf").expect("resume");
-    s.commit(2, &commit_for(b"half")).expect("commit the resumed partial");
+    s.commit(2, &commit_for(b"half"))
+        .expect("commit the resumed partial");
     assert_eq!(s.flush().into_result().expect("flush").len(), 1);
     assert!(!dest.join("done.bin").exists(), "never delivered twice");
 }

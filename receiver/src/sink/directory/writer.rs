@@ -22,7 +22,6 @@ pub(super) const BOUNCE_BYTES: usize = 1 << 20;
 /// would be pure cost.
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 
-
 /// Writes file data: whole pages with O_DIRECT where the staging filesystem allows it, the
 /// rest through the page cache.
 #[derive(Debug)]
@@ -45,7 +44,13 @@ impl DataWriter {
     /// Writes `data` at `offset` of `file`: the whole pages it covers directly (copied into
     /// an aligned buffer first unless `data` is aligned in memory where they start), the
     /// partial pages at either end buffered.
-    pub(super) fn write(&mut self, file: &File, data: &[u8], offset: u64, staging: &Path) -> io::Result<()> {
+    pub(super) fn write(
+        &mut self,
+        file: &File,
+        data: &[u8],
+        offset: u64,
+        staging: &Path,
+    ) -> io::Result<()> {
         if !self.direct || data.len() < DIRECT_MIN {
             return file.write_all_at(data, offset);
         }
