@@ -163,9 +163,7 @@ expect_stat /srv/gapsync 755 root root
 expect_stat /srv/gapsync/outbox 2750 gapsync gapsync-producers
 expect_stat /srv/gapsync/outbox/scada 2770 gapsync gapsync-producers
 expect_stat /srv/gapsync/inbox 2750 gapsync gapsync-consumers
-expect_stat /srv/gapsync/inbox/scada 2770 gapsync gapsync-consumers
-expect_stat /srv/gapsync/inbox/.staging 2750 gapsync gapsync-consumers
-expect_stat /srv/gapsync/inbox/.staging/scada 2750 gapsync gapsync-consumers
+expect_stat /srv/gapsync/inbox/scada 2750 gapsync gapsync-consumers
 
 IFS=: read -r _ _ uid gid _ home shell < <(getent passwd gapsync)
 [ "$uid" -lt 1000 ] || fail "gapsync is not a system user (uid $uid)"
@@ -285,7 +283,7 @@ pass "the key is kept"
 expect_stat /etc/gapsync/sender.toml 640 root gapsync
 expect_stat /etc/gapsync/receiver.toml 640 root gapsync
 expect_stat /etc/gapsync/keys 750 root gapsync
-expect_stat /srv/gapsync/inbox/scada 2770 gapsync gapsync-consumers
+expect_stat /srv/gapsync/inbox/scada 2750 gapsync gapsync-consumers
 [ -f "$landed/sample.bin" ] || fail "the reinstall touched landed data"
 pass "landed data untouched"
 
