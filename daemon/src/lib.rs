@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod durable;
+pub mod folders;
 pub mod journal;
 pub mod keys;
 pub mod logging;

@@ -44,6 +44,9 @@ fn main() -> std::process::ExitCode {
         Cli::parse().command,
         |path| {
             Config::load(path).map(|c| {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
                 format!(
                     "node {}, profile {}, {} pipe(s), listen {}",
                     c.node,
@@ -61,6 +64,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     if config.profile.link == gapsync_protocol::LinkKind::Udp {
         return link::udp::serve(config).await;
     }
