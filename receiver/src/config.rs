@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gapsync_daemon::config::{PipeKey, RawKey, abs, check_name};
-use gapsync_daemon::logging::LogFormat;
+use gapsync_daemon::logging::{LogFormat, LogTime};
 use gapsync_protocol::{Profile, RawProfile};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -33,6 +33,9 @@ pub struct RawConfig {
     pub log_dir: Option<PathBuf>,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// `utc` (default) or `local` timestamps and summary days.
+    #[serde(default)]
+    pub log_time: LogTime,
     pub log_level: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub summary_interval: Option<Duration>,
@@ -62,6 +65,9 @@ pub struct RawPipe {
     /// Refuse senders that present no key.
     #[serde(default)]
     pub require_auth: bool,
+    /// Nothing arrived on the pipe for this long: one ERROR, repeated hourly (none: off).
+    #[serde(default, with = "humantime_serde")]
+    pub silence_alarm: Option<Duration>,
 }
 
 /// One pipe this receiver lands: what `from` sends on `name` goes to `dest`.
@@ -75,6 +81,8 @@ pub struct PipeConfig {
     /// Keys by id (at most two: current and next).
     pub keys: Vec<PipeKey>,
     pub require_auth: bool,
+    /// Nothing delivered (and no sender connected) this long raises the pipe's alarm.
+    pub silence_alarm: Option<Duration>,
 }
 
 /// A checked receiver config.
@@ -87,6 +95,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
     pub log_format: LogFormat,
+    pub log_time: LogTime,
     pub log_level: String,
     pub summary_interval: Duration,
     pub stale_partial_after: Duration,
@@ -104,6 +113,7 @@ impl Config {
         gapsync_daemon::cli::LogSettings {
             dir: self.log_dir.clone(),
             format: self.log_format,
+            time: self.log_time,
             level: self.log_level.clone(),
         }
     }
@@ -221,6 +231,7 @@ impl Config {
                 staging,
                 keys,
                 require_auth: rp.require_auth,
+                silence_alarm: rp.silence_alarm,
             });
         }
         match (p.is_empty(), profile, listen, state_dir) {
@@ -232,6 +243,7 @@ impl Config {
                 state_dir,
                 log_dir: raw.log_dir.map(|d| abs(base, &d)),
                 log_format: raw.log_format,
+                log_time: raw.log_time,
                 log_level: level,
                 summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
                 stale_partial_after: raw.stale_partial_after.unwrap_or(DEFAULT_STALE),
