@@ -123,14 +123,14 @@ pub fn log_raised(alarm: &str, pipe: &str, peer: &str, ev: &AlarmEvent, what: &s
     } = ev
     {
         let cause = cause.as_deref().unwrap_or("none reported");
-        tracing::error!(alarm, pipe, peer, lasting = %seconds(*lasting), cause, count, "ALARM: {what} (said again every hour while it lasts)");
+        tracing::error!(alarm = %alarm, pipe = %pipe, peer = %peer, lasting = %seconds(*lasting), cause, count, "ALARM: {what} (said again every hour while it lasts)");
     }
 }
 
 /// Logs an alarm's end at INFO.
 pub fn log_cleared(alarm: &str, pipe: &str, peer: &str, ev: &AlarmEvent, what: &str) {
     if let AlarmEvent::Cleared { lasted } = ev {
-        tracing::info!(alarm, pipe, peer, lasted = %seconds(*lasted), "alarm cleared: {what}");
+        tracing::info!(alarm = %alarm, pipe = %pipe, peer = %peer, lasted = %seconds(*lasted), "alarm cleared: {what}");
     }
 }
 
