@@ -264,7 +264,11 @@ fn a_silent_receiver_pipe_raises_its_alarm_and_clears_when_a_file_arrives() {
         .filter(|l| l.contains("alarm=silence"))
         .map(|l| l.contains(" ERROR "))
         .collect();
-    assert_eq!(order, [true, false, true], "raised, cleared, raised:\n{log}");
+    assert_eq!(
+        order,
+        [true, false, true],
+        "raised, cleared, raised:\n{log}"
+    );
 }
 
 #[test]

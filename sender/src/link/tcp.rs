@@ -26,6 +26,12 @@ enum Ended {
     },
 }
 
+/// How a pipe speaks of failures: warnings rate-limited per cause, and its alarm.
+struct Trouble {
+    limiter: RateLimiter,
+    alarm: Alarm,
+}
+
 /// Runs a pipe until shutdown: connect, send, and on any failure back off and resume.
 pub async fn run(
     mut w: PipeWorker,
@@ -34,8 +40,10 @@ pub async fn run(
     mut rx: mpsc::Receiver<SourceEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limiter = RateLimiter::new(Duration::from_secs(60));
-    let mut alarm = Alarm::new(w.cfg.alarm_after);
+    let mut trouble = Trouble {
+        limiter: RateLimiter::new(Duration::from_secs(60)),
+        alarm: Alarm::new(w.cfg.alarm_after),
+    };
     let (min, max) = (
         w.profile.reconnect_backoff_min,
         w.profile.reconnect_backoff_max,
@@ -55,8 +63,7 @@ pub async fn run(
                     stream,
                     &mut rx,
                     &mut shutdown,
-                    &limiter,
-                    &mut alarm,
+                    &mut trouble,
                 )
                 .await;
                 w.stats.connected.store(0, Relaxed);
@@ -70,16 +77,18 @@ pub async fn run(
             }
             Err(e) => {
                 let key = ratelimit::key("connect", &ratelimit::without_digits(&format!("{e:#}")));
-                if let Some(suppressed) = limiter.check(&key, Instant::now()) {
+                if let Some(suppressed) = trouble.limiter.check(&key, Instant::now()) {
                     tracing::warn!(pipe = %w.cfg.name, gate = %w.cfg.gate, error = %format!("{e:#}"), retry_in = %humantime::format_duration(backoff), suppressed, "cannot connect to the gate");
                 }
-                alarm.failure(format!("cannot connect to the gate: {e:#}"));
+                trouble
+                    .alarm
+                    .failure(format!("cannot connect to the gate: {e:#}"));
             }
         }
         let until = tokio::time::Instant::now() + backoff;
         loop {
-            poll_alarm(&mut alarm, &w);
-            let wake = alarm_wake(&alarm, until);
+            poll_alarm(&mut trouble.alarm, &w);
+            let wake = alarm_wake(&trouble.alarm, until);
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
                 _ = tokio::time::sleep_until(wake), if wake < until => {}
@@ -150,9 +159,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     rx: &mut mpsc::Receiver<SourceEvent>,
     shutdown: &mut watch::Receiver<bool>,
-    limiter: &RateLimiter,
-    alarm: &mut Alarm,
+    trouble: &mut Trouble,
 ) -> Ended {
+    let Trouble { limiter, alarm } = trouble;
     w.connections += 1;
     let connection = w.connections;
     let key = w.cfg.auth.as_ref().map(|a| {
