@@ -54,7 +54,7 @@ impl QuotedVisitor<'_> {
         };
         let name = field.name();
         self.result = if name == "message" {
-            write!(self.writer, "{sep}{}", Escaped(value))
+            write!(self.writer, "{sep}{}", Controls(value))
         } else {
             let name = name.strip_prefix("r#").unwrap_or(name);
             if always_quote || !is_safe(value) {
@@ -112,6 +112,25 @@ impl fmt::Display for Escaped<'_> {
             match c {
                 '"' => f.write_str("\\\"")?,
                 '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if needs_escape(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Displays a message with only its control characters (and the other characters of
+/// [`needs_escape`]) escaped: one event stays one line, quotes stay as written.
+struct Controls<'a>(&'a str);
+
+impl fmt::Display for Controls<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
                 '\n' => f.write_str("\\n")?,
                 '\r' => f.write_str("\\r")?,
                 '\t' => f.write_str("\\t")?,
@@ -216,11 +235,11 @@ mod tests {
     fn strings_errors_debug_values_and_messages() {
         let out = lines(|| {
             let e = std::io::Error::other("disk full");
-            tracing::warn!(spool_file = "deleted", error = %e, kind = ?Some(1), empty = %"", "line one\nline two");
+            tracing::warn!(spool_file = "deleted", error = %e, kind = ?Some(1), empty = %"", "line one\nline \"two\"");
         });
         assert_eq!(
             out.trim_end(),
-            r#"WARN gapsync_daemon::fields::tests: line one\nline two spool_file="deleted" error="disk full" kind="Some(1)" empty="""#
+            r#"WARN gapsync_daemon::fields::tests: line one\nline "two" spool_file="deleted" error="disk full" kind="Some(1)" empty="""#
         );
     }
 
