@@ -219,11 +219,11 @@ impl Config {
                 p.push(format!("{label}: `dest` is missing"));
                 continue;
             };
-            let staging = match (rp.staging, &state_dir) {
-                (Some(s), _) => abs(base, &s),
-                (None, Some(sd)) => sd.join("receiver").join(&from).join(&name).join("staging"),
-                (None, None) => continue,
-            };
+            // Inside dest by default: the final rename never crosses a mount point.
+            let staging = rp.staging.map_or_else(
+                || dest.join(crate::sink::directory::STAGING_DIR),
+                |s| abs(base, &s),
+            );
             pipes.push(PipeConfig {
                 name,
                 from,

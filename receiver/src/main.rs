@@ -97,6 +97,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut last_housekeeping = std::time::Instant::now();
     gapsync_daemon::cli::until_shutdown(summary_every.min(HOUSEKEEPING_EVERY), || {
         server.pipes.log_summary();
+        tokio::task::block_in_place(|| server.pipes.retry_landing());
         if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
             last_housekeeping = std::time::Instant::now();
             tokio::task::block_in_place(|| server.pipes.housekeeping(stale_after));

@@ -14,8 +14,8 @@ use gapsync_daemon::counters::DayCounters;
 use gapsync_daemon::logging::LogTime;
 
 use crate::config::Config;
-use crate::sink::Sink;
-use crate::sink::directory::DirectorySink;
+use crate::sink::directory::{self, DirectorySink};
+use crate::sink::{Delivered, Flushed, Sink};
 
 /// Counters of one pipe, for the periodic summary.
 #[derive(Debug, Default)]
@@ -85,6 +85,42 @@ impl Pipe {
         Ok(Ok(()))
     }
 
+    /// Counts a file made visible and logs its `delivered` line.
+    pub fn log_delivered(&self, d: &Delivered) {
+        self.stats.files.fetch_add(1, Relaxed);
+        self.heard();
+        let secs = d.elapsed.as_secs_f64().max(1e-6);
+        tracing::info!(
+            pipe = %self.name,
+            from = %self.from,
+            path = %d.path,
+            size = d.size,
+            digest = %d.digest_hex,
+            duration_ms = d.elapsed.as_millis() as u64,
+            mb_per_s = format!("{:.1}", d.size as f64 / secs / 1e6),
+            "delivered"
+        );
+    }
+
+    /// Lands the files recorded as done whose landing failed before; logs each that lands and
+    /// an ERROR while any cannot.
+    pub fn retry_landing(&self) {
+        let Flushed { delivered, result } = self.with_sink(|s| {
+            if s.unlanded() == 0 {
+                Flushed::default()
+            } else {
+                s.retry_landing()
+            }
+        });
+        for d in &delivered {
+            self.log_delivered(d);
+        }
+        if let Err(e) = result {
+            let waiting = self.with_sink(|s| s.unlanded());
+            tracing::error!(pipe = %self.name, from = %self.from, waiting, error = %e, "files received and recorded could not be renamed into place; they stay staged, are not confirmed to the sender, and landing is retried at every summary_interval: fix the cause");
+        }
+    }
+
     /// Counts written bytes.
     pub fn add_bytes(&self, n: u64) {
         self.stats.bytes.fetch_add(n, Relaxed);
@@ -141,6 +177,7 @@ impl Pipes {
         let mut by_key = HashMap::new();
         let today = config.log_time.day(std::time::SystemTime::now());
         for p in &config.pipes {
+            adopt_legacy_staging(config, p)?;
             let sink = DirectorySink::open(
                 &p.dest,
                 &p.staging,
@@ -186,12 +223,21 @@ impl Pipes {
                     (after, Mutex::new(a))
                 }),
             };
+            // Commits a restart or a failure interrupted land now, with their delivered lines.
+            pipe.retry_landing();
             by_key.insert((p.from.clone(), p.name.clone()), Arc::new(pipe));
         }
         Ok(Self {
             by_key,
             time: config.log_time,
         })
+    }
+
+    /// Lands, in every pipe, the files whose landing failed before.
+    pub fn retry_landing(&self) {
+        for p in self.by_key.values() {
+            p.retry_landing();
+        }
     }
 
     /// The pipe `name` from sender `node`.
@@ -227,7 +273,7 @@ impl Pipes {
     pub fn log_summary(&self) {
         let today = self.time.day(std::time::SystemTime::now());
         for p in self.by_key.values() {
-            let partials = p.with_sink(|s| s.partials());
+            let (partials, unlanded) = p.with_sink(|s| (s.partials(), s.unlanded()));
             let (files, bytes) = (p.stats.files.load(Relaxed), p.stats.bytes.load(Relaxed));
             let mut day = lock(&p.counters);
             let (today_files, today_bytes) = day.update(&today, files, bytes);
@@ -240,6 +286,7 @@ impl Pipes {
                 today_bytes,
                 day = %day.day(),
                 partials,
+                unlanded,
                 connections = p.stats.connections.load(Relaxed),
                 refused_frames = p.stats.refused_frames.load(Relaxed),
                 "summary"
@@ -249,4 +296,23 @@ impl Pipes {
             }
         }
     }
+}
+
+/// Versions before 0.1 kept a pipe's staging folder, with its done log, under state_dir by
+/// default, where the final rename crosses a mount point under systemd. A pipe with the
+/// default staging adopts that folder's records before it opens.
+fn adopt_legacy_staging(config: &Config, p: &crate::config::PipeConfig) -> anyhow::Result<()> {
+    let legacy = config
+        .state_dir
+        .join("receiver")
+        .join(&p.from)
+        .join(&p.name)
+        .join("staging");
+    if p.staging != p.dest.join(directory::STAGING_DIR) || !legacy.is_dir() {
+        return Ok(());
+    }
+    let moved = directory::adopt_legacy_staging(&legacy, &p.staging)
+        .map_err(|e| anyhow::anyhow!("pipe {} from {}: {e:#}", p.name, p.from))?;
+    tracing::info!(pipe = %p.name, from = %p.from, files = moved, from_folder = %legacy.display(), to_folder = %p.staging.display(), "moved the staging folder of an earlier version into dest");
+    Ok(())
 }

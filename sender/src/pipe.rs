@@ -17,6 +17,8 @@ use gapsync_protocol::{FrameKind, Profile, SenderEvent};
 use crate::config::{AfterSend, PipeConfig};
 use crate::inflight::{InFlight, InFlightStore};
 use crate::source::SourceEvent;
+use crate::source::after_send::{Disposal, dispose_if_unchanged};
+use crate::source::lease;
 use crate::state::IdSource;
 use crate::transfer::{Transfer, mtime_ns};
 
@@ -380,10 +382,17 @@ impl PipeWorker {
                 return Some(());
             }
             let fs_path = self.cfg.spool.join(&rel);
-            let file = match fs::File::open(&fs_path) {
-                Ok(f) => {
+            let (file, meta) = match lease::take(&self.cfg.name, &fs_path) {
+                Ok(Some(taken)) => {
                     self.short_of_descriptors = false;
-                    f
+                    taken
+                }
+                Ok(None) => {
+                    // Still open for writing: found again when it is closed (its close event)
+                    // or by a later scan.
+                    tracing::debug!(pipe = %self.cfg.name, path = %rel, "not taken: a process has the file open for writing");
+                    self.known.remove(&rel);
+                    continue;
                 }
                 Err(e) if is_out_of_descriptors(&e) => {
                     // Not the file's fault: it goes first once transfers in flight have
@@ -406,7 +415,6 @@ impl PipeWorker {
                     continue;
                 }
             };
-            let Ok(meta) = file.metadata() else { continue };
             let (size, mtime) = (meta.len(), mtime_ns(&meta));
             let resumed = self
                 .store
@@ -614,23 +622,8 @@ impl PipeWorker {
         self.failures.remove(&t.rel);
         self.solo.remove(&t.id);
 
-        let after = if !t.unchanged() {
-            "kept: the file changed after it was read; the new version is sent once it has settled"
-        } else {
-            match dispose(&self.cfg, &t.fs_path, &t.rel) {
-                Ok(done) => done,
-                Err(e) => {
-                    tracing::error!(pipe = %self.cfg.name, path = %t.rel, error = %e, "delivered, but the spool file could not be removed; remove it by hand or it will be offered again (the receiver will not land it twice while its transfer id is remembered)");
-                    "left in spool"
-                }
-            }
-        };
+        let after = self.after_delivery(&t);
         let _ = self.store.remove(&t.rel);
-        self.known.remove(&t.rel);
-        if after.starts_with("kept") {
-            self.known.insert(t.rel.clone());
-            self.requeue_changed(t.rel.clone());
-        }
         tracing::info!(
             pipe = %self.cfg.name,
             path = %t.rel,
@@ -642,6 +635,40 @@ impl PipeWorker {
             spool_file = after,
             "sent"
         );
+    }
+
+    /// Deletes or moves a delivered spool file if it is still the version sent and nobody has
+    /// it open for writing; otherwise keeps it to send again. Returns the `spool_file` words.
+    fn after_delivery(&mut self, t: &Transfer) -> &'static str {
+        let cfg = &self.cfg;
+        let outcome = dispose_if_unchanged(&cfg.name, &t.rel, &t.fs_path, &t.ident, || {
+            dispose(cfg, &t.fs_path, &t.rel)
+        });
+        match outcome {
+            Disposal::Done(done) => {
+                self.known.remove(&t.rel);
+                done
+            }
+            Disposal::Gone => {
+                self.known.remove(&t.rel);
+                "already gone"
+            }
+            Disposal::Changed(what) => {
+                tracing::warn!(pipe = %self.cfg.name, path = %t.rel, changed = %what, "the spool file changed after it was sent: not removed; its new content is sent again as a new version once it has settled");
+                self.requeue_changed(t.rel.clone());
+                "kept: changed after it was sent; sent again as a new version"
+            }
+            Disposal::Busy => {
+                tracing::warn!(pipe = %self.cfg.name, path = %t.rel, "a process has the spool file open for writing again after it was sent: not removed; it is sent again once it is closed");
+                self.known.remove(&t.rel);
+                "kept: open for writing; sent again once closed"
+            }
+            Disposal::Failed(e) => {
+                tracing::error!(pipe = %self.cfg.name, path = %t.rel, error = %e, "delivered, but the spool file could not be removed; remove it by hand or it will be offered again (the receiver will not land it twice while its transfer id is remembered)");
+                self.known.remove(&t.rel);
+                "left in spool"
+            }
+        }
     }
 
     fn read_failed(&mut self, t: Transfer, e: io::Error) {

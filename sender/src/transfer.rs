@@ -9,6 +9,8 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use gapsync_protocol::{Commit, FrameKind, OpenFile, encode_body};
 
+use crate::source::identity::Identity;
+
 /// Modification time in nanoseconds since the Unix epoch (0 when unknown).
 pub fn mtime_ns(meta: &Metadata) -> i64 {
     meta.modified()
@@ -36,6 +38,9 @@ pub struct Transfer {
     pub fs_path: PathBuf,
     pub size: u64,
     pub mtime_ns: i64,
+    /// The file's identity and version when it was taken (from `fstat` of `file`): compared
+    /// before the Commit is sent and before the file is removed after its delivery.
+    pub ident: Identity,
     /// Open while bytes remain to be read; closed once the whole file was read and hashed, so
     /// that files waiting for their acknowledgement hold no descriptor. Reopened by path if
     /// a reconnect makes it resend data.
@@ -79,6 +84,7 @@ impl Transfer {
             fs_path,
             size: meta.len(),
             mtime_ns: mtime_ns(meta),
+            ident: Identity::of(meta),
             file: Some(file),
             acked: acked.min(meta.len()),
             next: acked.min(meta.len()),
@@ -199,10 +205,10 @@ impl Transfer {
         }
     }
 
-    /// True when the file on disk still has the size and mtime it had when the transfer began.
+    /// True when the file under its name is still the one taken, in the same version (inode,
+    /// size, mtime, ctime).
     pub fn unchanged(&self) -> bool {
-        std::fs::metadata(&self.fs_path)
-            .is_ok_and(|m| m.len() == self.size && mtime_ns(&m) == self.mtime_ns)
+        std::fs::symlink_metadata(&self.fs_path).is_ok_and(|m| Identity::of(&m) == self.ident)
     }
 
     /// The whole-file digest (hex), once everything was hashed.

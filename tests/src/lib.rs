@@ -263,7 +263,17 @@ pub fn make_file(path: &Path, len: usize, seed: u64) -> String {
     blake3::hash(&data).to_hex().to_string()
 }
 
-/// Every regular file under `dir` (dot-folders included) as relative path -> BLAKE3 hex.
+/// The receiver's default staging folder inside a destination folder, which a consumer of the
+/// destination ignores.
+pub const STAGING_DIR: &str = ".gapsync-staging";
+
+/// True for the receiver's staging folder directly under a walked destination `root`.
+fn is_staging(root: &Path, p: &Path) -> bool {
+    p.parent() == Some(root) && p.file_name().is_some_and(|n| n == STAGING_DIR)
+}
+
+/// Every regular file under `dir` (dot-folders included, the receiver's staging folder not)
+/// as relative path -> BLAKE3 hex.
 pub fn tree(dir: &Path) -> BTreeMap<String, String> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         let Ok(rd) = std::fs::read_dir(dir) else {
@@ -271,6 +281,9 @@ pub fn tree(dir: &Path) -> BTreeMap<String, String> {
         };
         for e in rd.flatten() {
             let p = e.path();
+            if is_staging(root, &p) {
+                continue;
+            }
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 walk(root, &p, out);
@@ -295,7 +308,8 @@ pub fn count_files(dir: &Path) -> usize {
     tree_sizes(dir).len()
 }
 
-/// Every regular file under `dir` as relative path -> size (cheap, for watching).
+/// Every regular file under `dir` (not the receiver's staging folder) as relative path -> size
+/// (cheap, for watching).
 pub fn tree_sizes(dir: &Path) -> BTreeMap<String, u64> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) {
         let Ok(rd) = std::fs::read_dir(dir) else {
@@ -303,6 +317,9 @@ pub fn tree_sizes(dir: &Path) -> BTreeMap<String, u64> {
         };
         for e in rd.flatten() {
             let p = e.path();
+            if is_staging(root, &p) {
+                continue;
+            }
             let Ok(m) = std::fs::symlink_metadata(&p) else {
                 continue;
             };
@@ -329,6 +346,22 @@ pub fn profile_is_udp(name: &str) -> bool {
     profile(name).link == gapsync_protocol::LinkKind::Udp
 }
 
+/// `exe args` run under `wrapper` (its program, its arguments, then `exe` and `args`).
+fn wrapped(wrapper: &[String], exe: PathBuf, args: Vec<String>) -> (PathBuf, Vec<String>) {
+    match wrapper.split_first() {
+        Some((first, rest)) => {
+            let all = rest
+                .iter()
+                .cloned()
+                .chain([exe.display().to_string()])
+                .chain(args)
+                .collect();
+            (PathBuf::from(first), all)
+        }
+        None => (exe, args),
+    }
+}
+
 /// Sender, gate simulator and receiver around one pipe `scada` from `plant-a`.
 #[derive(Debug)]
 pub struct Lab {
@@ -348,6 +381,8 @@ pub struct Lab {
     pub sender_pipe_name: String,
     /// A command the sender is started under (e.g. `setpriv` to drop privileges); empty: none.
     pub sender_wrapper: Vec<String>,
+    /// A command the receiver is started under (e.g. `unshare -m ...`); empty: none.
+    pub receiver_wrapper: Vec<String>,
     /// The sender pipe's `settle` and `poll_interval`.
     pub settle: String,
     pub poll_interval: String,
@@ -384,6 +419,7 @@ impl Lab {
             allow: "[\"127.0.0.0/8\"]".into(),
             sender_pipe_name: "scada".into(),
             sender_wrapper: Vec::new(),
+            receiver_wrapper: Vec::new(),
             settle: "200ms".into(),
             poll_interval: "200ms".into(),
             root,
@@ -397,6 +433,11 @@ impl Lab {
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.path().join(rel)
+    }
+
+    /// The receiver pipe's staging folder (the default, inside dest).
+    pub fn staging(&self) -> PathBuf {
+        self.dest.join(STAGING_DIR)
     }
 
     fn q(p: &Path) -> String {
@@ -461,12 +502,8 @@ impl Lab {
             "--config".to_owned(),
             cfg.display().to_string(),
         ];
-        self.receiver = Some(Proc::spawn(
-            "receiver",
-            &bin("gapsync-receiver"),
-            &args,
-            self.root.path(),
-        ));
+        let (exe, args) = wrapped(&self.receiver_wrapper, bin("gapsync-receiver"), args);
+        self.receiver = Some(Proc::spawn("receiver", &exe, &args, self.root.path()));
         let mut addr = None;
         wait_until(
             "the receiver's listening line",
@@ -543,21 +580,12 @@ impl Lab {
     /// Starts (or restarts) the sender.
     pub fn start_sender(&mut self) {
         let cfg = self.sender_config();
-        let mut args = vec![
+        let args = vec![
             "run".to_owned(),
             "--config".to_owned(),
             cfg.display().to_string(),
         ];
-        let mut exe = bin("gapsync-sender");
-        if let Some((first, rest)) = self.sender_wrapper.split_first() {
-            args = rest
-                .iter()
-                .cloned()
-                .chain([exe.display().to_string()])
-                .chain(args)
-                .collect();
-            exe = PathBuf::from(first);
-        }
+        let (exe, args) = wrapped(&self.sender_wrapper, bin("gapsync-sender"), args);
         self.sender = Some(Proc::spawn("sender", &exe, &args, self.root.path()));
     }
 

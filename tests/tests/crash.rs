@@ -12,7 +12,7 @@ use gapsync_tests::{Lab, count_lines, make_file, tree_sizes, wait_until};
 const BIG: usize = 24 << 20;
 
 fn staged_bytes(lab: &Lab) -> u64 {
-    let dir: PathBuf = lab.path("rstate/receiver/plant-a/scada/staging");
+    let dir: PathBuf = lab.staging();
     tree_sizes(&dir)
         .iter()
         .filter(|(k, _)| k.ends_with(".part"))
@@ -146,9 +146,11 @@ fn sender_killed_mid_file_resumes_under_the_same_transfer_and_delivers_once() {
         resume_at >= 1 << 20,
         "resumed at byte {resume_at}, not from the start"
     );
-    let staged = tree_sizes(&lab.path("rstate/receiver/plant-a/scada/staging"));
+    let staged = tree_sizes(&lab.staging());
     assert!(
-        staged.keys().all(|k| k == "done.log" || k == "opens.log"),
+        staged
+            .keys()
+            .all(|k| k == "done.log" || k == "opens.log" || k == "last-connection"),
         "no partial left behind: {staged:?}"
     );
 }

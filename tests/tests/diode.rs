@@ -67,13 +67,13 @@ fn assert_clean(lab: &Lab) {
     let log = lab.receiver_log();
     assert_eq!(count_lines(&log, &["ERROR"]), 0, "{}", lab.diagnostics());
     assert!(
-        !lab.path("rstate").exists() || staging_parts(lab) == 0,
+        !lab.staging().exists() || staging_parts(lab) == 0,
         "partials left behind"
     );
 }
 
 fn staging_parts(lab: &Lab) -> usize {
-    walk(&lab.path("rstate"))
+    walk(&lab.staging())
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "part"))
         .count()
@@ -307,7 +307,7 @@ fn a_receiver_restarted_mid_object_goes_on_with_later_objects() {
     wait_until(
         "the receiver to see the first object",
         Duration::from_secs(20),
-        || lab.path("rstate").exists() && staging_parts(&lab) == 1,
+        || lab.staging().exists() && staging_parts(&lab) == 1,
     );
     std::thread::sleep(Duration::from_millis(500));
     if let Some(r) = lab.receiver.as_mut() {

@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::pipes::{Pipe, Pipes};
-use crate::sink::Applied;
+use crate::sink::{Applied, Flushed};
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 256 * 1024;
@@ -403,32 +403,21 @@ impl Connection {
                     };
                     if let Err(e) = applied {
                         sink.abandon();
-                        return Err(e);
+                        return Flushed {
+                            delivered: Vec::new(),
+                            result: Err(e),
+                        };
                     }
                 }
                 sink.flush()
             })
         });
-        match result {
-            Ok(delivered) => {
-                if !delivered.is_empty() {
-                    pipe.heard();
-                }
-                for d in delivered {
-                    pipe.stats.files.fetch_add(1, Relaxed);
-                    let secs = d.elapsed.as_secs_f64().max(1e-6);
-                    tracing::info!(
-                        pipe = %pipe.name,
-                        path = %d.path,
-                        size = d.size,
-                        digest = %d.digest_hex,
-                        duration_ms = d.elapsed.as_millis() as u64,
-                        mb_per_s = format!("{:.1}", d.size as f64 / secs / 1e6),
-                        "delivered"
-                    );
-                }
-                true
-            }
+        // Files that became visible are delivered, also when the rest of the frame failed.
+        for d in &result.delivered {
+            pipe.log_delivered(d);
+        }
+        match result.result {
+            Ok(()) => true,
             Err(e) => {
                 pipe.stats.refused_frames.fetch_add(1, Relaxed);
                 // Repeats of one cause (whatever the file or the numbers) are logged once a

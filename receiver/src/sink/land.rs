@@ -85,6 +85,13 @@ impl Places {
         Ok(target.parent().unwrap_or(&self.dest).to_path_buf())
     }
 
+    /// Makes an earlier rename of `path` into place durable (its folder's fsync failed then).
+    pub fn sync_landed(&self, path: &WirePath) -> Result<(), SinkError> {
+        let target = self.dest.join(path.as_str());
+        let dir = target.parent().unwrap_or(&self.dest);
+        gapsync_daemon::durable::fsync_dir(dir).map_err(io_err("cannot fsync", dir))
+    }
+
     /// Makes the renames into `dirs` durable: an fsync of each folder for one or two, one
     /// syncfs of the destination filesystem for more.
     fn sync_dirs(&self, dirs: &[PathBuf]) -> Result<(), SinkError> {

@@ -26,6 +26,32 @@ pub struct Delivered {
     pub elapsed: std::time::Duration,
 }
 
+/// What a flush (or a retried landing) did: the files that became visible, and the error that
+/// stopped the rest. Files delivered before an error are delivered all the same: each gets its
+/// `delivered` line even when the frame is not answered OK.
+#[derive(Debug)]
+pub struct Flushed {
+    pub delivered: Vec<Delivered>,
+    pub result: Result<(), SinkError>,
+}
+
+impl Default for Flushed {
+    fn default() -> Self {
+        Self {
+            delivered: Vec::new(),
+            result: Ok(()),
+        }
+    }
+}
+
+impl Flushed {
+    /// The delivered files, or the error.
+    #[cfg(test)]
+    pub fn into_result(self) -> Result<Vec<Delivered>, SinkError> {
+        self.result.map(|()| self.delivered)
+    }
+}
+
 /// Why a request was refused (answered FAIL), sorted by who is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -33,6 +59,8 @@ pub enum SinkError {
     BadName { name: String, source: PathError },
     #[error("name {0:?} would leave the destination folder through a symlink or a non-folder")]
     Escape(String),
+    #[error("name {0:?} lies in the receiver's staging folder inside the destination")]
+    Reserved(String),
     #[error("transfer {0:016x} was not opened in this connection")]
     NotOpen(u64),
     #[error(
@@ -114,8 +142,17 @@ pub trait Sink: Send {
     /// commit of a transfer already done (or staged) is `AlreadyCommitted`.
     fn commit(&mut self, transfer: u64, commit: &Commit) -> Result<Applied, SinkError>;
     /// Makes every staged commit durable and visible and records it as done, as one group
-    /// (the caller answers OK only after this returns). Returns what was delivered.
-    fn flush(&mut self) -> Result<Vec<Delivered>, SinkError>;
+    /// (the caller answers OK only when the result is `Ok`: every file committed in this
+    /// frame is then visible under its final name). Returns what was delivered, also when an
+    /// error stopped the rest.
+    fn flush(&mut self) -> Flushed;
+    /// Lands again the transfers recorded as done whose landing failed (after a restart, or
+    /// a rename refused earlier). Each failure is in `result`; they stay staged.
+    fn retry_landing(&mut self) -> Flushed;
+    /// True when `transfer` is recorded as done but not yet visible (waiting for a retry).
+    fn is_unlanded(&self, transfer: u64) -> bool;
+    /// How many transfers are recorded as done but not yet visible.
+    fn unlanded(&self) -> usize;
     /// Forgets the staged commits after a refused request: nothing of them becomes visible;
     /// their partials stay for a resend.
     fn abandon(&mut self);

@@ -1,6 +1,9 @@
 //! Sources: where a pipe's files come from. A new kind of source (a database table, a record
 //! stream) is a new module that sends [`SourceEvent`]s; the link does not change.
 
+pub mod after_send;
+pub mod identity;
+pub mod lease;
 pub mod spool;
 
 use std::path::PathBuf;

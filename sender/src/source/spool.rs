@@ -4,7 +4,8 @@
 //! in `.tmp` / `.part`), then rename it into the spool. A file renamed in, or closed after
 //! writing, is taken at once (inotify); a scan every `poll_interval` takes any other file once
 //! it has been unchanged for `settle`. Dotfiles, dot-folders, `*.tmp`, `*.part` and symlinks
-//! are never taken.
+//! are never taken. The pipe takes a file only once no process has it open for writing
+//! ([`super::lease`]), so a file written in place and held open is left until it is closed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

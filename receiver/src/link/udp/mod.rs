@@ -93,6 +93,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let p = pipes.clone();
     gapsync_daemon::cli::until_shutdown(summary_every.min(crate::HOUSEKEEPING_EVERY), move || {
         p.log_summary();
+        tokio::task::block_in_place(|| p.retry_landing());
         if last_housekeeping.elapsed() >= crate::HOUSEKEEPING_EVERY {
             last_housekeeping = Instant::now();
             tokio::task::block_in_place(|| p.housekeeping(stale_after));

@@ -18,7 +18,7 @@ use gapsync_protocol::{Commit, OpenFile, decode_body};
 
 use crate::config::Config;
 use crate::pipes::{Pipe, Pipes};
-use crate::sink::Applied;
+use crate::sink::{Applied, Flushed};
 
 /// Objects remembered as finished, so repeated copies are ignored without a disk lookup.
 const FINISHED_MEMORY: usize = 100_000;
@@ -430,28 +430,29 @@ impl Worker {
             digest: end.digest,
         };
         let result = pipe.with_sink(|s| {
-            let r = s
-                .commit(key.1, &commit)
-                .and_then(|a| s.flush().map(|d| (a, d)));
-            if r.is_err() {
+            let r = s.commit(key.1, &commit).map(|a| (a, s.flush()));
+            if !matches!(r, Ok((_, Flushed { result: Ok(()), .. }))) {
                 s.abandon();
             }
             r
         });
         self.objects.remove(&key);
         self.finish(key);
-        match result {
-            Ok((Applied::Done, delivered)) => {
-                let secs = started.elapsed().as_secs_f64().max(1e-6);
+        let secs = started.elapsed().as_secs_f64().max(1e-6);
+        let result = result.and_then(|(applied, flushed)| {
+            // Whatever became visible is delivered, even if a later rename failed.
+            for d in &flushed.delivered {
                 pipe.stats.files.fetch_add(1, Relaxed);
-                pipe.add_bytes(size);
+                pipe.add_bytes(d.size);
                 pipe.heard();
-                for d in delivered {
-                    tracing::info!(pipe = %pipe.name, from = %pipe.from, path = %d.path, size = d.size, digest = %d.digest_hex, pass, duration_ms = started.elapsed().as_millis() as u64, mb_per_s = format!("{:.1}", size as f64 / secs / 1e6), "delivered");
-                }
+                tracing::info!(pipe = %pipe.name, from = %pipe.from, path = %d.path, size = d.size, digest = %d.digest_hex, pass, duration_ms = started.elapsed().as_millis() as u64, mb_per_s = format!("{:.1}", size as f64 / secs / 1e6), "delivered");
             }
-            Ok((Applied::AlreadyCommitted, _)) => {}
-            Err(e) => {
+            flushed.result.map(|()| applied)
+        });
+        if let Err(e) = result {
+            if pipe.with_sink(|s| s.is_unlanded(key.1)) {
+                tracing::error!(pipe = %pipe.name, from = %pipe.from, %path, size, error = %e, "object received whole but not renamed into place; it stays staged and landing is retried at every summary_interval");
+            } else {
                 tracing::error!(pipe = %pipe.name, from = %pipe.from, %path, size, error = %e, "object not landed; nothing of it is visible; resend it from the sender");
             }
         }

@@ -35,6 +35,8 @@ use crate::inflight::{InFlight, InFlightStore};
 use crate::pipe::{PipeStats, dispose, quarantine};
 use crate::sent_log::{SentEntry, SentLog};
 use crate::source::SourceEvent;
+use crate::source::after_send::{Disposal, dispose_if_unchanged};
+use crate::source::lease;
 use crate::state::{IdSource, unix_now};
 
 /// Longest idle sleep between looks at the queue.
@@ -279,6 +281,7 @@ impl Driver {
             path: rel.to_owned(),
             size,
             mtime_ns,
+            ident: crate::source::identity::Identity::of(meta),
         })
     }
 
@@ -304,9 +307,15 @@ impl Driver {
     /// to be sent.
     fn prepare(&mut self, e: &Emitter, rel: String) -> Option<(Object, File, Vec<u8>)> {
         let fs_path = self.cfg.spool.join(&rel);
-        let opened = File::open(&fs_path).and_then(|f| f.metadata().map(|m| (f, m)));
-        let (file, meta) = match opened {
-            Ok(x) => x,
+        let (file, meta) = match lease::take(&self.cfg.name, &fs_path) {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                // Still open for writing: found again when it is closed (its close event) or
+                // by a later scan.
+                tracing::debug!(pipe = %self.cfg.name, path = %rel, "not taken: a process has the file open for writing");
+                self.known.remove(&rel);
+                return None;
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 // A scan may report a file again just before it was sent and removed; only a
                 // file that was in flight is worth a warning.
@@ -370,19 +379,7 @@ impl Driver {
         let secs = started.elapsed().as_secs_f64().max(1e-6);
         self.stats.files.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(obj.size, Relaxed);
-        let unchanged = std::fs::metadata(&fs_path)
-            .is_ok_and(|m| m.len() == obj.size && crate::transfer::mtime_ns(&m) == obj.mtime_ns);
-        let after = if !unchanged {
-            "kept: the file changed while it was sent; the new version is sent once it has settled"
-        } else {
-            match dispose(&self.cfg, &fs_path, &obj.path) {
-                Ok(done) => done,
-                Err(err) => {
-                    tracing::error!(pipe = %self.cfg.name, path = %obj.path, error = %err, "sent, but the spool file could not be removed; remove it by hand or it will be sent again");
-                    "left in spool"
-                }
-            }
-        };
+        let after = self.after_sent(&obj, &fs_path);
         let entry = SentEntry {
             at: unix_now(),
             id: obj.id,
@@ -406,6 +403,32 @@ impl Driver {
             spool_file = after,
             "sent (every pass left this host; arrival shows in the receiver's log)"
         );
+    }
+
+    /// Moves (or deletes) a sent spool file if it is still the version sent and nobody has it
+    /// open for writing; otherwise keeps it, and a later scan sends it again as a new version
+    /// (a new id: its size or mtime differ from the sent log's). Returns the `spool_file` words.
+    fn after_sent(&mut self, obj: &Object, fs_path: &Path) -> &'static str {
+        let cfg = &self.cfg;
+        let outcome = dispose_if_unchanged(&cfg.name, &obj.path, fs_path, &obj.ident, || {
+            dispose(cfg, fs_path, &obj.path)
+        });
+        match outcome {
+            Disposal::Done(done) => done,
+            Disposal::Gone => "already gone",
+            Disposal::Changed(what) => {
+                tracing::warn!(pipe = %self.cfg.name, path = %obj.path, changed = %what, "the spool file changed after it was sent: not moved; its new content is sent again as a new version once it has settled");
+                "kept: changed after it was sent; sent again as a new version"
+            }
+            Disposal::Busy => {
+                tracing::warn!(pipe = %self.cfg.name, path = %obj.path, "a process has the spool file open for writing again after it was sent: not moved; it is sent again once it is closed");
+                "kept: open for writing; sent again once closed"
+            }
+            Disposal::Failed(err) => {
+                tracing::error!(pipe = %self.cfg.name, path = %obj.path, error = %err, "sent, but the spool file could not be removed; remove it by hand or it will be sent again");
+                "left in spool"
+            }
+        }
     }
 
     /// Once an hour: drops what was sent longer than `keep_sent_for` ago from the sent log

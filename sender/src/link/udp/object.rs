@@ -20,6 +20,7 @@ use gapsync_protocol::udp::{Announce, End};
 use gapsync_protocol::{DIGEST_LEN, encode_body};
 
 use super::emitter::{Emitter, SymbolOut};
+use crate::source::identity::Identity;
 
 /// Symbols handed to the emitter at a time (it cuts them into its own send batches).
 const BATCH: usize = 64;
@@ -34,6 +35,8 @@ pub struct Object {
     pub path: String,
     pub size: u64,
     pub mtime_ns: i64,
+    /// The file's identity and version when it was taken, compared before it is moved.
+    pub ident: Identity,
 }
 
 /// An object whose every pass was sent.
