@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gapsync_daemon::config::{PipeKey, RawKey, abs, check_name};
 use gapsync_daemon::folders;
-use gapsync_daemon::logging::LogFormat;
+use gapsync_daemon::logging::{LogFormat, LogTime};
 use gapsync_protocol::{Profile, RawProfile};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -35,6 +35,9 @@ pub struct RawConfig {
     pub log_dir: Option<PathBuf>,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// `utc` (default) or `local` timestamps and summary days.
+    #[serde(default)]
+    pub log_time: LogTime,
     pub log_level: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub summary_interval: Option<Duration>,
@@ -63,6 +66,9 @@ pub struct RawPipe {
     /// Refuse senders that present no key.
     #[serde(default)]
     pub require_auth: bool,
+    /// Nothing arrived on the pipe for this long: one ERROR, repeated hourly (none: off).
+    #[serde(default, with = "humantime_serde")]
+    pub silence_alarm: Option<Duration>,
 }
 
 /// One pipe this receiver lands: what `from` sends on `name` goes to `dest`.
@@ -76,6 +82,8 @@ pub struct PipeConfig {
     /// Keys by id (at most two: current and next).
     pub keys: Vec<PipeKey>,
     pub require_auth: bool,
+    /// Nothing delivered (and no sender connected) this long raises the pipe's alarm.
+    pub silence_alarm: Option<Duration>,
 }
 
 /// A checked receiver config.
@@ -88,6 +96,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
     pub log_format: LogFormat,
+    pub log_time: LogTime,
     pub log_level: String,
     pub summary_interval: Duration,
     pub stale_partial_after: Duration,
@@ -103,12 +112,7 @@ pub struct Config {
 }
 
 /// Checks one `[[pipe]]`, pushing every problem; `None` when it cannot be built.
-fn check_pipe(
-    p: &mut Vec<String>,
-    label: &str,
-    base: &Path,
-    rp: RawPipe,
-) -> Option<PipeConfig> {
+fn check_pipe(p: &mut Vec<String>, label: &str, base: &Path, rp: RawPipe) -> Option<PipeConfig> {
     let name = rp.name.unwrap_or_default();
     let from = rp.from.unwrap_or_default();
     check_name(p, &format!("{label}: `name`"), &name);
@@ -159,6 +163,7 @@ fn check_pipe(
         staging,
         keys,
         require_auth: rp.require_auth,
+        silence_alarm: rp.silence_alarm,
     })
 }
 
@@ -208,6 +213,7 @@ impl Config {
         gapsync_daemon::cli::LogSettings {
             dir: self.log_dir.clone(),
             format: self.log_format,
+            time: self.log_time,
             level: self.log_level.clone(),
         }
     }
@@ -288,6 +294,7 @@ impl Config {
                 state_dir,
                 log_dir,
                 log_format: raw.log_format,
+                log_time: raw.log_time,
                 log_level: level,
                 summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
                 stale_partial_after: raw.stale_partial_after.unwrap_or(DEFAULT_STALE),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gapsync_daemon::config::{PipeKey, RawKey, abs, check_name};
 use gapsync_daemon::folders;
-use gapsync_daemon::logging::LogFormat;
+use gapsync_daemon::logging::{LogFormat, LogTime};
 use gapsync_protocol::crypto::Protection;
 use gapsync_protocol::{LinkKind, Profile, RawProfile};
 use serde::Deserialize;
@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
 /// Default for a pipe's `poll_interval`.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+/// Default for a pipe's `alarm_after`: files waiting and nothing delivered this long is an ERROR.
+pub const DEFAULT_ALARM_AFTER: Duration = Duration::from_secs(300);
 
 /// The config file as written. Unknown keys are collected and reported by
 /// `gapsync_daemon::config::load` with every other problem (so no `deny_unknown_fields` here).
@@ -32,6 +34,9 @@ pub struct RawConfig {
     pub log_dir: Option<PathBuf>,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// `utc` (default) or `local` timestamps and summary days.
+    #[serde(default)]
+    pub log_time: LogTime,
     pub log_level: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub summary_interval: Option<Duration>,
@@ -73,6 +78,9 @@ pub struct RawPipe {
     pub key_id: Option<u32>,
     /// `encrypt` (default with a key) or `auth-only`.
     pub protection: Option<Protection>,
+    /// Files waiting and nothing delivered for this long: one ERROR, repeated hourly.
+    #[serde(default, with = "humantime_serde")]
+    pub alarm_after: Option<Duration>,
 }
 
 /// A keyed pipe's key and what it protects.
@@ -110,6 +118,8 @@ pub struct PipeConfig {
     pub auth: Option<SenderAuth>,
     /// Set when the profile's link is `tls`.
     pub tls: Option<SenderTls>,
+    /// Files waiting and nothing delivered this long raises the pipe's alarm.
+    pub alarm_after: Duration,
 }
 
 /// A checked sender config.
@@ -120,6 +130,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
     pub log_format: LogFormat,
+    pub log_time: LogTime,
     pub log_level: String,
     pub summary_interval: Duration,
     pub pipes: Vec<PipeConfig>,
@@ -131,6 +142,7 @@ impl Config {
         gapsync_daemon::cli::LogSettings {
             dir: self.log_dir.clone(),
             format: self.log_format,
+            time: self.log_time,
             level: self.log_level.clone(),
         }
     }
@@ -198,6 +210,7 @@ impl Config {
                 state_dir,
                 log_dir,
                 log_format: raw.log_format,
+                log_time: raw.log_time,
                 log_level: level,
                 summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
                 pipes,
@@ -264,6 +277,7 @@ impl PipeContext<'_> {
             settle: rp.settle.unwrap_or(DEFAULT_SETTLE),
             poll_interval: rp.poll_interval.unwrap_or(DEFAULT_POLL),
             state_dir: pipe_state,
+            alarm_after: rp.alarm_after.unwrap_or(DEFAULT_ALARM_AFTER),
             auth,
             tls,
             name,
