@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::logging::LogFormat;
+use crate::logging::{LogFormat, LogTime};
 
 /// The subcommands of both daemons.
 #[derive(clap::Subcommand, Debug)]
@@ -94,6 +94,7 @@ pub fn dispatch(
 pub struct LogSettings {
     pub dir: Option<PathBuf>,
     pub format: LogFormat,
+    pub time: LogTime,
     pub level: String,
 }
 
@@ -103,7 +104,13 @@ pub fn start<F: Future<Output = anyhow::Result<()>>>(
     log: &LogSettings,
     serve: F,
 ) -> anyhow::Result<()> {
-    let _guard = crate::logging::init(program, log.dir.as_deref(), log.format, &log.level)?;
+    let _guard = crate::logging::init(
+        program,
+        log.dir.as_deref(),
+        log.format,
+        log.time,
+        &log.level,
+    )?;
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -59,28 +59,99 @@ pub fn log_level(problems: &mut Vec<String>, level: Option<String>) -> String {
     level
 }
 
-/// Reads and parses a config file; on problems, one error listing all of them.
+/// Reads and parses a config file; on problems, one error listing all of them, every unknown
+/// key included.
+///
+/// The raw config structs do not use serde's `deny_unknown_fields`, which stops at the first
+/// unknown key: every key the structs do not take is collected here instead (serde_ignored)
+/// and reported with the other problems, so one run of check-config shows them all.
 pub fn load<R: serde::de::DeserializeOwned, C>(
     path: &Path,
     check: impl FnOnce(R, &Path) -> Result<C, Vec<String>>,
 ) -> anyhow::Result<C> {
     let text = crate::profiles::read_config(path)?;
-    let raw: R = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("config {} is not valid: {e}", path.display()))?;
+    let not_valid =
+        |e: toml::de::Error| anyhow::anyhow!("config {} is not valid: {e}", path.display());
+    let mut unknown = Vec::new();
+    let de = toml::Deserializer::parse(&text).map_err(not_valid)?;
+    let raw: R =
+        serde_ignored::deserialize(de, |p| unknown.push(unknown_key(&p))).map_err(not_valid)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    check(raw, base).map_err(|problems| {
-        anyhow::anyhow!(
-            "config {} has {} problem(s):\n  - {}",
-            path.display(),
-            problems.len(),
-            problems.join("\n  - ")
-        )
-    })
+    let problems = match check(raw, base) {
+        Ok(config) if unknown.is_empty() => return Ok(config),
+        Ok(_) => unknown,
+        Err(problems) => unknown.into_iter().chain(problems).collect(),
+    };
+    Err(anyhow::anyhow!(
+        "config {} has {} problem(s):\n  - {}",
+        path.display(),
+        problems.len(),
+        problems.join("\n  - ")
+    ))
 }
 
-/// How a config names one key: its id (current and next, for rotation) and its file.
+/// "unknown key `spoool` in [[pipe]] #1: ..." for a key no config struct takes.
+pub fn unknown_key(path: &serde_ignored::Path<'_>) -> String {
+    enum Seg {
+        Key(String),
+        Index(usize),
+    }
+    fn walk(path: &serde_ignored::Path<'_>, out: &mut Vec<Seg>) {
+        use serde_ignored::Path as P;
+        match path {
+            P::Root => {}
+            P::Seq { parent, index } => {
+                walk(parent, out);
+                out.push(Seg::Index(*index));
+            }
+            P::Map { parent, key } => {
+                walk(parent, out);
+                out.push(Seg::Key(key.clone()));
+            }
+            P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+                walk(parent, out);
+            }
+        }
+    }
+    let mut segs = Vec::new();
+    walk(path, &mut segs);
+    let key = match segs.pop() {
+        Some(Seg::Key(k)) => k,
+        Some(Seg::Index(i)) => format!("#{}", i + 1),
+        None => String::new(),
+    };
+    let mut place = Vec::new();
+    let mut it = segs.into_iter().peekable();
+    while let Some(seg) = it.next() {
+        match (seg, it.peek()) {
+            (Seg::Key(k), Some(Seg::Index(i))) => {
+                let n = i + 1;
+                it.next();
+                place.push(if place.is_empty() {
+                    format!("[[{k}]] #{n}")
+                } else {
+                    format!("{k} #{n}")
+                });
+            }
+            (Seg::Key(k), _) => place.push(if place.is_empty() {
+                format!("[{k}]")
+            } else {
+                k
+            }),
+            (Seg::Index(i), _) => place.push(format!("#{}", i + 1)),
+        }
+    }
+    let place = if place.is_empty() {
+        String::new()
+    } else {
+        format!(" in {}", place.join(", "))
+    };
+    format!("unknown key `{key}`{place}: remove it or correct its spelling")
+}
+
+/// How a config names one key: its id (current and next, for rotation) and its file. Unknown
+/// keys are reported by [`load`].
 #[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawKey {
     pub id: Option<u32>,
     pub file: Option<PathBuf>,

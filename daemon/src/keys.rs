@@ -87,31 +87,56 @@ fn share_with_group(
     Ok(KeyAccess::Group(name.to_owned()))
 }
 
-/// Loads a key file. Returns the key and, if the file is readable by others, a warning for the
-/// log. Group read is expected: keys are `root:gapsync 0640` so the daemon's user can read them.
+/// Loads a key file. Refuses one that others may read (any "other" permission bit: 0640
+/// root:gapsync is right, 0644 is not) and one this process cannot read, naming the fix.
+/// Returns the key and, if the file is writable by its group, a warning for the log.
 pub fn load(path: &Path) -> anyhow::Result<(PreSharedKey, Option<String>)> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
+    let p = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| cannot_read(path, &e, false))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o007 != 0 {
+        anyhow::bail!(
+            "key file {p} is open to others (mode {mode:04o}); only the daemon's group may read it: chown root:{g} {p} && chmod 0640 {p}",
+            g = crate::folders::RunningAs::current().group
+        );
+    }
     if meta.len() > 1024 {
         anyhow::bail!(
-            "key file {} is {} bytes; a key is 32 raw bytes or 64 hex digits",
-            path.display(),
+            "key file {p} is {} bytes; a key is 32 raw bytes or 64 hex digits",
             meta.len()
         );
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
-    let key = PreSharedKey::parse(&bytes)
-        .map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))?;
-    let mode = meta.permissions().mode();
-    let warning = (mode & 0o007 != 0).then(|| {
-        format!(
-            "key file {} is readable by others (mode {:o}); run chmod o-rwx on it",
-            path.display(),
-            mode & 0o777
-        )
+    let bytes = std::fs::read(path).map_err(|e| cannot_read(path, &e, true))?;
+    let key = PreSharedKey::parse(&bytes).map_err(|e| anyhow::anyhow!("key file {p}: {e}"))?;
+    let warning = (mode & 0o020 != 0).then(|| {
+        format!("key file {p} is writable by its group (mode {mode:04o}); run chmod 0640 {p}")
     });
     Ok((key, warning))
+}
+
+/// The error for a key file this process cannot open, with what to do; `reached` when its
+/// folder could be searched (so the file itself is the problem).
+fn cannot_read(path: &Path, e: &std::io::Error, reached: bool) -> anyhow::Error {
+    let p = path.display();
+    if e.kind() == std::io::ErrorKind::NotFound {
+        return anyhow::anyhow!(
+            "key file {p} does not exist; make one with `gapsync-sender keygen --out {p}` and copy the same file to the other side"
+        );
+    }
+    let who = crate::folders::RunningAs::current();
+    let g = &who.group;
+    let fix = if reached {
+        format!("chown root:{g} {p} && chmod 0640 {p}")
+    } else {
+        let dir = path.parent().unwrap_or(Path::new("/")).display();
+        format!(
+            "chown root:{g} {dir} && chmod 0750 {dir}, and chown root:{g} {p} && chmod 0640 {p}"
+        )
+    };
+    anyhow::anyhow!(
+        "key file {p} cannot be read by {}, who runs this check ({e}); run check-config as the daemon's user, and let the daemon's group read it: {fix}",
+        who.describe()
+    )
 }
 
 #[cfg(test)]
@@ -159,12 +184,15 @@ mod tests {
     }
 
     #[test]
-    fn a_key_readable_by_others_is_warned_about() {
+    fn a_key_readable_by_others_is_refused_with_the_fix() {
         let dir = tempfile::tempdir().expect("tmp");
         let out = dir.path().join("k.key");
         keygen(&out, None).expect("keygen");
         std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let (_, warning) = load(&out).expect("load");
-        assert!(warning.is_some_and(|w| w.contains("readable by others")));
+        let e = load(&out).expect_err("refused").to_string();
+        assert!(
+            e.contains("open to others") && e.contains("chmod 0640"),
+            "{e}"
+        );
     }
 }

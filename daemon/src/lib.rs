@@ -4,9 +4,13 @@
 //! protocol crate: finding and loading hardware profiles, log files, durable file writes,
 //! systemd readiness and rate-limited warnings.
 
+pub mod alarm;
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod durable;
+pub mod fields;
+pub mod folders;
 pub mod journal;
 pub mod keys;
 pub mod logging;

@@ -12,9 +12,12 @@ pub const SYSTEM_PROFILE_DIRS: &[&str] = &[
     "/usr/share/gapsync/hardware-profiles",
 ];
 
-/// The source checkout's profiles, for running from a build tree.
-pub fn source_profile_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../hardware-profiles")
+/// The source checkout's profiles, searched last by debug builds only (`cargo run`, the tests),
+/// so that a daemon run from a checkout finds them by name. A release binary carries no path of
+/// the tree it was built in: it searches the folders above and the config's.
+pub fn source_profile_dir() -> Option<PathBuf> {
+    cfg!(debug_assertions)
+        .then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../hardware-profiles"))
 }
 
 /// Resolves `profile` (a name like `syskeeper-2000` or a path to a `.toml` file) to a file.
@@ -35,7 +38,7 @@ pub fn locate(
     let mut dirs: Vec<PathBuf> = profiles_dir.map(Path::to_path_buf).into_iter().collect();
     dirs.push(config_dir.join("hardware-profiles"));
     dirs.extend(SYSTEM_PROFILE_DIRS.iter().map(PathBuf::from));
-    dirs.push(source_profile_dir());
+    dirs.extend(source_profile_dir());
     for d in &dirs {
         let p = d.join(format!("{profile}.toml"));
         if p.is_file() {

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// `[tls]` in either daemon's config.
+/// `[tls]` in either daemon's config (unknown keys are reported by the config loader).
 #[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTls {
     /// This end's certificate chain (PEM).
     pub cert: Option<PathBuf>,
@@ -19,6 +18,21 @@ pub struct RawTls {
     pub ca: Option<PathBuf>,
     /// Sender only: the name in the receiver's certificate (default: the gate's host).
     pub server_name: Option<String>,
+}
+
+/// Refuses a private key file that others may read (0640 root:gapsync is right).
+fn check_private(problems: &mut Vec<String>, key: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(mode) = std::fs::metadata(key).map(|m| m.permissions().mode() & 0o7777) else {
+        return;
+    };
+    if mode & 0o007 != 0 {
+        let p = key.display();
+        problems.push(format!(
+            "[tls] key {p} is open to others (mode {mode:04o}); only the daemon's group may read it: chown root:{g} {p} && chmod 0640 {p}",
+            g = crate::folders::RunningAs::current().group
+        ));
+    }
 }
 
 /// The three files, resolved against the config's folder.
@@ -53,6 +67,9 @@ impl TlsFiles {
         }
         if missing {
             return None;
+        }
+        if let Some(key) = &key {
+            check_private(problems, key);
         }
         Some(TlsFiles {
             cert: cert?,

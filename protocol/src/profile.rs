@@ -35,8 +35,10 @@ pub enum LinkKind {
 }
 
 /// A profile as written in TOML, before checking. Also the shape of `[profile_overrides]`.
+/// Unknown keys are refused, all at once: by [`RawProfile::from_toml`] in a profile file, by the
+/// daemons' config loader in `[profile_overrides]` (serde's `deny_unknown_fields` would stop at
+/// the first).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawProfile {
     pub name: Option<String>,
     pub description: Option<String>,
@@ -76,9 +78,20 @@ pub struct RawProfile {
 }
 
 impl RawProfile {
-    /// Parses profile TOML text.
+    /// Parses profile TOML text, refusing every unknown key in one error.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+        let mut unknown = Vec::new();
+        let raw = serde_ignored::deserialize(toml::Deserializer::parse(text)?, |path| {
+            unknown.push(format!("`{path}`"));
+        })?;
+        if unknown.is_empty() {
+            Ok(raw)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "unknown key(s) {}: remove them or correct their spelling",
+                unknown.join(", ")
+            )))
+        }
     }
 
     /// `self` with every field that `overrides` sets replaced.
@@ -381,8 +394,12 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_refused() {
-        assert!(RawProfile::from_toml("windw = 3").is_err());
+    fn unknown_fields_are_refused_all_in_one_error() {
+        let e = RawProfile::from_toml("windw = 3\nwindow = 2\nmtuu = 1500\n")
+            .expect_err("unknown keys")
+            .to_string();
+        assert!(e.contains("`windw`") && e.contains("`mtuu`"), "{e}");
+        assert!(!e.contains("`window`"), "{e}");
     }
 
     #[test]

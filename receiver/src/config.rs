@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gapsync_daemon::config::{PipeKey, RawKey, abs, check_name};
-use gapsync_daemon::logging::LogFormat;
+use gapsync_daemon::folders;
+use gapsync_daemon::logging::{LogFormat, LogTime};
 use gapsync_protocol::{Profile, RawProfile};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -21,8 +22,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Default for `done_retention`.
 pub const DEFAULT_DONE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The config file as written. Unknown keys are collected and reported by
+/// `gapsync_daemon::config::load` with every other problem (so no `deny_unknown_fields` here).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub node: Option<String>,
     pub profile: Option<String>,
@@ -33,6 +35,9 @@ pub struct RawConfig {
     pub log_dir: Option<PathBuf>,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// `utc` (default) or `local` timestamps and summary days.
+    #[serde(default)]
+    pub log_time: LogTime,
     pub log_level: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub summary_interval: Option<Duration>,
@@ -50,7 +55,6 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPipe {
     pub name: Option<String>,
     pub from: Option<String>,
@@ -62,6 +66,9 @@ pub struct RawPipe {
     /// Refuse senders that present no key.
     #[serde(default)]
     pub require_auth: bool,
+    /// Nothing arrived on the pipe for this long: one ERROR, repeated hourly (none: off).
+    #[serde(default, with = "humantime_serde")]
+    pub silence_alarm: Option<Duration>,
 }
 
 /// One pipe this receiver lands: what `from` sends on `name` goes to `dest`.
@@ -75,6 +82,8 @@ pub struct PipeConfig {
     /// Keys by id (at most two: current and next).
     pub keys: Vec<PipeKey>,
     pub require_auth: bool,
+    /// Nothing delivered (and no sender connected) this long raises the pipe's alarm.
+    pub silence_alarm: Option<Duration>,
 }
 
 /// A checked receiver config.
@@ -87,6 +96,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
     pub log_format: LogFormat,
+    pub log_time: LogTime,
     pub log_level: String,
     pub summary_interval: Duration,
     pub stale_partial_after: Duration,
@@ -96,6 +106,105 @@ pub struct Config {
     /// Set when the profile's link is `tls`: this receiver's certificate, client CA required.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub pipes: Vec<PipeConfig>,
+    /// Valid but risky settings (an allow-list open to every address): printed by
+    /// check-config, logged at WARN at start.
+    pub warnings: Vec<String>,
+}
+
+/// Checks one `[[pipe]]`, pushing every problem; `None` when it cannot be built.
+fn check_pipe(p: &mut Vec<String>, label: &str, base: &Path, rp: RawPipe) -> Option<PipeConfig> {
+    let name = rp.name.unwrap_or_default();
+    let from = rp.from.unwrap_or_default();
+    check_name(p, &format!("{label}: `name`"), &name);
+    check_name(
+        p,
+        &format!("{label}: `from` (the sender's node name)"),
+        &from,
+    );
+    if rp.keys.len() > 2 {
+        p.push(format!(
+            "{label}: {} keys configured; a pipe holds at most two (current and next)",
+            rp.keys.len()
+        ));
+    }
+    let keys: Vec<PipeKey> = rp
+        .keys
+        .iter()
+        .filter_map(|k| gapsync_daemon::config::key(p, label, base, k))
+        .collect();
+    if keys.len() == 2 && keys[0].id == keys[1].id {
+        p.push(format!(
+            "{label}: both keys have id {}; give the next key a new id",
+            keys[0].id
+        ));
+    }
+    if rp.require_auth && rp.keys.is_empty() {
+        p.push(format!("{label}: `require_auth = true` needs `keys`, e.g. keys = [{{ id = 1, file = \"/etc/gapsync/keys/{name}.key\" }}]"));
+    }
+    let Some(dest) = rp.dest.map(|d| abs(base, &d)) else {
+        p.push(format!("{label}: `dest` is missing"));
+        return None;
+    };
+    folders::existing(p, &format!("{label}: dest"), &dest, "2770");
+    // Inside dest by default: the final rename never crosses a mount point. Set elsewhere,
+    // the receiver proves at start that a file renames from it into dest.
+    let staging = match rp.staging {
+        Some(s) => {
+            let s = abs(base, &s);
+            folders::creatable(p, &format!("{label}: `staging`"), &s);
+            s
+        }
+        None => dest.join(crate::sink::directory::STAGING_DIR),
+    };
+    Some(PipeConfig {
+        name,
+        from,
+        dest,
+        staging,
+        keys,
+        require_auth: rp.require_auth,
+        silence_alarm: rp.silence_alarm,
+    })
+}
+
+/// Checks `allow`: missing or empty refuses every sender (an error), a network holding every
+/// address (0.0.0.0/0, ::/0) is a warning.
+fn check_allow(
+    p: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+    raw: Option<Vec<String>>,
+) -> Vec<IpNet> {
+    const EXAMPLE: &str =
+        "list the networks that may connect (the gate's address), e.g. allow = [\"10.1.2.0/24\"]";
+    let Some(list) = raw else {
+        p.push(format!(
+            "`allow` is not set: the receiver would refuse every sender; {EXAMPLE}"
+        ));
+        return Vec::new();
+    };
+    if list.is_empty() {
+        p.push(format!(
+            "`allow` is empty: the receiver would refuse every sender; {EXAMPLE}"
+        ));
+    }
+    let mut allow = Vec::new();
+    for a in list {
+        match a
+            .parse::<IpNet>()
+            .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            Ok(n) => {
+                if n.prefix_len() == 0 {
+                    warnings.push(format!("`allow` holds {n}: any address may connect, not only the gate; list the gate's address instead"));
+                }
+                allow.push(n);
+            }
+            Err(_) => p.push(format!(
+                "`allow` entry {a:?} is not a network (CIDR like 10.1.2.0/24) or an address"
+            )),
+        }
+    }
+    allow
 }
 
 impl Config {
@@ -104,6 +213,7 @@ impl Config {
         gapsync_daemon::cli::LogSettings {
             dir: self.log_dir.clone(),
             format: self.log_format,
+            time: self.log_time,
             level: self.log_level.clone(),
         }
     }
@@ -135,23 +245,16 @@ impl Config {
             }
             Some(Ok(a)) => Some(a),
         };
-        let mut allow = Vec::new();
-        match raw.allow {
-            None => p.push(
-                "`allow` is not set: the receiver refuses every sender until you list the networks that may connect, e.g. allow = [\"10.1.2.0/24\"]".into(),
-            ),
-            Some(list) => {
-                for a in list {
-                    match a.parse::<IpNet>().or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from)) {
-                        Ok(n) => allow.push(n),
-                        Err(_) => p.push(format!("`allow` entry {a:?} is not a network (CIDR like 10.1.2.0/24) or an address")),
-                    }
-                }
-            }
-        }
+        let mut warnings = Vec::new();
+        let allow = check_allow(&mut p, &mut warnings, raw.allow);
         let state_dir = raw.state_dir.map(|d| abs(base, &d));
-        if state_dir.is_none() {
-            p.push("`state_dir` is missing, e.g. state_dir = \"/var/lib/gapsync\"".into());
+        match &state_dir {
+            None => p.push("`state_dir` is missing, e.g. state_dir = \"/var/lib/gapsync\"".into()),
+            Some(d) => folders::creatable(&mut p, "`state_dir`", d),
+        }
+        let log_dir = raw.log_dir.map(|d| abs(base, &d));
+        if let Some(d) = &log_dir {
+            folders::creatable(&mut p, "`log_dir`", d);
         }
         let level = gapsync_daemon::config::log_level(&mut p, raw.log_level);
         if raw.pipe.is_empty() {
@@ -172,56 +275,15 @@ impl Config {
                 i + 1,
                 rp.name.as_deref().unwrap_or("unnamed")
             );
-            let name = rp.name.unwrap_or_default();
-            let from = rp.from.unwrap_or_default();
-            check_name(&mut p, &format!("{label}: `name`"), &name);
-            check_name(
-                &mut p,
-                &format!("{label}: `from` (the sender's node name)"),
-                &from,
-            );
-            if !seen.insert((from.clone(), name.clone())) {
-                p.push(format!(
-                    "{label}: pipe {name:?} from {from:?} is configured twice"
-                ));
+            let key = (rp.from.clone(), rp.name.clone());
+            if let (Some(from), Some(name)) = &key {
+                if !seen.insert(key.clone()) {
+                    p.push(format!(
+                        "{label}: pipe {name:?} from {from:?} is configured twice"
+                    ));
+                }
             }
-            if rp.keys.len() > 2 {
-                p.push(format!(
-                    "{label}: {} keys configured; a pipe holds at most two (current and next)",
-                    rp.keys.len()
-                ));
-            }
-            let keys: Vec<PipeKey> = rp
-                .keys
-                .iter()
-                .filter_map(|k| gapsync_daemon::config::key(&mut p, &label, base, k))
-                .collect();
-            if keys.len() == 2 && keys[0].id == keys[1].id {
-                p.push(format!(
-                    "{label}: both keys have id {}; give the next key a new id",
-                    keys[0].id
-                ));
-            }
-            if rp.require_auth && rp.keys.is_empty() {
-                p.push(format!("{label}: `require_auth = true` needs `keys`, e.g. keys = [{{ id = 1, file = \"/etc/gapsync/keys/{name}.key\" }}]"));
-            }
-            let Some(dest) = rp.dest.map(|d| abs(base, &d)) else {
-                p.push(format!("{label}: `dest` is missing"));
-                continue;
-            };
-            // Inside dest by default: the final rename never crosses a mount point.
-            let staging = rp.staging.map_or_else(
-                || dest.join(crate::sink::directory::STAGING_DIR),
-                |s| abs(base, &s),
-            );
-            pipes.push(PipeConfig {
-                name,
-                from,
-                dest,
-                staging,
-                keys,
-                require_auth: rp.require_auth,
-            });
+            pipes.extend(check_pipe(&mut p, &label, base, rp));
         }
         match (p.is_empty(), profile, listen, state_dir) {
             (true, Some(profile), Some(listen), Some(state_dir)) => Ok(Config {
@@ -230,8 +292,9 @@ impl Config {
                 listen,
                 allow,
                 state_dir,
-                log_dir: raw.log_dir.map(|d| abs(base, &d)),
+                log_dir,
                 log_format: raw.log_format,
+                log_time: raw.log_time,
                 log_level: level,
                 summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
                 stale_partial_after: raw.stale_partial_after.unwrap_or(DEFAULT_STALE),
@@ -239,6 +302,7 @@ impl Config {
                 max_connections: raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
                 tls,
                 pipes,
+                warnings,
             }),
             _ => Err(p),
         }

@@ -44,6 +44,9 @@ fn main() -> std::process::ExitCode {
         Cli::parse().command,
         |path| {
             Config::load(path).map(|c| {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
                 format!(
                     "node {}, profile {}, {} pipe(s), listen {}",
                     c.node,
@@ -61,6 +64,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     if config.profile.link == gapsync_protocol::LinkKind::Udp {
         return link::udp::serve(config).await;
     }
@@ -92,6 +98,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let accept = tokio::spawn(link::tcp::serve(server.clone(), listener, stop_rx));
+    let alarms = tokio::spawn(check_silence(server.clone()));
     gapsync_daemon::notify_ready();
     let mut last_housekeeping = std::time::Instant::now();
     gapsync_daemon::cli::until_shutdown(summary_every.min(HOUSEKEEPING_EVERY), || {
@@ -104,7 +111,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .await?;
     let _ = stop_tx.send(true);
+    alarms.abort();
     let _ = accept.await;
     server.pipes.log_summary();
     Ok(())
+}
+
+/// Says each pipe's `silence_alarm` when it is due.
+async fn check_silence(server: Arc<Server>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        server.pipes.check_silence(std::time::Instant::now());
+    }
 }

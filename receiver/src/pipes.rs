@@ -1,4 +1,6 @@
-//! The receiver's pipes: each one's sink, its current sender session and its counters.
+//! The receiver's pipes: each one's sink, its current sender session, its counters (today's
+//! kept in `<state_dir>/receiver/<from>/<name>/counters` across restarts) and its silence
+//! alarm.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -6,7 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use std::path::PathBuf;
 
+use gapsync_daemon::alarm::{self, Alarm, AlarmEvent};
 use gapsync_daemon::config::PipeKey;
+use gapsync_daemon::counters::DayCounters;
+use gapsync_daemon::logging::LogTime;
 
 use crate::config::Config;
 use crate::sink::directory::{self, DirectorySink};
@@ -36,6 +41,10 @@ pub struct Pipe {
     /// `last_path`, so a recorded connection cannot be replayed, even after a restart.
     last_connection: Mutex<(u64, u64)>,
     last_path: PathBuf,
+    /// Today's totals, kept across restarts.
+    counters: Mutex<DayCounters>,
+    /// `silence_alarm`: nothing delivered and no sender connected for that long.
+    silence: Option<(std::time::Duration, Mutex<Alarm>)>,
 }
 
 impl std::fmt::Debug for Pipe {
@@ -79,6 +88,7 @@ impl Pipe {
     /// Counts a file made visible and logs its `delivered` line.
     pub fn log_delivered(&self, d: &Delivered) {
         self.stats.files.fetch_add(1, Relaxed);
+        self.heard();
         let secs = d.elapsed.as_secs_f64().max(1e-6);
         tracing::info!(
             pipe = %self.name,
@@ -115,18 +125,57 @@ impl Pipe {
     pub fn add_bytes(&self, n: u64) {
         self.stats.bytes.fetch_add(n, Relaxed);
     }
+
+    /// Something arrived (a delivery, a sender connected): the silence alarm counts again from
+    /// now, and says so at INFO if it was raised.
+    pub fn heard(&self) {
+        let Some((_, alarm)) = &self.silence else {
+            return;
+        };
+        let ev = lock(alarm).ok(std::time::Instant::now(), true);
+        if let Some(ev) = ev {
+            alarm::log_cleared(
+                "silence",
+                &self.name,
+                &self.from,
+                &ev,
+                "something arrived on the pipe again",
+            );
+        }
+    }
+
+    /// Says the silence alarm at ERROR when it is due (call every second or so).
+    pub fn check_silence(&self, now: std::time::Instant) {
+        let Some((after, alarm)) = &self.silence else {
+            return;
+        };
+        let ev = lock(alarm).poll(now, true);
+        if let Some(ev @ AlarmEvent::Raised { .. }) = ev {
+            let what = format!(
+                "nothing has arrived on this pipe for silence_alarm ({}): check the sender, its spool, the gate and the network",
+                alarm::seconds(*after)
+            );
+            alarm::log_raised("silence", &self.name, &self.from, &ev, &what);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// All pipes, by (sender node, pipe name).
 #[derive(Debug, Default)]
 pub struct Pipes {
     by_key: HashMap<(String, String), Arc<Pipe>>,
+    time: LogTime,
 }
 
 impl Pipes {
     /// Opens every configured pipe's sink (repairing interrupted commits).
     pub fn open(config: &Config) -> anyhow::Result<Self> {
         let mut by_key = HashMap::new();
+        let today = config.log_time.day(std::time::SystemTime::now());
         for p in &config.pipes {
             adopt_legacy_staging(config, p)?;
             let sink = DirectorySink::open(
@@ -159,12 +208,29 @@ impl Pipes {
                 require_auth: p.require_auth,
                 last_connection: Mutex::new(last.unwrap_or((0, 0))),
                 last_path,
+                counters: Mutex::new(DayCounters::open(
+                    &config
+                        .state_dir
+                        .join("receiver")
+                        .join(&p.from)
+                        .join(&p.name)
+                        .join("counters"),
+                    &today,
+                )),
+                silence: p.silence_alarm.map(|after| {
+                    let mut a = Alarm::new(after);
+                    a.ok(std::time::Instant::now(), true);
+                    (after, Mutex::new(a))
+                }),
             };
             // Commits a restart or a failure interrupted land now, with their delivered lines.
             pipe.retry_landing();
             by_key.insert((p.from.clone(), p.name.clone()), Arc::new(pipe));
         }
-        Ok(Self { by_key })
+        Ok(Self {
+            by_key,
+            time: config.log_time,
+        })
     }
 
     /// Lands, in every pipe, the files whose landing failed before.
@@ -195,21 +261,39 @@ impl Pipes {
         }
     }
 
-    /// Logs one summary line per pipe.
+    /// Says every pipe's silence alarm that is due.
+    pub fn check_silence(&self, now: std::time::Instant) {
+        for p in self.by_key.values() {
+            p.check_silence(now);
+        }
+    }
+
+    /// Logs one summary line per pipe (files and bytes since start and today) and keeps
+    /// today's counters in the state folder.
     pub fn log_summary(&self) {
+        let today = self.time.day(std::time::SystemTime::now());
         for p in self.by_key.values() {
             let (partials, unlanded) = p.with_sink(|s| (s.partials(), s.unlanded()));
+            let (files, bytes) = (p.stats.files.load(Relaxed), p.stats.bytes.load(Relaxed));
+            let mut day = lock(&p.counters);
+            let (today_files, today_bytes) = day.update(&today, files, bytes);
             tracing::info!(
                 pipe = %p.name,
                 from = %p.from,
-                files = p.stats.files.load(Relaxed),
-                bytes = p.stats.bytes.load(Relaxed),
+                files,
+                bytes,
+                today_files,
+                today_bytes,
+                day = %day.day(),
                 partials,
                 unlanded,
                 connections = p.stats.connections.load(Relaxed),
                 refused_frames = p.stats.refused_frames.load(Relaxed),
                 "summary"
             );
+            if let Err(e) = day.save() {
+                tracing::warn!(pipe = %p.name, from = %p.from, error = %e, "cannot keep today's counters in the state folder; after a restart they would start from zero");
+            }
         }
     }
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gapsync_daemon::config::{PipeKey, RawKey, abs, check_name};
-use gapsync_daemon::logging::LogFormat;
+use gapsync_daemon::folders;
+use gapsync_daemon::logging::{LogFormat, LogTime};
 use gapsync_protocol::crypto::Protection;
 use gapsync_protocol::{LinkKind, Profile, RawProfile};
 use serde::Deserialize;
@@ -19,9 +20,12 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
 /// Default for a pipe's `poll_interval`.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+/// Default for a pipe's `alarm_after`: files waiting and nothing delivered this long is an ERROR.
+pub const DEFAULT_ALARM_AFTER: Duration = Duration::from_secs(300);
 
+/// The config file as written. Unknown keys are collected and reported by
+/// `gapsync_daemon::config::load` with every other problem (so no `deny_unknown_fields` here).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub node: Option<String>,
     pub profile: Option<String>,
@@ -30,6 +34,9 @@ pub struct RawConfig {
     pub log_dir: Option<PathBuf>,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// `utc` (default) or `local` timestamps and summary days.
+    #[serde(default)]
+    pub log_time: LogTime,
     pub log_level: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub summary_interval: Option<Duration>,
@@ -50,7 +57,6 @@ pub struct SenderTls {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPipe {
     pub name: Option<String>,
     pub spool: Option<PathBuf>,
@@ -72,6 +78,9 @@ pub struct RawPipe {
     pub key_id: Option<u32>,
     /// `encrypt` (default with a key) or `auth-only`.
     pub protection: Option<Protection>,
+    /// Files waiting and nothing delivered for this long: one ERROR, repeated hourly.
+    #[serde(default, with = "humantime_serde")]
+    pub alarm_after: Option<Duration>,
 }
 
 /// A keyed pipe's key and what it protects.
@@ -109,6 +118,8 @@ pub struct PipeConfig {
     pub auth: Option<SenderAuth>,
     /// Set when the profile's link is `tls`.
     pub tls: Option<SenderTls>,
+    /// Files waiting and nothing delivered this long raises the pipe's alarm.
+    pub alarm_after: Duration,
 }
 
 /// A checked sender config.
@@ -119,6 +130,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
     pub log_format: LogFormat,
+    pub log_time: LogTime,
     pub log_level: String,
     pub summary_interval: Duration,
     pub pipes: Vec<PipeConfig>,
@@ -130,6 +142,7 @@ impl Config {
         gapsync_daemon::cli::LogSettings {
             dir: self.log_dir.clone(),
             format: self.log_format,
+            time: self.log_time,
             level: self.log_level.clone(),
         }
     }
@@ -151,8 +164,13 @@ impl Config {
             &raw.profile_overrides,
         );
         let state_dir = raw.state_dir.map(|d| abs(base, &d));
-        if state_dir.is_none() {
-            p.push("`state_dir` is missing, e.g. state_dir = \"/var/lib/gapsync\"".into());
+        match &state_dir {
+            None => p.push("`state_dir` is missing, e.g. state_dir = \"/var/lib/gapsync\"".into()),
+            Some(d) => folders::creatable(&mut p, "`state_dir`", d),
+        }
+        let log_dir = raw.log_dir.map(|d| abs(base, &d));
+        if let Some(d) = &log_dir {
+            folders::creatable(&mut p, "`log_dir`", d);
         }
         let level = gapsync_daemon::config::log_level(&mut p, raw.log_level);
         if raw.pipe.is_empty() {
@@ -162,8 +180,13 @@ impl Config {
             gapsync_daemon::config::tls(&mut p, base, profile.as_ref(), raw.tls.as_ref(), |f| {
                 f.client_config()
             });
-        let tls_name = raw.tls.as_ref().and_then(|t| t.server_name.clone());
-        let diode = profile.as_ref().is_some_and(|p| p.link == LinkKind::Udp);
+        let ctx = PipeContext {
+            base,
+            state_dir: state_dir.as_deref(),
+            diode: profile.as_ref().is_some_and(|p| p.link == LinkKind::Udp),
+            tls_config,
+            tls_name: raw.tls.as_ref().and_then(|t| t.server_name.clone()),
+        };
         let mut pipes = Vec::new();
         let mut names = HashSet::new();
         for (i, rp) in raw.pipe.into_iter().enumerate() {
@@ -172,94 +195,144 @@ impl Config {
                 i + 1,
                 rp.name.as_deref().unwrap_or("unnamed")
             );
-            let name = rp.name.unwrap_or_default();
-            check_name(&mut p, &format!("{label}: `name`"), &name);
-            if !names.insert(name.clone()) {
-                p.push(format!("{label}: pipe name {name:?} is used twice"));
-            }
-            let gate = rp.gate.unwrap_or_default();
-            if gate
-                .rsplit_once(':')
-                .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
-            {
-                p.push(format!("{label}: `gate` = {gate:?} must be host:port of the gate (or the receiver), e.g. \"192.0.2.131:28101\""));
-            }
-            if rp.keep_sent_for.is_some() && !diode {
-                p.push(format!("{label}: `keep_sent_for` is only for the udp link (on a gate link the receiver confirms every file)"));
-            }
-            if rp.max_attempts == Some(0) {
-                p.push(format!("{label}: `max_attempts` must be at least 1"));
-            }
-            let Some(spool) = rp.spool.map(|d| abs(base, &d)) else {
-                p.push(format!("{label}: `spool` is missing"));
-                continue;
-            };
-            let auth = match (&rp.key_file, rp.protection) {
-                (Some(file), protection) => {
-                    let raw = RawKey {
-                        id: rp.key_id,
-                        file: Some(file.clone()),
-                    };
-                    gapsync_daemon::config::key(&mut p, &label, base, &raw).map(|key| SenderAuth {
-                        key,
-                        protection: protection.unwrap_or(Protection::Encrypt),
-                    })
+            if let Some(name) = &rp.name {
+                if !names.insert(name.clone()) {
+                    p.push(format!("{label}: pipe name {name:?} is used twice"));
                 }
-                (None, Some(_)) => {
-                    p.push(format!("{label}: `protection` needs a `key_file`"));
-                    None
-                }
-                (None, None) => None,
-            };
-            let tls = tls_config.as_ref().and_then(|config| {
-                let host = tls_name.clone().unwrap_or_else(|| gate.rsplit_once(':').map_or(gate.clone(), |(h, _)| h.trim_matches(['[', ']']).to_owned()));
-                match rustls::pki_types::ServerName::try_from(host.clone()) {
-                    Ok(server_name) => Some(SenderTls { config: config.clone(), server_name }),
-                    Err(_) => {
-                        p.push(format!("{label}: {host:?} is not a valid TLS server name; set [tls] server_name"));
-                        None
-                    }
-                }
-            });
-            let Some(sd) = &state_dir else { continue };
-            let pipe_state = sd.join("sender").join(&name);
-            pipes.push(PipeConfig {
-                after_send: rp.after_send.unwrap_or(if diode {
-                    // Nothing confirms arrival on a diode: keep what was sent for a resend.
-                    AfterSend::Move
-                } else {
-                    AfterSend::Delete
-                }),
-                sent_dir: rp
-                    .sent_dir
-                    .map_or_else(|| pipe_state.join("sent"), |d| abs(base, &d)),
-                quarantine_dir: rp
-                    .quarantine_dir
-                    .map_or_else(|| pipe_state.join("quarantine"), |d| abs(base, &d)),
-                keep_sent_for: rp.keep_sent_for,
-                max_attempts: rp.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-                settle: rp.settle.unwrap_or(DEFAULT_SETTLE),
-                poll_interval: rp.poll_interval.unwrap_or(DEFAULT_POLL),
-                state_dir: pipe_state,
-                auth,
-                tls,
-                name,
-                spool,
-                gate,
-            });
+            }
+            pipes.extend(ctx.pipe(&mut p, &label, rp));
         }
+        drop(ctx);
         match (p.is_empty(), profile, state_dir) {
             (true, Some(profile), Some(state_dir)) => Ok(Config {
                 node,
                 profile,
                 state_dir,
-                log_dir: raw.log_dir.map(|d| abs(base, &d)),
+                log_dir,
                 log_format: raw.log_format,
+                log_time: raw.log_time,
                 log_level: level,
                 summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
                 pipes,
             }),
             _ => Err(p),
+        }
+    }
+}
+
+/// What every pipe's check needs from the rest of the config.
+struct PipeContext<'a> {
+    base: &'a Path,
+    state_dir: Option<&'a Path>,
+    diode: bool,
+    tls_config: Option<std::sync::Arc<rustls::ClientConfig>>,
+    tls_name: Option<String>,
+}
+
+impl PipeContext<'_> {
+    /// Checks one `[[pipe]]`, pushing every problem; `None` when it cannot be built.
+    fn pipe(&self, p: &mut Vec<String>, label: &str, rp: RawPipe) -> Option<PipeConfig> {
+        let base = self.base;
+        let name = rp.name.unwrap_or_default();
+        check_name(p, &format!("{label}: `name`"), &name);
+        let gate = rp.gate.unwrap_or_default();
+        if gate
+            .rsplit_once(':')
+            .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+        {
+            p.push(format!("{label}: `gate` = {gate:?} must be host:port of the gate (or the receiver), e.g. \"192.0.2.131:28101\""));
+        }
+        if rp.keep_sent_for.is_some() && !self.diode {
+            p.push(format!("{label}: `keep_sent_for` is only for the udp link (on a gate link the receiver confirms every file)"));
+        }
+        if rp.max_attempts == Some(0) {
+            p.push(format!("{label}: `max_attempts` must be at least 1"));
+        }
+        let sent_dir = rp.sent_dir.map(|d| abs(base, &d));
+        let quarantine_dir = rp.quarantine_dir.map(|d| abs(base, &d));
+        for (key, dir) in [("sent_dir", &sent_dir), ("quarantine_dir", &quarantine_dir)] {
+            if let Some(d) = dir {
+                folders::creatable(p, &format!("{label}: `{key}`"), d);
+            }
+        }
+        let Some(spool) = rp.spool.map(|d| abs(base, &d)) else {
+            p.push(format!("{label}: `spool` is missing"));
+            return None;
+        };
+        folders::existing(p, &format!("{label}: spool"), &spool, "2770");
+        let auth = self.auth(p, label, rp.key_file, rp.key_id, rp.protection);
+        let tls = self.tls(p, label, &gate);
+        let pipe_state = self.state_dir?.join("sender").join(&name);
+        Some(PipeConfig {
+            after_send: rp.after_send.unwrap_or(if self.diode {
+                // Nothing confirms arrival on a diode: keep what was sent for a resend.
+                AfterSend::Move
+            } else {
+                AfterSend::Delete
+            }),
+            sent_dir: sent_dir.unwrap_or_else(|| pipe_state.join("sent")),
+            quarantine_dir: quarantine_dir.unwrap_or_else(|| pipe_state.join("quarantine")),
+            keep_sent_for: rp.keep_sent_for,
+            max_attempts: rp.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            settle: rp.settle.unwrap_or(DEFAULT_SETTLE),
+            poll_interval: rp.poll_interval.unwrap_or(DEFAULT_POLL),
+            state_dir: pipe_state,
+            alarm_after: rp.alarm_after.unwrap_or(DEFAULT_ALARM_AFTER),
+            auth,
+            tls,
+            name,
+            spool,
+            gate,
+        })
+    }
+
+    /// The pipe's key and protection.
+    fn auth(
+        &self,
+        p: &mut Vec<String>,
+        label: &str,
+        key_file: Option<PathBuf>,
+        key_id: Option<u32>,
+        protection: Option<Protection>,
+    ) -> Option<SenderAuth> {
+        match (key_file, protection) {
+            (Some(file), protection) => {
+                let raw = RawKey {
+                    id: key_id,
+                    file: Some(file),
+                };
+                gapsync_daemon::config::key(p, label, self.base, &raw).map(|key| SenderAuth {
+                    key,
+                    protection: protection.unwrap_or(Protection::Encrypt),
+                })
+            }
+            (None, Some(_)) => {
+                p.push(format!("{label}: `protection` needs a `key_file`"));
+                None
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// The `tls` link's client config and the name the receiver's certificate must carry.
+    fn tls(&self, p: &mut Vec<String>, label: &str, gate: &str) -> Option<SenderTls> {
+        let config = self.tls_config.as_ref()?;
+        let host = self.tls_name.clone().unwrap_or_else(|| {
+            gate.rsplit_once(':').map_or(gate.to_owned(), |(h, _)| {
+                h.trim_matches(['[', ']']).to_owned()
+            })
+        });
+        match rustls::pki_types::ServerName::try_from(host.clone()) {
+            Ok(server_name) => Some(SenderTls {
+                config: config.clone(),
+                server_name,
+            }),
+            Err(_) => {
+                p.push(format!(
+                    "{label}: {host:?} is not a valid TLS server name; set [tls] server_name"
+                ));
+                None
+            }
         }
     }
 }

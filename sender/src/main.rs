@@ -17,12 +17,12 @@ mod resend;
 mod sent_log;
 mod source;
 mod state;
+mod summary;
 mod transfer;
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use std::sync::atomic::Ordering::Relaxed;
 
 use clap::Parser;
 
@@ -101,7 +101,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let session = ids.session();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    let mut stats = Vec::new();
+    let mut summary = summary::Summary::new(config.log_time);
     for pc in &config.pipes {
         let pipe_stats = Arc::new(PipeStats::default());
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
@@ -153,7 +153,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 pc.spool.display()
             )
         })?;
-        stats.push((pc.name.clone(), pipe_stats));
+        summary.add(&pc.name, pipe_stats, &pc.state_dir);
     }
     tracing::info!(node = %config.node, profile = %config.profile.name, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");
     for pc in &config.pipes {
@@ -169,26 +169,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     gapsync_daemon::notify_ready();
-    let log_summary = || {
-        for (name, s) in &stats {
-            tracing::info!(
-                pipe = %name,
-                files = s.files.load(Relaxed),
-                bytes = s.bytes.load(Relaxed),
-                wire_bytes = s.wire_bytes.load(Relaxed),
-                queued = s.queued.load(Relaxed),
-                reconnects = s.reconnects.load(Relaxed),
-                quarantined = s.quarantined.load(Relaxed),
-                state = if s.connected.load(Relaxed) == 1 { "connected" } else { "disconnected" },
-                "summary"
-            );
-        }
-    };
-    gapsync_daemon::cli::until_shutdown(config.summary_interval, log_summary).await?;
+    gapsync_daemon::cli::until_shutdown(config.summary_interval, || {
+        tokio::task::block_in_place(|| summary.log());
+    })
+    .await?;
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
-    log_summary();
+    summary.log();
     Ok(())
 }

@@ -29,6 +29,14 @@ pub fn bin_dir() -> PathBuf {
 /// Rebuilds the daemons once per test process, so `cargo test -p gapsync-tests` never runs a
 /// stale binary (that package cannot depend on the binary-only daemon packages).
 fn ensure_built() {
+    build_daemons(false);
+}
+
+/// Builds the daemons and this package's binaries once per process, in the profile this
+/// program was built with, when it runs under cargo (`cargo test`, `cargo run`) and
+/// `GAPSYNC_BIN_DIR` is not set. `show_progress` lets cargo print its progress (the demo);
+/// otherwise the build is quiet.
+pub fn build_daemons(show_progress: bool) {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let Some(cargo) = std::env::var_os("CARGO") else {
@@ -40,7 +48,6 @@ fn ensure_built() {
         let mut cmd = Command::new(cargo);
         cmd.args([
             "build",
-            "--quiet",
             "--bins",
             "-p",
             "gapsync-sender",
@@ -51,12 +58,45 @@ fn ensure_built() {
         ])
         .arg("--manifest-path")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
+        if !show_progress {
+            cmd.arg("--quiet");
+        }
         if bin_dir().ends_with("release") {
             cmd.arg("--release");
         }
+        clear_inherited_cargo_env(&mut cmd);
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building the daemons failed");
     });
+}
+
+/// Removes what `cargo run` and `cargo test` set for the program they run (CARGO_MANIFEST_DIR,
+/// CARGO_PKG_*, CARGO_BIN_EXE_*, ...) from a nested cargo's environment. Left in, build scripts
+/// that watch these variables (ring's does) see them change between the outer build and this
+/// one, and rerun each time: every run then rebuilt ring, rustls and the workspace, alternately
+/// in the outer and the inner build. Cargo's own settings (CARGO_HOME, CARGO_TARGET_DIR,
+/// CARGO_BUILD_*, CARGO_PROFILE_*, RUSTFLAGS, ...) are kept.
+fn clear_inherited_cargo_env(cmd: &mut Command) {
+    const SET_BY_CARGO: &[&str] = &[
+        "CARGO_MANIFEST_",
+        "CARGO_PKG_",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_BIN_EXE_",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "CARGO_CFG_",
+        "CARGO_FEATURE_",
+        "OUT_DIR",
+        "__CARGO",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let Some(n) = name.to_str() else { continue };
+        if SET_BY_CARGO.iter().any(|p| n.starts_with(p)) {
+            cmd.env_remove(&name);
+        }
+    }
 }
 
 /// Path of a workspace binary (rebuilt first if the sources changed).
@@ -444,8 +484,10 @@ impl Lab {
         format!("{:?}", p.display().to_string())
     }
 
-    /// Writes receiver.toml (listening on the port of the previous start, or a free one).
+    /// Writes receiver.toml (listening on the port of the previous start, or a free one), and
+    /// creates the landing folder as an operator must (the receiver does not).
     pub fn receiver_config(&self) -> PathBuf {
+        std::fs::create_dir_all(&self.dest).expect("dest");
         let listen = self
             .receiver_addr
             .map_or("127.0.0.1:0".to_owned(), |a| a.to_string());
@@ -467,8 +509,10 @@ impl Lab {
         p
     }
 
-    /// Writes sender.toml pointing at the simulator, or straight at the receiver.
+    /// Writes sender.toml pointing at the simulator, or straight at the receiver, and creates
+    /// the spool as an operator must (the sender does not).
     pub fn sender_config(&self) -> PathBuf {
+        std::fs::create_dir_all(&self.spool).expect("spool");
         let gate = self
             .sim_addr
             .or(self.receiver_addr)
@@ -796,8 +840,11 @@ pub fn make_certs(dir: &Path, name: &str) -> Certs {
     let ca =
         CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
     let write = |file: &str, text: String| {
+        use std::os::unix::fs::PermissionsExt as _;
         let p = dir.join(format!("{name}-{file}"));
         std::fs::write(&p, text).expect("write pem");
+        // Private keys open to others are refused (0640 root:gapsync is what operators use).
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).expect("chmod pem");
         p
     };
     let leaf = |sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
@@ -862,4 +909,77 @@ pub fn check_config(exe: &Path, config: &Path) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Runs `<exe> check-config --config <config>` under `wrapper` (e.g. [`without_root`]; empty:
+/// directly): the exit code, and stdout and stderr together.
+pub fn check_config_code(wrapper: &[String], exe: &Path, config: &Path) -> (Option<i32>, String) {
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let out = cmd
+        .arg("check-config")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run check-config ({wrapper:?}): {e}"));
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A command prefix that runs a program without root's power over file modes: as root (as in
+/// CI), `setpriv` to nobody (uid and gid 65534, no other groups); otherwise nothing, as this
+/// user has no such power. A missing `setpriv` fails the test that needs it.
+pub fn without_root() -> Vec<String> {
+    if rustix::process::geteuid().is_root() {
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
+/// A temporary folder that other users may enter and read (mode 0755), holding a copy of the
+/// shipped profiles in `hardware-profiles/` (found next to a config written there), for
+/// commands run through [`without_root`].
+pub fn open_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let profiles = dir.path().join("hardware-profiles");
+    std::fs::create_dir(&profiles).expect("mkdir profiles");
+    for e in std::fs::read_dir(profiles_dir())
+        .expect("profiles")
+        .flatten()
+    {
+        std::fs::copy(e.path(), profiles.join(e.file_name())).expect("copy profile");
+    }
+    dir
+}
+
+/// `exe` placed in `dir` (a hard link, or a copy across filesystems), so that another user can
+/// run it even when the checkout sits in a folder only root may enter.
+pub fn exe_in(dir: &Path, exe: &Path) -> PathBuf {
+    let to = dir.join(exe.file_name().expect("exe name"));
+    if std::fs::hard_link(exe, &to).is_err() {
+        std::fs::copy(exe, &to).expect("copy exe");
+    }
+    to
 }

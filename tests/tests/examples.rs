@@ -19,10 +19,32 @@ fn every_example_config_passes_check_config_beside_its_key() {
         let exe = bin(&format!("gapsync-{side}"));
         let example =
             Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{name}.toml"));
-        // The example names keys/scada-1.key next to itself: run it beside a freshly made key.
-        let dir = tempfile::tempdir().expect("tmp");
+        // The example names keys/scada-1.key next to itself: run it beside a freshly made key,
+        // its profile in hardware-profiles/ beside it, and its folders moved into the test's
+        // folder (the spool and landing folders made, as an operator must).
+        let dir = gapsync_tests::open_tempdir();
+        let d = dir.path().display().to_string();
         let config = dir.path().join(format!("{name}.toml"));
-        std::fs::copy(&example, &config).expect("copy");
+        let mut moved = std::fs::read_to_string(&example).expect("read example");
+        for (from, to) in [
+            ("/srv/gapsync/outbox/scada", "spool"),
+            ("/srv/gapsync/inbox/scada", "dest"),
+            ("/var/lib/gapsync", "state"),
+            ("/var/log/gapsync", "logs"),
+        ] {
+            moved = moved.replace(from, &format!("{d}/{to}"));
+        }
+        let unmoved = moved
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or_default())
+            .find(|l| l.contains("\"/srv/") || l.contains("\"/var/"));
+        assert!(
+            unmoved.is_none(),
+            "{name} names a folder this test does not move: {unmoved:?}"
+        );
+        std::fs::create_dir(dir.path().join("spool")).expect("mkdir spool");
+        std::fs::create_dir(dir.path().join("dest")).expect("mkdir dest");
+        std::fs::write(&config, moved).expect("write config");
         std::fs::create_dir(dir.path().join("keys")).expect("mkdir");
         let keygen = Command::new(&exe)
             .arg("keygen")
@@ -49,6 +71,9 @@ fn every_example_config_passes_check_config_beside_its_key() {
 fn every_shipped_profile_passes_check_config_on_both_daemons() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = gapsync_tests::make_certs(dir.path(), "ci");
+    let d = dir.path().display().to_string();
+    std::fs::create_dir(dir.path().join("spool")).expect("mkdir");
+    std::fs::create_dir(dir.path().join("dest")).expect("mkdir");
     let mut checked = 0;
     for entry in std::fs::read_dir(gapsync_tests::profiles_dir()).expect("profiles") {
         let p = entry.expect("entry").path();
@@ -70,9 +95,9 @@ fn every_shipped_profile_passes_check_config_on_both_daemons() {
             String::new()
         };
         let sender = dir.path().join("s.toml");
-        std::fs::write(&sender, format!("node = \"n\"\nprofile = {profile}\nstate_dir = \"/tmp/x\"\n{tls}[[pipe]]\nname = \"p\"\nspool = \"/tmp/s\"\ngate = \"127.0.0.1:1\"\n")).expect("write");
+        std::fs::write(&sender, format!("node = \"n\"\nprofile = {profile}\nstate_dir = \"{d}/state\"\n{tls}[[pipe]]\nname = \"p\"\nspool = \"{d}/spool\"\ngate = \"127.0.0.1:1\"\n")).expect("write");
         let receiver = dir.path().join("r.toml");
-        std::fs::write(&receiver, format!("node = \"o\"\nprofile = {profile}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"/tmp/x\"\n{tls}[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"/tmp/d\"\n")).expect("write");
+        std::fs::write(&receiver, format!("node = \"o\"\nprofile = {profile}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"{d}/state\"\n{tls}[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{d}/dest\"\n")).expect("write");
         for (side, config) in [("sender", &sender), ("receiver", &receiver)] {
             let (ok, out) = check(&bin(&format!("gapsync-{side}")), config);
             assert!(ok, "{} on the {side}: {out}", p.display());

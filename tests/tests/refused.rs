@@ -152,9 +152,10 @@ fn names_that_escape_the_destination_are_refused_and_nothing_is_written() {
     }
     // The log is written by a thread of its own: a line may reach the file just after the
     // reply byte reached us.
+    // The error is a quoted field value: the quotes around the name inside it are escaped.
     for needle in [
-        "\"../evil.txt\" refused",
-        "\"/tmp/evil.txt\" refused",
+        r#"\"../evil.txt\" refused"#,
+        r#"\"/tmp/evil.txt\" refused"#,
         "would leave the destination folder",
     ] {
         wait_for_log(&lab, true, needle);

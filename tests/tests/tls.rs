@@ -77,8 +77,15 @@ fn a_sender_certificate_from_another_ca_is_refused_and_nothing_is_written() {
 fn check_config_refuses_a_tls_profile_without_certificates_and_names_bad_files() {
     let dir = tempfile::tempdir().expect("tmp");
     let exe = gapsync_tests::bin("gapsync-receiver");
-    let base = "node = \"o\"\nprofile = \"tls-edge-cloud\"\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"/tmp/x\"\n";
-    let pipe = "[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"/tmp/d\"\n";
+    let base = format!(
+        "node = \"o\"\nprofile = \"tls-edge-cloud\"\nprofiles_dir = {:?}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\nstate_dir = {:?}\n",
+        gapsync_tests::profiles_dir().display().to_string(),
+        dir.path().join("state").display().to_string()
+    );
+    let pipe = format!(
+        "[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = {:?}\n",
+        dir.path().display().to_string()
+    );
     let run = |text: String| {
         let cfg = dir.path().join("r.toml");
         std::fs::write(&cfg, text).expect("write");

@@ -95,6 +95,7 @@ fn thousand_mixed_files_arrive_once_with_the_pipelined_loopback_profile() {
 fn two_senders_at_once_land_in_their_own_folders() {
     let mut lab = Lab::new("loopback");
     let dest_b = lab.path("dest-b");
+    std::fs::create_dir_all(&dest_b).expect("dest b");
     lab.receiver_extra = format!(
         "[[pipe]]\nname = \"scada\"\nfrom = \"plant-b\"\ndest = {:?}\n",
         dest_b.display().to_string()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use gapsync_daemon::ratelimit::RateLimiter;
+use gapsync_daemon::ratelimit::{self, RateLimiter};
 use gapsync_protocol::crypto::{ConnectionId, FrameKey};
 use gapsync_protocol::{Hello, PROTOCOL_VERSION, ReceiverSession, Request};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -221,7 +221,9 @@ impl Connection {
                     self.session.answer(ok);
                 }
                 Err(e) => {
-                    let key = format!("bad frames {}", self.peer.ip());
+                    // Per peer and cause: different refusals are each said.
+                    let cause = format!("bad frame {}", ratelimit::cause_kind(&e));
+                    let key = ratelimit::key(self.peer.ip(), &cause);
                     if let Some(suppressed) = self.server.warn_limited(&key) {
                         tracing::error!(error = %e, suppressed, "refused a frame; closing the connection (the sender reconnects and resends)");
                     }
@@ -240,51 +242,64 @@ impl Connection {
 
     fn hello(&mut self, h: Hello) {
         let server = self.server.clone();
-        let refuse = |why: String| {
-            if let Some(suppressed) =
-                server.warn_limited(&format!("hello {} {}", self.peer.ip(), why))
-            {
+        // Rate-limited per peer and cause (the kind of refusal, not its numbers or names).
+        let refuse = |cause: &str, why: String| {
+            let key = ratelimit::key(self.peer.ip(), &format!("hello {cause}"));
+            if let Some(suppressed) = server.warn_limited(&key) {
                 tracing::error!(node = %h.node, pipe = %h.pipe, suppressed, "refused handshake, closed without a reply: {why}");
             }
         };
         if h.protocol_version != PROTOCOL_VERSION {
-            refuse(format!(
-                "protocol version {} (this receiver speaks {PROTOCOL_VERSION}); upgrade the older side",
-                h.protocol_version
-            ));
+            refuse(
+                "version",
+                format!(
+                    "protocol version {} (this receiver speaks {PROTOCOL_VERSION}); upgrade the older side",
+                    h.protocol_version
+                ),
+            );
             return self.session.reject_hello();
         }
         let Some(pipe) = self.server.pipes.get(&h.node, &h.pipe) else {
-            refuse(format!(
-                "unknown pipe {:?} from node {:?}; add a [[pipe]] with that name and from to the receiver config",
-                h.pipe, h.node
-            ));
+            refuse(
+                "unknown pipe",
+                format!(
+                    "unknown pipe {:?} from node {:?}; add a [[pipe]] with that name and from to the receiver config",
+                    h.pipe, h.node
+                ),
+            );
             return self.session.reject_hello();
         };
         let diffs = self.server.config.profile.summary().differences(&h.profile);
         if !diffs.is_empty() {
-            refuse(format!(
-                "profile mismatch: {}; both ends must use the same profile values",
-                diffs.join(", ")
-            ));
+            refuse(
+                "profile",
+                format!(
+                    "profile mismatch: {}; both ends must use the same profile values",
+                    diffs.join(", ")
+                ),
+            );
             return self.session.reject_hello();
         }
         let key = match self.hello_key(&h, &pipe) {
             Ok(key) => key,
-            Err(why) => {
-                refuse(why);
+            Err((cause, why)) => {
+                refuse(cause, why);
                 return self.session.reject_hello();
             }
         };
         let current = pipe.session.fetch_max(h.session_id, Relaxed);
         if h.session_id < current {
-            refuse(format!(
-                "session {} is older than the current session {current} (a stale connection)",
-                h.session_id
-            ));
+            refuse(
+                "stale session",
+                format!(
+                    "session {} is older than the current session {current} (a stale connection)",
+                    h.session_id
+                ),
+            );
             return self.session.reject_hello();
         }
         pipe.stats.connections.fetch_add(1, Relaxed);
+        pipe.heard();
         tracing::info!(
             node = %h.node, pipe = %h.pipe, session = h.session_id, connection = h.connection,
             key_id = h.auth.map(|a| a.key_id), protection = %h.auth.map_or("none", |a| a.protection.as_str()),
@@ -295,20 +310,28 @@ impl Connection {
     }
 
     /// The connection key for a Hello, after checking its tag and that it is no replay.
-    fn hello_key(&self, h: &Hello, pipe: &Pipe) -> Result<Option<FrameKey>, String> {
+    /// A refusal is its cause (for the rate limiter) and what the operator reads.
+    fn hello_key(
+        &self,
+        h: &Hello,
+        pipe: &Pipe,
+    ) -> Result<Option<FrameKey>, (&'static str, String)> {
         let Some(auth) = h.auth else {
             if self.session.hello_is_authenticated() {
-                return Err("the Hello carries a tag but names no key".into());
+                return Err(("tag", "the Hello carries a tag but names no key".into()));
             }
             if pipe.require_auth {
-                return Err("the pipe requires authentication (require_auth) but the sender presented no key; set key_file on the sender's pipe".into());
+                return Err(("no key", "the pipe requires authentication (require_auth) but the sender presented no key; set key_file on the sender's pipe".into()));
             }
             return Ok(None);
         };
         let Some(psk) = pipe.keys.iter().find(|k| k.id == auth.key_id) else {
-            return Err(format!(
-                "key id {} is not configured for this pipe; add it to the pipe's keys",
-                auth.key_id
+            return Err((
+                "key id",
+                format!(
+                    "key id {} is not configured for this pipe; add it to the pipe's keys",
+                    auth.key_id
+                ),
             ));
         };
         let id = ConnectionId {
@@ -320,19 +343,26 @@ impl Connection {
         };
         let key = FrameKey::derive(&psk.key, id, auth.protection);
         if !self.session.verify_hello(&key) {
-            return Err(format!(
-                "wrong key: the Hello does not verify with key id {}; nothing is written",
-                auth.key_id
+            return Err((
+                "wrong key",
+                format!(
+                    "wrong key: the Hello does not verify with key id {}; nothing is written",
+                    auth.key_id
+                ),
             ));
         }
         match tokio::task::block_in_place(|| pipe.accept_connection(h.session_id, h.connection)) {
             Ok(Ok(())) => Ok(Some(key)),
-            Ok(Err((s, c))) => Err(format!(
-                "replayed or stale connection: session {} connection {} is not newer than session {s} connection {c} accepted before (if the sender's state folder was reset, put a number above {s} in its sender/session file)",
-                h.session_id, h.connection
+            Ok(Err((s, c))) => Err((
+                "replay",
+                format!(
+                    "replayed or stale connection: session {} connection {} is not newer than session {s} connection {c} accepted before (if the sender's state folder was reset, put a number above {s} in its sender/session file)",
+                    h.session_id, h.connection
+                ),
             )),
-            Err(e) => Err(format!(
-                "cannot record the connection in the staging folder: {e}"
+            Err(e) => Err((
+                "record",
+                format!("cannot record the connection in the staging folder: {e}"),
             )),
         }
     }
@@ -390,11 +420,10 @@ impl Connection {
             Ok(()) => true,
             Err(e) => {
                 pipe.stats.refused_frames.fetch_add(1, Relaxed);
-                // Repeats of one problem (numbers aside) are logged once a minute.
-                let key: String = format!("sink {} {e}", pipe.name)
-                    .chars()
-                    .filter(|c| !c.is_ascii_digit())
-                    .collect();
+                // Repeats of one cause (whatever the file or the numbers) are logged once a
+                // minute per pipe and peer; different causes each get through.
+                let cause = format!("sink {} {}", pipe.name, ratelimit::cause_kind(&e));
+                let key = ratelimit::key(self.peer.ip(), &cause);
                 if let Some(suppressed) = self.server.warn_limited(&key) {
                     if e.is_local() {
                         tracing::error!(pipe = %pipe.name, error = %e, suppressed, "could not land data; closed the connection without a reply, so the sender retries later without counting it against the file");

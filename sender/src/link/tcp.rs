@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use gapsync_daemon::ratelimit::RateLimiter;
+use gapsync_daemon::alarm::{self, Alarm, AlarmEvent};
+use gapsync_daemon::ratelimit::{self, RateLimiter};
 use gapsync_protocol::crypto::{ConnectionId, FrameKey};
 use gapsync_protocol::messages::HelloAuth;
 use gapsync_protocol::{FrameKind, Hello, PROTOCOL_VERSION, SenderEvent, SenderSession};
@@ -25,6 +26,12 @@ enum Ended {
     },
 }
 
+/// How a pipe speaks of failures: warnings rate-limited per cause, and its alarm.
+struct Trouble {
+    limiter: RateLimiter,
+    alarm: Alarm,
+}
+
 /// Runs a pipe until shutdown: connect, send, and on any failure back off and resume.
 pub async fn run(
     mut w: PipeWorker,
@@ -33,7 +40,10 @@ pub async fn run(
     mut rx: mpsc::Receiver<SourceEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limiter = RateLimiter::new(Duration::from_secs(60));
+    let mut trouble = Trouble {
+        limiter: RateLimiter::new(Duration::from_secs(60)),
+        alarm: Alarm::new(w.cfg.alarm_after),
+    };
     let (min, max) = (
         w.profile.reconnect_backoff_min,
         w.profile.reconnect_backoff_max,
@@ -53,7 +63,7 @@ pub async fn run(
                     stream,
                     &mut rx,
                     &mut shutdown,
-                    &limiter,
+                    &mut trouble,
                 )
                 .await;
                 w.stats.connected.store(0, Relaxed);
@@ -66,15 +76,22 @@ pub async fn run(
                 w.stats.reconnects.fetch_add(1, Relaxed);
             }
             Err(e) => {
-                if let Some(suppressed) = limiter.check("connect", Instant::now()) {
-                    tracing::warn!(pipe = %w.cfg.name, gate = %w.cfg.gate, error = %e, retry_in = %humantime::format_duration(backoff), suppressed, "cannot connect to the gate");
+                let key = ratelimit::key("connect", &ratelimit::without_digits(&format!("{e:#}")));
+                if let Some(suppressed) = trouble.limiter.check(&key, Instant::now()) {
+                    tracing::warn!(pipe = %w.cfg.name, gate = %w.cfg.gate, error = %format!("{e:#}"), retry_in = %humantime::format_duration(backoff), suppressed, "cannot connect to the gate");
                 }
+                trouble
+                    .alarm
+                    .failure(format!("cannot connect to the gate: {e:#}"));
             }
         }
         let until = tokio::time::Instant::now() + backoff;
         loop {
+            poll_alarm(&mut trouble.alarm, &w);
+            let wake = alarm_wake(&trouble.alarm, until);
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
+                _ = tokio::time::sleep_until(wake), if wake < until => {}
                 ev = rx.recv() => match ev {
                     Some(ev) => w.on_source(ev),
                     None => return,
@@ -142,8 +159,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     rx: &mut mpsc::Receiver<SourceEvent>,
     shutdown: &mut watch::Receiver<bool>,
-    limiter: &RateLimiter,
+    trouble: &mut Trouble,
 ) -> Ended {
+    let Trouble { limiter, alarm } = trouble;
     w.connections += 1;
     let connection = w.connections;
     let key = w.cfg.auth.as_ref().map(|a| {
@@ -177,15 +195,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     // A frame built ahead (its payload in `w.buf`), sent as soon as the window allows.
     let mut prepared: Option<(FrameKind, u64, u64)> = None;
     let (pipe, gate) = (w.cfg.name.clone(), w.cfg.gate.clone());
+    // Logs a failure (different causes each, repeats of one rate-limited) and returns it for
+    // the pipe's alarm.
     let warn = |what: &str, detail: String| {
-        // Different failures are each logged; repeats of one (numbers aside) are rate-limited.
-        let key: String = format!("{what}: {detail}")
-            .chars()
-            .filter(|c| !c.is_ascii_digit())
-            .collect();
+        let key = ratelimit::key(
+            &gate,
+            &ratelimit::without_digits(&format!("{what}: {detail}")),
+        );
         if let Some(suppressed) = limiter.check(&key, Instant::now()) {
             tracing::warn!(pipe = %pipe, gate = %gate, suppressed, "{what}: {detail}; reconnecting");
         }
+        format!("{what}: {detail}")
     };
     loop {
         // An answer that opened the window sends the frame built ahead at once; the answer's
@@ -203,7 +223,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             )
             .await;
             if let Err(e) = sent {
-                warn("cannot write to the gate", e);
+                alarm.failure(warn("cannot write to the gate", e));
                 return Ended::Failed { accepted };
             }
         }
@@ -214,13 +234,21 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     w.stats.connected.store(1, Relaxed);
                     tracing::info!(pipe = %w.cfg.name, gate = %w.cfg.gate, session = session_id, queued = w.depth(), "connected");
                 }
-                SenderEvent::TimedOut(info) => warn(
+                SenderEvent::TimedOut(info) => alarm.failure(warn(
                     "no answer within the ack timeout",
                     format!("{:?} frame {}", info.kind, info.sequence),
-                ),
-                SenderEvent::Violation(e) => {
-                    warn("the reply stream broke the protocol", e.to_string())
+                )),
+                SenderEvent::Violation(e) => alarm.failure(warn(
+                    "the reply stream broke the protocol",
+                    e.to_string(),
+                )),
+                SenderEvent::Acked(info) if info.kind == FrameKind::Batch => {
+                    let cleared = alarm.ok(Instant::now(), false);
+                    report_alarm(cleared, w, "the pipe delivers again");
                 }
+                SenderEvent::Failed(_) => alarm.failure(
+                    "the receiver answered FAIL to every attempt (its log says why: a refused name, a full disk, a digest mismatch)",
+                ),
                 _ => {}
             }
             w.on_event(&ev);
@@ -228,6 +256,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if s.is_closed() {
             return Ended::Failed { accepted };
         }
+        poll_alarm(alarm, w);
         // A frame built ahead went out above whenever the window allowed, and handling events
         // does not open the window: from here on frames are built as they are sent.
         // A frame that would not be full waits for the answers while files keep arriving
@@ -255,12 +284,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             )
             .await
             {
-                warn("cannot write to the gate", e);
+                alarm.failure(warn("cannot write to the gate", e));
                 return Ended::Failed { accepted };
             }
         }
         if let Err(e) = flush(&mut s, &mut wr, write_timeout).await {
-            warn("cannot write to the gate", e);
+            alarm.failure(warn("cannot write to the gate", e));
             return Ended::Failed { accepted };
         }
         // The window is full: the next frame (read, hashed) is built while the answer is on
@@ -274,27 +303,27 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         {
             prepared = tokio::task::block_in_place(|| w.next_frame(s.max_payload()));
         }
-        let deadline = match (s.next_deadline(), held_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-        .map_or_else(
-            || tokio::time::Instant::now() + Duration::from_secs(3600),
-            tokio::time::Instant::from_std,
-        );
+        let deadline = [s.next_deadline(), held_until, alarm.next_poll()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or_else(
+                || tokio::time::Instant::now() + Duration::from_secs(3600),
+                tokio::time::Instant::from_std,
+            );
         tokio::select! {
             r = rd.read(&mut replies) => match r {
                 Ok(0) if !accepted => {
-                    warn("the receiver closed the connection during the handshake without answering", "its pipe, node, profile or allow-list does not accept this sender (the receiver's log says which)".into());
+                    alarm.failure(warn("the receiver closed the connection during the handshake without answering", "its pipe, node, profile, key or allow-list does not accept this sender (the receiver's log says which)".into()));
                     return Ended::Failed { accepted };
                 }
                 Ok(0) => {
-                    warn("the gate or receiver closed the connection", format!("{} frame(s) unanswered", s.in_flight()));
+                    alarm.failure(warn("the gate or receiver closed the connection", format!("{} frame(s) unanswered", s.in_flight())));
                     return Ended::Failed { accepted };
                 }
                 Ok(n) => s.on_bytes(&replies[..n], Instant::now()),
                 Err(e) => {
-                    warn("connection lost", e.to_string());
+                    alarm.failure(warn("connection lost", e.to_string()));
                     return Ended::Failed { accepted };
                 }
             },
@@ -306,6 +335,37 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             _ = shutdown.changed() => return Ended::Shutdown,
         }
     }
+}
+
+/// Says the pipe's alarm (files waiting, nothing delivered for `alarm_after`) when it is due.
+fn poll_alarm(alarm: &mut Alarm, w: &PipeWorker) {
+    let ev = alarm.poll(Instant::now(), w.depth() > 0);
+    report_alarm(ev, w, "nothing is waiting to be sent any more");
+}
+
+/// Logs what the pipe's alarm says; `cleared` is what an INFO line says.
+fn report_alarm(ev: Option<AlarmEvent>, w: &PipeWorker, cleared: &str) {
+    match ev {
+        Some(ev @ AlarmEvent::Raised { .. }) => {
+            let what = format!(
+                "the pipe has delivered nothing for alarm_after ({}) while {} file(s) wait; act on the cause",
+                alarm::seconds(w.cfg.alarm_after),
+                w.depth()
+            );
+            alarm::log_raised("not_delivering", &w.cfg.name, &w.cfg.gate, &ev, &what);
+        }
+        Some(ev @ AlarmEvent::Cleared { .. }) => {
+            alarm::log_cleared("not_delivering", &w.cfg.name, &w.cfg.gate, &ev, cleared);
+        }
+        None => {}
+    }
+}
+
+/// When the backoff wait must wake for the alarm (at `until` at the latest).
+fn alarm_wake(alarm: &Alarm, until: tokio::time::Instant) -> tokio::time::Instant {
+    alarm
+        .next_poll()
+        .map_or(until, |t| tokio::time::Instant::from_std(t).min(until))
 }
 
 /// Sends the frame whose payload `w.buf` holds, paced, and writes it out.

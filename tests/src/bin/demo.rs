@@ -1,7 +1,8 @@
 //! gapsync-demo: the main job on loopback. Starts a receiver, the gate simulator and a sender
 //! with the `syskeeper-2000` profile, transfers a set of sample files, verifies every byte,
-//! and prints a summary and where the logs are. Run: `cargo run --release -p gapsync-tests
-//! --bin gapsync-demo` (the README's first command).
+//! and prints a summary. Its folder under the temporary directory is removed at the end unless
+//! `--keep` is given (or the demo failed). Run: `cargo run --release -p gapsync-tests --bin
+//! gapsync-demo` (the README's first command).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -13,16 +14,21 @@ use gapsync_tests::{Lab, count_files, count_lines, make_file, profiles_dir, wait
 #[command(
     name = "gapsync-demo",
     about = "The main job on loopback: a receiver, the gate simulator and a sender transfer 300 \
-             sample files (96 MB), verified byte by byte, then a summary and where the logs are."
+             sample files (96 MB), verified byte by byte, then a summary. What it wrote under the \
+             temporary directory is removed at the end unless --keep is given."
 )]
 struct Args {
     /// A profile of hardware-profiles/, by name.
     #[arg(default_value = "syskeeper-2000")]
     profile: String,
+    /// Keep the demo's folder (spool, landed files, configs, logs) instead of removing it, and
+    /// print where it is. A failed demo always keeps it.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn main() {
-    let profile = Args::parse().profile;
+    let Args { profile, keep } = Args::parse();
     if !profiles_dir().join(format!("{profile}.toml")).is_file() {
         let mut shipped: Vec<String> = std::fs::read_dir(profiles_dir())
             .into_iter()
@@ -43,9 +49,21 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let mut lab = Lab::new(&profile);
+    // The first run from a fresh clone compiles the daemons here (a few minutes); later runs
+    // find them up to date in a second.
+    println!("gapsync demo: building the daemons (release; cargo shows its progress)...");
+    let build = Instant::now();
+    gapsync_tests::build_daemons(true);
     println!(
-        "gapsync demo: preparing sample files in {}",
+        "gapsync demo: daemons ready ({:.0} s)",
+        build.elapsed().as_secs_f64()
+    );
+    let mut lab = Lab::new(&profile);
+    // Kept if the demo fails anywhere (a panic included); removed at the end of a good run
+    // unless --keep.
+    lab.root.disable_cleanup(true);
+    println!(
+        "gapsync demo: writing 300 sample files (96 MB) into {}...",
         lab.spool.display()
     );
     let mut expected = BTreeMap::new();
@@ -74,12 +92,13 @@ fn main() {
         );
         bytes += size as u64;
     }
+    println!("gapsync demo: starting the receiver, the gate simulator and the sender...");
     lab.start_receiver();
     lab.start_sim(&[]);
     let start = Instant::now();
     lab.start_sender();
     println!(
-        "gapsync demo: receiver on {}, gate simulator on {}, sender started (profile {profile})",
+        "gapsync demo: receiver on {}, gate simulator on {}, sender started (profile {profile}); transferring...",
         lab.receiver_addr.map(|a| a.to_string()).unwrap_or_default(),
         lab.sim_addr.map(|a| a.to_string()).unwrap_or_default()
     );
@@ -124,20 +143,33 @@ fn main() {
         "  spool      emptied ({} files left)",
         count_files(&lab.spool)
     );
-    println!("  landed in  {}", lab.dest.display());
-    println!(
-        "  logs       {}/rlogs/gapsync-receiver.*.log",
-        root.display()
-    );
-    println!("             {}/slogs/gapsync-sender.*.log", root.display());
-    println!(
-        "  try        grep ' delivered ' {}/rlogs/*.log | head",
-        root.display()
-    );
     drop(lab.sim.take());
-    let _kept = lab.root.keep();
+    drop(lab.sender.take());
+    drop(lab.receiver.take());
+    if keep || !ok {
+        println!("  landed in  {}", lab.dest.display());
+        println!(
+            "  logs       {}/rlogs/gapsync-receiver.*.log",
+            root.display()
+        );
+        println!("             {}/slogs/gapsync-sender.*.log", root.display());
+        println!(
+            "  try        grep ' delivered ' {}/rlogs/*.log | head",
+            root.display()
+        );
+        println!("  remove it  rm -rf {}", root.display());
+    } else {
+        drop(lab);
+        if let Err(e) = std::fs::remove_dir_all(&root) {
+            eprintln!("gapsync demo: cannot remove {}: {e}", root.display());
+        }
+        println!(
+            "  cleaned    removed {} (run with --keep to look at the landed files and logs)",
+            root.display()
+        );
+    }
     if !ok {
-        eprintln!("gapsync demo: FAILED (see the logs above)");
+        eprintln!("gapsync demo: FAILED (the folder above is kept; see its logs)");
         std::process::exit(1);
     }
     println!("\ngapsync demo: OK");

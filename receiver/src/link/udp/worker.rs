@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use gapsync_daemon::ratelimit::RateLimiter;
+use gapsync_daemon::alarm::{self, Alarm, AlarmEvent};
+use gapsync_daemon::ratelimit::{self, RateLimiter};
 use gapsync_protocol::crypto::{ConnectionId, FLAG_AUTH, FrameKey, Protection};
 use gapsync_protocol::udp::datagram::{self, Header, Kind};
 use gapsync_protocol::udp::fec::BlockPool;
@@ -34,8 +35,8 @@ const ORPHAN_AGE: Duration = Duration::from_secs(2);
 /// What the worker knows about one pipe's link.
 #[derive(Default)]
 struct LinkState {
-    last_heard: Option<Instant>,
-    alarmed: bool,
+    /// The link's silence alarm (the profile's `silence_alarm`), from the first datagram on.
+    silence: Option<Alarm>,
     keys: HashMap<u64, FrameKey>,
     /// Datagrams accepted per sender session, and the sender's count at its last heartbeat.
     session: u64,
@@ -137,7 +138,9 @@ impl Worker {
             Ok(x) => x,
             Err(e) => {
                 self.dropped.corrupt += 1;
-                if let Some(suppressed) = self.warn_limited("corrupt datagram") {
+                let key =
+                    ratelimit::key(src.ip(), &format!("corrupt {}", ratelimit::cause_kind(&e)));
+                if let Some(suppressed) = self.warn_limited(&key) {
                     tracing::warn!(%src, error = %e, suppressed, "dropped a datagram that failed its checks (forward error correction makes up for it)");
                 }
                 return;
@@ -145,7 +148,7 @@ impl Worker {
         };
         let Some(pipe) = self.pipes.get(&h.pipe_tag).cloned() else {
             self.dropped.unknown_pipe += 1;
-            if let Some(suppressed) = self.warn_limited("unknown pipe") {
+            if let Some(suppressed) = self.warn_limited(&ratelimit::key(src.ip(), "unknown pipe")) {
                 tracing::warn!(%src, tag = format!("{:08x}", h.pipe_tag), suppressed, "dropped datagrams for a pipe this receiver does not have; check that the sender's node and pipe names match a [[pipe]] here");
             }
             return;
@@ -156,22 +159,30 @@ impl Worker {
         };
         let payload = &buf[range];
         let link = self.links.entry(h.pipe_tag).or_default();
-        if link.alarmed {
-            link.alarmed = false;
-            let silent = link.last_heard.map_or(Duration::ZERO, |t| now - t);
-            tracing::info!(pipe = %pipe.name, from = %pipe.from, silent = %humantime::format_duration(Duration::from_secs(silent.as_secs())), "the sender is heard again");
+        let silence = link
+            .silence
+            .get_or_insert_with(|| Alarm::new(self.udp.silence_alarm));
+        if let Some(ev) = silence.ok(now, true) {
+            alarm::log_cleared(
+                "link_silence",
+                &pipe.name,
+                &pipe.from,
+                &ev,
+                "the sender is heard again",
+            );
         }
-        link.last_heard = Some(now);
         if h.session != link.session {
             if h.session < link.session {
                 return;
             }
             *link = LinkState {
-                last_heard: Some(now),
+                silence: link.silence.take(),
                 keys: std::mem::take(&mut link.keys),
                 session: h.session,
                 ..LinkState::default()
             };
+            // A new sender session is the diode's "sender connected".
+            pipe.heard();
         }
         link.received += 1;
         match h.kind {
@@ -433,6 +444,7 @@ impl Worker {
             for d in &flushed.delivered {
                 pipe.stats.files.fetch_add(1, Relaxed);
                 pipe.add_bytes(d.size);
+                pipe.heard();
                 tracing::info!(pipe = %pipe.name, from = %pipe.from, path = %d.path, size = d.size, digest = %d.digest_hex, pass, duration_ms = started.elapsed().as_millis() as u64, mb_per_s = format!("{:.1}", size as f64 / secs / 1e6), "delivered");
             }
             flushed.result.map(|()| applied)
@@ -502,15 +514,19 @@ impl Worker {
             }
         }
         for (tag, link) in &mut self.links {
-            let Some(last) = link.last_heard else {
+            let (Some(silence), Some(pipe)) = (&mut link.silence, self.pipes.get(tag)) else {
                 continue;
             };
-            if !link.alarmed && now.duration_since(last) > self.udp.silence_alarm {
-                link.alarmed = true;
-                if let Some(pipe) = self.pipes.get(tag) {
-                    tracing::error!(pipe = %pipe.name, from = %pipe.from, silent_for = %humantime::format_duration(self.udp.silence_alarm), "no datagram from the sender (heartbeats included): the sender, the diode or the network is down");
-                }
+            if let Some(ev @ AlarmEvent::Raised { .. }) = silence.poll(now, true) {
+                let what = format!(
+                    "no datagram from the sender (heartbeats included) for the profile's silence_alarm ({}): the sender, the diode or the network is down",
+                    alarm::seconds(self.udp.silence_alarm)
+                );
+                alarm::log_raised("link_silence", &pipe.name, &pipe.from, &ev, &what);
             }
+        }
+        for pipe in self.pipes.values() {
+            pipe.check_silence(now);
         }
     }
 

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use gapsync_daemon::alarm::{self, Alarm, AlarmEvent};
+use gapsync_daemon::ratelimit::{self, RateLimiter};
 use gapsync_protocol::Profile;
 use gapsync_protocol::crypto::{ConnectionId, FrameKey};
 use tokio::sync::{mpsc, watch};
@@ -139,6 +141,10 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
     d.stats.connected.store(1, Relaxed);
     tracing::info!(pipe = %d.cfg.name, %dest, session, resumed = d.queue.len(), "sending over the udp link (one way; nothing comes back)");
     let mut stream = Stream::default();
+    // Nothing confirms arrival on a diode: the alarm is for datagrams that cannot leave this
+    // host (socket errors) while files wait.
+    let mut alarm = Alarm::new(d.cfg.alarm_after);
+    let limiter = RateLimiter::new(Duration::from_secs(60));
     while !*d.stop.borrow() {
         loop {
             match rx.try_recv() {
@@ -152,11 +158,21 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
         d.stats
             .queued
             .store((d.queue.len() + stream.len()) as u64, Relaxed);
+        let waiting = stream.len() + d.queue.len() > 0;
+        report_alarm(alarm.poll(Instant::now(), waiting), &d.cfg);
         if stream.len() > 0 {
             match stream.send_group(&mut e) {
-                Ok(done) => done.into_iter().for_each(|s| d.sent(s)),
+                Ok(done) => {
+                    report_alarm(alarm.ok(Instant::now(), false), &d.cfg);
+                    done.into_iter().for_each(|s| d.sent(s));
+                }
                 Err(err) => {
-                    tracing::error!(pipe = %d.cfg.name, error = %err, "sending failed (socket or file error); the files in flight are sent again from the start");
+                    let cause = format!("sending failed (socket or file error): {err}");
+                    let key = ratelimit::key("send", &ratelimit::without_digits(&cause));
+                    if let Some(suppressed) = limiter.check(&key, Instant::now()) {
+                        tracing::warn!(pipe = %d.cfg.name, error = %err, suppressed, "sending failed (socket or file error); the files in flight are sent again from the start");
+                    }
+                    alarm.failure(cause);
                     d.requeue_all(std::mem::take(&mut stream));
                     std::thread::sleep(RETRY);
                 }
@@ -171,6 +187,29 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
     }
     if stream.len() > 0 {
         tracing::info!(pipe = %d.cfg.name, in_flight = stream.len(), "stopped with files in flight; they are sent again under the same ids at the next start");
+    }
+}
+
+/// Logs what the pipe's alarm says (see [`Alarm`]).
+fn report_alarm(ev: Option<AlarmEvent>, cfg: &PipeConfig) {
+    match ev {
+        Some(ev @ AlarmEvent::Raised { .. }) => {
+            let what = format!(
+                "no datagram could leave this host for alarm_after ({}) while files wait; act on the cause",
+                alarm::seconds(cfg.alarm_after)
+            );
+            alarm::log_raised("not_sending", &cfg.name, &cfg.gate, &ev, &what);
+        }
+        Some(ev @ AlarmEvent::Cleared { .. }) => {
+            alarm::log_cleared(
+                "not_sending",
+                &cfg.name,
+                &cfg.gate,
+                &ev,
+                "datagrams leave this host again",
+            );
+        }
+        None => {}
     }
 }
 
