@@ -49,6 +49,28 @@ pub fn profile(
 }
 
 /// Checks `log_level`, defaulting to `info`.
+/// Checks a daemon's `state_dir` (required) and `log_dir` (optional), made absolute against
+/// `base`: each must be a usable folder or creatable. Returns them as absolute paths.
+pub fn state_and_log_dirs(
+    problems: &mut Vec<String>,
+    base: &Path,
+    state_dir: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+) -> (Option<PathBuf>, Option<PathBuf>) {
+    let state_dir = state_dir.map(|d| abs(base, &d));
+    match &state_dir {
+        None => {
+            problems.push("`state_dir` is missing, e.g. state_dir = \"/var/lib/gapsync\"".into())
+        }
+        Some(d) => crate::folders::creatable(problems, "`state_dir`", d),
+    }
+    let log_dir = log_dir.map(|d| abs(base, &d));
+    if let Some(d) = &log_dir {
+        crate::folders::creatable(problems, "`log_dir`", d);
+    }
+    (state_dir, log_dir)
+}
+
 pub fn log_level(problems: &mut Vec<String>, level: Option<String>) -> String {
     let level = level.unwrap_or_else(|| "info".into());
     if level.parse::<tracing::Level>().is_err() {

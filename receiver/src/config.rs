@@ -247,15 +247,8 @@ impl Config {
         };
         let mut warnings = Vec::new();
         let allow = check_allow(&mut p, &mut warnings, raw.allow);
-        let state_dir = raw.state_dir.map(|d| abs(base, &d));
-        match &state_dir {
-            None => p.push("`state_dir` is missing, e.g. state_dir = \"/var/lib/gapsync\"".into()),
-            Some(d) => folders::creatable(&mut p, "`state_dir`", d),
-        }
-        let log_dir = raw.log_dir.map(|d| abs(base, &d));
-        if let Some(d) = &log_dir {
-            folders::creatable(&mut p, "`log_dir`", d);
-        }
+        let (state_dir, log_dir) =
+            gapsync_daemon::config::state_and_log_dirs(&mut p, base, raw.state_dir, raw.log_dir);
         let level = gapsync_daemon::config::log_level(&mut p, raw.log_level);
         if raw.pipe.is_empty() {
             p.push("no [[pipe]] is configured: add one with name, from and dest".into());

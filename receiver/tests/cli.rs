@@ -279,18 +279,6 @@ fn an_allow_list_open_to_every_address_is_a_warning_in_check_config_and_in_the_l
     );
 }
 
-/// The log folder's text, waiting until it contains `needle` (or 20 s).
-fn wait_for_log(logs: &Path, needle: &str) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let text = gapsync_tests::read_logs(logs);
-        if text.contains(needle) || start.elapsed() > std::time::Duration::from_secs(20) {
-            return text;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn sighup_is_logged_and_the_receiver_keeps_running_until_sigterm() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -305,42 +293,10 @@ fn sighup_is_logged_and_the_receiver_keeps_running_until_sigterm() {
     )
     .expect("write");
     std::fs::create_dir_all(dir.path().join("dest")).expect("dest");
-    let mut child = Command::new(EXE)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
-    let logs = dir.path().join("logs");
-    assert!(wait_for_log(&logs, "listening").contains("listening"));
-    for _ in 0..2 {
-        let hup = Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(hup.success());
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
-    let text = wait_for_log(&logs, "reload is not supported yet");
-    let alive = child.try_wait().expect("try_wait").is_none();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().expect("wait");
-    assert!(alive, "the receiver died of SIGHUP: {status:?}");
-    assert_eq!(
-        text.matches("SIGHUP received; reload is not supported yet, keep running")
-            .count(),
-        2,
-        "one WARN per SIGHUP:\n{text}"
-    );
-    assert!(
-        text.lines()
-            .any(|l| l.contains(" WARN ") && l.contains("SIGHUP received")),
-        "{text}"
-    );
-    assert!(
-        status.success(),
-        "SIGTERM still stops it cleanly: {status:?}"
+    gapsync_tests::assert_sighup_is_logged_and_survived(
+        Path::new(EXE),
+        &cfg,
+        &dir.path().join("logs"),
+        " listening ",
     );
 }

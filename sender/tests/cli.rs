@@ -178,45 +178,10 @@ fn sighup_is_logged_and_the_sender_keeps_running_until_sigterm() {
         ),
     )
     .expect("write");
-    let mut child = Command::new(EXE)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
-    let logs = dir.path().join("logs");
-    let started = std::time::Instant::now();
-    while !gapsync_tests::read_logs(&logs).contains(" started ")
-        && started.elapsed() < std::time::Duration::from_secs(20)
-    {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(hup.success());
-    let waited = std::time::Instant::now();
-    while !gapsync_tests::read_logs(&logs).contains("SIGHUP received")
-        && waited.elapsed() < std::time::Duration::from_secs(10)
-    {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let alive = child.try_wait().expect("try_wait").is_none();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().expect("wait");
-    let text = gapsync_tests::read_logs(&logs);
-    assert!(alive, "the sender died of SIGHUP: {status:?}\n{text}");
-    assert!(
-        text.lines().any(|l| l.contains(" WARN ")
-            && l.contains("SIGHUP received; reload is not supported yet, keep running")),
-        "{text}"
-    );
-    assert!(
-        status.success(),
-        "SIGTERM still stops it cleanly: {status:?}"
+    gapsync_tests::assert_sighup_is_logged_and_survived(
+        Path::new(EXE),
+        &cfg,
+        &dir.path().join("logs"),
+        " started ",
     );
 }

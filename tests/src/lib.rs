@@ -983,3 +983,60 @@ pub fn exe_in(dir: &Path, exe: &Path) -> PathBuf {
     }
     to
 }
+
+/// The text of the log files in `logs`, once it contains `needle` (or after 20 s).
+pub fn wait_for_log(logs: &Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = read_logs(logs);
+        if text.contains(needle) || start.elapsed() > Duration::from_secs(20) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `exe run --config config` until its log (in `logs`) shows `ready`, sends it SIGHUP
+/// twice, then SIGTERM, and checks what an operator would: it kept running, logged one WARN
+/// per SIGHUP, and stopped cleanly on SIGTERM.
+pub fn assert_sighup_is_logged_and_survived(exe: &Path, config: &Path, logs: &Path, ready: &str) {
+    let mut child = Command::new(exe)
+        .args(["run", "--config"])
+        .arg(config)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let up = wait_for_log(logs, ready);
+    assert!(
+        up.contains(ready),
+        "the daemon never logged {ready:?}:\n{up}"
+    );
+    let pid = child.id().to_string();
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+    };
+    for _ in 0..2 {
+        assert!(signal("-HUP").success());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let text = wait_for_log(logs, "reload is not supported yet");
+    let alive = child.try_wait().expect("try_wait").is_none();
+    let _ = signal("-TERM");
+    let status = child.wait().expect("wait");
+    assert!(alive, "the daemon died of SIGHUP: {status:?}\n{text}");
+    let warned = text
+        .lines()
+        .filter(|l| {
+            l.contains(" WARN ")
+                && l.contains("SIGHUP received; reload is not supported yet, keep running")
+        })
+        .count();
+    assert_eq!(warned, 2, "one WARN per SIGHUP:\n{text}");
+    assert!(
+        status.success(),
+        "SIGTERM still stops it cleanly: {status:?}"
+    );
+}
