@@ -154,8 +154,14 @@ fn check_pipe(p: &mut Vec<String>, label: &str, base: &Path, rp: RawPipe) -> Opt
             folders::creatable(p, &format!("{label}: `staging`"), &s);
             s
         }
-        None => dest.join(crate::sink::directory::STAGING_DIR),
+        None => crate::sink::directory::default_staging(&dest, &from, &name),
     };
+    if staging == dest || dest.starts_with(&staging) {
+        p.push(format!(
+            "{label}: `staging` {} is dest or holds it; the receiver keeps its records there: remove `staging` (the default is <dest>/.gapsync-staging/<from>/<name>)",
+            staging.display()
+        ));
+    }
     Some(PipeConfig {
         name,
         from,
@@ -277,6 +283,15 @@ impl Config {
                 }
             }
             pipes.extend(check_pipe(&mut p, &label, base, rp));
+        }
+        // Each pipe's records (done log, journal) must be its own.
+        for (i, a) in pipes.iter().enumerate() {
+            if let Some(b) = pipes[..i].iter().find(|b| b.staging == a.staging) {
+                p.push(format!(
+                    "pipes {} from {} and {} from {} share the staging folder {}: give each its own `staging` (or leave it unset: the default is one per pipe)",
+                    b.name, b.from, a.name, a.from, a.staging.display()
+                ));
+            }
         }
         match (p.is_empty(), profile, listen, state_dir) {
             (true, Some(profile), Some(listen), Some(state_dir)) => Ok(Config {

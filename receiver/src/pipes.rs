@@ -308,7 +308,7 @@ fn adopt_legacy_staging(config: &Config, p: &crate::config::PipeConfig) -> anyho
         .join(&p.from)
         .join(&p.name)
         .join("staging");
-    if p.staging != p.dest.join(directory::STAGING_DIR) || !legacy.is_dir() {
+    if p.staging != directory::default_staging(&p.dest, &p.from, &p.name) || !legacy.is_dir() {
         return Ok(());
     }
     let moved = directory::adopt_legacy_staging(&legacy, &p.staging)

@@ -477,7 +477,7 @@ impl Lab {
 
     /// The receiver pipe's staging folder (the default, inside dest).
     pub fn staging(&self) -> PathBuf {
-        self.dest.join(STAGING_DIR)
+        self.dest.join(STAGING_DIR).join("plant-a").join("scada")
     }
 
     fn q(p: &Path) -> String {

@@ -70,6 +70,15 @@ impl DoneLog {
         Ok(())
     }
 
+    /// Removes `id`'s record durably (the log is rewritten atomically): a transfer recorded as
+    /// done whose staged data vanished before it landed must be sent again.
+    pub fn forget(&mut self, id: u64) -> io::Result<()> {
+        if self.done.remove(&id).is_some() {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
     /// Where the log lives.
     pub fn path(&self) -> &Path {
         self.journal.path()

@@ -85,6 +85,14 @@ impl Places {
         Ok(target.parent().unwrap_or(&self.dest).to_path_buf())
     }
 
+    /// The size of the file landed at `path`, if there is one.
+    pub fn landed_size(&self, path: &WirePath) -> Option<u64> {
+        std::fs::symlink_metadata(self.dest.join(path.as_str()))
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+    }
+
     /// Makes an earlier rename of `path` into place durable (its folder's fsync failed then).
     pub fn sync_landed(&self, path: &WirePath) -> Result<(), SinkError> {
         let target = self.dest.join(path.as_str());

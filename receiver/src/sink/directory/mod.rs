@@ -34,7 +34,7 @@ use writer::DataWriter;
 mod repair;
 mod writer;
 
-pub use repair::{STAGING_DIR, adopt_legacy_staging};
+pub use repair::{STAGING_DIR, adopt_legacy_staging, default_staging};
 
 #[derive(Debug)]
 struct Partial {
@@ -85,6 +85,19 @@ pub struct DirectorySink {
     reserved: Option<String>,
 }
 
+/// The name inside dest that no transfer may take: the whole `.gapsync-staging` folder when the
+/// staging folder is below it, else the staging folder's path relative to dest.
+fn reserved_name(dest: &Path, staging: &Path) -> Option<String> {
+    if staging.starts_with(dest.join(STAGING_DIR)) {
+        return Some(STAGING_DIR.to_owned());
+    }
+    staging
+        .strip_prefix(dest)
+        .ok()
+        .map(|r| r.to_string_lossy().into_owned())
+        .filter(|r| !r.is_empty())
+}
+
 fn hex(id: u64) -> String {
     format!("{id:016x}")
 }
@@ -102,6 +115,9 @@ impl DirectorySink {
         fs::create_dir_all(staging)
             .map_err(|e| anyhow::anyhow!("cannot create staging {}: {e}", staging.display()))?;
         repair::probe_rename(staging, dest)?;
+        if let Err(e) = repair::restrict(staging, Some(&dest.join(STAGING_DIR))) {
+            tracing::warn!(staging = %staging.display(), error = %e, "cannot make the staging folder writable by this user only; anyone who may write there can remove staged data (which is then sent again)");
+        }
         let done = DoneLog::open(&staging.join("done.log"), done_retention).map_err(|e| {
             anyhow::anyhow!("cannot open the done log in {}: {e}", staging.display())
         })?;
@@ -126,11 +142,7 @@ impl DirectorySink {
             space: None,
             unlanded: BTreeMap::new(),
             relanding: Vec::new(),
-            reserved: staging
-                .strip_prefix(dest)
-                .ok()
-                .map(|r| r.to_string_lossy().into_owned())
-                .filter(|r| !r.is_empty()),
+            reserved: reserved_name(dest, staging),
         };
         sink.recover(stale_after)?;
         Ok(sink)

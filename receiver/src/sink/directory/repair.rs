@@ -24,15 +24,26 @@ use crate::sink::{Delivered, Flushed, SinkError};
 /// ignore it, as they ignore every dot-folder.
 pub const STAGING_DIR: &str = ".gapsync-staging";
 
+/// A pipe's staging folder when its config names none: inside dest, one per pipe, since two
+/// pipes may land in one dest (their transfer ids are not unique across senders).
+pub fn default_staging(dest: &Path, from: &str, name: &str) -> PathBuf {
+    dest.join(STAGING_DIR).join(from).join(name)
+}
+
 /// Proves that a file can be renamed from `staging` into `dest` by doing it with an empty
 /// probe file. Comparing device numbers is not enough: bind mounts of one filesystem share
 /// them, and the rename between them still fails.
 pub(super) fn probe_rename(staging: &Path, dest: &Path) -> anyhow::Result<()> {
-    let name = format!(".gapsync-probe-{}", std::process::id());
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("{STAGING_DIR}.probe-{}-{nanos}", std::process::id());
     let (from, to) = (staging.join(&name), dest.join(&name));
     File::create(&from)
         .with_context(|| format!("cannot write in staging {}", staging.display()))?;
-    match fs::rename(&from, &to) {
+    // Never over a file of that name in dest (a landed file is never touched).
+    match renameat_with(CWD, &from, CWD, &to, RenameFlags::NOREPLACE) {
         Ok(()) => {
             let _ = fs::remove_file(&to);
             Ok(())
@@ -40,22 +51,55 @@ pub(super) fn probe_rename(staging: &Path, dest: &Path) -> anyhow::Result<()> {
         Err(e) => {
             let _ = fs::remove_file(&from);
             anyhow::bail!(
-                "a file cannot be renamed from staging {} into dest {} ({e}), so no file could land atomically. \
+                "a file cannot be renamed from staging {} into dest {} ({}), so no file could land atomically. \
                  Staging and dest must be on one filesystem and one mount (systemd's ReadWritePaths= and StateDirectory= mount each listed folder separately): \
-                 remove `staging` from the pipe (it defaults to <dest>/{STAGING_DIR}) or set it to a folder inside dest",
+                 remove `staging` from the pipe (it defaults to <dest>/{STAGING_DIR}/<from>/<name>) or set it to a folder inside dest",
                 staging.display(),
-                dest.display()
+                dest.display(),
+                io::Error::from(e)
             )
         }
     }
 }
 
+/// Makes `staging` (and the folders above it up to `top`, when it lies below `top`) writable
+/// by this user only: nobody else may remove a staged file (a consumer's clean-up job in a
+/// group-writable dest, say). Group read and the setgid bit stay, so a staged file is born in
+/// dest's group and consumers can read it once landed.
+pub(super) fn restrict(staging: &Path, top: Option<&Path>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut dir = Some(staging);
+    while let Some(d) = dir {
+        let mode = fs::metadata(d)?.permissions().mode();
+        let wanted = (mode & 0o2000) | 0o750;
+        if mode & 0o7777 != wanted {
+            fs::set_permissions(d, fs::Permissions::from_mode(wanted))?;
+        }
+        dir = match top {
+            Some(t) if d != t && d.starts_with(t) => d.parent(),
+            _ => None,
+        };
+    }
+    Ok(())
+}
+
 /// Moves what an earlier version kept in `legacy` (the old default staging folder under
-/// state_dir: the done log, the staging journal, partials) into `staging`, so that no record
-/// of a delivered transfer is lost on upgrade. Every file is copied durably before any is
-/// removed; interrupted, the next start copies again (the new folder is not used before the
-/// move completes). Returns how many files moved.
+/// state_dir) into `staging`, so that no record of a delivered transfer is lost on upgrade:
+/// the done log, the staging journal, the replay record, and the partials of transfers
+/// recorded as done (the others are resent from the start: copying them could take long).
+/// Every file is copied durably before the old folder is removed; interrupted, the next start
+/// copies again (the new folder is not used before the move completes). Returns how many files
+/// moved.
 pub fn adopt_legacy_staging(legacy: &Path, staging: &Path) -> anyhow::Result<usize> {
+    let done = super::DoneLog::open(&legacy.join("done.log"), Duration::MAX)
+        .with_context(|| format!("cannot read the done log in {}", legacy.display()))?;
+    let wanted = |name: &str| {
+        matches!(name, "done.log" | "opens.log" | "last-connection")
+            || name
+                .strip_suffix(".part")
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .is_some_and(|id| done.contains(id))
+    };
     let files: Vec<PathBuf> = fs::read_dir(legacy)
         .with_context(|| {
             format!(
@@ -65,6 +109,7 @@ pub fn adopt_legacy_staging(legacy: &Path, staging: &Path) -> anyhow::Result<usi
         })?
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| e.file_name().to_str().is_some_and(wanted))
         .map(|e| e.path())
         .collect();
     fs::create_dir_all(staging)
@@ -80,10 +125,7 @@ pub fn adopt_legacy_staging(legacy: &Path, staging: &Path) -> anyhow::Result<usi
     }
     gapsync_daemon::durable::fsync_dir(staging)
         .with_context(|| format!("cannot fsync {}", staging.display()))?;
-    for from in &files {
-        fs::remove_file(from).with_context(|| format!("cannot remove {}", from.display()))?;
-    }
-    fs::remove_dir(legacy).with_context(|| format!("cannot remove {}", legacy.display()))?;
+    fs::remove_dir_all(legacy).with_context(|| format!("cannot remove {}", legacy.display()))?;
     Ok(files.len())
 }
 
@@ -175,9 +217,16 @@ impl DirectorySink {
                     (_, Some(e)) => Err(e),
                     (_, None) => Ok(()),
                 }
-            } else {
+            } else if self.places.landed_size(&path) == Some(delivered.size) {
                 // Renamed before; only making the rename durable failed.
                 self.places.sync_landed(&path)
+            } else {
+                // Its staged data vanished (removed by someone else) before it landed: it is
+                // no longer recorded as done, so the sender sends it again.
+                self.forget_vanished(id, &path);
+                Err(SinkError::DigestMismatch {
+                    path: path.to_string(),
+                })
             };
             match landed {
                 Ok(()) => {
@@ -190,6 +239,21 @@ impl DirectorySink {
             }
         }
         out
+    }
+
+    /// Forgets a transfer recorded as done whose staged partial vanished before it landed.
+    fn forget_vanished(&mut self, id: u64, path: &WirePath) {
+        self.unlanded.remove(&id);
+        let forgot = self.done.forget(id);
+        self.finish(&[id]);
+        match forgot {
+            Ok(()) => {
+                tracing::error!(transfer = %hex(id), path = %path, "the staged data of a received file vanished from the staging folder before it could land (something removed it): the file is not delivered and the sender sends it again")
+            }
+            Err(e) => {
+                tracing::error!(transfer = %hex(id), path = %path, error = %e, "the staged data of a received file vanished before it could land, and its done record cannot be removed: resend the file from the sender by hand")
+            }
+        }
     }
 
     /// Records a group whose landing stopped: the transfers not landed stay staged and are

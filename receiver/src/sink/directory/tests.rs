@@ -533,8 +533,10 @@ fn the_staging_folder_of_an_earlier_version_is_adopted_with_its_records() {
         old.commit_group().expect("commit group");
         fs::remove_file(dest.join("done.bin")).expect("consumer took it");
     }
-    let staging = dest.join(STAGING_DIR);
-    assert_eq!(adopt_legacy_staging(&legacy, &staging).expect("adopt"), 4);
+    let staging = default_staging(&dest, "plant-a", "scada");
+    // The done log, the journal and the done-but-unlanded partial; the partial in progress
+    // is resent from the start.
+    assert_eq!(adopt_legacy_staging(&legacy, &staging).expect("adopt"), 3);
     assert!(!legacy.exists(), "the old folder is gone");
     let mut s = DirectorySink::open(
         &dest,
@@ -560,9 +562,82 @@ fn the_staging_folder_of_an_earlier_version_is_adopted_with_its_records() {
         mtime_ns: 0,
     };
     s.open(2, &half).expect("reopen");
-    s.write(2, 2, b"lf").expect("resume");
-    s.commit(2, &commit_for(b"half"))
-        .expect("commit the resumed partial");
+    s.write(2, 0, b"half").expect("resent from the start");
+    s.commit(2, &commit_for(b"half")).expect("commit");
     assert_eq!(s.flush().into_result().expect("flush").len(), 1);
     assert!(!dest.join("done.bin").exists(), "never delivered twice");
+}
+
+#[test]
+fn staged_data_that_vanished_before_landing_is_not_delivered_but_sent_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let dest = dir.path().join("dest");
+    let mut s = sink(dir.path());
+    stage(&mut s, 5, "gone/x.bin", b"lost");
+    fs::remove_dir(dest.join("gone")).expect("rmdir");
+    fs::write(dest.join("gone"), b"in the way").expect("block");
+    assert!(s.flush().result.is_err());
+    assert!(s.is_unlanded(5));
+    // Someone removes the staged partial, and the name is free again.
+    fs::remove_file(
+        dir.path()
+            .join("staging")
+            .join(crate::sink::land::part_name(5)),
+    )
+    .expect("remove the partial");
+    fs::remove_file(dest.join("gone")).expect("unblock");
+    let r = s.retry_landing();
+    assert!(
+        matches!(r.result, Err(SinkError::DigestMismatch { .. })),
+        "{r:?}"
+    );
+    assert!(r.delivered.is_empty(), "never reported as delivered");
+    assert!(!s.is_unlanded(5));
+    let open = OpenFile {
+        path: "gone/x.bin".into(),
+        size: 4,
+        mtime_ns: 0,
+    };
+    assert_eq!(
+        s.open(5, &open).expect("open"),
+        Applied::Done,
+        "no longer recorded as done: the sender's resend is taken"
+    );
+    s.write(5, 0, b"lost").expect("write");
+    s.commit(5, &commit_for(b"lost")).expect("commit");
+    assert_eq!(s.flush().into_result().expect("flush").len(), 1);
+    assert_eq!(fs::read(dest.join("gone/x.bin")).expect("landed"), b"lost");
+}
+
+#[test]
+fn the_staging_folder_is_writable_by_this_user_only_and_keeps_the_setgid_bit() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tmp");
+    let dest = dir.path().join("dest");
+    fs::create_dir(&dest).expect("dest");
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o2777)).expect("chmod");
+    let staging = default_staging(&dest, "plant-a", "scada");
+    fs::create_dir_all(&staging).expect("staging");
+    fs::set_permissions(&staging, fs::Permissions::from_mode(0o2777)).expect("chmod");
+    let _s = DirectorySink::open(
+        &dest,
+        &staging,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    )
+    .expect("open sink");
+    for d in [
+        staging.clone(),
+        dest.join(STAGING_DIR).join("plant-a"),
+        dest.join(STAGING_DIR),
+    ] {
+        let mode = fs::metadata(&d).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode & 0o777, 0o750, "{}: {mode:o}", d.display());
+    }
+    let mode = fs::metadata(&staging).expect("meta").permissions().mode();
+    assert_ne!(
+        mode & 0o2000,
+        0,
+        "setgid kept: landed files get dest's group"
+    );
 }
