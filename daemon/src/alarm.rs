@@ -97,8 +97,9 @@ impl Alarm {
     /// When [`Alarm::poll`] may next have something to say, if the condition holds.
     pub fn next_poll(&self) -> Option<Instant> {
         match self.said {
-            Some((at, _)) => Some(at + self.repeat),
-            None => self.since.map(|s| s + self.after),
+            // An absurdly long `after` or `repeat` never comes: no poll, rather than a panic.
+            Some((at, _)) => at.checked_add(self.repeat),
+            None => self.since.and_then(|s| s.checked_add(self.after)),
         }
     }
 

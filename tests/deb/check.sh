@@ -82,13 +82,23 @@ command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
 cargo deb --version
 
 step "a previous install and its test data"
-remove_test_data
+# Set right after this script's dpkg -i and removed after its purge: packages installed without
+# it are a real installation, whose keys, state and done logs a purge would destroy.
+marker=/var/tmp/gapsync-deb-check.installed
+installed=()
 for p in "${packages[@]}"; do
 	if dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qv '^not-installed$'; then
-		echo "purging $p"
-		dpkg --purge "$p" >/dev/null
+		[ -e "$marker" ] || [ "${GAPSYNC_DEB_CHECK_PURGE:-}" = 1 ] ||
+			fail "$p is installed, and not by this check: it would purge it (keys, state, done logs). Run the check on a machine without gapsync, or set GAPSYNC_DEB_CHECK_PURGE=1 to let it purge"
+		installed+=("$p")
 	fi
 done
+remove_test_data
+for p in "${installed[@]}"; do
+	echo "purging $p (left by an earlier run of this check)"
+	dpkg --purge "$p" >/dev/null
+done
+rm -f "$marker"
 if [ -e /srv/gapsync ]; then
 	fail "/srv/gapsync exists without the packages (not left by this script: $(find /srv/gapsync | head -5)); move it away, the check needs a fresh install"
 fi
@@ -123,6 +133,7 @@ for p in gapsync-sender gapsync-receiver; do
 done
 
 step "dpkg -i"
+touch "$marker"
 dpkg -i "${deb[gapsync-common]}" "${deb[gapsync-sender]}" "${deb[gapsync-receiver]}"
 for p in "${packages[@]}"; do
 	[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p")" = "ii " ] || fail "$p is not installed"
@@ -296,6 +307,7 @@ pass "systemd-analyze verify: clean"
 step "dpkg --purge"
 remove_test_data
 dpkg --purge "${packages[@]}"
+rm -f "$marker"
 for p in "${packages[@]}"; do
 	[ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || echo not-installed)" = not-installed ] ||
 		fail "$p is still known to dpkg"

@@ -101,7 +101,7 @@ fn an_unknown_pipe_is_refused_and_named() {
     wait_for_log(
         &lab,
         true,
-        r#"unknown pipe "telemetry" from node "plant-a""#,
+        r#"unknown pipe \"telemetry\" from node \"plant-a\""#,
     );
     assert_eq!(count_files(&lab.dest), 0);
 }

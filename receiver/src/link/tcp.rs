@@ -246,7 +246,8 @@ impl Connection {
         let refuse = |cause: &str, why: String| {
             let key = ratelimit::key(self.peer.ip(), &format!("hello {cause}"));
             if let Some(suppressed) = server.warn_limited(&key) {
-                tracing::error!(node = %h.node, pipe = %h.pipe, suppressed, "refused handshake, closed without a reply: {why}");
+                // The reason holds the peer's names: a field, quoted and escaped like them.
+                tracing::error!(node = %h.node, pipe = %h.pipe, suppressed, reason = %why, "refused handshake, closed without a reply");
             }
         };
         if h.protocol_version != PROTOCOL_VERSION {
