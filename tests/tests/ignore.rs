@@ -70,7 +70,10 @@ fn run_and_check(mut lab: Lab, files: &BTreeMap<String, (String, u64)>, ignored:
     left_names.sort_unstable();
     let mut want_left = ignored.to_vec();
     want_left.sort_unstable();
-    assert_eq!(left_names, want_left, "only the ignored files stay in the spool");
+    assert_eq!(
+        left_names, want_left,
+        "only the ignored files stay in the spool"
+    );
     let log = lab.sender_log();
     for rel in ignored {
         assert_eq!(
@@ -79,11 +82,7 @@ fn run_and_check(mut lab: Lab, files: &BTreeMap<String, (String, u64)>, ignored:
             "{rel} is named once\n{log}"
         );
     }
-    assert_eq!(
-        count_lines(&log, &["file ignored"]),
-        ignored.len(),
-        "{log}"
-    );
+    assert_eq!(count_lines(&log, &["file ignored"]), ignored.len(), "{log}");
 }
 
 #[test]

@@ -662,6 +662,28 @@ mod tests {
         assert_eq!(next_found_within(&mut rx, Duration::from_millis(500)), None);
     }
 
+    #[test]
+    fn names_are_said_once_each_at_most_twenty_a_minute_then_counted() {
+        let mut r = Reported::default();
+        let said: Vec<Option<bool>> = (0..25)
+            .map(|i| r.first_time(Path::new(&format!("/s/{i}"))))
+            .collect();
+        assert_eq!(said.iter().filter(|s| **s == Some(true)).count(), 20);
+        assert_eq!(said.iter().filter(|s| **s == Some(false)).count(), 5);
+        assert_eq!(r.first_time(Path::new("/s/3")), None, "said once");
+        assert_eq!(r.end_scan(), 0, "the rest is said when the minute is over");
+        r.window = Instant::now().checked_sub(Duration::from_secs(61));
+        // The next scan meets only some of them: the others are forgotten.
+        r.first_time(Path::new("/s/0"));
+        assert_eq!(r.end_scan(), 5);
+        assert_eq!(r.first_time(Path::new("/s/0")), None);
+        assert_eq!(
+            r.first_time(Path::new("/s/7")),
+            Some(true),
+            "gone, back: named again"
+        );
+    }
+
     fn next_found_within(
         rx: &mut mpsc::Receiver<SourceEvent>,
         wait: Duration,
