@@ -159,7 +159,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(node = %config.node, profile = %config.profile.name, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");
     for pc in &config.pipes {
-        tracing::info!(pipe = %pc.name, ignore = ?pc.ignore.globs(), "files and folders with these names stay in the spool unsent; each found is counted in the summary and named once");
+        tracing::info!(pipe = %pc.name, ignore = ?pc.ignore.globs(), "files and folders with these names stay in the spool unsent; each is counted (ignored_files) and named once");
         match &pc.auth {
             Some(a) => {
                 if let Some(w) = &a.key.warning {
