@@ -12,6 +12,8 @@ use gapsync_protocol::crypto::Protection;
 use gapsync_protocol::{LinkKind, Profile, RawProfile};
 use serde::Deserialize;
 
+use crate::source::ignore::IgnoreRule;
+
 /// Default for `summary_interval`.
 pub const DEFAULT_SUMMARY: Duration = Duration::from_secs(60);
 /// Default for a pipe's `max_attempts`.
@@ -81,6 +83,8 @@ pub struct RawPipe {
     /// Files waiting and nothing delivered for this long: one ERROR, repeated hourly.
     #[serde(default, with = "humantime_serde")]
     pub alarm_after: Option<Duration>,
+    /// Globs on file and folder names never taken from the spool (default: `DEFAULT_IGNORE`).
+    pub ignore: Option<Vec<String>>,
 }
 
 /// A keyed pipe's key and what it protects.
@@ -120,6 +124,8 @@ pub struct PipeConfig {
     pub tls: Option<SenderTls>,
     /// Files waiting and nothing delivered this long raises the pipe's alarm.
     pub alarm_after: Duration,
+    /// Names the spool never takes.
+    pub ignore: IgnoreRule,
 }
 
 /// A checked sender config.
@@ -253,6 +259,13 @@ impl PipeContext<'_> {
             return None;
         };
         folders::existing(p, &format!("{label}: spool"), &spool, "2770");
+        let ignore = match rp.ignore {
+            None => IgnoreRule::default(),
+            Some(globs) => IgnoreRule::new(&globs).unwrap_or_else(|bad| {
+                p.extend(bad.into_iter().map(|b| format!("{label}: `ignore`: {b}")));
+                IgnoreRule::default()
+            }),
+        };
         let auth = self.auth(p, label, rp.key_file, rp.key_id, rp.protection);
         let tls = self.tls(p, label, &gate);
         let pipe_state = self.state_dir?.join("sender").join(&name);
@@ -271,6 +284,7 @@ impl PipeContext<'_> {
             poll_interval: rp.poll_interval.unwrap_or(DEFAULT_POLL),
             state_dir: pipe_state,
             alarm_after: rp.alarm_after.unwrap_or(DEFAULT_ALARM_AFTER),
+            ignore,
             auth,
             tls,
             name,

@@ -111,6 +111,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             exclude: vec![pc.sent_dir.clone(), pc.quarantine_dir.clone()],
             settle: pc.settle,
             poll_interval: pc.poll_interval,
+            ignore: pc.ignore.clone(),
+            stats: pipe_stats.clone(),
         };
         if config.profile.link == LinkKind::Udp {
             let setup = link::udp::Setup {
@@ -157,6 +159,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(node = %config.node, profile = %config.profile.name, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");
     for pc in &config.pipes {
+        tracing::info!(pipe = %pc.name, ignore = ?pc.ignore.globs(), "files and folders with these names stay in the spool unsent; each is counted (ignored_files) and named once");
         match &pc.auth {
             Some(a) => {
                 if let Some(w) = &a.key.warning {

@@ -68,6 +68,9 @@ pub struct PipeStats {
     pub quarantined: AtomicU64,
     pub queued: AtomicU64,
     pub connected: AtomicU64,
+    /// Files left in the spool by the `ignore` rule, and their bytes, at the last full scan.
+    pub ignored_files: AtomicU64,
+    pub ignored_bytes: AtomicU64,
 }
 
 /// One pipe's queue and transfers in flight.

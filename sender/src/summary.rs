@@ -49,6 +49,8 @@ impl Summary {
                 queued = s.queued.load(Relaxed),
                 reconnects = s.reconnects.load(Relaxed),
                 quarantined = s.quarantined.load(Relaxed),
+                ignored_files = s.ignored_files.load(Relaxed),
+                ignored_bytes = s.ignored_bytes.load(Relaxed),
                 state = if s.connected.load(Relaxed) == 1 { "connected" } else { "disconnected" },
                 "summary"
             );

@@ -3,6 +3,7 @@
 
 pub mod after_send;
 pub mod identity;
+pub mod ignore;
 pub mod lease;
 pub mod spool;
 

@@ -3,19 +3,31 @@
 //! The rule for operators: write a file elsewhere (or under a name starting with `.` or ending
 //! in `.tmp` / `.part`), then rename it into the spool. A file renamed in, or closed after
 //! writing, is taken at once (inotify); a scan every `poll_interval` takes any other file once
-//! it has been unchanged for `settle`. Dotfiles, dot-folders, `*.tmp`, `*.part` and symlinks
-//! are never taken. The pipe takes a file only once no process has it open for writing
-//! ([`super::lease`]), so a file written in place and held open is left until it is closed.
+//! it has been unchanged for `settle`. Names matching the pipe's `ignore` globs (by default
+//! dotfiles, dot-folders, `*.tmp`, `*.part`; [`super::ignore`]) and symlinks are never taken:
+//! an ignored file that the scan finds unchanged for `settle` is counted in the summary
+//! (`ignored_files`, `ignored_bytes`) and named once in an INFO line, at most
+//! [`NAMES_PER_MINUTE`] a minute, then one line with the count of the rest. The pipe takes a
+//! file only once no process has it open for writing ([`super::lease`]), so a file written in
+//! place and held open is left until it is closed.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime};
 
 use gapsync_protocol::WirePath;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::sync::mpsc;
 
 use super::SourceEvent;
+use super::ignore::IgnoreRule;
+use crate::pipe::PipeStats;
+
+/// Ignored files and symlinks named per minute per pipe; the rest are counted in one line.
+pub const NAMES_PER_MINUTE: u32 = 20;
 
 /// What the scanner needs to know about its pipe.
 #[derive(Debug, Clone)]
@@ -26,11 +38,10 @@ pub struct SpoolConfig {
     pub exclude: Vec<PathBuf>,
     pub settle: Duration,
     pub poll_interval: Duration,
-}
-
-/// True for names the scanner never takes.
-pub fn ignored_name(name: &str) -> bool {
-    name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
+    /// Names never taken.
+    pub ignore: IgnoreRule,
+    /// Where the ignored files are counted.
+    pub stats: Arc<PipeStats>,
 }
 
 /// Starts the scanner on its own thread. It stops when the receiving side is dropped.
@@ -46,6 +57,7 @@ pub fn spawn(
                 cfg,
                 tx,
                 warned_links: Default::default(),
+                ignored: Default::default(),
             }
             .run()
         })
@@ -55,7 +67,63 @@ struct Scanner {
     cfg: SpoolConfig,
     tx: mpsc::Sender<SourceEvent>,
     /// Symlinks already reported, so each is logged once, not at every scan.
-    warned_links: std::cell::RefCell<std::collections::HashSet<PathBuf>>,
+    warned_links: RefCell<Reported>,
+    /// Ignored files already reported, and the count of the current full scan.
+    ignored: RefCell<Ignored>,
+}
+
+/// Names said once each, at most [`NAMES_PER_MINUTE`] a minute; the rest are counted.
+#[derive(Debug, Default)]
+struct Reported {
+    said: HashSet<PathBuf>,
+    /// Paths met in the current full scan: at its end, `said` forgets the others, so a file
+    /// removed and put back is named again and the set stays as small as the spool.
+    seen: HashSet<PathBuf>,
+    window: Option<Instant>,
+    named: u32,
+    unnamed: u64,
+}
+
+impl Reported {
+    /// Whether `path` is to be named now (first time met and within the minute's budget).
+    fn first_time(&mut self, path: &Path) -> Option<bool> {
+        self.seen.insert(path.to_path_buf());
+        if !self.said.insert(path.to_path_buf()) {
+            return None;
+        }
+        self.window.get_or_insert_with(Instant::now);
+        if self.named < NAMES_PER_MINUTE {
+            self.named += 1;
+            Some(true)
+        } else {
+            self.unnamed += 1;
+            Some(false)
+        }
+    }
+
+    /// At the end of a full scan: forgets paths no longer there; once the minute is over,
+    /// how many were not named in it (to be said in one line).
+    fn end_scan(&mut self) -> u64 {
+        let seen = std::mem::take(&mut self.seen);
+        self.said.retain(|p| seen.contains(p));
+        if self
+            .window
+            .is_some_and(|w| w.elapsed() >= Duration::from_secs(60))
+        {
+            self.window = None;
+            self.named = 0;
+            return std::mem::take(&mut self.unnamed);
+        }
+        0
+    }
+}
+
+/// Ignored files: which were named, and the tally of the full scan under way.
+#[derive(Debug, Default)]
+struct Ignored {
+    reported: Reported,
+    files: u64,
+    bytes: u64,
 }
 
 /// What the watch asks the kernel for: a file closed after writing or renamed in, a folder
@@ -251,8 +319,28 @@ impl Scanner {
     fn scan_spool(&self) -> (bool, std::time::Instant, Duration) {
         let start = std::time::Instant::now();
         let ok = self.scan(&self.cfg.spool, Some(self.cfg.settle));
+        if ok {
+            self.end_full_scan();
+        }
         let end = std::time::Instant::now();
         (ok, end, end - start)
+    }
+
+    /// Publishes the ignored files counted by a full scan and says how many were not named.
+    fn end_full_scan(&self) {
+        let pipe = &self.cfg.pipe;
+        let mut ig = self.ignored.borrow_mut();
+        let (files, bytes) = (std::mem::take(&mut ig.files), std::mem::take(&mut ig.bytes));
+        self.cfg.stats.ignored_files.store(files, Relaxed);
+        self.cfg.stats.ignored_bytes.store(bytes, Relaxed);
+        let unnamed = ig.reported.end_scan();
+        if unnamed > 0 {
+            tracing::info!(pipe = %pipe, more = unnamed, ignored_files = files, ignored_bytes = bytes, "more ignored files not named (at most {NAMES_PER_MINUTE} names a minute); they stay in the spool");
+        }
+        let links = self.warned_links.borrow_mut().end_scan();
+        if links > 0 {
+            tracing::warn!(pipe = %pipe, more = links, "more symlinks in the spool not followed and not named (at most {NAMES_PER_MINUTE} names a minute)");
+        }
     }
 
     /// Acts on a batch of watch events; false when the pipe is gone.
@@ -291,23 +379,35 @@ impl Scanner {
         let Ok(rel) = path.strip_prefix(&self.cfg.spool) else {
             return false;
         };
-        !rel.components()
-            .any(|c| ignored_name(&c.as_os_str().to_string_lossy()))
+        self.cfg.ignore.matching_path(rel).is_none()
             && !self.cfg.exclude.iter().any(|x| path.starts_with(x))
     }
 
-    /// Walks `root`; files unchanged for `settle` (or all, with `None`) are sent.
+    /// Walks `root`; files unchanged for `settle` (or all, with `None`) are sent. With
+    /// `settle` (the full scan) ignored files unchanged for it are counted and named; ignored
+    /// folders are walked for that only, never watched or taken from.
     fn scan(&self, root: &Path, settle: Option<Duration>) -> bool {
         let walk = walkdir::WalkDir::new(root)
             .follow_links(false)
             .into_iter()
             .filter_entry(|e| {
-                let name = e.file_name().to_string_lossy();
+                let ignored_dir =
+                    e.file_type().is_dir() && self.cfg.ignore.matching(e.file_name()).is_some();
                 e.depth() == 0
-                    || (!ignored_name(&name) && !self.cfg.exclude.iter().any(|x| x == e.path()))
+                    || (!self.cfg.exclude.iter().any(|x| x == e.path())
+                        && (settle.is_some() || !ignored_dir))
             });
         for entry in walk.flatten() {
-            if entry.file_type().is_symlink() {
+            let Ok(rel) = entry.path().strip_prefix(&self.cfg.spool) else {
+                continue;
+            };
+            if let Some(glob) = self.cfg.ignore.matching_path(rel) {
+                if let (Some(settle), true) = (settle, entry.file_type().is_file()) {
+                    if let Ok(meta) = entry.metadata() {
+                        self.note_ignored(entry.path(), rel, &meta, glob, settle);
+                    }
+                }
+            } else if entry.file_type().is_symlink() {
                 self.skip_symlink(entry.path());
             } else if entry.file_type().is_file() {
                 let Ok(meta) = entry.metadata() else { continue };
@@ -319,13 +419,31 @@ impl Scanner {
         true
     }
 
-    /// Symlinks are never followed (one could point anywhere on the host); said once per link.
-    fn skip_symlink(&self, path: &Path) {
-        let mut warned = self.warned_links.borrow_mut();
-        if warned.len() > 10_000 {
-            warned.clear();
+    /// Counts an ignored file unchanged for `settle` (younger ones may be temporary names
+    /// about to be renamed) and names it the first time.
+    fn note_ignored(
+        &self,
+        path: &Path,
+        rel: &Path,
+        meta: &std::fs::Metadata,
+        glob: &str,
+        settle: Duration,
+    ) {
+        if !settled(meta, settle) {
+            return;
         }
-        if warned.insert(path.to_path_buf()) {
+        let mut ig = self.ignored.borrow_mut();
+        ig.files += 1;
+        ig.bytes += meta.len();
+        if ig.reported.first_time(path) == Some(true) {
+            tracing::info!(pipe = %self.cfg.pipe, path = %rel.display(), bytes = meta.len(), rule = glob, "file ignored: its name or a folder's on its path matches the pipe's `ignore` rule; it stays in the spool and is not sent (rename it, or change `ignore`)");
+        }
+    }
+
+    /// Symlinks are never followed (one could point anywhere on the host); said once per link,
+    /// at most [`NAMES_PER_MINUTE`] a minute.
+    fn skip_symlink(&self, path: &Path) {
+        if self.warned_links.borrow_mut().first_time(path) == Some(true) {
             tracing::warn!(pipe = %self.cfg.pipe, path = %path.display(), "symlink in the spool not followed: gapsync sends regular files only; copy or move the file itself in");
         }
     }
@@ -345,14 +463,8 @@ impl Scanner {
         if !meta.is_file() {
             return true;
         }
-        if let Some(settle) = settle {
-            let age = meta
-                .modified()
-                .ok()
-                .and_then(|m| SystemTime::now().duration_since(m).ok());
-            if age.is_none_or(|a| a < settle) {
-                return true;
-            }
+        if settle.is_some_and(|s| !settled(meta, s)) {
+            return true;
         }
         let event = match rel.to_str().map(WirePath::parse) {
             Some(Ok(p)) => SourceEvent::Found {
@@ -371,6 +483,15 @@ impl Scanner {
         };
         self.tx.blocking_send(event).is_ok()
     }
+}
+
+/// True when the file was not modified for `settle`.
+fn settled(meta: &std::fs::Metadata, settle: Duration) -> bool {
+    let age = meta
+        .modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok());
+    age.is_some_and(|a| a >= settle)
 }
 
 #[cfg(test)]
@@ -427,6 +548,8 @@ mod tests {
             exclude: vec![spool.join("sent")],
             settle: Duration::ZERO,
             poll_interval: Duration::from_secs(3600),
+            ignore: IgnoreRule::default(),
+            stats: Default::default(),
         };
         (rx, spawn(cfg, tx).expect("spawn"))
     }
@@ -443,6 +566,8 @@ mod tests {
             exclude: Vec::new(),
             settle: Duration::from_millis(200),
             poll_interval: Duration::from_millis(500),
+            ignore: IgnoreRule::default(),
+            stats: Default::default(),
         };
         let _h = spawn(cfg, tx).expect("spawn");
         std::thread::sleep(Duration::from_millis(200));
@@ -535,6 +660,28 @@ mod tests {
         put("g.bin", &spool);
         assert_eq!(next_found(&mut rx).as_deref(), Some("g.bin"));
         assert_eq!(next_found_within(&mut rx, Duration::from_millis(500)), None);
+    }
+
+    #[test]
+    fn names_are_said_once_each_at_most_twenty_a_minute_then_counted() {
+        let mut r = Reported::default();
+        let said: Vec<Option<bool>> = (0..25)
+            .map(|i| r.first_time(Path::new(&format!("/s/{i}"))))
+            .collect();
+        assert_eq!(said.iter().filter(|s| **s == Some(true)).count(), 20);
+        assert_eq!(said.iter().filter(|s| **s == Some(false)).count(), 5);
+        assert_eq!(r.first_time(Path::new("/s/3")), None, "said once");
+        assert_eq!(r.end_scan(), 0, "the rest is said when the minute is over");
+        r.window = Instant::now().checked_sub(Duration::from_secs(61));
+        // The next scan meets only some of them: the others are forgotten.
+        r.first_time(Path::new("/s/0"));
+        assert_eq!(r.end_scan(), 5);
+        assert_eq!(r.first_time(Path::new("/s/0")), None);
+        assert_eq!(
+            r.first_time(Path::new("/s/7")),
+            Some(true),
+            "gone, back: named again"
+        );
     }
 
     fn next_found_within(
