@@ -379,16 +379,21 @@ impl Driver {
         let secs = started.elapsed().as_secs_f64().max(1e-6);
         self.stats.files.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(obj.size, Relaxed);
-        let after = self.after_sent(&obj, &fs_path);
-        let entry = SentEntry {
-            at: unix_now(),
-            id: obj.id,
-            size: obj.size,
-            mtime_ns: obj.mtime_ns,
-            path: obj.path.clone(),
-        };
-        if let Err(err) = self.sent_log.record(entry) {
-            tracing::warn!(pipe = %self.cfg.name, path = %obj.path, error = %err, "cannot append to the sent log; a resend of this file may land it twice");
+        let (after, changed) = self.after_sent(&obj, &fs_path);
+        // A file that changed after it was sent is not what the receiver got: no entry, so
+        // that its new content gets a new id even if its size and mtime look the same (an id
+        // the receiver already landed would be ignored there).
+        if !changed {
+            let entry = SentEntry {
+                at: unix_now(),
+                id: obj.id,
+                size: obj.size,
+                mtime_ns: obj.mtime_ns,
+                path: obj.path.clone(),
+            };
+            if let Err(err) = self.sent_log.record(entry) {
+                tracing::warn!(pipe = %self.cfg.name, path = %obj.path, error = %err, "cannot append to the sent log; a resend of this file may land it twice");
+            }
         }
         self.forget(&obj.path);
         tracing::info!(
@@ -407,13 +412,15 @@ impl Driver {
 
     /// Moves (or deletes) a sent spool file if it is still the version sent and nobody has it
     /// open for writing; otherwise keeps it, and a later scan sends it again as a new version
-    /// (a new id: its size or mtime differ from the sent log's). Returns the `spool_file` words.
-    fn after_sent(&mut self, obj: &Object, fs_path: &Path) -> &'static str {
+    /// (under a new id: it gets no sent-log entry). Returns the `spool_file` words, and true
+    /// when the file changed after it was sent.
+    fn after_sent(&mut self, obj: &Object, fs_path: &Path) -> (&'static str, bool) {
         let cfg = &self.cfg;
         let outcome = dispose_if_unchanged(&cfg.name, &obj.path, fs_path, &obj.ident, || {
             dispose(cfg, fs_path, &obj.path)
         });
-        match outcome {
+        let changed = matches!(outcome, Disposal::Changed(_));
+        let words = match outcome {
             Disposal::Done(done) => done,
             Disposal::Gone => "already gone",
             Disposal::Changed(what) => {
@@ -428,7 +435,8 @@ impl Driver {
                 tracing::error!(pipe = %self.cfg.name, path = %obj.path, error = %err, "sent, but the spool file could not be removed; remove it by hand or it will be sent again");
                 "left in spool"
             }
-        }
+        };
+        (words, changed)
     }
 
     /// Once an hour: drops what was sent longer than `keep_sent_for` ago from the sent log
