@@ -102,24 +102,13 @@ pub fn is_safe(value: &str) -> bool {
 }
 
 /// Displays a string with `"`, `\`, control characters, Unicode line separators and direction
-/// controls escaped (the rest of Unicode as it is).
+/// controls escaped (the rest of Unicode as it is): a field value inside quotes.
 #[derive(Debug, Clone, Copy)]
 pub struct Escaped<'a>(pub &'a str);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
-            match c {
-                '"' => f.write_str("\\\"")?,
-                '\\' => f.write_str("\\\\")?,
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
-                '\t' => f.write_str("\\t")?,
-                c if needs_escape(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
-                c => f.write_char(c)?,
-            }
-        }
-        Ok(())
+        escape(f, self.0, true)
     }
 }
 
@@ -129,17 +118,25 @@ struct Controls<'a>(&'a str);
 
 impl fmt::Display for Controls<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
-            match c {
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
-                '\t' => f.write_str("\\t")?,
-                c if needs_escape(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
-                c => f.write_char(c)?,
-            }
-        }
-        Ok(())
+        escape(f, self.0, false)
     }
+}
+
+/// Writes `text` with line breaks and the characters of [`needs_escape`] escaped, and with
+/// `quotes`, `"` and `\` too.
+fn escape(f: &mut fmt::Formatter<'_>, text: &str, quotes: bool) -> fmt::Result {
+    for c in text.chars() {
+        match c {
+            '"' if quotes => f.write_str("\\\"")?,
+            '\\' if quotes => f.write_str("\\\\")?,
+            '\n' => f.write_str("\\n")?,
+            '\r' => f.write_str("\\r")?,
+            '\t' => f.write_str("\\t")?,
+            c if needs_escape(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+            c => f.write_char(c)?,
+        }
+    }
+    Ok(())
 }
 
 /// Characters that could break a line or hide text on a terminal: C0 and C1 controls, DEL,
