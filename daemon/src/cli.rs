@@ -1,14 +1,18 @@
-//! The command line and process lifecycle both daemons share: `run` and `check-config`, the
-//! exit codes, logging and the runtime, and waiting for SIGTERM or Ctrl-C (SIGHUP is logged and
-//! otherwise ignored until the daemons can reload).
+//! The command line and process lifecycle both daemons share: `run`, `check-config`, `keygen`
+//! and the control commands (`pipes`, `pipe stop|start`, `reload`), the exit codes, logging and
+//! the runtime, and waiting for SIGTERM or Ctrl-C (SIGHUP is logged and otherwise ignored until
+//! the daemon reloads on it through `control::ControlHandle::reload_on_hangup`).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::control::Request;
+use crate::control::commands::PipeAction;
 use crate::logging::{LogFormat, LogTime};
 
 /// The subcommands of both daemons.
@@ -38,10 +42,33 @@ pub enum Command {
         #[arg(long, short)]
         group: Option<String>,
     },
+    /// Show the running daemon's pipes, one row each: state, queue, deliveries, last error.
+    /// Exit 3 if the daemon is not running.
+    Pipes {
+        /// The daemon's config file (it names the control socket).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print a JSON array of the rows instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop or start one pipe of the running daemon.
+    Pipe {
+        #[command(subcommand)]
+        action: crate::control::commands::PipeAction,
+    },
+    /// Make the running daemon check its config file again and apply it (what `systemctl
+    /// reload` and SIGHUP do); a bad config is refused with its errors and the running one kept.
+    Reload {
+        /// The daemon's config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// Runs a subcommand. `check` returns the one-line summary of a valid config; `run` runs the
-/// daemon. Exit codes: 0 success, 2 invalid config, 1 the daemon stopped on an error.
+/// daemon. Exit codes: 0 success, 2 invalid config, 1 the daemon stopped on an error; the
+/// control commands also exit 3 when the daemon is not running.
 pub fn dispatch(
     program: &str,
     command: Command,
@@ -78,6 +105,19 @@ pub fn dispatch(
                 ExitCode::FAILURE
             }
         },
+        Command::Pipes { config, json } => {
+            crate::control::commands::run(program, &config, Request::Pipes, json)
+        }
+        Command::Pipe { action } => {
+            let (config, request) = match action {
+                PipeAction::Stop { name, config } => (config, Request::Stop { pipe: name }),
+                PipeAction::Start { name, config } => (config, Request::Start { pipe: name }),
+            };
+            crate::control::commands::run(program, &config, request, false)
+        }
+        Command::Reload { config } => {
+            crate::control::commands::run(program, &config, Request::Reload, false)
+        }
         Command::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -128,13 +168,25 @@ pub fn start<F: Future<Output = anyhow::Result<()>>>(
 /// (exit 129 without a word) must not stop a daemon that `systemctl reload` or a habit sent it.
 pub const HANGUP_MESSAGE: &str = "SIGHUP received; reload is not supported yet, keep running";
 
+/// Set while a daemon reloads on SIGHUP (`control::ControlHandle::reload_on_hangup`).
+static HANGUPS_RELOAD: AtomicBool = AtomicBool::new(false);
+
+/// Whether SIGHUP is a reload (the control channel handles it) rather than only a WARN.
+pub(crate) fn hangups_reload(on: bool) {
+    HANGUPS_RELOAD.store(on, Ordering::SeqCst);
+}
+
 /// Replaces SIGHUP's default action for the rest of the process: each one is logged at WARN
-/// (the operator asked for something that did not happen) and the daemon goes on.
+/// (the operator asked for something that did not happen) and the daemon goes on, unless the
+/// daemon reloads on SIGHUP through its control channel.
 fn log_hangups() -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     Ok(tokio::spawn(async move {
         while hangup.recv().await.is_some() {
+            if HANGUPS_RELOAD.load(Ordering::SeqCst) {
+                continue;
+            }
             tracing::warn!(
                 hint = "restart the daemon to apply a changed config",
                 "{HANGUP_MESSAGE}"

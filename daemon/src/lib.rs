@@ -2,11 +2,13 @@
 //!
 //! Plumbing shared by `gapsync-sender` and `gapsync-receiver`, kept out of the I/O-free
 //! protocol crate: finding and loading hardware profiles, log files, durable file writes,
-//! systemd readiness and rate-limited warnings.
+//! systemd readiness, rate-limited warnings, and the
+//! control socket of a running daemon (`pipes`, `pipe stop|start`, `reload`).
 
 pub mod alarm;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod counters;
 pub mod durable;
 pub mod fields;
