@@ -225,13 +225,26 @@ fn raise_open_file_limit() {
 }
 
 /// Calls `tick` every `every` until SIGTERM or Ctrl-C, then tells systemd the daemon stops.
-pub async fn until_shutdown(every: Duration, mut tick: impl FnMut()) -> anyhow::Result<()> {
+pub async fn until_shutdown(every: Duration, tick: impl FnMut()) -> anyhow::Result<()> {
+    serve_until_shutdown(every, tick, None, |_| {}).await
+}
+
+/// [`until_shutdown`] that also hands each control request (from
+/// [`crate::control::serve`], SIGHUP included once `reload_on_hangup` is on) to `on_request`,
+/// which must answer it (or pass it on to a task that will).
+pub async fn serve_until_shutdown(
+    every: Duration,
+    mut tick: impl FnMut(),
+    mut requests: Option<tokio::sync::mpsc::Receiver<crate::control::Incoming>>,
+    mut on_request: impl FnMut(crate::control::Incoming),
+) -> anyhow::Result<()> {
     let mut interval = tokio::time::interval(every);
     interval.tick().await;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = interval.tick() => tick(),
+            Some(incoming) = next_request(&mut requests) => on_request(incoming),
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -239,4 +252,14 @@ pub async fn until_shutdown(every: Duration, mut tick: impl FnMut()) -> anyhow::
     crate::notify_stopping();
     tracing::info!("stopping");
     Ok(())
+}
+
+/// The next control request; never, without a control channel.
+async fn next_request(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<crate::control::Incoming>>,
+) -> Option<crate::control::Incoming> {
+    match requests {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }

@@ -76,10 +76,12 @@ pub fn socket_from_config(config: &Path, program: &str) -> Result<PathBuf, Clien
         path: config.to_owned(),
         source: Box::new(e),
     })?;
-    Ok(match partial.control_socket {
-        Some(p) => crate::config::abs(config.parent().unwrap_or(Path::new("")), &p),
-        None => super::default_socket(program),
-    })
+    let dir = config.parent().unwrap_or(Path::new(""));
+    Ok(super::socket_path(
+        dir,
+        partial.control_socket.as_deref(),
+        program,
+    ))
 }
 
 /// Sends `request` to `program`'s daemon on `socket` and returns its answer.

@@ -14,6 +14,28 @@
 //! [`Response`], the server writes it back as one JSON line and closes. Only root, the daemon's
 //! own user and members of the socket's group (`gapsync`) may connect: the socket is mode 0660
 //! and each peer's credentials (SO_PEERCRED) are checked again.
+//!
+//! A daemon wires it like this (`control_socket` from its config, see [`socket_path`]):
+//! ```no_run
+//! # async fn daemon(config_dir: &std::path::Path) -> anyhow::Result<()> {
+//! use gapsync_daemon::control::{self, Request, Response};
+//! let socket = control::socket_path(config_dir, None, "gapsync-sender");
+//! let (mut handle, requests) = control::serve(&socket)?;
+//! handle.reload_on_hangup()?; // SIGHUP: the same Request::Reload, answered into the log
+//! let every = std::time::Duration::from_secs(60);
+//! gapsync_daemon::cli::serve_until_shutdown(every, || {}, Some(requests), |incoming| {
+//!     let answer = match &incoming.request {
+//!         Request::Pipes => Response::Pipes { rows: vec![] },
+//!         Request::Stop { pipe } => Response::failed(format!("no pipe named {pipe:?}")),
+//!         Request::Start { pipe } => Response::done(format!("pipe {pipe} started")),
+//!         Request::Reload => Response::done("config unchanged"),
+//!     };
+//!     incoming.answer(answer);
+//! })
+//! .await?;
+//! drop(handle); // removes the socket
+//! # Ok(()) }
+//! ```
 
 pub mod client;
 pub mod commands;
@@ -231,6 +253,15 @@ impl PipeRow {
 /// `/run/<program>/control.sock` (the unit's `RuntimeDirectory=<program>`).
 pub fn default_socket(program: &str) -> PathBuf {
     Path::new("/run").join(program).join("control.sock")
+}
+
+/// The control socket of a daemon whose config file is in `config_dir`: its `control_socket`
+/// (relative to that folder) if set, else [`default_socket`]. The commands find it the same way.
+pub fn socket_path(config_dir: &Path, configured: Option<&Path>, program: &str) -> PathBuf {
+    match configured {
+        Some(p) => crate::config::abs(config_dir, p),
+        None => default_socket(program),
+    }
 }
 
 /// The config key naming the control socket (both daemons).

@@ -101,3 +101,28 @@ fn counts_sizes_and_durations_are_compact() {
     assert_eq!(duration(3600 * 26), "1d02h");
     assert_eq!(age(now(), now() + chrono::Duration::seconds(5)), "now");
 }
+
+#[test]
+fn the_readme_shows_what_pipes_prints() {
+    let mut scada = PipeRow::new("scada", PipeState::Running);
+    scada.link = Some("tcp".into());
+    scada.remote = Some("192.0.2.131:28101".into());
+    (scada.queued_objects, scada.queued_bytes) = (12, 3 << 20);
+    scada.in_flight = Some(4);
+    (scada.delivered_objects, scada.delivered_bytes) = (1_234_567, 5 << 30);
+    (scada.delivered_today_objects, scada.delivered_today_bytes) = (800, 1536);
+    scada.last_delivery = Some(now() - chrono::Duration::seconds(125));
+    scada.drain_eta_seconds = Some(3 * 3600 + 5 * 60);
+    let mut meters = PipeRow::new("meters", PipeState::Stopped);
+    meters.link = Some("udp".into());
+    meters.remote = Some("198.51.100.7:5000".into());
+    meters.in_flight = Some(0);
+    meters.last_error = Some("the gate refused the connection".into());
+    meters.last_error_at = Some("2026-12-03T11:58:02Z".parse().expect("time"));
+    let text = render(Side::Sender, &[scada, meters], now());
+    let readme = include_str!("../../../README.md");
+    assert!(
+        readme.contains(&format!("```text\n{text}```")),
+        "README.md should show:\n{text}"
+    );
+}
