@@ -93,18 +93,24 @@ pub fn call(program: &str, socket: &Path, request: &Request) -> Result<Response,
     stream
         .set_write_timeout(Some(wire::CLIENT_TIMEOUT))
         .map_err(io_error)?;
-    stream
-        .write_all(&wire::to_line(request))
-        .map_err(io_error)?;
+    // A daemon that refuses this client answers and closes before reading: read its answer
+    // even when the write failed.
+    let written = stream.write_all(&wire::to_line(request));
     let bad = |detail: String| ClientError::BadAnswer {
         program: program.to_owned(),
         detail,
     };
-    match wire::read_line_blocking(&stream, wire::MAX_RESPONSE) {
-        Ok(Line::Complete(bytes)) => serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string())),
-        Ok(Line::TooLong) => Err(bad(format!("longer than {} bytes", wire::MAX_RESPONSE))),
-        Ok(Line::Empty) => Err(bad("it closed the connection without answering".into())),
-        Err(e)
+    match (
+        wire::read_line_blocking(&stream, wire::MAX_RESPONSE),
+        written,
+    ) {
+        (Ok(Line::Complete(bytes)), _) => {
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+        }
+        (_, Err(e)) => Err(io_error(e)),
+        (Ok(Line::TooLong), _) => Err(bad(format!("longer than {} bytes", wire::MAX_RESPONSE))),
+        (Ok(Line::Empty), _) => Err(bad("it closed the connection without answering".into())),
+        (Err(e), _)
             if matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -116,7 +122,7 @@ pub fn call(program: &str, socket: &Path, request: &Request) -> Result<Response,
                 after: waits,
             })
         }
-        Err(e) => Err(io_error(e)),
+        (Err(e), _) => Err(io_error(e)),
     }
 }
 
