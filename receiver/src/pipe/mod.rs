@@ -437,3 +437,6 @@ fn adopt_legacy_staging(
     tracing::info!(pipe = %p.name, from = %p.from, files = moved, from_folder = %legacy.display(), to_folder = %staging.display(), "moved the staging folder of an earlier version into dest");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
