@@ -394,7 +394,6 @@ impl Pipes {
             tracing::info!(
                 pipe = %p.name,
                 from = %p.from,
-                state = row.state.as_str(),
                 files = p.stats.files.load(Relaxed),
                 bytes = p.stats.bytes.load(Relaxed),
                 today_files = row.today_objects,
