@@ -202,27 +202,7 @@ impl Connection {
             if self.session.decoder_mut().buffered() > 0 {
                 frame_started.get_or_insert(Instant::now());
             }
-            // Once the Hello named the pipe, its own profile's idle_timeout applies.
-            let idle = self
-                .pipe
-                .as_ref()
-                .map_or(idle, |(p, _)| p.profile.idle_timeout);
-            let (deadline, why) = if !self.session.is_established() {
-                (
-                    opened + handshake,
-                    "no handshake within the profile's handshake_timeout",
-                )
-            } else if let Some(t) = frame_started {
-                (
-                    t + idle,
-                    "a frame did not complete within the profile's idle_timeout (a stalled gate or a slow-drip peer)",
-                )
-            } else {
-                (
-                    last_read + idle,
-                    "silent for longer than the profile's idle_timeout (no frames, not even heartbeats): check the gate",
-                )
-            };
+            let (deadline, why) = self.deadline(opened + handshake, idle, frame_started, last_read);
             let established = self.session.is_established();
             let buf = self.session.decoder_mut().buffer_mut();
             buf.reserve(if established { READ_CHUNK } else { 4096 });
@@ -248,6 +228,38 @@ impl Connection {
                 }
                 _ = shutdown.changed() => break,
             }
+        }
+    }
+
+    /// When the connection is closed unless bytes arrive, and why: no handshake by
+    /// `handshake_by`; then a frame begun must complete, and silence may last, within the
+    /// idle_timeout (once the Hello named the pipe, its own profile's).
+    fn deadline(
+        &self,
+        handshake_by: Instant,
+        idle: std::time::Duration,
+        frame_started: Option<Instant>,
+        last_read: Instant,
+    ) -> (Instant, &'static str) {
+        let idle = self
+            .pipe
+            .as_ref()
+            .map_or(idle, |(p, _)| p.profile.idle_timeout);
+        if !self.session.is_established() {
+            (
+                handshake_by,
+                "no handshake within the profile's handshake_timeout",
+            )
+        } else if let Some(t) = frame_started {
+            (
+                t + idle,
+                "a frame did not complete within the profile's idle_timeout (a stalled gate or a slow-drip peer)",
+            )
+        } else {
+            (
+                last_read + idle,
+                "silent for longer than the profile's idle_timeout (no frames, not even heartbeats): check the gate",
+            )
         }
     }
 
@@ -312,51 +324,16 @@ impl Connection {
             );
             return self.session.reject_hello();
         };
-        // A known pipe: each refusal also counts in its status row.
-        let refuse = |cause: &str, why: String| {
-            pipe.activity.refused_connections.fetch_add(1, Relaxed);
-            pipe.error(format!("refused a handshake from {}: {why}", self.peer));
-            refuse(cause, why);
-        };
-        if pipe.link() == LinkKind::Udp {
-            refuse(
-                "link",
-                format!(
-                    "pipe {:?} from {:?} is a udp pipe on this receiver (profile {}): it takes datagrams, not TCP connections; give both ends the same profile",
-                    h.pipe, h.node, pipe.profile.name
-                ),
-            );
-            return self.session.reject_hello();
-        }
-        let diffs = pipe.profile.summary().differences(&h.profile);
-        if !diffs.is_empty() {
-            refuse(
-                "profile",
-                format!(
-                    "profile mismatch: {}; both ends must use the same profile values",
-                    diffs.join(", ")
-                ),
-            );
-            return self.session.reject_hello();
-        }
-        let key = match self.hello_key(&h, &pipe) {
+        let key = match self.pipe_hello(&h, &pipe) {
             Ok(key) => key,
             Err((cause, why)) => {
+                // A known pipe: each refusal also counts in its status row.
+                pipe.activity.refused_connections.fetch_add(1, Relaxed);
+                pipe.error(format!("refused a handshake from {}: {why}", self.peer));
                 refuse(cause, why);
                 return self.session.reject_hello();
             }
         };
-        let current = pipe.session.fetch_max(h.session_id, Relaxed);
-        if h.session_id < current {
-            refuse(
-                "stale session",
-                format!(
-                    "session {} is older than the current session {current} (a stale connection)",
-                    h.session_id
-                ),
-            );
-            return self.session.reject_hello();
-        }
         pipe.stats.connections.fetch_add(1, Relaxed);
         pipe.heard();
         tracing::info!(
@@ -367,6 +344,46 @@ impl Connection {
         self._listed = Some(pipe.activity.peer_connected(self.peer));
         self.pipe = Some((pipe, h.session_id));
         self.session.accept_hello(key);
+    }
+
+    /// Checks a Hello against its pipe: the link kind, the profile, the key, the session.
+    /// Returns the connection key, or the refusal's cause and what the operator reads.
+    fn pipe_hello(
+        &self,
+        h: &Hello,
+        pipe: &Pipe,
+    ) -> Result<Option<FrameKey>, (&'static str, String)> {
+        if pipe.link() == LinkKind::Udp {
+            return Err((
+                "link",
+                format!(
+                    "pipe {:?} from {:?} is a udp pipe on this receiver (profile {}): it takes datagrams, not TCP connections; give both ends the same profile",
+                    h.pipe, h.node, pipe.profile.name
+                ),
+            ));
+        }
+        let diffs = pipe.profile.summary().differences(&h.profile);
+        if !diffs.is_empty() {
+            return Err((
+                "profile",
+                format!(
+                    "profile mismatch: {}; both ends must use the same profile values",
+                    diffs.join(", ")
+                ),
+            ));
+        }
+        let key = self.hello_key(h, pipe)?;
+        let current = pipe.session.fetch_max(h.session_id, Relaxed);
+        if h.session_id < current {
+            return Err((
+                "stale session",
+                format!(
+                    "session {} is older than the current session {current} (a stale connection)",
+                    h.session_id
+                ),
+            ));
+        }
+        Ok(key)
     }
 
     /// The connection key for a Hello, after checking its tag and that it is no replay.
