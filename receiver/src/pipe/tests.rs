@@ -107,3 +107,37 @@ fn status_rows_follow_landings_peers_partials_and_errors() {
     a.warn("the sender uses another profile");
     assert_eq!(pipes.status()[0].state, PipeState::Running);
 }
+
+#[test]
+fn an_upgrade_keeps_the_done_log_of_the_staging_folder_so_a_replay_lands_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Before pipes: the done log in the directory sink's default staging folder.
+    let staging = dir.path().join("in-a/.gapsync-staging/plant/a");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let mut old = replay::DoneLog::open(
+        &staging.join(replay::DONE_LOG),
+        std::time::Duration::from_secs(3600),
+    )
+    .expect("old done log");
+    old.record_all(&[0x10]).expect("record");
+    drop(old);
+    let pipes = pipes(dir.path());
+    let a = pipes.get("plant", "a").expect("pipe a");
+    let open = OpenFile {
+        path: "landed-before.bin".into(),
+        size: 3,
+        mtime_ns: 0,
+    };
+    assert_eq!(
+        a.with_sink(|s| s.open(0x10, &open)).expect("open"),
+        crate::sink::Applied::AlreadyCommitted,
+        "a transfer committed before the upgrade is not landed again"
+    );
+    assert!(!staging.join(replay::DONE_LOG).exists());
+    assert!(
+        dir.path()
+            .join("state/receiver/plant/a")
+            .join(replay::DONE_LOG)
+            .is_file()
+    );
+}
