@@ -4,25 +4,28 @@
 //! files whole and exactly once.
 //!
 //! ```text
-//!  gate --TCP--> [allow-list] -> ReceiverSession -> pipe (node, name) -> DirectorySink -> dest/
-//!                                      |                                     |
-//!                                 1 byte back                 staging/<id>.part, done.log
+//!  gate  --TCP/TLS--> [allow-list] -> ReceiverSession --+
+//!                                                      +-> pipe (node, name) -> sink -> dest/
+//!  diode --UDP------> [allow-list] -> worker (FEC) -----+     |                  |
+//!                                                        done.log (state)  staging/<id>.part
 //! ```
+//!
+//! Each pipe's profile picks its link; the TCP listener and the UDP socket (same port number)
+//! start only when some pipe needs them, and one loop keeps the summaries and housekeeping of
+//! both.
 
 mod config;
 mod link;
-mod pipes;
+mod pipe;
 mod sink;
 
 use std::sync::Arc;
-
-use anyhow::Context as _;
 use std::time::Duration;
 
 use clap::Parser;
 
 use crate::config::Config;
-use crate::link::tcp::Server;
+use crate::pipe::Pipes;
 
 /// How often abandoned partials are looked for (besides at start).
 pub(crate) const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
@@ -67,61 +70,69 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    if config.profile.link == gapsync_protocol::LinkKind::Udp {
-        return link::udp::serve(config).await;
-    }
-    let pipes = pipes::Pipes::open(&config)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another process using it?",
-                config.listen
-            )
-        })?;
-    let addr = listener.local_addr()?;
-    tracing::info!(
-        %addr,
-        node = %config.node,
-        profile = %config.profile.name,
-        pipes = config.pipes.len(),
-        state_dir = %config.state_dir.display(),
-        "listening"
-    );
-    let summary_every = config.summary_interval;
-    let stale_after = config.stale_partial_after;
-    let server = Arc::new(Server {
-        config,
-        pipes,
-        limiter: gapsync_daemon::ratelimit::RateLimiter::new(Duration::from_secs(60)),
-        active: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let pipes = Arc::new(Pipes::open(&config)?);
+    let config = Arc::new(config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let accept = tokio::spawn(link::tcp::serve(server.clone(), listener, stop_rx));
-    let alarms = tokio::spawn(check_silence(server.clone()));
+    let mut listen = config.listen;
+    let mut tcp = None;
+    if config.tcp_profile().is_some() {
+        let (task, addr) = link::tcp::start(config.clone(), pipes.clone(), stop_rx.clone()).await?;
+        // The UDP socket takes the same port number (port 0 picked one for TCP).
+        listen = addr;
+        tcp = Some(task);
+    }
+    let udp = match config.udp_profile() {
+        Some(_) => Some(link::udp::start(
+            config.clone(),
+            pipes.clone(),
+            listen,
+            stop_rx,
+        )?),
+        None => None,
+    };
+    let alarms = tokio::spawn(check_silence(pipes.clone()));
     gapsync_daemon::notify_ready();
-    let mut last_housekeeping = std::time::Instant::now();
-    gapsync_daemon::cli::until_shutdown(summary_every.min(HOUSEKEEPING_EVERY), || {
-        server.pipes.log_summary();
-        tokio::task::block_in_place(|| server.pipes.retry_landing());
-        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-            last_housekeeping = std::time::Instant::now();
-            tokio::task::block_in_place(|| server.pipes.housekeeping(stale_after));
-        }
-    })
-    .await?;
+    housekeeping(&config, &pipes, udp.as_ref()).await?;
     let _ = stop_tx.send(true);
     alarms.abort();
-    let _ = accept.await;
-    server.pipes.log_summary();
+    if let Some(task) = tcp {
+        let _ = task.await;
+    }
+    if let Some(udp) = udp {
+        udp.join().await?;
+    }
+    pipes.log_summary();
     Ok(())
 }
 
+/// The one summary and housekeeping loop of every pipe and link, until SIGTERM or Ctrl-C:
+/// summaries, landing retries, and (hourly) abandoned partials.
+async fn housekeeping(
+    config: &Config,
+    pipes: &Pipes,
+    udp: Option<&link::udp::UdpLink>,
+) -> anyhow::Result<()> {
+    let stale_after = config.stale_partial_after;
+    let mut last_housekeeping = std::time::Instant::now();
+    gapsync_daemon::cli::until_shutdown(config.summary_interval.min(HOUSEKEEPING_EVERY), || {
+        pipes.log_summary();
+        if let Some(udp) = udp {
+            udp.summary_due();
+        }
+        tokio::task::block_in_place(|| pipes.retry_landing());
+        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+            last_housekeeping = std::time::Instant::now();
+            tokio::task::block_in_place(|| pipes.housekeeping(stale_after));
+        }
+    })
+    .await
+}
+
 /// Says each pipe's `silence_alarm` when it is due.
-async fn check_silence(server: Arc<Server>) {
+async fn check_silence(pipes: Arc<Pipes>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         every.tick().await;
-        server.pipes.check_silence(std::time::Instant::now());
+        pipes.check_silence(std::time::Instant::now());
     }
 }

@@ -14,9 +14,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use crate::config::Config;
-use crate::pipes::{Pipe, Pipes};
+use crate::config::{Config, link_name};
+use crate::pipe::status::PeerGuard;
+use crate::pipe::{Pipe, Pipes};
 use crate::sink::{Applied, Flushed};
+use gapsync_protocol::{LinkKind, Profile};
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 256 * 1024;
@@ -24,8 +26,10 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Shared by every connection.
 #[derive(Debug)]
 pub struct Server {
-    pub config: Config,
-    pub pipes: Pipes,
+    pub config: Arc<Config>,
+    pub pipes: Arc<Pipes>,
+    /// The profile of every pipe this listener serves (tcp or tls; one per receiver).
+    pub profile: Profile,
     pub limiter: RateLimiter,
     /// Connections being served.
     pub active: std::sync::atomic::AtomicUsize,
@@ -46,12 +50,42 @@ impl Server {
     }
 }
 
+/// Binds the TCP listener on `listen`, logs its `listening` line and accepts connections for
+/// the tcp-kind pipes until `shutdown` turns true. Returns the task and the bound address.
+pub async fn start(
+    config: Arc<Config>,
+    pipes: Arc<Pipes>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
+    use anyhow::Context as _;
+    let Some(profile) = config.tcp_profile().cloned() else {
+        anyhow::bail!("internal: the tcp listener started without a tcp pipe");
+    };
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}; is another process using it?",
+            config.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let served = config
+        .pipes
+        .iter()
+        .filter(|c| c.link() != LinkKind::Udp)
+        .count();
+    tracing::info!(%addr, link = link_name(profile.link), node = %config.node, profile = %profile.name, pipes = served, state_dir = %config.state_dir.display(), "listening");
+    let server = Arc::new(Server {
+        config,
+        pipes,
+        profile,
+        limiter: RateLimiter::new(std::time::Duration::from_secs(60)),
+        active: std::sync::atomic::AtomicUsize::new(0),
+    });
+    Ok((tokio::spawn(serve(server, listener, shutdown)), addr))
+}
+
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(
-    server: Arc<Server>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn serve(server: Arc<Server>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -84,7 +118,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let span = tracing::info_span!("conn", %peer);
         let _ = stream.set_nodelay(true);
-        if let Some(n) = server.config.profile.socket_buffer_bytes {
+        if let Some(n) = server.profile.socket_buffer_bytes {
             let _ = socket2::SockRef::from(&stream).set_recv_buffer_size(n as usize);
         }
         tokio::spawn(
@@ -93,7 +127,7 @@ pub async fn serve(
                 let Some(tls) = server.config.tls.clone() else {
                     return Connection::new(server, peer).run(stream, shutdown).await;
                 };
-                let limit = server.config.profile.handshake_timeout;
+                let limit = server.profile.handshake_timeout;
                 match tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await {
                     Ok(Ok(tls_stream)) => Connection::new(server, peer).run(tls_stream, shutdown).await,
                     Ok(Err(e)) => {
@@ -118,16 +152,19 @@ struct Connection {
     peer: SocketAddr,
     session: ReceiverSession,
     pipe: Option<(Arc<Pipe>, u64)>,
+    /// Lists the connection in its pipe's status row while it lasts.
+    _listed: Option<PeerGuard>,
 }
 
 impl Connection {
     fn new(server: Arc<Server>, peer: SocketAddr) -> Self {
-        let session = ReceiverSession::new(&server.config.profile);
+        let session = ReceiverSession::new(&server.profile);
         Self {
             server,
             peer,
             session,
             pipe: None,
+            _listed: None,
         }
     }
 
@@ -136,7 +173,7 @@ impl Connection {
         mut stream: S,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let profile = &self.server.config.profile;
+        let profile = &self.server.profile;
         let (idle, handshake) = (profile.idle_timeout, profile.handshake_timeout);
         let opened = Instant::now();
         let mut last_read = opened;
@@ -165,22 +202,7 @@ impl Connection {
             if self.session.decoder_mut().buffered() > 0 {
                 frame_started.get_or_insert(Instant::now());
             }
-            let (deadline, why) = if !self.session.is_established() {
-                (
-                    opened + handshake,
-                    "no handshake within the profile's handshake_timeout",
-                )
-            } else if let Some(t) = frame_started {
-                (
-                    t + idle,
-                    "a frame did not complete within the profile's idle_timeout (a stalled gate or a slow-drip peer)",
-                )
-            } else {
-                (
-                    last_read + idle,
-                    "silent for longer than the profile's idle_timeout (no frames, not even heartbeats): check the gate",
-                )
-            };
+            let (deadline, why) = self.deadline(opened + handshake, idle, frame_started, last_read);
             let established = self.session.is_established();
             let buf = self.session.decoder_mut().buffer_mut();
             buf.reserve(if established { READ_CHUNK } else { 4096 });
@@ -206,6 +228,38 @@ impl Connection {
                 }
                 _ = shutdown.changed() => break,
             }
+        }
+    }
+
+    /// When the connection is closed unless bytes arrive, and why: no handshake by
+    /// `handshake_by`; then a frame begun must complete, and silence may last, within the
+    /// idle_timeout (once the Hello named the pipe, its own profile's).
+    fn deadline(
+        &self,
+        handshake_by: Instant,
+        idle: std::time::Duration,
+        frame_started: Option<Instant>,
+        last_read: Instant,
+    ) -> (Instant, &'static str) {
+        let idle = self
+            .pipe
+            .as_ref()
+            .map_or(idle, |(p, _)| p.profile.idle_timeout);
+        if !self.session.is_established() {
+            (
+                handshake_by,
+                "no handshake within the profile's handshake_timeout",
+            )
+        } else if let Some(t) = frame_started {
+            (
+                t + idle,
+                "a frame did not complete within the profile's idle_timeout (a stalled gate or a slow-drip peer)",
+            )
+        } else {
+            (
+                last_read + idle,
+                "silent for longer than the profile's idle_timeout (no frames, not even heartbeats): check the gate",
+            )
         }
     }
 
@@ -270,35 +324,16 @@ impl Connection {
             );
             return self.session.reject_hello();
         };
-        let diffs = self.server.config.profile.summary().differences(&h.profile);
-        if !diffs.is_empty() {
-            refuse(
-                "profile",
-                format!(
-                    "profile mismatch: {}; both ends must use the same profile values",
-                    diffs.join(", ")
-                ),
-            );
-            return self.session.reject_hello();
-        }
-        let key = match self.hello_key(&h, &pipe) {
+        let key = match self.pipe_hello(&h, &pipe) {
             Ok(key) => key,
             Err((cause, why)) => {
+                // A known pipe: each refusal also counts in its status row.
+                pipe.activity.refused_connections.fetch_add(1, Relaxed);
+                pipe.error(format!("refused a handshake from {}: {why}", self.peer));
                 refuse(cause, why);
                 return self.session.reject_hello();
             }
         };
-        let current = pipe.session.fetch_max(h.session_id, Relaxed);
-        if h.session_id < current {
-            refuse(
-                "stale session",
-                format!(
-                    "session {} is older than the current session {current} (a stale connection)",
-                    h.session_id
-                ),
-            );
-            return self.session.reject_hello();
-        }
         pipe.stats.connections.fetch_add(1, Relaxed);
         pipe.heard();
         tracing::info!(
@@ -306,8 +341,49 @@ impl Connection {
             key_id = h.auth.map(|a| a.key_id), protection = %h.auth.map_or("none", |a| a.protection.as_str()),
             "sender connected"
         );
+        self._listed = Some(pipe.activity.peer_connected(self.peer));
         self.pipe = Some((pipe, h.session_id));
         self.session.accept_hello(key);
+    }
+
+    /// Checks a Hello against its pipe: the link kind, the profile, the key, the session.
+    /// Returns the connection key, or the refusal's cause and what the operator reads.
+    fn pipe_hello(
+        &self,
+        h: &Hello,
+        pipe: &Pipe,
+    ) -> Result<Option<FrameKey>, (&'static str, String)> {
+        if pipe.link() == LinkKind::Udp {
+            return Err((
+                "link",
+                format!(
+                    "pipe {:?} from {:?} is a udp pipe on this receiver (profile {}): it takes datagrams, not TCP connections; give both ends the same profile",
+                    h.pipe, h.node, pipe.profile.name
+                ),
+            ));
+        }
+        let diffs = pipe.profile.summary().differences(&h.profile);
+        if !diffs.is_empty() {
+            return Err((
+                "profile",
+                format!(
+                    "profile mismatch: {}; both ends must use the same profile values",
+                    diffs.join(", ")
+                ),
+            ));
+        }
+        let key = self.hello_key(h, pipe)?;
+        let current = pipe.session.fetch_max(h.session_id, Relaxed);
+        if h.session_id < current {
+            return Err((
+                "stale session",
+                format!(
+                    "session {} is older than the current session {current} (a stale connection)",
+                    h.session_id
+                ),
+            ));
+        }
+        Ok(key)
     }
 
     /// The connection key for a Hello, after checking its tag and that it is no replay.
@@ -425,6 +501,7 @@ impl Connection {
                 // minute per pipe and peer; different causes each get through.
                 let cause = format!("sink {} {}", pipe.name, ratelimit::cause_kind(&e));
                 let key = ratelimit::key(self.peer.ip(), &cause);
+                pipe.error(e.to_string());
                 if let Some(suppressed) = self.server.warn_limited(&key) {
                     if e.is_local() {
                         tracing::error!(pipe = %pipe.name, error = %e, suppressed, "could not land data; closed the connection without a reply, so the sender retries later without counting it against the file");

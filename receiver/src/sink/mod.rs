@@ -1,12 +1,90 @@
 //! Sinks: where a pipe's transfers land. A new kind of sink (a database table, a record stream)
-//! is a new module implementing [`Sink`]; the link driver does not change.
+//! is a new folder implementing [`Sink`] plus one variant of [`SinkConfig`]; the links, the
+//! pipe's replay state and its status do not change.
 
 pub mod directory;
-pub mod done_log;
 pub mod land;
-pub mod open_log;
+
+use std::path::Path;
 
 use gapsync_protocol::{Commit, OpenFile, PathError};
+use serde::Deserialize;
+
+use directory::config::{DirectoryConfig, DirectorySettings};
+
+/// A pipe's `sink` as written; `type` selects the kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    Directory(DirectoryConfig),
+}
+
+/// A checked sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkSettings {
+    Directory(DirectorySettings),
+}
+
+impl SinkConfig {
+    /// Parses a pipe's `sink` table, pushing every problem: a missing or unknown `type`, and
+    /// each key the type does not take (an internally tagged enum buffers its fields, so the
+    /// config loader cannot see those; they are looked for here, in the variant's own struct).
+    pub fn parse(p: &mut Vec<String>, label: &str, value: toml::Value) -> Option<Self> {
+        let sink = match SinkConfig::deserialize(value.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                p.push(format!(
+                    "{label}: `sink` {}: e.g. sink = {{ type = \"directory\", path = \"/srv/gapsync/inbox\" }}",
+                    e.to_string().trim_end()
+                ));
+                return None;
+            }
+        };
+        let mut rest = match value {
+            toml::Value::Table(t) => t,
+            _ => return Some(sink),
+        };
+        rest.remove("type");
+        let mut unknown = Vec::new();
+        let record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let _ = match &sink {
+            SinkConfig::Directory(_) => {
+                serde_ignored::deserialize(toml::Value::Table(rest), record)
+                    .map(|_: DirectoryConfig| ())
+            }
+        };
+        for k in unknown {
+            p.push(format!(
+                "unknown key `sink.{k}` in {label}: remove it or correct its spelling"
+            ));
+        }
+        Some(sink)
+    }
+
+    /// Checks the sink of pipe `name` from `from`.
+    pub fn check(
+        self,
+        p: &mut Vec<String>,
+        label: &str,
+        base: &Path,
+        names: (&str, &str),
+    ) -> Option<SinkSettings> {
+        match self {
+            SinkConfig::Directory(d) => d
+                .check(p, label, "sink.path", base, names)
+                .map(SinkSettings::Directory),
+        }
+    }
+}
+
+impl SinkSettings {
+    /// The sink kind, for status rows and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkSettings::Directory(_) => "directory",
+        }
+    }
+}
 
 /// What a sink did with a request that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,10 @@ use gapsync_protocol::udp::{Announce, Assembly, End, Heartbeat, Limits, PassFail
 use gapsync_protocol::{Commit, OpenFile, decode_body};
 
 use crate::config::Config;
-use crate::pipes::{Pipe, Pipes};
+use crate::pipe::status::PeerGuard;
+use crate::pipe::{Pipe, Pipes};
 use crate::sink::{Applied, Flushed};
+use gapsync_protocol::LinkKind;
 
 /// Objects remembered as finished, so repeated copies are ignored without a disk lookup.
 const FINISHED_MEMORY: usize = 100_000;
@@ -44,6 +46,9 @@ struct LinkState {
     sent: u64,
     logged_received: u64,
     logged_sent: u64,
+    /// The current session's source, listed in the pipe's status row until the link falls
+    /// silent.
+    listed: Option<PeerGuard>,
 }
 
 /// Datagrams dropped before reaching an object, by reason.
@@ -61,6 +66,8 @@ type ObjectKey = (u32, u64);
 /// The receiving side of every pipe on the diode link.
 pub struct Worker {
     pipes: HashMap<u32, Arc<Pipe>>,
+    /// Pipes of the tcp kind, by datagram tag: their datagrams are refused with a clear line.
+    tcp_pipes: HashMap<u32, Arc<Pipe>>,
     links: HashMap<u32, LinkState>,
     objects: HashMap<ObjectKey, (Arc<Pipe>, Assembly, Instant)>,
     finished: HashSet<ObjectKey>,
@@ -84,10 +91,15 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// A worker for every configured pipe; refuses two pipes whose tags collide.
+    /// A worker for every udp pipe; refuses two pipes whose tags collide.
     pub fn new(config: Arc<Config>, pipes: &Pipes, udp: UdpProfile) -> anyhow::Result<Self> {
         let mut by_tag = HashMap::new();
-        for p in pipes.all() {
+        let tcp_pipes = pipes
+            .all()
+            .filter(|p| p.link() != LinkKind::Udp)
+            .map(|p| (datagram::pipe_tag(&p.from, &p.name), p.clone()))
+            .collect();
+        for p in pipes.all().filter(|p| p.link() == LinkKind::Udp) {
             let tag = datagram::pipe_tag(&p.from, &p.name);
             if let Some(other) = by_tag.insert(tag, p.clone()) {
                 anyhow::bail!(
@@ -107,6 +119,7 @@ impl Worker {
         };
         Ok(Self {
             pipes: by_tag,
+            tcp_pipes,
             links: HashMap::new(),
             objects: HashMap::new(),
             finished: HashSet::new(),
@@ -148,6 +161,9 @@ impl Worker {
         };
         let Some(pipe) = self.pipes.get(&h.pipe_tag).cloned() else {
             self.dropped.unknown_pipe += 1;
+            if let Some(pipe) = self.tcp_pipes.get(&h.pipe_tag).cloned() {
+                return self.wrong_link(src, &pipe);
+            }
             if let Some(suppressed) = self.warn_limited(&ratelimit::key(src.ip(), "unknown pipe")) {
                 tracing::warn!(%src, tag = format!("{:08x}", h.pipe_tag), suppressed, "dropped datagrams for a pipe this receiver does not have; check that the sender's node and pipe names match a [[pipe]] here");
             }
@@ -179,6 +195,7 @@ impl Worker {
                 silence: link.silence.take(),
                 keys: std::mem::take(&mut link.keys),
                 session: h.session,
+                listed: Some(pipe.activity.peer_connected(src)),
                 ..LinkState::default()
             };
             // A new sender session is the diode's "sender connected".
@@ -193,7 +210,22 @@ impl Worker {
         }
     }
 
-    /// Checks the datagram's authentication against the pipe's keys; returns the payload.
+    /// Drops a datagram for a pipe this receiver serves over TCP.
+    fn wrong_link(&mut self, src: SocketAddr, pipe: &Pipe) {
+        if let Some(suppressed) = self.warn_limited(&format!("wrong link {}", pipe.name)) {
+            let why = format!(
+                "dropped datagrams for pipe {} from {}, which is a {} pipe on this receiver (profile {}): it takes TCP connections, not datagrams; give both ends the same profile",
+                pipe.name,
+                pipe.from,
+                crate::config::link_name(pipe.link()),
+                pipe.profile.name
+            );
+            pipe.activity.refused_connections.fetch_add(1, Relaxed);
+            pipe.error(why.clone());
+            tracing::error!(%src, suppressed, "{why}");
+        }
+    }
+
     /// Checks the datagram's authentication against the pipe's keys (opening it in place);
     /// returns where its payload is in `buf`.
     fn open(
@@ -250,9 +282,13 @@ impl Worker {
         let Ok(hb) = decode_body::<Heartbeat>("heartbeat", payload) else {
             return;
         };
-        if hb.profile != self.config.profile.name {
+        if hb.profile != pipe.profile.name {
             if let Some(suppressed) = self.warn_limited(&format!("profile {}", pipe.name)) {
-                tracing::warn!(pipe = %pipe.name, from = %pipe.from, theirs = %hb.profile, ours = %self.config.profile.name, suppressed, "the sender uses another profile; use the same profile on both ends");
+                pipe.warn(format!(
+                    "the sender uses profile {}, this pipe {}",
+                    hb.profile, pipe.profile.name
+                ));
+                tracing::warn!(pipe = %pipe.name, from = %pipe.from, theirs = %hb.profile, ours = %pipe.profile.name, suppressed, "the sender uses another profile; use the same profile on both ends");
             }
         }
         let link = self.links.entry(h.pipe_tag).or_default();
@@ -442,14 +478,14 @@ impl Worker {
         let result = result.and_then(|(applied, flushed)| {
             // Whatever became visible is delivered, even if a later rename failed.
             for d in &flushed.delivered {
-                pipe.stats.files.fetch_add(1, Relaxed);
+                pipe.count_landed(d);
                 pipe.add_bytes(d.size);
-                pipe.heard();
                 tracing::info!(pipe = %pipe.name, from = %pipe.from, path = %d.path, size = d.size, digest = %d.digest_hex, pass, duration_ms = started.elapsed().as_millis() as u64, mb_per_s = format!("{:.1}", size as f64 / secs / 1e6), "delivered");
             }
             flushed.result.map(|()| applied)
         });
         if let Err(e) = result {
+            pipe.error(format!("{path}: {e}"));
             if pipe.with_sink(|s| s.is_unlanded(key.1)) {
                 tracing::error!(pipe = %pipe.name, from = %pipe.from, %path, size, error = %e, "object received whole but not renamed into place; it stays staged and landing is retried at every summary_interval");
             } else {
@@ -466,6 +502,9 @@ impl Worker {
         let (path, size) = (&asm.announce.path, asm.announce.size);
         let loss = format!("{:.1}", f.loss_percent());
         if f.last {
+            pipe.error(format!(
+                "{path}: abandoned, not decodable after its last pass ({loss}% loss)"
+            ));
             tracing::error!(pipe = %pipe.name, from = %pipe.from, %path, size, loss_percent = %loss, received = f.received, sent = f.sent, missing_blocks = f.missing_blocks, blocks = f.blocks, pass = f.pass, passes = f.passes, end_seen = !f.no_end, "object abandoned: not decodable after its last pass; nothing of it is visible; resend it (gapsync-sender resend) and raise repair_percent or passes if the link loses this much");
             let reason = String::new();
             self.abandon(key, &reason);
@@ -478,6 +517,7 @@ impl Worker {
     fn abandon(&mut self, key: ObjectKey, reason: &str) {
         if let Some((pipe, asm, _)) = self.objects.remove(&key) {
             if !reason.is_empty() {
+                pipe.error(format!("{}: abandoned: {reason}", asm.announce.path));
                 tracing::error!(pipe = %pipe.name, path = %asm.announce.path, size = asm.announce.size, reason, "object abandoned; nothing of it is visible; resend it from the sender");
             }
             pipe.with_sink(|s| s.drop_partial(key.1));
@@ -523,10 +563,9 @@ impl Worker {
                     alarm::seconds(self.udp.silence_alarm)
                 );
                 alarm::log_raised("link_silence", &pipe.name, &pipe.from, &ev, &what);
+                pipe.error(what);
+                link.listed = None;
             }
-        }
-        for pipe in self.pipes.values() {
-            pipe.check_silence(now);
         }
     }
 

@@ -15,7 +15,9 @@
 //! before.
 //!
 //! The staging folder defaults to `<dest>/.gapsync-staging`, and whatever it is, the sink
-//! proves at start that a file can be renamed from it into dest.
+//! proves at start that a file can be renamed from it into dest. The done log is the pipe's
+//! (see `crate::pipe::replay`), in the pipe's state folder; the staging journal stays next to
+//! the partials it describes, so one syncfs of their filesystem makes both durable.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -25,12 +27,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gapsync_protocol::{Commit, OpenFile, WirePath};
 
-use super::done_log::DoneLog;
 use super::land::{FSYNC_EACH_UP_TO, Places};
-use super::open_log::OpenLog;
 use super::{Applied, Delivered, Flushed, Sink, SinkError, io_err};
+use crate::pipe::replay::{DoneLog, OpenLog};
 use writer::DataWriter;
 
+pub mod config;
 mod repair;
 mod writer;
 
@@ -103,11 +105,12 @@ fn hex(id: u64) -> String {
 }
 
 impl DirectorySink {
-    /// Opens the sink, repairs interrupted commits and removes partials older than `stale_after`.
+    /// Opens the sink with the pipe's done log, repairs interrupted commits and removes
+    /// partials older than `stale_after`.
     pub fn open(
         dest: &Path,
         staging: &Path,
-        done_retention: Duration,
+        done: DoneLog,
         stale_after: Duration,
     ) -> anyhow::Result<Self> {
         fs::create_dir_all(dest)
@@ -118,9 +121,6 @@ impl DirectorySink {
         if let Err(e) = repair::restrict(staging, Some(&dest.join(STAGING_DIR))) {
             tracing::warn!(staging = %staging.display(), error = %e, "cannot make the staging folder writable by this user only; anyone who may write there can remove staged data (which is then sent again)");
         }
-        let done = DoneLog::open(&staging.join("done.log"), done_retention).map_err(|e| {
-            anyhow::anyhow!("cannot open the done log in {}: {e}", staging.display())
-        })?;
         let opens = OpenLog::open(&staging.join("opens.log")).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the staging journal in {}: {e}",

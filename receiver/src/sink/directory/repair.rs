@@ -91,7 +91,7 @@ pub(super) fn restrict(staging: &Path, top: Option<&Path>) -> io::Result<()> {
 /// copies again (the new folder is not used before the move completes). Returns how many files
 /// moved.
 pub fn adopt_legacy_staging(legacy: &Path, staging: &Path) -> anyhow::Result<usize> {
-    let done = super::DoneLog::open(&legacy.join("done.log"), Duration::MAX)
+    let done = crate::pipe::replay::DoneLog::open(&legacy.join("done.log"), Duration::MAX)
         .with_context(|| format!("cannot read the done log in {}", legacy.display()))?;
     let wanted = |name: &str| {
         matches!(name, "done.log" | "opens.log" | "last-connection")

@@ -3,11 +3,17 @@
 use super::writer::{BOUNCE_BYTES, DIRECT_ALIGN, DIRECT_MIN};
 use super::*;
 
+/// The done log kept in the staging folder itself (where versions before pipes kept it).
+fn done_in(staging: &Path) -> DoneLog {
+    fs::create_dir_all(staging).expect("staging");
+    DoneLog::open(&staging.join("done.log"), Duration::from_secs(3600)).expect("done log")
+}
+
 fn sink(root: &Path) -> DirectorySink {
     DirectorySink::open(
         &root.join("dest"),
         &root.join("staging"),
-        Duration::from_secs(3600),
+        done_in(&root.join("staging")),
         Duration::from_secs(3600),
     )
     .expect("open sink")
@@ -471,7 +477,7 @@ fn names_inside_the_staging_folder_are_refused_and_the_default_staging_works() {
     let mut s = DirectorySink::open(
         &dest,
         &dest.join(STAGING_DIR),
-        Duration::from_secs(3600),
+        done_in(&dest.join(STAGING_DIR)),
         Duration::from_secs(3600),
     )
     .expect("open sink");
@@ -512,13 +518,9 @@ fn the_staging_folder_of_an_earlier_version_is_adopted_with_its_records() {
     let legacy = dir.path().join("state/receiver/plant-a/scada/staging");
     let dest = dir.path().join("dest");
     {
-        let mut old = DirectorySink::open(
-            &dest,
-            &legacy,
-            Duration::from_secs(3600),
-            Duration::from_secs(3600),
-        )
-        .expect("old sink");
+        let mut old =
+            DirectorySink::open(&dest, &legacy, done_in(&legacy), Duration::from_secs(3600))
+                .expect("old sink");
         stage(&mut old, 1, "done.bin", b"done");
         assert_eq!(old.flush().into_result().expect("flush").len(), 1);
         // A partial in progress, and one recorded as done but not landed.
@@ -541,7 +543,7 @@ fn the_staging_folder_of_an_earlier_version_is_adopted_with_its_records() {
     let mut s = DirectorySink::open(
         &dest,
         &staging,
-        Duration::from_secs(3600),
+        done_in(&staging),
         Duration::from_secs(3600),
     )
     .expect("new sink");
@@ -622,7 +624,7 @@ fn the_staging_folder_is_writable_by_this_user_only_and_keeps_the_setgid_bit() {
     let _s = DirectorySink::open(
         &dest,
         &staging,
-        Duration::from_secs(3600),
+        done_in(&staging),
         Duration::from_secs(3600),
     )
     .expect("open sink");

@@ -15,6 +15,20 @@ pub struct DoneLog {
     done: HashMap<u64, u64>,
 }
 
+/// The records of a log's lines (unreadable lines are skipped).
+fn parse(lines: &[String]) -> HashMap<u64, u64> {
+    let mut done = HashMap::new();
+    for line in lines {
+        let mut it = line.split(' ');
+        if let (Some(id), Some(t), None) = (it.next(), it.next(), it.next()) {
+            if let (Ok(id), Ok(t)) = (u64::from_str_radix(id, 16), t.parse::<u64>()) {
+                done.insert(id, t);
+            }
+        }
+    }
+    done
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -26,15 +40,7 @@ impl DoneLog {
     /// A torn last line from a crash is ignored: that commit was not durable.
     pub fn open(path: &Path, retention: Duration) -> io::Result<Self> {
         let (journal, lines) = Journal::open(path)?;
-        let mut done = HashMap::new();
-        for line in &lines {
-            let mut it = line.split(' ');
-            if let (Some(id), Some(t), None) = (it.next(), it.next(), it.next()) {
-                if let (Ok(id), Ok(t)) = (u64::from_str_radix(id, 16), t.parse::<u64>()) {
-                    done.insert(id, t);
-                }
-            }
-        }
+        let mut done = parse(&lines);
         let cutoff = unix_now().saturating_sub(retention.as_secs());
         done.retain(|_, t| *t >= cutoff);
         let mut log = Self { journal, done };
@@ -77,6 +83,27 @@ impl DoneLog {
             self.compact()?;
         }
         Ok(())
+    }
+
+    /// Adds the records of another done log (at `path`) that this one lacks, each with its own
+    /// time, durably (one write and one fsync). Returns how many were added.
+    pub fn absorb(&mut self, path: &Path) -> io::Result<usize> {
+        let (_, lines) = Journal::open(path)?;
+        let new: Vec<(u64, u64)> = parse(&lines)
+            .into_iter()
+            .filter(|(id, _)| !self.done.contains_key(id))
+            .collect();
+        let text: Vec<String> = new.iter().map(|(id, t)| format!("{id:016x} {t}")).collect();
+        self.journal.append_all(text.iter().map(String::as_str))?;
+        self.journal.sync()?;
+        self.done.extend(new.iter().copied());
+        Ok(new.len())
+    }
+
+    /// How many transfers are recorded.
+    #[cfg(test)]
+    pub fn records(&self) -> usize {
+        self.done.len()
     }
 
     /// Where the log lives.

@@ -6,12 +6,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gapsync_daemon::config::{PipeKey, RawKey, abs, check_name};
-use gapsync_daemon::folders;
+use gapsync_daemon::config::check_name;
 use gapsync_daemon::logging::{LogFormat, LogTime};
-use gapsync_protocol::{Profile, RawProfile};
+use gapsync_protocol::{LinkKind, Profile, RawProfile};
 use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::sink::SinkSettings;
+
+mod pipe;
+
+pub use pipe::{PipeConfig, RawPipe};
 
 /// Default for `summary_interval`.
 pub const DEFAULT_SUMMARY: Duration = Duration::from_secs(60);
@@ -54,42 +59,11 @@ pub struct RawConfig {
     pub pipe: Vec<RawPipe>,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct RawPipe {
-    pub name: Option<String>,
-    pub from: Option<String>,
-    pub dest: Option<PathBuf>,
-    pub staging: Option<PathBuf>,
-    /// The pipe's keys: the current one and, during a rotation, the next.
-    #[serde(default)]
-    pub keys: Vec<RawKey>,
-    /// Refuse senders that present no key.
-    #[serde(default)]
-    pub require_auth: bool,
-    /// Nothing arrived on the pipe for this long: one ERROR, repeated hourly (none: off).
-    #[serde(default, with = "humantime_serde")]
-    pub silence_alarm: Option<Duration>,
-}
-
-/// One pipe this receiver lands: what `from` sends on `name` goes to `dest`.
-#[derive(Debug, Clone)]
-pub struct PipeConfig {
-    pub name: String,
-    pub from: String,
-    pub dest: PathBuf,
-    /// Partial files; on the same filesystem as `dest` so the final rename is atomic.
-    pub staging: PathBuf,
-    /// Keys by id (at most two: current and next).
-    pub keys: Vec<PipeKey>,
-    pub require_auth: bool,
-    /// Nothing delivered (and no sender connected) this long raises the pipe's alarm.
-    pub silence_alarm: Option<Duration>,
-}
-
 /// A checked receiver config.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node: String,
+    /// The top-level profile: every pipe's that names none.
     pub profile: Profile,
     pub listen: SocketAddr,
     pub allow: Vec<IpNet>,
@@ -103,7 +77,7 @@ pub struct Config {
     pub done_retention: Duration,
     /// Connections served at once; more are closed at once (bounds memory under a flood).
     pub max_connections: usize,
-    /// Set when the profile's link is `tls`: this receiver's certificate, client CA required.
+    /// Set when the TCP pipes' link is `tls`: this receiver's certificate, client CA required.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub pipes: Vec<PipeConfig>,
     /// Valid but risky settings (an allow-list open to every address): printed by
@@ -111,66 +85,115 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// Checks one `[[pipe]]`, pushing every problem; `None` when it cannot be built.
-fn check_pipe(p: &mut Vec<String>, label: &str, base: &Path, rp: RawPipe) -> Option<PipeConfig> {
-    let name = rp.name.unwrap_or_default();
-    let from = rp.from.unwrap_or_default();
-    check_name(p, &format!("{label}: `name`"), &name);
-    check_name(
-        p,
-        &format!("{label}: `from` (the sender's node name)"),
-        &from,
-    );
-    if rp.keys.len() > 2 {
-        p.push(format!(
-            "{label}: {} keys configured; a pipe holds at most two (current and next)",
-            rp.keys.len()
-        ));
-    }
-    let keys: Vec<PipeKey> = rp
-        .keys
-        .iter()
-        .filter_map(|k| gapsync_daemon::config::key(p, label, base, k))
-        .collect();
-    if keys.len() == 2 && keys[0].id == keys[1].id {
-        p.push(format!(
-            "{label}: both keys have id {}; give the next key a new id",
-            keys[0].id
-        ));
-    }
-    if rp.require_auth && rp.keys.is_empty() {
-        p.push(format!("{label}: `require_auth = true` needs `keys`, e.g. keys = [{{ id = 1, file = \"/etc/gapsync/keys/{name}.key\" }}]"));
-    }
-    let Some(dest) = rp.dest.map(|d| abs(base, &d)) else {
-        p.push(format!("{label}: `dest` is missing"));
-        return None;
-    };
-    folders::existing(p, &format!("{label}: dest"), &dest, "2770");
-    // Inside dest by default: the final rename never crosses a mount point. Set elsewhere,
-    // the receiver proves at start that a file renames from it into dest.
-    let staging = match rp.staging {
-        Some(s) => {
-            let s = abs(base, &s);
-            folders::creatable(p, &format!("{label}: `staging`"), &s);
-            s
+fn check_listen(p: &mut Vec<String>, raw: Option<&str>) -> Option<SocketAddr> {
+    match raw.map(str::parse::<SocketAddr>) {
+        None => {
+            p.push("`listen` is missing, e.g. listen = \"0.0.0.0:28101\"".into());
+            None
         }
-        None => crate::sink::directory::default_staging(&dest, &from, &name),
-    };
-    if staging == dest || dest.starts_with(&staging) {
-        p.push(format!(
-            "{label}: `staging` {} is dest or holds it; the receiver keeps its records there: remove `staging` (the default is <dest>/.gapsync-staging/<from>/<name>)",
-            staging.display()
-        ));
+        Some(Err(e)) => {
+            p.push(format!("`listen` is not an address:port ({e})"));
+            None
+        }
+        Some(Ok(a)) => Some(a),
     }
-    Some(PipeConfig {
-        name,
-        from,
-        dest,
-        staging,
-        keys,
-        require_auth: rp.require_auth,
-        silence_alarm: rp.silence_alarm,
-    })
+}
+
+/// Checks every `[[pipe]]`: each on its own, then that no two are one (same `from` and
+/// `name`) or share a staging folder (each pipe's records must be its own).
+fn check_pipes(
+    p: &mut Vec<String>,
+    base: &Path,
+    profile: Option<&Profile>,
+    raw: &mut RawConfig,
+) -> Vec<PipeConfig> {
+    if raw.pipe.is_empty() {
+        p.push("no [[pipe]] is configured: add one with name, from and sink".into());
+    }
+    let defaults = pipe::Defaults {
+        base,
+        profile_name: raw.profile.as_deref(),
+        profile,
+        profiles_dir: raw.profiles_dir.as_deref(),
+        overrides: &raw.profile_overrides,
+    };
+    let mut pipes: Vec<PipeConfig> = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, rp) in std::mem::take(&mut raw.pipe).into_iter().enumerate() {
+        let label = format!(
+            "[[pipe]] #{} ({})",
+            i + 1,
+            rp.name.as_deref().unwrap_or("unnamed")
+        );
+        if let (Some(from), Some(name)) = (&rp.from, &rp.name) {
+            if !seen.insert((from.clone(), name.clone())) {
+                p.push(format!(
+                    "{label}: pipe {name:?} from {from:?} is configured twice"
+                ));
+            }
+        }
+        pipes.extend(pipe::check_pipe(p, &label, &defaults, rp));
+    }
+    for (i, a) in pipes.iter().enumerate() {
+        let SinkSettings::Directory(da) = &a.sink;
+        for b in &pipes[..i] {
+            let SinkSettings::Directory(db) = &b.sink;
+            if da.staging == db.staging {
+                p.push(format!(
+                    "pipes {} from {} and {} from {} share the staging folder {}: give each its own `staging` (or leave it unset: the default is one per pipe)",
+                    b.name, b.from, a.name, a.from, da.staging.display()
+                ));
+            }
+        }
+    }
+    pipes
+}
+
+/// One TCP listener and one UDP socket serve the pipes. The TCP listener speaks tcp or tls,
+/// and frames (envelope, frame size, reply bytes) before the Hello names the pipe, so its
+/// pipes must agree on those; the UDP socket's worker decodes with one set of udp values.
+/// Everything else (window, timeouts, rates, the profile's name) may differ per pipe.
+fn check_links(p: &mut Vec<String>, pipes: &[PipeConfig]) {
+    let (udp, tcp): (Vec<&PipeConfig>, Vec<&PipeConfig>) =
+        pipes.iter().partition(|c| c.link() == LinkKind::Udp);
+    if let Some(first) = tcp.first() {
+        for c in &tcp[1..] {
+            let (a, b) = (&first.profile, &c.profile);
+            if a.link != b.link {
+                p.push(format!(
+                    "pipe {} uses link {} and pipe {} link {}: one TCP listener speaks either tcp or tls; give every tcp-kind pipe of this receiver the same link (run a second receiver for the other)",
+                    first.name, link_name(a.link), c.name, link_name(b.link)
+                ));
+            } else if (a.envelope, a.max_frame_bytes, a.ack)
+                != (b.envelope, b.max_frame_bytes, b.ack)
+            {
+                p.push(format!(
+                    "pipes {} (profile {}) and {} (profile {}) frame differently (envelope, max_frame_bytes or ok_byte): the tcp pipes of one receiver share one listener, which reads frames before it knows the pipe; give them the same values",
+                    first.name, a.name, c.name, b.name
+                ));
+            }
+        }
+    }
+    if let Some(first) = udp.first() {
+        for c in udp[1..]
+            .iter()
+            .filter(|c| c.profile.udp != first.profile.udp)
+        {
+            p.push(format!(
+                "pipes {} (profile {}) and {} (profile {}) have different udp values: the udp pipes of one receiver share one socket and decoder; give them the same udp values",
+                first.name, first.profile.name, c.name, c.profile.name
+            ));
+        }
+    }
+}
+
+/// A link kind as the config writes it.
+pub fn link_name(link: LinkKind) -> &'static str {
+    match link {
+        LinkKind::Tcp => "tcp",
+        LinkKind::Tls => "tls",
+        LinkKind::Udp => "udp",
+    }
 }
 
 /// Checks `allow`: missing or empty refuses every sender (an error), a network holding every
@@ -229,9 +252,9 @@ impl Config {
         gapsync_daemon::config::load(path, Self::check)
     }
 
-    fn check(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
+    fn check(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
         let mut p = Vec::new();
-        let node = raw.node.unwrap_or_default();
+        let node = raw.node.take().unwrap_or_default();
         check_name(&mut p, "`node`", &node);
         let profile = gapsync_daemon::config::profile(
             &mut p,
@@ -240,59 +263,27 @@ impl Config {
             raw.profiles_dir.as_deref(),
             &raw.profile_overrides,
         );
-        let listen = match raw.listen.as_deref().map(str::parse::<SocketAddr>) {
-            None => {
-                p.push("`listen` is missing, e.g. listen = \"0.0.0.0:28101\"".into());
-                None
-            }
-            Some(Err(e)) => {
-                p.push(format!("`listen` is not an address:port ({e})"));
-                None
-            }
-            Some(Ok(a)) => Some(a),
-        };
+        let listen = check_listen(&mut p, raw.listen.as_deref());
         let mut warnings = Vec::new();
-        let allow = check_allow(&mut p, &mut warnings, raw.allow);
-        let (state_dir, log_dir) =
-            gapsync_daemon::config::state_and_log_dirs(&mut p, base, raw.state_dir, raw.log_dir);
-        let level = gapsync_daemon::config::log_level(&mut p, raw.log_level);
-        if raw.pipe.is_empty() {
-            p.push("no [[pipe]] is configured: add one with name, from and dest".into());
-        }
-        let tls =
-            gapsync_daemon::config::tls(&mut p, base, profile.as_ref(), raw.tls.as_ref(), |f| {
-                f.server_config()
-            });
+        let allow = check_allow(&mut p, &mut warnings, raw.allow.take());
+        let (state_dir, log_dir) = gapsync_daemon::config::state_and_log_dirs(
+            &mut p,
+            base,
+            raw.state_dir.take(),
+            raw.log_dir.take(),
+        );
+        let level = gapsync_daemon::config::log_level(&mut p, raw.log_level.take());
         if raw.max_connections == Some(0) {
             p.push("`max_connections` must be at least 1".into());
         }
-        let mut pipes = Vec::new();
-        let mut seen = HashSet::new();
-        for (i, rp) in raw.pipe.into_iter().enumerate() {
-            let label = format!(
-                "[[pipe]] #{} ({})",
-                i + 1,
-                rp.name.as_deref().unwrap_or("unnamed")
-            );
-            let key = (rp.from.clone(), rp.name.clone());
-            if let (Some(from), Some(name)) = &key {
-                if !seen.insert(key.clone()) {
-                    p.push(format!(
-                        "{label}: pipe {name:?} from {from:?} is configured twice"
-                    ));
-                }
-            }
-            pipes.extend(check_pipe(&mut p, &label, base, rp));
-        }
-        // Each pipe's records (done log, journal) must be its own.
-        for (i, a) in pipes.iter().enumerate() {
-            if let Some(b) = pipes[..i].iter().find(|b| b.staging == a.staging) {
-                p.push(format!(
-                    "pipes {} from {} and {} from {} share the staging folder {}: give each its own `staging` (or leave it unset: the default is one per pipe)",
-                    b.name, b.from, a.name, a.from, a.staging.display()
-                ));
-            }
-        }
+        let pipes = check_pipes(&mut p, base, profile.as_ref(), &mut raw);
+        check_links(&mut p, &pipes);
+        // The TCP listener's profile decides whether it speaks TLS.
+        let tcp = pipes.iter().find(|c| c.link() != LinkKind::Udp);
+        let tls_profile = tcp.map(|c| &c.profile).or(profile.as_ref());
+        let tls = gapsync_daemon::config::tls(&mut p, base, tls_profile, raw.tls.as_ref(), |f| {
+            f.server_config()
+        });
         match (p.is_empty(), profile, listen, state_dir) {
             (true, Some(profile), Some(listen), Some(state_dir)) => Ok(Config {
                 node,
@@ -316,6 +307,22 @@ impl Config {
         }
     }
 
+    /// The profile of the pipes served by the TCP listener (tcp or tls), if any.
+    pub fn tcp_profile(&self) -> Option<&Profile> {
+        self.pipes
+            .iter()
+            .find(|c| c.link() != LinkKind::Udp)
+            .map(|c| &c.profile)
+    }
+
+    /// The profile of the pipes served by the UDP socket, if any.
+    pub fn udp_profile(&self) -> Option<&Profile> {
+        self.pipes
+            .iter()
+            .find(|c| c.link() == LinkKind::Udp)
+            .map(|c| &c.profile)
+    }
+
     /// True when `ip` is in one of the allowed networks.
     pub fn allows(&self, ip: std::net::IpAddr) -> bool {
         let ip = match ip {
@@ -325,3 +332,6 @@ impl Config {
         self.allow.iter().any(|n| n.contains(&ip))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,21 +1,32 @@
-//! The receiver's pipes: each one's sink, its current sender session, its counters (today's
-//! kept in `<state_dir>/receiver/<from>/<name>/counters` across restarts) and its silence
-//! alarm.
+//! The receiver's pipes: each one's profile and link, its sink, its replay state, its current
+//! sender session, its counters (today's kept in `<state_dir>/receiver/<from>/<name>/counters`
+//! across restarts), its silence alarm and its status row.
+//!
+//! ```text
+//!  tcp/tls listener --Hello(node, pipe)--+
+//!                                        +--> Pipe (profile, keys, replay) --> sink --> dest/
+//!  udp socket --datagram(pipe tag)-------+        |
+//!                                             status row
+//! ```
+
+pub mod replay;
+pub mod status;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-
-use std::path::PathBuf;
 
 use gapsync_daemon::alarm::{self, Alarm, AlarmEvent};
 use gapsync_daemon::config::PipeKey;
 use gapsync_daemon::counters::DayCounters;
 use gapsync_daemon::logging::LogTime;
+use gapsync_protocol::{LinkKind, Profile};
 
-use crate::config::Config;
+use crate::config::{Config, PipeConfig, link_name};
 use crate::sink::directory::{self, DirectorySink};
-use crate::sink::{Delivered, Flushed, Sink};
+use crate::sink::{Delivered, Flushed, Sink, SinkSettings};
+use status::{Activity, ReceiverPipeStatus, Severity};
 
 /// Counters of one pipe, for the periodic summary.
 #[derive(Debug, Default)]
@@ -30,7 +41,13 @@ pub struct PipeStats {
 pub struct Pipe {
     pub name: String,
     pub from: String,
+    /// The pipe's profile; its link kind decides which listener serves it.
+    pub profile: Profile,
     pub sink: Mutex<Box<dyn Sink>>,
+    /// The sink's type, as configured.
+    pub sink_kind: &'static str,
+    /// What the pipe's status row is read from.
+    pub activity: Arc<Activity>,
     /// The newest accepted sender session; connections of older sessions are closed.
     pub session: AtomicU64,
     pub stats: PipeStats,
@@ -60,7 +77,32 @@ impl Pipe {
     /// Runs `op` on the sink. The lock is held for one request only.
     pub fn with_sink<T>(&self, op: impl FnOnce(&mut dyn Sink) -> T) -> T {
         let mut guard = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        op(guard.as_mut())
+        let out = op(guard.as_mut());
+        self.activity
+            .sink_counts(guard.partials(), guard.unlanded());
+        out
+    }
+
+    /// The pipe's link kind.
+    pub fn link(&self) -> LinkKind {
+        self.profile.link
+    }
+
+    /// Remembers an ERROR said about the pipe, for its status row.
+    pub fn error(&self, message: impl Into<String>) {
+        self.activity.problem(Severity::Error, message);
+    }
+
+    /// Remembers a WARN said about the pipe, for its status row.
+    pub fn warn(&self, message: impl Into<String>) {
+        self.activity.problem(Severity::Warn, message);
+    }
+
+    /// Counts a file made visible (the status row, the summary, the silence alarm).
+    pub fn count_landed(&self, d: &Delivered) {
+        self.stats.files.fetch_add(1, Relaxed);
+        self.activity.landed(d.size);
+        self.heard();
     }
 
     /// Records a keyed connection if it is newer than every one accepted before; false for a
@@ -87,8 +129,7 @@ impl Pipe {
 
     /// Counts a file made visible and logs its `delivered` line.
     pub fn log_delivered(&self, d: &Delivered) {
-        self.stats.files.fetch_add(1, Relaxed);
-        self.heard();
+        self.count_landed(d);
         let secs = d.elapsed.as_secs_f64().max(1e-6);
         tracing::info!(
             pipe = %self.name,
@@ -117,6 +158,9 @@ impl Pipe {
         }
         if let Err(e) = result {
             let waiting = self.with_sink(|s| s.unlanded());
+            self.error(format!(
+                "{waiting} file(s) received but not renamed into place: {e}"
+            ));
             tracing::error!(pipe = %self.name, from = %self.from, waiting, error = %e, "files received and recorded could not be renamed into place; they stay staged, are not confirmed to the sender, and landing is retried at every summary_interval: fix the cause");
         }
     }
@@ -144,6 +188,35 @@ impl Pipe {
         }
     }
 
+    /// The pipe's status row; `today` is the current day as the logs name it.
+    pub fn status(&self, today: &str) -> ReceiverPipeStatus {
+        let (files, bytes) = (
+            self.stats.files.load(Relaxed),
+            self.stats.bytes.load(Relaxed),
+        );
+        let (today_objects, today_bytes) = lock(&self.counters).update(today, files, bytes);
+        let mut row = ReceiverPipeStatus {
+            name: self.name.clone(),
+            from: self.from.clone(),
+            link: link_name(self.link()),
+            profile: self.profile.name.clone(),
+            sink: self.sink_kind,
+            state: status::PipeState::Running,
+            peers: Vec::new(),
+            landed_objects: 0,
+            landed_bytes: 0,
+            today_objects,
+            today_bytes,
+            last_landed: None,
+            partials: 0,
+            unlanded: 0,
+            refused_connections: 0,
+            last_problem: None,
+        };
+        self.activity.fill(&mut row);
+        row
+    }
+
     /// Says the silence alarm at ERROR when it is due (call every second or so).
     pub fn check_silence(&self, now: std::time::Instant) {
         let Some((after, alarm)) = &self.silence else {
@@ -156,6 +229,77 @@ impl Pipe {
                 alarm::seconds(*after)
             );
             alarm::log_raised("silence", &self.name, &self.from, &ev, &what);
+            self.error(what);
+        }
+    }
+}
+
+impl Pipe {
+    /// Opens one pipe.
+    fn open(config: &Config, p: &PipeConfig) -> anyhow::Result<Self> {
+        let state = pipe_state(config, p);
+        let (sink, last_path) = open_sink(config, p, &state)?;
+        let last = std::fs::read_to_string(&last_path).ok().and_then(|t| {
+            let mut it = t.split_whitespace().map(str::parse::<u64>);
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        });
+        if p.keys.is_empty() {
+            tracing::warn!(pipe = %p.name, from = %p.from, "pipe is unauthenticated: anyone who can reach the listen port through the gate can feed it files; give it `keys` and `require_auth = true`");
+        }
+        for k in &p.keys {
+            if let Some(w) = &k.warning {
+                tracing::warn!(pipe = %p.name, key_id = k.id, "{w}");
+            }
+        }
+        let today = config.log_time.day(std::time::SystemTime::now());
+        Ok(Pipe {
+            name: p.name.clone(),
+            from: p.from.clone(),
+            profile: p.profile.clone(),
+            sink: Mutex::new(sink),
+            sink_kind: p.sink.kind(),
+            activity: Arc::default(),
+            session: AtomicU64::new(0),
+            stats: PipeStats::default(),
+            keys: p.keys.clone(),
+            require_auth: p.require_auth,
+            last_connection: Mutex::new(last.unwrap_or((0, 0))),
+            last_path,
+            counters: Mutex::new(DayCounters::open(&state.join("counters"), &today)),
+            silence: p.silence_alarm.map(|after| {
+                let mut a = Alarm::new(after);
+                a.ok(std::time::Instant::now(), true);
+                (after, Mutex::new(a))
+            }),
+        })
+    }
+}
+
+/// The pipe's state folder: counters and replay state.
+fn pipe_state(config: &Config, p: &PipeConfig) -> PathBuf {
+    config
+        .state_dir
+        .join("receiver")
+        .join(&p.from)
+        .join(&p.name)
+}
+
+/// Opens the pipe's sink of its kind, with the pipe's done log (moved out of the staging
+/// folder of earlier versions); returns it and where the last keyed connection is recorded.
+fn open_sink(
+    config: &Config,
+    p: &PipeConfig,
+    state: &Path,
+) -> anyhow::Result<(Box<dyn Sink>, PathBuf)> {
+    match &p.sink {
+        SinkSettings::Directory(d) => {
+            adopt_legacy_staging(config, p, &d.dest, &d.staging)?;
+            let done = replay::open_done_log(state, Some(&d.staging), config.done_retention)
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot open the done log in {}: {e}", state.display())
+                })?;
+            let sink = DirectorySink::open(&d.dest, &d.staging, done, config.stale_partial_after)?;
+            Ok((Box::new(sink), d.staging.join("last-connection")))
         }
     }
 }
@@ -172,57 +316,13 @@ pub struct Pipes {
 }
 
 impl Pipes {
-    /// Opens every configured pipe's sink (repairing interrupted commits).
+    /// Opens every configured pipe: its replay state, its sink (repairing interrupted
+    /// commits), its counters.
     pub fn open(config: &Config) -> anyhow::Result<Self> {
         let mut by_key = HashMap::new();
-        let today = config.log_time.day(std::time::SystemTime::now());
         for p in &config.pipes {
-            adopt_legacy_staging(config, p)?;
-            let sink = DirectorySink::open(
-                &p.dest,
-                &p.staging,
-                config.done_retention,
-                config.stale_partial_after,
-            )
-            .map_err(|e| anyhow::anyhow!("pipe {} from {}: {e:#}", p.name, p.from))?;
-            let last_path = p.staging.join("last-connection");
-            let last = std::fs::read_to_string(&last_path).ok().and_then(|t| {
-                let mut it = t.split_whitespace().map(str::parse::<u64>);
-                Some((it.next()?.ok()?, it.next()?.ok()?))
-            });
-            if p.keys.is_empty() {
-                tracing::warn!(pipe = %p.name, from = %p.from, "pipe is unauthenticated: anyone who can reach the listen port through the gate can feed it files; give it `keys` and `require_auth = true`");
-            }
-            for k in &p.keys {
-                if let Some(w) = &k.warning {
-                    tracing::warn!(pipe = %p.name, key_id = k.id, "{w}");
-                }
-            }
-            let pipe = Pipe {
-                name: p.name.clone(),
-                from: p.from.clone(),
-                sink: Mutex::new(Box::new(sink)),
-                session: AtomicU64::new(0),
-                stats: PipeStats::default(),
-                keys: p.keys.clone(),
-                require_auth: p.require_auth,
-                last_connection: Mutex::new(last.unwrap_or((0, 0))),
-                last_path,
-                counters: Mutex::new(DayCounters::open(
-                    &config
-                        .state_dir
-                        .join("receiver")
-                        .join(&p.from)
-                        .join(&p.name)
-                        .join("counters"),
-                    &today,
-                )),
-                silence: p.silence_alarm.map(|after| {
-                    let mut a = Alarm::new(after);
-                    a.ok(std::time::Instant::now(), true);
-                    (after, Mutex::new(a))
-                }),
-            };
+            let pipe = Pipe::open(config, p)
+                .map_err(|e| anyhow::anyhow!("pipe {} from {}: {e:#}", p.name, p.from))?;
             // Commits a restart or a failure interrupted land now, with their delivered lines.
             pipe.retry_landing();
             by_key.insert((p.from.clone(), p.name.clone()), Arc::new(pipe));
@@ -268,30 +368,46 @@ impl Pipes {
         }
     }
 
+    /// Every pipe's status row, sorted by sender and name. Reads counters only (no sink lock,
+    /// no disk), so it may be called at any time.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "for the control socket's `pipes` command (issue 19 section 6), wired at the merge"
+        )
+    )]
+    pub fn status(&self) -> Vec<ReceiverPipeStatus> {
+        let today = self.time.day(std::time::SystemTime::now());
+        let mut rows: Vec<ReceiverPipeStatus> =
+            self.by_key.values().map(|p| p.status(&today)).collect();
+        rows.sort_by(|a, b| (&a.from, &a.name).cmp(&(&b.from, &b.name)));
+        rows
+    }
+
     /// Logs one summary line per pipe (files and bytes since start and today) and keeps
     /// today's counters in the state folder.
     pub fn log_summary(&self) {
         let today = self.time.day(std::time::SystemTime::now());
         for p in self.by_key.values() {
-            let (partials, unlanded) = p.with_sink(|s| (s.partials(), s.unlanded()));
-            let (files, bytes) = (p.stats.files.load(Relaxed), p.stats.bytes.load(Relaxed));
-            let mut day = lock(&p.counters);
-            let (today_files, today_bytes) = day.update(&today, files, bytes);
+            let row = p.status(&today);
             tracing::info!(
                 pipe = %p.name,
                 from = %p.from,
-                files,
-                bytes,
-                today_files,
-                today_bytes,
-                day = %day.day(),
-                partials,
-                unlanded,
+                files = p.stats.files.load(Relaxed),
+                bytes = p.stats.bytes.load(Relaxed),
+                today_files = row.today_objects,
+                today_bytes = row.today_bytes,
+                day = %lock(&p.counters).day(),
+                partials = row.partials,
+                unlanded = row.unlanded,
+                peers = row.peers.len(),
                 connections = p.stats.connections.load(Relaxed),
+                refused_connections = row.refused_connections,
                 refused_frames = p.stats.refused_frames.load(Relaxed),
                 "summary"
             );
-            if let Err(e) = day.save() {
+            if let Err(e) = lock(&p.counters).save() {
                 tracing::warn!(pipe = %p.name, from = %p.from, error = %e, "cannot keep today's counters in the state folder; after a restart they would start from zero");
             }
         }
@@ -301,18 +417,25 @@ impl Pipes {
 /// Versions before 0.1 kept a pipe's staging folder, with its done log, under state_dir by
 /// default, where the final rename crosses a mount point under systemd. A pipe with the
 /// default staging adopts that folder's records before it opens.
-fn adopt_legacy_staging(config: &Config, p: &crate::config::PipeConfig) -> anyhow::Result<()> {
+fn adopt_legacy_staging(
+    config: &Config,
+    p: &PipeConfig,
+    dest: &Path,
+    staging: &Path,
+) -> anyhow::Result<()> {
     let legacy = config
         .state_dir
         .join("receiver")
         .join(&p.from)
         .join(&p.name)
         .join("staging");
-    if p.staging != directory::default_staging(&p.dest, &p.from, &p.name) || !legacy.is_dir() {
+    if staging != directory::default_staging(dest, &p.from, &p.name) || !legacy.is_dir() {
         return Ok(());
     }
-    let moved = directory::adopt_legacy_staging(&legacy, &p.staging)
-        .map_err(|e| anyhow::anyhow!("pipe {} from {}: {e:#}", p.name, p.from))?;
-    tracing::info!(pipe = %p.name, from = %p.from, files = moved, from_folder = %legacy.display(), to_folder = %p.staging.display(), "moved the staging folder of an earlier version into dest");
+    let moved = directory::adopt_legacy_staging(&legacy, staging)?;
+    tracing::info!(pipe = %p.name, from = %p.from, files = moved, from_folder = %legacy.display(), to_folder = %staging.display(), "moved the staging folder of an earlier version into dest");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
