@@ -10,7 +10,8 @@
 //!   `literal_separator`), so `*.csv` matches top-level files only and `**/*.csv` matches at any
 //!   depth, including the top level (`**/` also matches zero folders: `a.csv` matches).
 //! - `exclude` wins over `include`; an empty or absent `include` takes every key.
-//! - `start_time` / `end_time` are RFC 3339 with an offset (quoted strings) and inclusive; they
+//! - `start_time` / `end_time` are RFC 3339 with an offset (quoted, or TOML's unquoted datetime)
+//!   and inclusive; they
 //!   are compared with the object's time (for a spool file, its mtime).
 //!
 //! The policy calls [`Filter::admits`] once per object the source offers. An object refused
@@ -34,9 +35,34 @@ pub struct RawFilter {
     #[serde(default)]
     pub exclude: Vec<String>,
     /// RFC 3339; objects older than this are not taken (inclusive bound).
+    #[serde(default, deserialize_with = "time_text")]
     pub start_time: Option<String>,
     /// RFC 3339; objects newer than this are not taken (inclusive bound).
+    #[serde(default, deserialize_with = "time_text")]
     pub end_time: Option<String>,
+}
+
+/// A time as a string or as TOML's own (unquoted) datetime; [`Filter::check`] parses it, so
+/// a missing offset is reported with the other problems.
+fn time_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct TimeText;
+    impl<'de> serde::de::Visitor<'de> for TimeText {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an RFC 3339 time such as \"2026-01-01T00:00:00Z\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        // TOML's datetime arrives as a one-entry map holding its text.
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<String, A::Error> {
+            match map.next_entry::<String, String>()? {
+                Some((_, text)) => Ok(text),
+                None => Err(serde::de::Error::invalid_length(0, &self)),
+            }
+        }
+    }
+    d.deserialize_any(TimeText).map(Some)
 }
 
 /// Why [`Filter::admits`] took or refused an object.

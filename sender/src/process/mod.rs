@@ -226,6 +226,17 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_time_may_be_a_toml_datetime_but_needs_an_offset() {
+        let raw = parse(r#"processors = [{ type = "filter", start_time = 2026-01-01T00:00:00Z }]"#)
+            .expect("parses");
+        assert!(Processors::check("p", &raw).is_ok());
+        let raw = parse(r#"processors = [{ type = "filter", end_time = 2026-01-01T08:00:00 }]"#)
+            .expect("parses");
+        let p = Processors::check("p", &raw).expect_err("no offset");
+        assert!(p[0].starts_with("pipe p: processors[0] (filter): end_time \"2026-01-01T08:00:00\" is not an RFC 3339 time"), "{p:?}");
+    }
+
+    #[test]
     fn unknown_keys_and_types_fail_the_parse_naming_them() {
         let e =
             parse(r#"processors = [{ type = "compress", levle = 3 }]"#).expect_err("unknown key");
