@@ -13,7 +13,13 @@ mod config;
 mod inflight;
 mod link;
 mod pipe;
+// Built standalone (issue 19, sections 3-4); the pipe policy wires it in.
+#[allow(dead_code)]
+mod process;
 mod resend;
+// Built standalone (issue 19, section 4); the pipe policy wires it in.
+#[allow(dead_code)]
+mod schedule;
 mod sent_log;
 mod source;
 mod state;
