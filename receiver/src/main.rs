@@ -19,10 +19,13 @@ mod link;
 mod pipe;
 mod sink;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
+use gapsync_daemon::control::{self, Request, Response};
 
 use crate::config::Config;
 use crate::pipe::Pipes;
@@ -61,15 +64,27 @@ fn main() -> std::process::ExitCode {
         },
         |path| {
             let config = Config::load(path)?;
-            gapsync_daemon::cli::start("gapsync-receiver", &config.log_settings(), serve(config))
+            let path = path.to_path_buf();
+            gapsync_daemon::cli::start(
+                "gapsync-receiver",
+                &config.log_settings(),
+                serve(path, config),
+            )
         },
     )
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let (mut control, requests) = control::serve(&config.control_socket).with_context(|| {
+        format!(
+            "cannot open the control socket {} (set control_socket in the config)",
+            config.control_socket.display()
+        )
+    })?;
+    control.reload_on_hangup()?;
     let pipes = Arc::new(Pipes::open(&config)?);
     let config = Arc::new(config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -92,7 +107,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let alarms = tokio::spawn(check_silence(pipes.clone()));
     gapsync_daemon::notify_ready();
-    housekeeping(&config, &pipes, udp.as_ref()).await?;
+    let steer = Steer {
+        started: std::fs::read(&path).unwrap_or_default(),
+        path,
+        listen: listen.to_string(),
+    };
+    housekeeping(&config, &pipes, udp.as_ref(), requests, &steer).await?;
+    drop(control);
     let _ = stop_tx.send(true);
     alarms.abort();
     if let Some(task) = tcp {
@@ -111,10 +132,17 @@ async fn housekeeping(
     config: &Config,
     pipes: &Pipes,
     udp: Option<&link::udp::UdpLink>,
+    requests: tokio::sync::mpsc::Receiver<control::Incoming>,
+    steer: &Steer,
 ) -> anyhow::Result<()> {
     let stale_after = config.stale_partial_after;
     let mut last_housekeeping = std::time::Instant::now();
-    gapsync_daemon::cli::until_shutdown(config.summary_interval.min(HOUSEKEEPING_EVERY), || {
+    let every = config.summary_interval.min(HOUSEKEEPING_EVERY);
+    let answer = |incoming: control::Incoming| {
+        let response = steer.answer(&incoming.request, pipes);
+        incoming.answer(response);
+    };
+    gapsync_daemon::cli::serve_until_shutdown(every, || {
         pipes.log_summary();
         if let Some(udp) = udp {
             udp.summary_due();
@@ -124,8 +152,51 @@ async fn housekeeping(
             last_housekeeping = std::time::Instant::now();
             tokio::task::block_in_place(|| pipes.housekeeping(stale_after));
         }
-    })
+    }, Some(requests), answer)
     .await
+}
+
+/// What the control socket needs besides the pipes: the config file, as it was at start.
+struct Steer {
+    path: PathBuf,
+    started: Vec<u8>,
+    /// Where senders connect (the remote of every row).
+    listen: String,
+}
+
+impl Steer {
+    /// Answers one control request.
+    fn answer(&self, request: &Request, pipes: &Pipes) -> Response {
+        match request {
+            Request::Pipes => Response::Pipes {
+                rows: pipes.status().iter().map(|r| r.row(&self.listen)).collect(),
+            },
+            Request::Stop { pipe } | Request::Start { pipe } => Response::failed(format!(
+                "a receiver pipe is not stopped or started here: the sender steers pipe {pipe:?} (gapsync-sender pipe stop|start {pipe})"
+            )),
+            Request::Reload => self.reload(),
+        }
+    }
+
+    /// Checks the config file again. The receiver applies a changed config only at a restart,
+    /// so a valid but changed file is answered with that (and the running config is kept).
+    fn reload(&self) -> Response {
+        if let Err(e) = Config::load(&self.path) {
+            return Response::failed(format!(
+                "reload refused, the running config is kept: {e:#}"
+            ));
+        }
+        match std::fs::read(&self.path) {
+            Ok(now) if now == self.started => Response::done(format!(
+                "{} is unchanged; nothing to do",
+                self.path.display()
+            )),
+            _ => Response::failed(format!(
+                "{} is valid, but the receiver applies a changed config only at a restart: run systemctl restart gapsync-receiver (the running config is kept until then)",
+                self.path.display()
+            )),
+        }
+    }
 }
 
 /// Says each pipe's `silence_alarm` when it is due.

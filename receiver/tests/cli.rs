@@ -41,7 +41,7 @@ fn a_profile_with_a_bad_ok_byte_is_refused_with_the_reason() {
     let cfg = dir.path().join("r.toml");
     std::fs::write(
         &cfg,
-        "node = \"o\"\nprofile = \"syskeeper-2000\"\nlisten = \"127.0.0.1:0\"\nallow = [\"10.0.0.0/8\", \"nonsense\"]\nstate_dir = \"/tmp/r\"\n[profile_overrides]\nok_byte = 1\nwindow = 0\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"/tmp/d\"\n",
+        "node = \"o\"\nprofile = \"syskeeper-2000\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"receiver.sock\"\nallow = [\"10.0.0.0/8\", \"nonsense\"]\nstate_dir = \"/tmp/r\"\n[profile_overrides]\nok_byte = 1\nwindow = 0\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"/tmp/d\"\n",
     )
     .expect("write");
     let (ok, out) = check(&cfg);
@@ -62,7 +62,7 @@ fn json_logs_are_one_object_per_line_in_the_log_folder() {
     std::fs::write(
         &cfg,
         format!(
-            "node = \"o\"\nprofile = \"loopback\"\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"{0}/state\"\nlog_dir = \"{0}/logs\"\nlog_format = \"json\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{0}/dest\"\n",
+            "node = \"o\"\nprofile = \"loopback\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"receiver.sock\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"{0}/state\"\nlog_dir = \"{0}/logs\"\nlog_format = \"json\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{0}/dest\"\n",
             dir.path().display()
         ),
     )
@@ -140,7 +140,7 @@ fn check_config_reports_every_run_time_problem_at_once_with_its_fix() {
     let cfg = write_config(
         dir.path(),
         &format!(
-            "node = \"o\"\nprofile = \"loopback\"\nlisten = \"127.0.0.1:0\"\nallow = []\nstate_dir = \"{d}/state\"\nlisen = \"127.0.0.1:1\"\nsumary_interval = \"1s\"\n\
+            "node = \"o\"\nprofile = \"loopback\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"receiver.sock\"\nallow = []\nstate_dir = \"{d}/state\"\nlisen = \"127.0.0.1:1\"\nsumary_interval = \"1s\"\n\
              [[pipe]]\nname = \"a\"\nfrom = \"n\"\ndest = \"{d}/no-such-dest\"\nkeys = [{{ id = 1, file = {:?} }}]\n\
              [[pipe]]\nname = \"b\"\nfrom = \"n\"\ndest = \"{d}/a-file\"\nstagin = \"x\"\n",
             open_key.display().to_string()
@@ -177,7 +177,7 @@ fn run_refuses_a_missing_landing_folder_and_does_not_create_it() {
     let cfg = write_config(
         dir.path(),
         &format!(
-            "node = \"o\"\nprofile = \"loopback\"\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"{d}/state\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{d}/dset\"\n"
+            "node = \"o\"\nprofile = \"loopback\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"receiver.sock\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"{d}/state\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{d}/dset\"\n"
         ),
     );
     let run = Command::new(EXE)
@@ -212,7 +212,7 @@ fn folders_and_keys_the_daemons_user_cannot_use_are_refused_with_the_fix() {
     let cfg = write_config(
         dir.path(),
         &format!(
-            "node = \"o\"\nprofile = \"loopback\"\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"{d}/state\"\nstaging = \"x\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{d}/dest\"\nkeys = [{{ id = 1, file = \"{d}/scada.key\" }}]\n"
+            "node = \"o\"\nprofile = \"loopback\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"receiver.sock\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"{d}/state\"\nstaging = \"x\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{d}/dest\"\nkeys = [{{ id = 1, file = \"{d}/scada.key\" }}]\n"
         ),
     );
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).expect("chmod");
@@ -244,7 +244,7 @@ fn an_allow_list_open_to_every_address_is_a_warning_in_check_config_and_in_the_l
     let cfg = write_config(
         dir.path(),
         &format!(
-            "node = \"o\"\nprofile = \"loopback\"\nlisten = \"127.0.0.1:0\"\nallow = [\"0.0.0.0/0\", \"::/0\"]\nstate_dir = \"{d}/state\"\nlog_dir = \"{d}/logs\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{d}/dest\"\n"
+            "node = \"o\"\nprofile = \"loopback\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"receiver.sock\"\nallow = [\"0.0.0.0/0\", \"::/0\"]\nstate_dir = \"{d}/state\"\nlog_dir = \"{d}/logs\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{d}/dest\"\n"
         ),
     );
     let (code, out) = gapsync_tests::check_config_code(&[], Path::new(EXE), &cfg);
@@ -286,7 +286,7 @@ fn sighup_is_logged_and_the_receiver_keeps_running_until_sigterm() {
     std::fs::write(
         &cfg,
         format!(
-            "node = \"o\"\nprofile = \"loopback\"\nprofiles_dir = {1:?}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"{0}/state\"\nlog_dir = \"{0}/logs\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{0}/dest\"\n",
+            "node = \"o\"\nprofile = \"loopback\"\nprofiles_dir = {1:?}\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"receiver.sock\"\nallow = [\"127.0.0.1\"]\nstate_dir = \"{0}/state\"\nlog_dir = \"{0}/logs\"\n[[pipe]]\nname = \"p\"\nfrom = \"n\"\ndest = \"{0}/dest\"\n",
             dir.path().display(),
             gapsync_tests::profiles_dir().display().to_string()
         ),

@@ -120,11 +120,12 @@ impl Lab {
         let mut t = String::new();
         let _ = write!(
             t,
-            "node = \"outside-1\"\nprofile = {:?}\nprofiles_dir = {}\nlisten = {listen:?}\nallow = {}\nstate_dir = {}\nlog_dir = {}\n{}\n[[pipe]]\nname = \"scada\"\nfrom = \"plant-a\"\ndest = {}\n{}\n",
+            "node = \"outside-1\"\nprofile = {:?}\nprofiles_dir = {}\nlisten = {listen:?}\nallow = {}\nstate_dir = {}\ncontrol_socket = {}\nlog_dir = {}\n{}\n[[pipe]]\nname = \"scada\"\nfrom = \"plant-a\"\ndest = {}\n{}\n",
             self.profile,
             Self::q(&profiles_dir()),
             self.allow,
             Self::q(&self.path("rstate")),
+            Self::q(&self.path("rstate").join("control.sock")),
             Self::q(&self.path("rlogs")),
             self.receiver_extra,
             Self::q(&self.dest),

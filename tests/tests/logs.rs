@@ -131,7 +131,7 @@ fn stderr_has_no_colours_when_it_is_not_a_terminal() {
     std::fs::write(
         &cfg,
         format!(
-            "node = \"outside-1\"\nprofile = \"syskeeper-2000\"\nprofiles_dir = {:?}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\nstate_dir = {:?}\nlog_time = \"local\"\n[[pipe]]\nname = \"scada\"\nfrom = \"plant-a\"\ndest = {:?}\n",
+            "node = \"outside-1\"\nprofile = \"syskeeper-2000\"\nprofiles_dir = {:?}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\nstate_dir = {:?}\ncontrol_socket = \"receiver.sock\"\nlog_time = \"local\"\n[[pipe]]\nname = \"scada\"\nfrom = \"plant-a\"\ndest = {:?}\n",
             profiles_dir().display().to_string(),
             lab.path("rstate").display().to_string(),
             lab.dest.display().to_string(),

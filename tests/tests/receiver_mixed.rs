@@ -36,7 +36,7 @@ fn files(spool: &Path, n: usize, seed: u64) -> BTreeMap<String, String> {
 fn start_receiver(root: &Path, pipes: &str) -> (Proc, SocketAddr) {
     let cfg = root.join("receiver.toml");
     let text = format!(
-        "node = \"outside-1\"\nprofile = \"loopback\"\nprofiles_dir = {}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\nstate_dir = {}\nlog_dir = {}\n{pipes}",
+        "node = \"outside-1\"\nprofile = \"loopback\"\nprofiles_dir = {}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\ncontrol_socket = \"receiver.sock\"\nstate_dir = {}\nlog_dir = {}\n{pipes}",
         q(&profiles_dir()),
         q(&root.join("rstate")),
         q(&root.join("rlogs")),

