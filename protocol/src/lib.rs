@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod compress;
 pub mod crypto;
 pub mod decoder;
 pub mod envelope;
@@ -24,17 +25,26 @@ pub mod error;
 pub mod frame;
 pub mod fuzz;
 pub mod messages;
+pub mod origin;
 pub mod profile;
 pub mod receiver_session;
 pub mod sender_session;
 pub mod udp;
 pub mod wire_path;
 
+pub use compress::{Codec, Compression, CompressionError};
 pub use decoder::{Decoder, Frame};
 pub use envelope::Envelope;
 pub use error::{DecodeError, ProtocolError};
-pub use frame::{FrameHeader, FrameKind, HEADER_LEN, PROTOCOL_VERSION, encode_frame};
-pub use messages::{Commit, DIGEST_LEN, Hello, OpenFile, ProfileSummary, decode_body, encode_body};
+pub use frame::{
+    FrameHeader, FrameKind, HEADER_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_MAX, encode_frame,
+    speaks_version,
+};
+pub use messages::{
+    Commit, DIGEST_LEN, Hello, HelloExtension, OpenFile, ProfileSummary, decode_body, decode_hello,
+    decode_open, encode_body, encode_hello, encode_open,
+};
+pub use origin::{Hop, MAX_HOPS, OriginChain, OriginError};
 pub use profile::{AckBytes, LinkKind, Profile, ProfileError, RawProfile};
 pub use receiver_session::{ReceiverSession, Request};
 pub use sender_session::{FrameInfo, SendError, SenderEvent, SenderSession};
