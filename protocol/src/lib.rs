@@ -28,6 +28,8 @@ pub mod messages;
 pub mod origin;
 pub mod profile;
 pub mod receiver_session;
+#[cfg(test)]
+mod scenario_tests;
 pub mod sender_session;
 pub mod udp;
 pub mod wire_path;

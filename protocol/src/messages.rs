@@ -301,6 +301,66 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_hello_carries_the_compression_offer_and_every_cut_is_refused() {
+        let v1 = encode_hello(&hello(), &HelloExtension::default());
+        assert_eq!(v1, encode_body(&hello()), "version 1: no extension");
+        let offer = crate::compress::Compression::zstd(3).expect("level");
+        let ext = HelloExtension {
+            compression: Some(offer.into()),
+        };
+        let v2_hello = Hello {
+            protocol_version: 2,
+            ..hello()
+        };
+        let v2 = encode_hello(&v2_hello, &ext);
+        assert_eq!(
+            &v2[v2.len() - 3..],
+            &[1, 1, 3],
+            "Some, codec 1 (zstd), level 3"
+        );
+        assert_eq!(decode_hello(&v2), Ok((v2_hello.clone(), ext)));
+        assert_eq!(decode_hello(&v1), Ok((hello(), HelloExtension::default())));
+        for cut in 0..v2.len() {
+            assert!(decode_hello(&v2[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = v2.clone();
+        trailing.push(0);
+        assert!(decode_hello(&trailing).is_err());
+        let mut v1_trailing = v1.clone();
+        v1_trailing.push(0);
+        assert!(
+            decode_hello(&v1_trailing).is_err(),
+            "version 1 has no extension"
+        );
+        fuzz_bodies(&v2);
+    }
+
+    #[test]
+    fn an_open_carries_an_origin_chain_on_version_2_only() {
+        let open = OpenFile {
+            path: "a/b.csv".into(),
+            size: 9,
+            mtime_ns: -1,
+        };
+        let chain = crate::origin::OriginChain::parse("plant-a/scada,dmz/relay").expect("ok");
+        let wire = encode_open(&open, &chain);
+        let plain = encode_body(&open);
+        assert_eq!(encode_open(&open, &Default::default()), plain);
+        assert_eq!(decode_open(&wire, 2), Ok((open.clone(), chain)));
+        assert!(decode_open(&wire, 1).is_err(), "no chain on version 1");
+        assert_eq!(decode_open(&plain, 1), Ok((open, Default::default())));
+        for cut in 0..wire.len() {
+            // The chain is optional: the cut right after the version-1 fields is valid.
+            assert_eq!(
+                decode_open(&wire[..cut], 2).is_ok(),
+                cut == plain.len(),
+                "cut at {cut}"
+            );
+        }
+        fuzz_bodies(&wire);
+    }
+
+    #[test]
     fn differences_name_each_field() {
         let a = hello().profile;
         let mut b = a.clone();
