@@ -254,3 +254,40 @@ fn split_original(body: &[u8]) -> Result<(usize, &[u8]), String> {
         .ok_or_else(|| "a compressed record is shorter than its length field".to_string())?;
     Ok((u32::from_be_bytes(*len) as usize, frame))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{finish_record, parse_records};
+
+    #[test]
+    fn the_compressed_record_in_protocol_md_is_exact() {
+        let text: Vec<u8> = (0..3000u32).map(|i| b"abc,123\n"[i as usize % 8]).collect();
+        let mut batch = vec![0; RECORD_HEADER_LEN];
+        batch.extend_from_slice(&text);
+        finish_record(&mut batch, 0, FrameKind::Data, 9, 4096).expect("record");
+        let mut c = BatchCompressor::new(Compression::zstd(3).expect("level")).expect("zstd");
+        let mut out = Vec::new();
+        assert!(c.compress_batch(&batch, &mut out));
+        let hex = |b: &[u8]| {
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            hex(&out[..17]),
+            "83 00 00 00 00 00 00 00 09 00 00 00 00 00 00 10 00"
+        );
+        let n = out.len() - RECORD_HEADER_LEN - ORIGINAL_LEN_BYTES;
+        assert_eq!(out[17..21], ((4 + n) as u32).to_be_bytes());
+        assert_eq!(hex(&out[21..25]), "00 00 0b b8");
+        let mut records = parse_records(&Bytes::from(out), true).expect("valid");
+        Decompressor::new()
+            .expect("zstd")
+            .restore(1, &mut records, 4052)
+            .expect("fits");
+        assert_eq!((records[0].offset, &records[0].body[..]), (4096, &text[..]));
+        assert!(Compression::zstd(0).is_err() && Compression::zstd(20).is_err());
+    }
+}

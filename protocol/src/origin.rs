@@ -251,6 +251,12 @@ mod tests {
             assert_eq!(OriginChain::parse(&c.to_string()).expect("text"), c);
         }
         assert_eq!(chain(2).to_string(), "node-0/scada,node-1/scada");
+        // The example in PROTOCOL.md section 4.1.
+        let mut one = Vec::new();
+        OriginChain::parse("plant-a/scada")
+            .expect("ok")
+            .encode(&mut one);
+        assert_eq!(one, b"\x01\x07plant-a\x05scada");
         assert!(chain(2).contains_node("node-1") && !chain(2).contains_node("scada"));
     }
 
