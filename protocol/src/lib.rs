@@ -13,7 +13,11 @@
 //! A connection is: `Hello` (answered OK, or closed without a byte), then per file `Open`,
 //! `Data`..., `Commit`, with `Heartbeat` when idle. Each frame has a 44-byte header (see
 //! [`frame`]) and, on reverse gates, is wrapped in the E-language text envelope (see
-//! [`envelope`]). PROTOCOL.md describes every byte.
+//! [`envelope`]). A version-2 connection (the sender asked for [`compress`] or [`origin`]
+//! chains) carries 2 in every frame header, offers its codec in the Hello, may send Data
+//! records compressed (compress, then seal) and Open bodies with an origin chain; the receiver
+//! session restores the original bytes before the driver sees them. PROTOCOL.md describes
+//! every byte.
 #![forbid(unsafe_code)]
 
 pub mod batch;

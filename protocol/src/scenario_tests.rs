@@ -233,17 +233,13 @@ fn transfer_from(files: &mut [Outgoing], run: &Run, resumed_at: &mut Vec<usize>)
                 in_flight.push_back(recs);
             }
             wire += tx.pending_output().len();
-            rx.decoder_mut().feed(tx.pending_output());
-            tx.clear_output();
-            while let Some(req) = rx.next_request().expect("a valid stream") {
-                if let Request::Hello(hello) = req {
-                    assert_eq!(hello.protocol_version, 2, "compression and chains need v2");
-                    rx.accept_hello(run.keyed.then(|| key(connection)));
-                } else {
-                    let ok = sink.apply(req, &h);
-                    rx.answer(ok);
-                }
-            }
+            receive(
+                &mut tx,
+                &mut rx,
+                &mut sink,
+                &h,
+                run.keyed.then(|| key(connection)),
+            );
             let mut replies = rx.pending_output().to_vec();
             rx.clear_output();
             if let Some(left) = acks_left.as_mut() {
@@ -253,22 +249,7 @@ fn transfer_from(files: &mut [Outgoing], run: &Run, resumed_at: &mut Vec<usize>)
             }
             assert!(!replies.is_empty() || acks_left == Some(0), "no progress");
             tx.on_bytes(&replies, t);
-            while let Some(ev) = tx.poll_event() {
-                match ev {
-                    SenderEvent::HandshakeAccepted => {}
-                    SenderEvent::Acked(info) => {
-                        assert_eq!(info.kind, FrameKind::Batch);
-                        for (i, kind, at, n) in in_flight.pop_front().expect("a frame") {
-                            if kind == FrameKind::Commit {
-                                files[i].committed = true;
-                            } else {
-                                files[i].acked = files[i].acked.max(at + n);
-                            }
-                        }
-                    }
-                    other => panic!("{other:?}"),
-                }
-            }
+            settle(&mut tx, files, &mut in_flight);
             if files.iter().all(|f| f.committed) {
                 return (sink, wire);
             }
@@ -279,6 +260,48 @@ fn transfer_from(files: &mut [Outgoing], run: &Run, resumed_at: &mut Vec<usize>)
         }
     }
     panic!("not every file was committed in three connections");
+}
+
+/// The receiver's side of one round: decode what the sender queued, apply it, answer.
+fn receive(
+    tx: &mut SenderSession,
+    rx: &mut ReceiverSession,
+    sink: &mut Sink,
+    h: &Hello,
+    key: Option<FrameKey>,
+) {
+    rx.decoder_mut().feed(tx.pending_output());
+    tx.clear_output();
+    let mut key = key;
+    while let Some(req) = rx.next_request().expect("a valid stream") {
+        if let Request::Hello(hello) = req {
+            assert_eq!(hello.protocol_version, 2, "compression and chains need v2");
+            rx.accept_hello(key.take());
+        } else {
+            let ok = sink.apply(req, h);
+            rx.answer(ok);
+        }
+    }
+}
+
+/// Advances each file's acknowledged offset by the records of every acknowledged frame.
+fn settle(tx: &mut SenderSession, files: &mut [Outgoing], in_flight: &mut VecDeque<Sent>) {
+    while let Some(ev) = tx.poll_event() {
+        match ev {
+            SenderEvent::HandshakeAccepted => {}
+            SenderEvent::Acked(info) => {
+                assert_eq!(info.kind, FrameKind::Batch);
+                for (i, kind, at, n) in in_flight.pop_front().expect("a frame") {
+                    if kind == FrameKind::Commit {
+                        files[i].committed = true;
+                    } else {
+                        files[i].acked = files[i].acked.max(at + n);
+                    }
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 fn transfer(files: &mut [Outgoing], run: &Run) -> (Sink, usize) {
@@ -461,7 +484,7 @@ fn compressed_session(accept: bool) -> Result<ReceiverSession, ProtocolError> {
 
 #[test]
 fn a_receiver_that_refuses_compression_says_so_and_sends_no_byte() {
-    let e = compressed_session(false).err().expect("refused");
+    let e = compressed_session(false).expect_err("refused");
     assert!(matches!(e, ProtocolError::CompressionRefused { .. }));
     let text = e.to_string();
     assert!(
