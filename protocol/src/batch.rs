@@ -25,6 +25,11 @@ use crate::frame::FrameKind;
 /// Bytes in front of each record's body.
 pub const RECORD_HEADER_LEN: usize = 21;
 
+/// Set in a record's kind byte (Data only, version-2 connections that negotiated compression):
+/// the body is the original length (u32, big-endian) and then one zstd frame. See
+/// [`crate::compress`].
+pub const RECORD_COMPRESSED: u8 = 0x80;
+
 /// One record of a batch, its body sharing the frame's buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -32,6 +37,8 @@ pub struct Record {
     pub transfer: u64,
     pub offset: u64,
     pub body: Bytes,
+    /// The body is compressed (kind byte `0x83`); [`crate::compress`] restores it.
+    pub compressed: bool,
 }
 
 /// Writes the header of the record that starts at `start` of `out`: the caller reserved
@@ -58,6 +65,15 @@ pub fn finish_record(
 /// the payload before it is used; an empty batch, a kind other than Open, Data or Commit, a
 /// truncated record and trailing bytes are errors.
 pub fn parse_batch(payload: &Bytes) -> Result<Vec<Record>, DecodeError> {
+    parse_records(payload, false)
+}
+
+/// [`parse_batch`], also accepting compressed Data records (kind byte `0x83`) when
+/// `compressed_allowed`: the connection negotiated compression.
+pub fn parse_records(
+    payload: &Bytes,
+    compressed_allowed: bool,
+) -> Result<Vec<Record>, DecodeError> {
     let bad = |reason: &'static str| DecodeError::BadBatch(reason);
     let mut records = Vec::new();
     let mut at = 0usize;
@@ -66,8 +82,15 @@ pub fn parse_batch(payload: &Bytes) -> Result<Vec<Record>, DecodeError> {
             .get(at..)
             .and_then(|r| r.first_chunk::<RECORD_HEADER_LEN>())
             .ok_or(bad("a record header is cut short"))?;
+        let compressed = head[0] == RECORD_COMPRESSED | FrameKind::Data as u8;
         let kind = match FrameKind::from_u8(head[0]) {
             Some(k @ (FrameKind::Open | FrameKind::Data | FrameKind::Commit)) => k,
+            None if compressed && compressed_allowed => FrameKind::Data,
+            None if compressed => {
+                return Err(bad(
+                    "a compressed record on a connection that did not negotiate compression",
+                ));
+            }
             _ => return Err(bad("a record kind is not Open, Data or Commit")),
         };
         let word = |i: usize| {
@@ -87,6 +110,7 @@ pub fn parse_batch(payload: &Bytes) -> Result<Vec<Record>, DecodeError> {
             transfer,
             offset,
             body: payload.slice(body_start..body_end),
+            compressed,
         });
         at = body_end;
     }

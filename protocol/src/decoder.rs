@@ -7,7 +7,7 @@ use bytes::{Buf as _, BytesMut};
 
 use crate::envelope::{self, E_PREFIX, E_SUFFIX, Envelope};
 use crate::error::DecodeError;
-use crate::frame::{FrameHeader, FrameKind, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
+use crate::frame::{FrameHeader, FrameKind, HEADER_LEN, MAGIC, speaks_version};
 
 /// A whole, checksum-verified frame. The payload is the decoder's own buffer, so that a
 /// sealed frame can be opened in place.
@@ -163,7 +163,7 @@ pub fn parse_header(head: &[u8; HEADER_LEN], max_frame: usize) -> Result<FrameHe
     if magic != MAGIC {
         return Err(DecodeError::BadMagic(magic));
     }
-    if head[4] != PROTOCOL_VERSION {
+    if !speaks_version(head[4]) {
         return Err(DecodeError::BadVersion(head[4]));
     }
     if crc32fast::hash(&head[0..40]) != be_u32(head, 40) {
@@ -183,6 +183,7 @@ pub fn parse_header(head: &[u8; HEADER_LEN], max_frame: usize) -> Result<FrameHe
         });
     }
     Ok(FrameHeader {
+        version: head[4],
         kind,
         sequence: be_u64(head, 8),
         transfer: be_u64(head, 16),

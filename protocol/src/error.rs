@@ -7,7 +7,7 @@ pub enum DecodeError {
         "bad frame magic {0:02x?}: the peer is not a gapsync sender or the stream is out of step"
     )]
     BadMagic([u8; 4]),
-    #[error("unsupported protocol version {0} (this build speaks version {expected})", expected = crate::PROTOCOL_VERSION)]
+    #[error("unsupported protocol version {0} (this build speaks versions {min} to {max})", min = crate::PROTOCOL_VERSION, max = crate::frame::PROTOCOL_VERSION_MAX)]
     BadVersion(u8),
     #[error("frame header checksum mismatch: the header was corrupted on the way")]
     HeaderCrc,
@@ -25,6 +25,8 @@ pub enum DecodeError {
     BadBody { what: &'static str, reason: String },
     #[error("malformed batch: {0}")]
     BadBatch(&'static str),
+    #[error("frame {sequence}: refused compressed data: {reason}")]
+    BadCompressed { sequence: u64, reason: String },
 }
 
 /// The peer sent well-formed frames that break the protocol's rules.
@@ -50,4 +52,21 @@ pub enum ProtocolError {
     UnexpectedAuth(u64),
     #[error("frame {0}: {1}")]
     BadTag(u64, crate::crypto::BadTag),
+    #[error(
+        "frame {sequence} has protocol version {got}, but the connection's Hello said {expected}"
+    )]
+    VersionChanged {
+        sequence: u64,
+        expected: u8,
+        got: u8,
+    },
+    #[error(
+        "sender node {node:?} pipe {pipe:?} offers {offer} compression, which this receiver does not accept: {why}"
+    )]
+    CompressionRefused {
+        node: String,
+        pipe: String,
+        offer: String,
+        why: &'static str,
+    },
 }

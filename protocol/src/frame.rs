@@ -16,8 +16,18 @@ use crate::envelope::Envelope;
 
 /// Frame magic: ASCII `GSYN`.
 pub const MAGIC: [u8; 4] = *b"GSYN";
-/// Wire protocol version carried in every frame header and in the handshake.
+/// The base wire protocol version, carried in every frame header and in the Hello of a
+/// connection that uses no version-2 feature (so that receivers of version 1 accept it).
 pub const PROTOCOL_VERSION: u8 = 1;
+/// The newest version this build speaks: version 2 adds the Hello extension (compression),
+/// compressed Data records and origin chains (PROTOCOL.md). A connection is version 2 when its
+/// sender needs one of those; every frame of it then carries 2.
+pub const PROTOCOL_VERSION_MAX: u8 = 2;
+
+/// True for a protocol version this build speaks (1 or 2).
+pub fn speaks_version(version: u8) -> bool {
+    (PROTOCOL_VERSION..=PROTOCOL_VERSION_MAX).contains(&version)
+}
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 44;
 
@@ -56,6 +66,8 @@ impl FrameKind {
 /// A decoded (or to-be-encoded) frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// Protocol version of the connection (1 or 2).
+    pub version: u8,
     /// What the frame carries.
     pub kind: FrameKind,
     /// Position of the frame in its connection, starting at 0 for the Hello.
@@ -84,6 +96,7 @@ impl FrameHeader {
         payload: &[u8],
     ) -> Option<Self> {
         Some(Self {
+            version: PROTOCOL_VERSION,
             kind,
             sequence,
             transfer,
@@ -98,7 +111,7 @@ impl FrameHeader {
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0..4].copy_from_slice(&MAGIC);
-        out[4] = PROTOCOL_VERSION;
+        out[4] = self.version;
         out[5] = self.kind as u8;
         out[6..8].copy_from_slice(&self.flags.to_be_bytes());
         out[8..16].copy_from_slice(&self.sequence.to_be_bytes());
@@ -142,6 +155,19 @@ pub fn raw_frame_header(
     Some(FrameHeader::for_payload(kind, sequence, transfer, offset, payload)?.to_bytes())
 }
 
+/// [`raw_frame_header`] with `version` in the header.
+pub fn raw_versioned_header(
+    version: u8,
+    kind: FrameKind,
+    sequence: u64,
+    transfer: u64,
+    offset: u64,
+    payload: &[u8],
+) -> Option<[u8; HEADER_LEN]> {
+    let h = FrameHeader::for_payload(kind, sequence, transfer, offset, payload)?;
+    Some(FrameHeader { version, ..h }.to_bytes())
+}
+
 /// [`encode_frame`], sealed with `key` when one is given (see [`crate::crypto`]).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_sealed_frame(
@@ -154,8 +180,37 @@ pub fn encode_sealed_frame(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Option<FrameHeader> {
+    encode_versioned_frame(
+        PROTOCOL_VERSION,
+        envelope,
+        key,
+        kind,
+        sequence,
+        transfer,
+        offset,
+        payload,
+        out,
+    )
+}
+
+/// [`encode_sealed_frame`] with `version` in the header (a version-2 connection's frames).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_versioned_frame(
+    version: u8,
+    envelope: Envelope,
+    key: Option<&FrameKey>,
+    kind: FrameKind,
+    sequence: u64,
+    transfer: u64,
+    offset: u64,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<FrameHeader> {
     let Some(key) = key else {
-        let header = FrameHeader::for_payload(kind, sequence, transfer, offset, payload)?;
+        let header = FrameHeader {
+            version,
+            ..FrameHeader::for_payload(kind, sequence, transfer, offset, payload)?
+        };
         let head = header.to_bytes();
         match envelope {
             Envelope::Raw => {
@@ -167,13 +222,22 @@ pub fn encode_sealed_frame(
         }
         return Some(header);
     };
+    let head = FrameHeader {
+        version,
+        kind,
+        sequence,
+        transfer,
+        offset,
+        flags: 0,
+        length: 0,
+        payload_crc: 0,
+    };
     match envelope {
-        Envelope::Raw => encode_sealed_raw(key, kind, sequence, transfer, offset, payload, out),
+        Envelope::Raw => encode_sealed_raw(key, head, payload, out),
         Envelope::ELanguage => {
             // The text envelope carries the whole raw frame: seal it first, then wrap it.
             let mut raw = Vec::new();
-            let header =
-                encode_sealed_raw(key, kind, sequence, transfer, offset, payload, &mut raw)?;
+            let header = encode_sealed_raw(key, head, payload, &mut raw)?;
             let (head, body) = raw.split_at_checked(HEADER_LEN)?;
             crate::envelope::wrap(head, body, out);
             Some(header)
@@ -185,23 +249,17 @@ pub fn encode_sealed_frame(
 /// besides the one into `out`).
 fn encode_sealed_raw(
     key: &FrameKey,
-    kind: FrameKind,
-    sequence: u64,
-    transfer: u64,
-    offset: u64,
+    head: FrameHeader,
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Option<FrameHeader> {
-    let flags = key.flags(kind == FrameKind::Hello);
+    let flags = key.flags(head.kind == FrameKind::Hello);
     let length = u32::try_from(payload.len().checked_add(TAG_LEN)?).ok()?;
+    let sequence = head.sequence;
     let mut h = FrameHeader {
-        kind,
-        sequence,
-        transfer,
-        offset,
         flags,
         length,
-        payload_crc: 0,
+        ..head
     };
     let aad_bytes = h.to_bytes();
     let aad: &[u8; AAD_LEN] = aad_bytes.first_chunk()?;

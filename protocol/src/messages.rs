@@ -107,6 +107,97 @@ pub struct Commit {
     pub digest: [u8; DIGEST_LEN],
 }
 
+/// What a version-2 Hello carries after the version-1 fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloExtension {
+    /// The sender compresses Data records: codec and level (see [`crate::compress`]).
+    pub compression: Option<CompressionOffer>,
+}
+
+/// A compression offer as it is on the wire: the codec's id (1 zstd) and the level. The
+/// receiver session refuses a codec it does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompressionOffer {
+    pub codec: u8,
+    pub level: u8,
+}
+
+impl From<crate::compress::Compression> for CompressionOffer {
+    fn from(c: crate::compress::Compression) -> Self {
+        Self {
+            codec: c.codec().wire_id(),
+            level: c.level(),
+        }
+    }
+}
+
+/// The Hello body: the version-1 fields, then, when `hello.protocol_version` is 2 or more,
+/// the [`HelloExtension`].
+pub fn encode_hello(hello: &Hello, ext: &HelloExtension) -> Vec<u8> {
+    let mut body = encode_body(hello);
+    if hello.protocol_version >= 2 {
+        body.extend_from_slice(&encode_body(ext));
+    }
+    body
+}
+
+/// Decodes a Hello body of version 1 (no extension) or 2 (with one), refusing trailing bytes.
+pub fn decode_hello(bytes: &[u8]) -> Result<(Hello, HelloExtension), DecodeError> {
+    let (hello, rest): (Hello, _) = decode_prefix("hello", bytes)?;
+    let ext = match hello.protocol_version {
+        0 | 1 => decode_body::<()>("hello", rest).map(|()| HelloExtension::default())?,
+        _ => decode_body("hello extension", rest)?,
+    };
+    Ok((hello, ext))
+}
+
+/// An Open body with `origin` after it (version-2 connections only; nothing is added for an
+/// empty chain, so the body is then a version-1 Open).
+pub fn encode_open(open: &OpenFile, origin: &crate::origin::OriginChain) -> Vec<u8> {
+    let mut body = encode_body(open);
+    if !origin.is_empty() {
+        origin.encode(&mut body);
+    }
+    body
+}
+
+/// Decodes an Open body; on a connection of `version` 2 an origin chain may follow it.
+pub fn decode_open(
+    bytes: &[u8],
+    version: u8,
+) -> Result<(OpenFile, crate::origin::OriginChain), DecodeError> {
+    let (open, rest): (OpenFile, _) = decode_prefix("open", bytes)?;
+    if rest.is_empty() {
+        return Ok((open, Default::default()));
+    }
+    if version < 2 {
+        return Err(DecodeError::BadBody {
+            what: "open",
+            reason: format!("{} trailing bytes", rest.len()),
+        });
+    }
+    Ok((open, crate::origin::OriginChain::decode(rest)?))
+}
+
+/// Decodes `T` from the start of `bytes` (at most [`MAX_BODY`]) and returns what follows it.
+pub fn decode_prefix<'a, T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    bytes: &'a [u8],
+) -> Result<(T, &'a [u8]), DecodeError> {
+    if bytes.len() > MAX_BODY {
+        return Err(DecodeError::BadBody {
+            what,
+            reason: format!("{} bytes is over the limit of {MAX_BODY}", bytes.len()),
+        });
+    }
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| DecodeError::BadBody {
+            what,
+            reason: e.to_string(),
+        })?;
+    Ok((value, bytes.get(used..).unwrap_or_default()))
+}
+
 /// Encodes a body.
 pub fn encode_body<T: Serialize>(value: &T) -> Vec<u8> {
     // Encoding plain structs of strings and integers into a Vec cannot fail.
@@ -143,6 +234,22 @@ pub fn fuzz_bodies(data: &[u8]) {
     let _ = decode_body::<Hello>("hello", data);
     let _ = decode_body::<OpenFile>("open", data);
     let _ = decode_body::<Commit>("commit", data);
+    if let Ok(decoded) = decode_hello(data) {
+        let again = encode_hello(&decoded.0, &decoded.1);
+        assert_eq!(decode_hello(&again), Ok(decoded), "a Hello round-trips");
+    }
+    if let Ok(decoded) = decode_open(data, 2) {
+        let again = encode_open(&decoded.0, &decoded.1);
+        assert_eq!(decode_open(&again, 2), Ok(decoded), "an Open round-trips");
+    }
+    if let Ok(decoded) = crate::udp::decode_announce(data) {
+        let again = crate::udp::encode_announce(&decoded.0, &decoded.1);
+        assert_eq!(
+            crate::udp::decode_announce(&again),
+            Ok(decoded),
+            "an Announce round-trips"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +298,66 @@ mod tests {
         let hostile = [1u8, 253, 255, 255, 255, 255, 255, 255, 255, 255];
         assert!(decode_body::<Hello>("hello", &hostile).is_err());
         fuzz_bodies(&hostile);
+    }
+
+    #[test]
+    fn a_version_2_hello_carries_the_compression_offer_and_every_cut_is_refused() {
+        let v1 = encode_hello(&hello(), &HelloExtension::default());
+        assert_eq!(v1, encode_body(&hello()), "version 1: no extension");
+        let offer = crate::compress::Compression::zstd(3).expect("level");
+        let ext = HelloExtension {
+            compression: Some(offer.into()),
+        };
+        let v2_hello = Hello {
+            protocol_version: 2,
+            ..hello()
+        };
+        let v2 = encode_hello(&v2_hello, &ext);
+        assert_eq!(
+            &v2[v2.len() - 3..],
+            &[1, 1, 3],
+            "Some, codec 1 (zstd), level 3"
+        );
+        assert_eq!(decode_hello(&v2), Ok((v2_hello.clone(), ext)));
+        assert_eq!(decode_hello(&v1), Ok((hello(), HelloExtension::default())));
+        for cut in 0..v2.len() {
+            assert!(decode_hello(&v2[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = v2.clone();
+        trailing.push(0);
+        assert!(decode_hello(&trailing).is_err());
+        let mut v1_trailing = v1.clone();
+        v1_trailing.push(0);
+        assert!(
+            decode_hello(&v1_trailing).is_err(),
+            "version 1 has no extension"
+        );
+        fuzz_bodies(&v2);
+    }
+
+    #[test]
+    fn an_open_carries_an_origin_chain_on_version_2_only() {
+        let open = OpenFile {
+            path: "a/b.csv".into(),
+            size: 9,
+            mtime_ns: -1,
+        };
+        let chain = crate::origin::OriginChain::parse("plant-a/scada,dmz/relay").expect("ok");
+        let wire = encode_open(&open, &chain);
+        let plain = encode_body(&open);
+        assert_eq!(encode_open(&open, &Default::default()), plain);
+        assert_eq!(decode_open(&wire, 2), Ok((open.clone(), chain)));
+        assert!(decode_open(&wire, 1).is_err(), "no chain on version 1");
+        assert_eq!(decode_open(&plain, 1), Ok((open, Default::default())));
+        for cut in 0..wire.len() {
+            // The chain is optional: the cut right after the version-1 fields is valid.
+            assert_eq!(
+                decode_open(&wire[..cut], 2).is_ok(),
+                cut == plain.len(),
+                "cut at {cut}"
+            );
+        }
+        fuzz_bodies(&wire);
     }
 
     #[test]

@@ -8,12 +8,16 @@
 
 use bytes::Bytes;
 
-use crate::batch::parse_batch;
+use crate::batch::parse_records;
+use crate::compress::{Codec, Compression, Decompressor};
 use crate::crypto::{AAD_LEN, FLAG_AUTH, FrameKey, TAG_LEN};
 use crate::decoder::{Decoder, Frame};
 use crate::error::{DecodeError, ProtocolError};
-use crate::frame::FrameKind;
-use crate::messages::{Commit, Hello, OpenFile, decode_body};
+use crate::frame::{FrameKind, HEADER_LEN, PROTOCOL_VERSION};
+use crate::messages::{
+    Commit, Hello, HelloExtension, OpenFile, decode_body, decode_hello, decode_open,
+};
+use crate::origin::OriginChain;
 use crate::profile::{AckBytes, Profile};
 
 /// Largest frame accepted before the handshake: a Hello (header, body, tag).
@@ -27,6 +31,10 @@ pub enum Request {
     Open {
         transfer: u64,
         open: OpenFile,
+        /// The hops the object crossed before this connection, oldest first (empty for an
+        /// object that originated at the sender). The receiver records it with
+        /// `origin.with_hop(Hop::new(&hello.node, &hello.pipe))`.
+        origin: OriginChain,
     },
     Data {
         transfer: u64,
@@ -64,6 +72,11 @@ pub struct ReceiverSession {
     key: Option<FrameKey>,
     /// The Hello as received, until it is accepted or refused (its tag is checked then).
     hello: Option<Frame>,
+    /// The connection's protocol version, from its Hello.
+    version: u8,
+    accept_compression: bool,
+    compression: Option<Compression>,
+    decompressor: Option<Decompressor>,
 }
 
 impl ReceiverSession {
@@ -84,7 +97,28 @@ impl ReceiverSession {
             out: Vec::new(),
             key: None,
             hello: None,
+            version: PROTOCOL_VERSION,
+            accept_compression: true,
+            compression: None,
+            decompressor: None,
         }
+    }
+
+    /// Whether a Hello that offers compression is accepted (the default) or refused with
+    /// [`ProtocolError::CompressionRefused`] (closed without a byte, like any refused Hello).
+    pub fn with_compression(mut self, accept: bool) -> Self {
+        self.accept_compression = accept;
+        self
+    }
+
+    /// The compression the sender applies on this connection, once its Hello was read.
+    pub fn compression(&self) -> Option<Compression> {
+        self.compression
+    }
+
+    /// The connection's protocol version, once its Hello was read.
+    pub fn protocol_version(&self) -> u8 {
+        self.version
     }
 
     /// The decoder, to read socket bytes into its buffer.
@@ -155,24 +189,98 @@ impl ReceiverSession {
                     .ok_or(ProtocolError::Unauthenticated(0))?,
                 _ => return Err(ProtocolError::Unauthenticated(0)),
             };
-            let hello = decode_body("hello", frame.payload.get(..body_len).unwrap_or_default())?;
+            let (hello, ext) = decode_hello(frame.payload.get(..body_len).unwrap_or_default())?;
+            if hello.protocol_version != h.version {
+                return Err(ProtocolError::VersionChanged {
+                    sequence: 0,
+                    expected: hello.protocol_version,
+                    got: h.version,
+                });
+            }
+            self.version = h.version;
+            self.compression = self.negotiate(&hello, &ext)?;
             self.state = State::HelloPending;
             self.hello = Some(frame);
             return Ok(Request::Hello(hello));
         }
+        if h.version != self.version && self.state != State::AwaitHello {
+            return Err(ProtocolError::VersionChanged {
+                sequence: h.sequence,
+                expected: self.version,
+                got: h.version,
+            });
+        }
         let payload = self.unseal(frame)?;
+        let v = self.version;
         match (self.state, h.kind) {
             (State::AwaitHello, kind) => Err(ProtocolError::NoHello(kind)),
             (_, FrameKind::Hello) => Err(ProtocolError::SecondHello),
             (_, FrameKind::Heartbeat) => Ok(Request::Heartbeat),
             (_, FrameKind::Batch) => Ok(Request::Batch(
-                parse_batch(&payload)?
+                self.batch_records(h.sequence, &payload)?
                     .into_iter()
-                    .map(|r| file_request(r.kind, r.transfer, r.offset, r.body))
+                    .map(|r| file_request(v, r.kind, r.transfer, r.offset, r.body))
                     .collect::<Result<_, _>>()?,
             )),
-            (_, kind) => Ok(file_request(kind, h.transfer, h.offset, payload)?),
+            (_, kind) => Ok(file_request(v, kind, h.transfer, h.offset, payload)?),
         }
+    }
+
+    /// The compression a Hello offers, if this session accepts it.
+    fn negotiate(
+        &self,
+        hello: &Hello,
+        ext: &HelloExtension,
+    ) -> Result<Option<Compression>, ProtocolError> {
+        let Some(offer) = ext.compression else {
+            return Ok(None);
+        };
+        let refuse = |offer: String, why| ProtocolError::CompressionRefused {
+            node: hello.node.clone(),
+            pipe: hello.pipe.clone(),
+            offer,
+            why,
+        };
+        let Some(codec) = Codec::from_wire(offer.codec) else {
+            return Err(refuse(
+                format!("codec {}", offer.codec),
+                "unknown codec (this receiver knows 1, zstd); upgrade the receiver or change the pipe's compress processor",
+            ));
+        };
+        let name = format!("{codec} level {}", offer.level);
+        let c = Compression::zstd(i64::from(offer.level))
+            .map_err(|_| refuse(name.clone(), "the level is out of range 1-19"))?;
+        if !self.accept_compression {
+            return Err(refuse(
+                name,
+                "compression is turned off on this receiver; remove the compress processor from the sender's pipe",
+            ));
+        }
+        Ok(Some(c))
+    }
+
+    /// The records of a Batch frame, compressed ones restored to their original bytes.
+    fn batch_records(
+        &mut self,
+        sequence: u64,
+        payload: &Bytes,
+    ) -> Result<Vec<crate::batch::Record>, DecodeError> {
+        let mut records = parse_records(payload, self.compression.is_some())?;
+        if records.iter().any(|r| r.compressed) {
+            if self.decompressor.is_none() {
+                self.decompressor = Decompressor::new();
+            }
+            let budget = (self.max_frame as usize).saturating_sub(HEADER_LEN);
+            let d = self
+                .decompressor
+                .as_mut()
+                .ok_or(DecodeError::BadCompressed {
+                    sequence,
+                    reason: "no memory for a zstd context".into(),
+                })?;
+            d.restore(sequence, &mut records, budget)?;
+        }
+        Ok(records)
     }
 
     /// Verifies and opens a frame after the Hello, with the connection's key if it has one
@@ -273,18 +381,24 @@ impl ReceiverSession {
     }
 }
 
-/// The request for an Open, Data or Commit frame or batch record.
+/// The request for an Open, Data or Commit frame or batch record of a connection of
+/// `version`.
 fn file_request(
+    version: u8,
     kind: FrameKind,
     transfer: u64,
     offset: u64,
     body: Bytes,
 ) -> Result<Request, DecodeError> {
     match kind {
-        FrameKind::Open => Ok(Request::Open {
-            transfer,
-            open: decode_body("open", &body)?,
-        }),
+        FrameKind::Open => {
+            let (open, origin) = decode_open(&body, version)?;
+            Ok(Request::Open {
+                transfer,
+                open,
+                origin,
+            })
+        }
         FrameKind::Data => Ok(Request::Data {
             transfer,
             offset,

@@ -8,11 +8,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::compress::{BatchCompressor, Compression};
 use crate::crypto::{FrameKey, TAG_LEN};
 use crate::envelope::Envelope;
 use crate::error::ProtocolError;
-use crate::frame::{FrameKind, encode_sealed_frame, raw_frame_header};
-use crate::messages::{Hello, encode_body};
+use crate::frame::{FrameKind, PROTOCOL_VERSION, encode_versioned_frame, raw_versioned_header};
+use crate::messages::{Hello, HelloExtension, encode_hello};
 use crate::profile::{AckBytes, Profile};
 
 /// What a sent frame was, returned with its acknowledgement.
@@ -74,6 +75,15 @@ pub struct SenderSession {
     out: Vec<u8>,
     events: VecDeque<SenderEvent>,
     key: Option<FrameKey>,
+    /// Protocol version of the connection: 1, or 2 once a version-2 feature is asked for.
+    version: u8,
+    /// The Hello, kept until the handshake so that a builder method can re-encode it.
+    hello: Hello,
+    ext: HelloExtension,
+    compression: Option<Compression>,
+    compressor: Option<BatchCompressor>,
+    /// Scratch buffer for a compressed batch.
+    packed: Vec<u8>,
 }
 
 impl SenderSession {
@@ -96,10 +106,65 @@ impl SenderSession {
             out: Vec::new(),
             events: VecDeque::new(),
             key,
+            version: hello
+                .protocol_version
+                .clamp(PROTOCOL_VERSION, crate::PROTOCOL_VERSION_MAX),
+            hello: hello.clone(),
+            ext: HelloExtension::default(),
+            compression: None,
+            compressor: None,
+            packed: Vec::new(),
         };
-        let body = encode_body(hello);
-        s.push(FrameKind::Hello, 0, 0, &body, now);
+        s.queue_hello(now);
         s
+    }
+
+    /// Compresses the Data records of every Batch frame with `compression` (PROTOCOL.md
+    /// section 4, compression): the connection becomes version 2 and its Hello offers the
+    /// codec; a receiver that does not accept it refuses the handshake. Call it right after
+    /// [`SenderSession::new`], before anything is written.
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compressor = BatchCompressor::new(compression);
+        if self.compressor.is_some() {
+            self.compression = Some(compression);
+            self.ext.compression = Some(compression.into());
+            self.upgrade();
+        }
+        self
+    }
+
+    /// Makes the connection version 2 so that its Open bodies may carry origin chains (see
+    /// [`crate::messages::encode_open`]). Call it right after [`SenderSession::new`].
+    pub fn with_origin_chains(mut self) -> Self {
+        self.upgrade();
+        self
+    }
+
+    /// The connection's protocol version (1, or 2 with compression or origin chains).
+    pub fn protocol_version(&self) -> u8 {
+        self.version
+    }
+
+    /// The compression this session applies, if any.
+    pub fn compression(&self) -> Option<Compression> {
+        self.compression
+    }
+
+    /// Switches to version 2 and queues the Hello again in place of the one queued by `new`.
+    fn upgrade(&mut self) {
+        self.version = crate::PROTOCOL_VERSION_MAX;
+        self.hello.protocol_version = self.version;
+        if self.state == State::Handshaking && self.next_seq == 1 {
+            self.out.clear();
+            self.outstanding.clear();
+            self.next_seq = 0;
+            self.queue_hello(self.last_sent);
+        }
+    }
+
+    fn queue_hello(&mut self, now: Instant) {
+        let body = encode_hello(&self.hello, &self.ext);
+        self.push(FrameKind::Hello, 0, 0, &body, now);
     }
 
     /// True once the handshake is accepted and until the session closes.
@@ -137,7 +202,7 @@ impl SenderSession {
         now: Instant,
     ) -> Result<FrameInfo, SendError> {
         self.may_send(payload)?;
-        Ok(self.push(kind, transfer, offset, payload, now))
+        Ok(self.frame(kind, transfer, offset, payload, now, false).0)
     }
 
     fn may_send(&self, payload: &[u8]) -> Result<(), SendError> {
@@ -163,17 +228,48 @@ impl SenderSession {
         now: Instant,
     ) -> Result<(FrameInfo, bool), SendError> {
         self.may_send(payload)?;
-        let split = self.envelope == Envelope::Raw && self.key.is_none();
+        Ok(self.frame(kind, transfer, offset, payload, now, true))
+    }
+
+    /// Queues a frame, its Data records compressed if the session compresses (then never
+    /// split: the payload written is not the caller's).
+    fn frame(
+        &mut self,
+        kind: FrameKind,
+        transfer: u64,
+        offset: u64,
+        payload: &[u8],
+        now: Instant,
+        split_ok: bool,
+    ) -> (FrameInfo, bool) {
+        let mut packed = std::mem::take(&mut self.packed);
+        let compressed = kind == FrameKind::Batch
+            && self
+                .compressor
+                .as_mut()
+                .is_some_and(|c| c.compress_batch(payload, &mut packed));
+        let split = split_ok && !compressed && self.envelope == Envelope::Raw && self.key.is_none();
         let info = if split {
             let seq = self.take_sequence();
-            if let Some(head) = raw_frame_header(kind, seq, transfer, offset, payload) {
+            if let Some(head) =
+                raw_versioned_header(self.version, kind, seq, transfer, offset, payload)
+            {
                 self.out.extend_from_slice(&head);
             }
-            self.record(seq, kind, transfer, offset, payload, now)
+            self.record(seq, kind, transfer, offset, payload.len(), now)
+        } else if compressed {
+            let info = self.push(kind, transfer, offset, &packed, now);
+            // Acknowledgements count original bytes.
+            let length = payload.len() as u32;
+            if let Some(last) = self.outstanding.back_mut() {
+                last.0.length = length;
+            }
+            FrameInfo { length, ..info }
         } else {
             self.push(kind, transfer, offset, payload, now)
         };
-        Ok((info, split))
+        self.packed = packed;
+        (info, split)
     }
 
     fn push(
@@ -187,7 +283,8 @@ impl SenderSession {
         let seq = self.take_sequence();
         // The payload length was bounded by max_payload (< 64 MiB) or is a small body, so
         // encoding cannot fail.
-        let _ = encode_sealed_frame(
+        let _ = encode_versioned_frame(
+            self.version,
             self.envelope,
             self.key.as_ref(),
             kind,
@@ -197,7 +294,7 @@ impl SenderSession {
             payload,
             &mut self.out,
         );
-        self.record(seq, kind, transfer, offset, payload, now)
+        self.record(seq, kind, transfer, offset, payload.len(), now)
     }
 
     fn take_sequence(&mut self) -> u64 {
@@ -214,10 +311,10 @@ impl SenderSession {
         kind: FrameKind,
         transfer: u64,
         offset: u64,
-        payload: &[u8],
+        payload_len: usize,
         now: Instant,
     ) -> FrameInfo {
-        let length = payload.len() as u32;
+        let length = payload_len as u32;
         let info = FrameInfo {
             sequence: seq,
             kind,

@@ -16,6 +16,6 @@ pub mod fec;
 pub mod profile;
 
 pub use assembly::{Assembly, Limits, PassFailure};
-pub use control::{Announce, End, Heartbeat};
+pub use control::{Announce, End, Heartbeat, decode_announce, encode_announce};
 pub use datagram::{DatagramError, Header, Kind};
 pub use profile::UdpProfile;

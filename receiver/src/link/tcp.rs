@@ -304,7 +304,7 @@ impl Connection {
                 tracing::error!(node = %h.node, pipe = %h.pipe, suppressed, reason = %why, "refused handshake, closed without a reply");
             }
         };
-        if h.protocol_version != PROTOCOL_VERSION {
+        if !gapsync_protocol::speaks_version(h.protocol_version) {
             refuse(
                 "version",
                 format!(
@@ -463,7 +463,7 @@ impl Connection {
             pipe.with_sink(|sink| {
                 for r in &records {
                     let applied = match r {
-                        Request::Open { transfer, open } => sink.open(*transfer, open),
+                        Request::Open { transfer, open, .. } => sink.open(*transfer, open),
                         Request::Data {
                             transfer,
                             offset,
