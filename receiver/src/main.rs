@@ -142,17 +142,22 @@ async fn housekeeping(
         let response = steer.answer(&incoming.request, pipes);
         incoming.answer(response);
     };
-    gapsync_daemon::cli::serve_until_shutdown(every, || {
-        pipes.log_summary();
-        if let Some(udp) = udp {
-            udp.summary_due();
-        }
-        tokio::task::block_in_place(|| pipes.retry_landing());
-        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-            last_housekeeping = std::time::Instant::now();
-            tokio::task::block_in_place(|| pipes.housekeeping(stale_after));
-        }
-    }, Some(requests), answer)
+    gapsync_daemon::cli::serve_until_shutdown(
+        every,
+        || {
+            pipes.log_summary();
+            if let Some(udp) = udp {
+                udp.summary_due();
+            }
+            tokio::task::block_in_place(|| pipes.retry_landing());
+            if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+                last_housekeeping = std::time::Instant::now();
+                tokio::task::block_in_place(|| pipes.housekeeping(stale_after));
+            }
+        },
+        Some(requests),
+        answer,
+    )
     .await
 }
 
@@ -182,9 +187,7 @@ impl Steer {
     /// so a valid but changed file is answered with that (and the running config is kept).
     fn reload(&self) -> Response {
         if let Err(e) = Config::load(&self.path) {
-            return Response::failed(format!(
-                "reload refused, the running config is kept: {e:#}"
-            ));
+            return Response::failed(format!("reload refused, the running config is kept: {e:#}"));
         }
         match std::fs::read(&self.path) {
             Ok(now) if now == self.started => Response::done(format!(

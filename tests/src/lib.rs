@@ -663,8 +663,10 @@ pub fn wait_for_log(logs: &Path, needle: &str) -> String {
 }
 
 /// Runs `exe run --config config` until its log (in `logs`) shows `ready`, sends it SIGHUP
-/// twice, then SIGTERM, and checks what an operator would: it kept running, logged one WARN
-/// per SIGHUP, and stopped cleanly on SIGTERM.
+/// twice (config unchanged), then breaks the config file and sends SIGHUP again, then SIGTERM,
+/// and checks what an operator would: each SIGHUP is a reload that says its outcome in the log
+/// (done twice, then refused at ERROR naming the bad file), the daemon kept running with its
+/// config, and it stopped cleanly on SIGTERM.
 pub fn assert_sighup_is_logged_and_survived(exe: &Path, config: &Path, logs: &Path, ready: &str) {
     let mut child = Command::new(exe)
         .args(["run", "--config"])
@@ -688,19 +690,35 @@ pub fn assert_sighup_is_logged_and_survived(exe: &Path, config: &Path, logs: &Pa
         assert!(signal("-HUP").success());
         std::thread::sleep(Duration::from_millis(300));
     }
-    let text = wait_for_log(logs, "reload is not supported yet");
+    let good = std::fs::read_to_string(config).expect("read config");
+    std::fs::write(config, "node = \"broken\nthis is not toml\n").expect("break config");
+    assert!(signal("-HUP").success());
+    let text = wait_for_log(logs, "reload refused");
+    std::fs::write(config, good).expect("restore config");
     let alive = child.try_wait().expect("try_wait").is_none();
     let _ = signal("-TERM");
     let status = child.wait().expect("wait");
     assert!(alive, "the daemon died of SIGHUP: {status:?}\n{text}");
-    let warned = text
-        .lines()
-        .filter(|l| {
-            l.contains(" WARN ")
-                && l.contains("SIGHUP received; reload is not supported yet, keep running")
-        })
-        .count();
-    assert_eq!(warned, 2, "one WARN per SIGHUP:\n{text}");
+    let count = |level: &str, what: &str| {
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains(what))
+            .count()
+    };
+    assert_eq!(
+        count(" INFO ", "SIGHUP received; reloading the config"),
+        3,
+        "one INFO per SIGHUP:\n{text}"
+    );
+    assert_eq!(
+        count(" INFO ", "reload done"),
+        2,
+        "an unchanged config reloads:\n{text}"
+    );
+    assert_eq!(
+        count(" ERROR ", "reload refused"),
+        1,
+        "a broken config is refused at ERROR:\n{text}"
+    );
     assert!(
         status.success(),
         "SIGTERM still stops it cleanly: {status:?}"
