@@ -61,6 +61,10 @@ pub struct SenderTls {
 #[derive(Debug, Deserialize)]
 pub struct RawPipe {
     pub name: Option<String>,
+    /// This pipe's hardware profile (its link kind, frames, window); default: the top-level one.
+    pub profile: Option<String>,
+    /// Wins over the top-level `[profile_overrides]` for this pipe.
+    pub profile_overrides: Option<RawProfile>,
     pub spool: Option<PathBuf>,
     pub gate: Option<String>,
     pub after_send: Option<AfterSend>,
@@ -106,6 +110,8 @@ pub enum AfterSend {
 #[derive(Debug, Clone)]
 pub struct PipeConfig {
     pub name: String,
+    /// The pipe's checked profile (with the overrides): which link it starts.
+    pub profile: Profile,
     pub spool: PathBuf,
     pub gate: String,
     pub after_send: AfterSend,
@@ -132,7 +138,9 @@ pub struct PipeConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node: String,
-    pub profile: Profile,
+    /// The top-level profile, the default of pipes that name none; `None` when every pipe
+    /// names its own and none is set.
+    pub profile: Option<Profile>,
     pub state_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
     pub log_format: LogFormat,
@@ -162,50 +170,37 @@ impl Config {
         let mut p = Vec::new();
         let node = raw.node.unwrap_or_default();
         check_name(&mut p, "`node`", &node);
-        let profile = gapsync_daemon::config::profile(
-            &mut p,
-            raw.profile.as_deref(),
+        let profiles = Profiles {
             base,
-            raw.profiles_dir.as_deref(),
-            &raw.profile_overrides,
-        );
+            dir: raw.profiles_dir.as_deref(),
+            name: raw.profile.as_deref(),
+            overrides: &raw.profile_overrides,
+        };
+        // The top-level profile is needed by every pipe that names none.
+        let default = (raw.profile.is_some() || raw.pipe.iter().any(|rp| rp.profile.is_none()))
+            .then(|| profiles.load(&mut p, raw.profile.as_deref(), &raw.profile_overrides))
+            .flatten();
         let (state_dir, log_dir) =
             gapsync_daemon::config::state_and_log_dirs(&mut p, base, raw.state_dir, raw.log_dir);
         let level = gapsync_daemon::config::log_level(&mut p, raw.log_level);
         if raw.pipe.is_empty() {
             p.push("no [[pipe]] is configured: add one with name, spool and gate".into());
         }
-        let tls_config =
-            gapsync_daemon::config::tls(&mut p, base, profile.as_ref(), raw.tls.as_ref(), |f| {
-                f.client_config()
-            });
+        let pipe_profiles: Vec<Option<Profile>> = (raw.pipe.iter().enumerate())
+            .map(|(i, rp)| profiles.of_pipe(&mut p, &pipe_label(i, rp), rp, default.as_ref()))
+            .collect();
         let ctx = PipeContext {
             base,
             state_dir: state_dir.as_deref(),
-            diode: profile.as_ref().is_some_and(|p| p.link == LinkKind::Udp),
-            tls_config,
+            tls_config: tls_client(&mut p, base, &pipe_profiles, raw.tls.as_ref()),
             tls_name: raw.tls.as_ref().and_then(|t| t.server_name.clone()),
         };
-        let mut pipes = Vec::new();
-        let mut names = HashSet::new();
-        for (i, rp) in raw.pipe.into_iter().enumerate() {
-            let label = format!(
-                "[[pipe]] #{} ({})",
-                i + 1,
-                rp.name.as_deref().unwrap_or("unnamed")
-            );
-            if let Some(name) = &rp.name {
-                if !names.insert(name.clone()) {
-                    p.push(format!("{label}: pipe name {name:?} is used twice"));
-                }
-            }
-            pipes.extend(ctx.pipe(&mut p, &label, rp));
-        }
+        let pipes = ctx.pipes(&mut p, raw.pipe, pipe_profiles);
         drop(ctx);
-        match (p.is_empty(), profile, state_dir) {
-            (true, Some(profile), Some(state_dir)) => Ok(Config {
+        match (p.is_empty(), state_dir) {
+            (true, Some(state_dir)) => Ok(Config {
                 node,
-                profile,
+                profile: default,
                 state_dir,
                 log_dir,
                 log_format: raw.log_format,
@@ -219,19 +214,104 @@ impl Config {
     }
 }
 
+/// "[[pipe]] #2 (scada)": how problems name a pipe.
+fn pipe_label(i: usize, rp: &RawPipe) -> String {
+    format!(
+        "[[pipe]] #{} ({})",
+        i + 1,
+        rp.name.as_deref().unwrap_or("unnamed")
+    )
+}
+
+/// The `[tls]` table's client config, required when a pipe's profile has `link = "tls"`.
+fn tls_client(
+    p: &mut Vec<String>,
+    base: &Path,
+    pipe_profiles: &[Option<Profile>],
+    raw: Option<&gapsync_daemon::tls::RawTls>,
+) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    let known = || pipe_profiles.iter().flatten();
+    // The profile that decides whether [tls] is needed: a tls one if any pipe has one.
+    let deciding = known().find(|pr| pr.link == LinkKind::Tls).or(known().next());
+    gapsync_daemon::config::tls(p, base, deciding, raw, |f| f.client_config())
+}
+
+/// Where profiles are found, and the top-level choice and overrides.
+struct Profiles<'a> {
+    base: &'a Path,
+    dir: Option<&'a Path>,
+    name: Option<&'a str>,
+    overrides: &'a RawProfile,
+}
+
+impl Profiles<'_> {
+    fn load(&self, p: &mut Vec<String>, name: Option<&str>, o: &RawProfile) -> Option<Profile> {
+        gapsync_daemon::config::profile(p, name, self.base, self.dir, o)
+    }
+
+    /// A pipe's profile: its own `profile` (default: the top-level one) with the top-level
+    /// `[profile_overrides]` and then its own `profile_overrides`, which win.
+    fn of_pipe(
+        &self,
+        p: &mut Vec<String>,
+        label: &str,
+        rp: &RawPipe,
+        default: Option<&Profile>,
+    ) -> Option<Profile> {
+        if rp.profile.is_none() && rp.profile_overrides.is_none() {
+            // Problems with the top-level profile are reported once, not per pipe.
+            return default.cloned();
+        }
+        let name = rp.profile.as_deref().or(self.name);
+        let own = rp.profile_overrides.clone().unwrap_or_default();
+        let overrides = self.overrides.clone().merged(&own);
+        let mut q = Vec::new();
+        let profile = self.load(&mut q, name, &overrides);
+        p.extend(q.into_iter().map(|e| format!("{label}: {e}")));
+        profile
+    }
+}
+
 /// What every pipe's check needs from the rest of the config.
 struct PipeContext<'a> {
     base: &'a Path,
     state_dir: Option<&'a Path>,
-    diode: bool,
     tls_config: Option<std::sync::Arc<rustls::ClientConfig>>,
     tls_name: Option<String>,
 }
 
 impl PipeContext<'_> {
+    /// Checks every `[[pipe]]` (with its profile, `None` if it has none that loads).
+    fn pipes(
+        &self,
+        p: &mut Vec<String>,
+        raw: Vec<RawPipe>,
+        profiles: Vec<Option<Profile>>,
+    ) -> Vec<PipeConfig> {
+        let mut pipes = Vec::new();
+        let mut names = HashSet::new();
+        for (i, (rp, profile)) in raw.into_iter().zip(profiles).enumerate() {
+            let label = pipe_label(i, &rp);
+            if let Some(name) = &rp.name {
+                if !names.insert(name.clone()) {
+                    p.push(format!("{label}: pipe name {name:?} is used twice"));
+                }
+            }
+            pipes.extend(self.pipe(p, &label, rp, profile.as_ref()));
+        }
+        pipes
+    }
+
     /// Checks one `[[pipe]]`, pushing every problem; `None` when it cannot be built.
-    fn pipe(&self, p: &mut Vec<String>, label: &str, rp: RawPipe) -> Option<PipeConfig> {
+    fn pipe(
+        &self,
+        p: &mut Vec<String>,
+        label: &str,
+        rp: RawPipe,
+        profile: Option<&Profile>,
+    ) -> Option<PipeConfig> {
         let base = self.base;
+        let diode = profile.is_some_and(|pr| pr.link == LinkKind::Udp);
         let name = rp.name.unwrap_or_default();
         check_name(p, &format!("{label}: `name`"), &name);
         let gate = rp.gate.unwrap_or_default();
@@ -241,7 +321,7 @@ impl PipeContext<'_> {
         {
             p.push(format!("{label}: `gate` = {gate:?} must be host:port of the gate (or the receiver), e.g. \"192.0.2.131:28101\""));
         }
-        if rp.keep_sent_for.is_some() && !self.diode {
+        if rp.keep_sent_for.is_some() && !diode {
             p.push(format!("{label}: `keep_sent_for` is only for the udp link (on a gate link the receiver confirms every file)"));
         }
         if rp.max_attempts == Some(0) {
@@ -267,10 +347,14 @@ impl PipeContext<'_> {
             }),
         };
         let auth = self.auth(p, label, rp.key_file, rp.key_id, rp.protection);
-        let tls = self.tls(p, label, &gate);
+        let tls = match profile {
+            Some(pr) if pr.link == LinkKind::Tls => self.tls(p, label, &gate),
+            _ => None,
+        };
         let pipe_state = self.state_dir?.join("sender").join(&name);
         Some(PipeConfig {
-            after_send: rp.after_send.unwrap_or(if self.diode {
+            profile: profile?.clone(),
+            after_send: rp.after_send.unwrap_or(if diode {
                 // Nothing confirms arrival on a diode: keep what was sent for a resend.
                 AfterSend::Move
             } else {

@@ -81,11 +81,14 @@ fn main() -> std::process::ExitCode {
         command,
         |path| {
             Config::load(path).map(|c| {
+                let profiles: Vec<String> = (c.pipes.iter())
+                    .map(|p| format!("{} ({} over {})", p.name, p.profile.name, link::kind_name(p.profile.link)))
+                    .collect();
                 format!(
-                    "node {}, profile {}, {} pipe(s)",
+                    "node {}, {} pipe(s): {}",
                     c.node,
-                    c.profile.name,
-                    c.pipes.len()
+                    c.pipes.len(),
+                    profiles.join(", ")
                 )
             })
         },
@@ -114,10 +117,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             ignore: pc.ignore.clone(),
             stats: pipe_stats.clone(),
         };
-        if config.profile.link == LinkKind::Udp {
+        if pc.profile.link == LinkKind::Udp {
             let setup = link::udp::Setup {
                 cfg: pc.clone(),
-                profile: config.profile.clone(),
+                profile: pc.profile.clone(),
                 node: config.node.clone(),
                 ids: ids.clone(),
                 stats: pipe_stats.clone(),
@@ -129,7 +132,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         } else {
             let worker = PipeWorker::new(
                 pc.clone(),
-                config.profile.clone(),
+                pc.profile.clone(),
                 ids.clone(),
                 pipe_stats.clone(),
             )
@@ -157,8 +160,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         })?;
         summary.add(&pc.name, pipe_stats, &pc.state_dir);
     }
-    tracing::info!(node = %config.node, profile = %config.profile.name, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");
+    let profile = config.profile.as_ref().map_or("(per pipe)", |p| p.name.as_str());
+    tracing::info!(node = %config.node, profile, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");
     for pc in &config.pipes {
+        tracing::info!(pipe = %pc.name, profile = %pc.profile.name, link = %link::kind_name(pc.profile.link), gate = %pc.gate, "pipe started");
         tracing::info!(pipe = %pc.name, ignore = ?pc.ignore.globs(), "files and folders with these names stay in the spool unsent; each is counted (ignored_files) and named once");
         match &pc.auth {
             Some(a) => {

@@ -4,3 +4,14 @@
 
 pub mod tcp;
 pub mod udp;
+
+use gapsync_protocol::LinkKind;
+
+/// The link kind as written in a profile (`tcp`, `tls`, `udp`), for logs and status.
+pub fn kind_name(kind: LinkKind) -> &'static str {
+    match kind {
+        LinkKind::Tcp => "tcp",
+        LinkKind::Tls => "tls",
+        LinkKind::Udp => "udp",
+    }
+}
