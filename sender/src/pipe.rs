@@ -14,11 +14,12 @@ use std::time::Instant;
 use gapsync_protocol::batch::{RECORD_HEADER_LEN, finish_record};
 use gapsync_protocol::{FrameKind, Profile, SenderEvent};
 
-use crate::config::{AfterSend, PipeConfig};
+use crate::config::PipeConfig;
 use crate::inflight::{InFlight, InFlightStore};
 use crate::source::SourceEvent;
-use crate::source::after_send::{Disposal, dispose_if_unchanged};
-use crate::source::lease;
+use crate::source::spool::after_send::{Disposal, dispose_if_unchanged};
+use crate::source::spool::config::AfterSend;
+use crate::source::spool::lease;
 use crate::state::IdSource;
 use crate::transfer::{Transfer, mtime_ns};
 
@@ -122,7 +123,7 @@ impl PipeWorker {
     ) -> anyhow::Result<Self> {
         let mut store = InFlightStore::open(&cfg.state_dir)?;
         for path in store.paths() {
-            if !cfg.spool.join(&path).is_file() {
+            if !cfg.spool().path.join(&path).is_file() {
                 store.remove(&path)?;
             }
         }
@@ -152,7 +153,7 @@ impl PipeWorker {
 
     /// Queues a file again (at the front: it goes next), reading its size.
     fn requeue(&mut self, rel: String, front: bool) {
-        let size = fs::metadata(self.cfg.spool.join(&rel)).map_or(0, |m| m.len());
+        let size = fs::metadata(self.cfg.spool().path.join(&rel)).map_or(0, |m| m.len());
         self.queue(rel, size, front);
     }
 
@@ -220,7 +221,7 @@ impl PipeWorker {
             }
             SourceEvent::BadName { path, reason } => {
                 let rel = path
-                    .strip_prefix(&self.cfg.spool)
+                    .strip_prefix(&self.cfg.spool().path)
                     .unwrap_or(&path)
                     .to_path_buf();
                 self.quarantine_path(&path, &rel, &reason);
@@ -384,7 +385,7 @@ impl PipeWorker {
                 self.update_depth();
                 return Some(());
             }
-            let fs_path = self.cfg.spool.join(&rel);
+            let fs_path = self.cfg.spool().path.join(&rel);
             let (file, meta) = match lease::take(&self.cfg.name, &fs_path) {
                 Ok(Some(taken)) => {
                     self.short_of_descriptors = false;
@@ -601,12 +602,12 @@ impl PipeWorker {
         if self.cooling.is_empty() {
             return;
         }
-        let settle = self.cfg.settle;
+        let settle = self.cfg.spool().settle;
         let now = std::time::SystemTime::now();
         let (ready, waiting): (Vec<String>, Vec<String>) = std::mem::take(&mut self.cooling)
             .into_iter()
             .partition(|rel| {
-                fs::metadata(self.cfg.spool.join(rel))
+                fs::metadata(self.cfg.spool().path.join(rel))
                     .and_then(|m| m.modified())
                     .map_or(true, |t| {
                         now.duration_since(t).unwrap_or_default() >= settle
@@ -740,10 +741,10 @@ pub fn quarantine(cfg: &PipeConfig, path: &Path, rel: &Path, reason: &str) {
 /// What `after_send` does with a sent spool file: deletes it or moves it to `sent_dir`.
 /// Returns what was done, for the `sent` log line.
 pub fn dispose(cfg: &PipeConfig, fs_path: &Path, rel: &str) -> io::Result<&'static str> {
-    match cfg.after_send {
+    match cfg.spool().after_send {
         AfterSend::Delete => fs::remove_file(fs_path).map(|()| "deleted"),
         AfterSend::Move => {
-            move_file(fs_path, &cfg.sent_dir.join(rel)).map(|()| "moved to sent_dir")
+            move_file(fs_path, &cfg.spool().sent_dir.join(rel)).map(|()| "moved to sent_dir")
         }
     }
 }

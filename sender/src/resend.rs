@@ -40,9 +40,9 @@ fn resend(config: &Path, pipe: &str, since: &str, until: Option<&str>) -> anyhow
         .into_iter()
         .filter(|e| (since..=until).contains(&e.at))
     {
-        let from = pc.sent_dir.join(&e.path);
+        let from = pc.spool().sent_dir.join(&e.path);
         match std::fs::metadata(&from) {
-            Ok(m) if m.len() == e.size => match move_file(&from, &pc.spool.join(&e.path)) {
+            Ok(m) if m.len() == e.size => match move_file(&from, &pc.spool().path.join(&e.path)) {
                 Ok(()) => {
                     println!("resending {}", e.path);
                     moved += 1;

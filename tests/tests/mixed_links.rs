@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use gapsync_tests::{Lab, Proc, bin, count_files, count_lines, make_file, profiles_dir, wait_until};
+use gapsync_tests::{
+    Lab, Proc, bin, count_files, count_lines, make_file, profiles_dir, wait_until,
+};
 
 /// `n` files of mixed sizes (an empty one, a multi-frame one, small ones in folders).
 fn files(spool: &Path, n: usize, seed: u64) -> BTreeMap<String, String> {
@@ -37,7 +39,7 @@ fn sender_config(tcp: &Lab, udp: &Lab, diode_spool: &Path) -> std::path::PathBuf
         "node = \"plant-a\"\nprofile = \"loopback\"\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\n\n\
          [[pipe]]\nname = \"scada\"\nspool = {}\ngate = \"{tcp_gate}\"\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n\n\
          [[pipe]]\nname = \"diode\"\nprofile = \"udp-loopback\"\ngate = \"{udp_gate}\"\n\
-         spool = {}\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n",
+         source = {{ type = \"spool\", path = {}, settle = \"200ms\", poll_interval = \"200ms\" }}\n",
         q(&profiles_dir()),
         q(&tcp.path("sstate")),
         q(&tcp.path("slogs")),
@@ -105,8 +107,16 @@ fn one_sender_runs_a_gate_pipe_and_a_diode_pipe_at_once() {
         count_lines(&slog, &[" sent ", "pipe=diode"]),
         diode_files.len()
     );
-    assert_eq!(count_lines(&slog, &["pipe started", "link=tcp"]), 1, "{slog}");
-    assert_eq!(count_lines(&slog, &["pipe started", "link=udp"]), 1, "{slog}");
+    assert_eq!(
+        count_lines(&slog, &["pipe started", "link=tcp"]),
+        1,
+        "{slog}"
+    );
+    assert_eq!(
+        count_lines(&slog, &["pipe started", "link=udp"]),
+        1,
+        "{slog}"
+    );
     // The gate pipe deletes what the receiver confirmed; the diode pipe moves what it sent.
     wait_until("both spools emptied", Duration::from_secs(30), || {
         count_files(&tcp.spool) == 0 && count_files(&diode_spool) == 0

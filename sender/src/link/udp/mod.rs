@@ -35,8 +35,8 @@ use crate::inflight::{InFlight, InFlightStore};
 use crate::pipe::{PipeStats, dispose, quarantine};
 use crate::sent_log::{SentEntry, SentLog};
 use crate::source::SourceEvent;
-use crate::source::after_send::{Disposal, dispose_if_unchanged};
-use crate::source::lease;
+use crate::source::spool::after_send::{Disposal, dispose_if_unchanged};
+use crate::source::spool::lease;
 use crate::state::{IdSource, unix_now};
 
 /// Longest idle sleep between looks at the queue.
@@ -238,7 +238,7 @@ impl Driver {
             }
             SourceEvent::BadName { path, reason } => {
                 let rel = path
-                    .strip_prefix(&self.cfg.spool)
+                    .strip_prefix(&self.cfg.spool().path)
                     .unwrap_or(&path)
                     .to_path_buf();
                 self.stats.quarantined.fetch_add(1, Relaxed);
@@ -281,7 +281,7 @@ impl Driver {
             path: rel.to_owned(),
             size,
             mtime_ns,
-            ident: crate::source::identity::Identity::of(meta),
+            ident: crate::source::spool::identity::Identity::of(meta),
         })
     }
 
@@ -306,7 +306,7 @@ impl Driver {
     /// Opens a queued file and gives it its object id and announcement; `None` if it is not
     /// to be sent.
     fn prepare(&mut self, e: &Emitter, rel: String) -> Option<(Object, File, Vec<u8>)> {
-        let fs_path = self.cfg.spool.join(&rel);
+        let fs_path = self.cfg.spool().path.join(&rel);
         let (file, meta) = match lease::take(&self.cfg.name, &fs_path) {
             Ok(Some(x)) => x,
             Ok(None) => {
@@ -375,7 +375,7 @@ impl Driver {
             datagrams,
             started,
         } = s;
-        let fs_path = self.cfg.spool.join(&obj.path);
+        let fs_path = self.cfg.spool().path.join(&obj.path);
         let secs = started.elapsed().as_secs_f64().max(1e-6);
         self.stats.files.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(obj.size, Relaxed);
@@ -449,7 +449,7 @@ impl Driver {
             return;
         }
         self.last_housekeeping = Some(Instant::now());
-        let Some(keep) = self.cfg.keep_sent_for else {
+        let Some(keep) = self.cfg.spool().keep_sent_for else {
             return;
         };
         let before = unix_now().saturating_sub(keep.as_secs());
@@ -457,7 +457,7 @@ impl Driver {
             Ok(old) => {
                 let mut removed = 0;
                 for e in &old {
-                    if std::fs::remove_file(self.cfg.sent_dir.join(&e.path)).is_ok() {
+                    if std::fs::remove_file(self.cfg.spool().sent_dir.join(&e.path)).is_ok() {
                         removed += 1;
                     }
                 }
