@@ -10,15 +10,14 @@
 //! ```
 
 mod config;
-mod inflight;
+
 mod link;
 mod pipe;
 mod resend;
-mod sent_log;
+
 mod source;
 mod state;
 mod summary;
-mod transfer;
 
 use std::sync::Arc;
 
@@ -27,10 +26,8 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use crate::config::Config;
-use crate::pipe::{PipeStats, PipeWorker};
-use crate::source::spool::{self, SpoolConfig};
+use crate::pipe::{Pipe, PipeStats};
 use crate::state::IdSource;
-use gapsync_protocol::LinkKind;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -113,59 +110,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     let mut summary = summary::Summary::new(config.log_time);
     for pc in &config.pipes {
-        let pipe_stats = Arc::new(PipeStats::default());
-        let (tx, rx) = tokio::sync::mpsc::channel(4096);
-        let scfg = SpoolConfig {
-            pipe: pc.name.clone(),
-            spool: pc.spool().path.clone(),
-            exclude: vec![pc.spool().sent_dir.clone(), pc.quarantine_dir.clone()],
-            settle: pc.spool().settle,
-            poll_interval: pc.spool().poll_interval,
-            ignore: pc.spool().ignore.clone(),
-            stats: pipe_stats.clone(),
-        };
-        if pc.profile.link == LinkKind::Udp {
-            let setup = link::udp::Setup {
-                cfg: pc.clone(),
-                profile: pc.profile.clone(),
-                node: config.node.clone(),
-                ids: ids.clone(),
-                stats: pipe_stats.clone(),
-            };
-            let stop = stop_rx.clone();
-            tasks.push(tokio::task::spawn_blocking(move || {
-                link::udp::run(setup, rx, stop)
-            }));
-        } else {
-            let worker = PipeWorker::new(
-                pc.clone(),
-                pc.profile.clone(),
-                ids.clone(),
-                pipe_stats.clone(),
-            )
-            .with_context(|| {
+        let stats = Arc::new(PipeStats::default());
+        let source = source::build(pc, stats.clone());
+        let mut pipe =
+            Pipe::new(pc.clone(), source, ids.clone(), stats.clone()).with_context(|| {
                 format!(
                     "pipe {}: cannot open its state in {}",
                     pc.name,
                     pc.state_dir.display()
                 )
             })?;
-            tasks.push(tokio::spawn(link::tcp::run(
-                worker,
-                config.node.clone(),
-                ids.clone(),
-                rx,
-                stop_rx.clone(),
-            )));
-        }
-        spool::spawn(scfg, tx).with_context(|| {
-            format!(
-                "pipe {}: cannot watch spool {}",
-                pc.name,
-                pc.spool().path.display()
-            )
-        })?;
-        summary.add(&pc.name, pipe_stats, &pc.state_dir);
+        let rx = pipe
+            .start_source()
+            .with_context(|| format!("pipe {}: cannot start its source", pc.name))?;
+        tasks.push(link::start(
+            pipe,
+            &config.node,
+            session,
+            rx,
+            stop_rx.clone(),
+        ));
+        summary.add(&pc.name, stats, &pc.state_dir);
     }
     let profile = config
         .profile
@@ -177,7 +142,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         if pc.processors.is_some() || pc.schedule.is_some() {
             tracing::warn!(pipe = %pc.name, "`processors` and `schedule` are checked but not applied by this build yet: the pipe sends everything, at any time");
         }
-        tracing::info!(pipe = %pc.name, ignore = ?pc.spool().ignore.globs(), "files and folders with these names stay in the spool unsent; each is counted (ignored_files) and named once");
         match &pc.auth {
             Some(a) => {
                 if let Some(w) = &a.key.warning {

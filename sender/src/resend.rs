@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::time::UNIX_EPOCH;
 
 use crate::config::Config;
-use crate::pipe::move_file;
-use crate::sent_log::SentLog;
+use crate::pipe::sent_log::SentLog;
+use crate::source::spool::move_file;
 
 fn parse_time(what: &str, text: &str) -> anyhow::Result<u64> {
     let t = humantime::parse_rfc3339_weak(text).map_err(|e| {

@@ -84,16 +84,23 @@ fn one_sender_runs_a_gate_pipe_and_a_diode_pipe_at_once() {
         gapsync_tests::tree(&diode_dest) == diode_files
     });
 
-    // Exactly once on each receiver, and the sender said `sent` once per file per pipe.
+    // Exactly once on each receiver (a landed file's log line may follow its rename), and
+    // the sender said `sent` once per file per pipe.
+    let landed = |lab: &Lab, needles: &[&str]| count_lines(&lab.receiver_log(), needles);
+    wait_until("every delivery logged", Duration::from_secs(20), || {
+        landed(&tcp, &[" delivered "]) >= scada_files.len()
+            && landed(&udp, &["worker: delivered ", "pipe=diode"]) >= diode_files.len()
+    });
+    std::thread::sleep(Duration::from_secs(1));
     let diag = || format!("{}\n{}", tcp.diagnostics(), udp.diagnostics());
     assert_eq!(
-        count_lines(&tcp.receiver_log(), &[" delivered "]),
+        landed(&tcp, &[" delivered "]),
         scada_files.len(),
         "{}",
         diag()
     );
     assert_eq!(
-        count_lines(&udp.receiver_log(), &["worker: delivered ", "pipe=diode"]),
+        landed(&udp, &["worker: delivered ", "pipe=diode"]),
         diode_files.len(),
         "{}",
         diag()

@@ -13,9 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::pipe::PipeWorker;
+use crate::pipe::batch::PipeWorker;
 use crate::source::SourceEvent;
-use crate::state::IdSource;
 
 /// How a connection ended.
 enum Ended {
@@ -36,17 +35,17 @@ struct Trouble {
 pub async fn run(
     mut w: PipeWorker,
     node: String,
-    ids: std::sync::Arc<IdSource>,
+    session: u64,
     mut rx: mpsc::Receiver<SourceEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut trouble = Trouble {
         limiter: RateLimiter::new(Duration::from_secs(60)),
-        alarm: Alarm::new(w.cfg.alarm_after),
+        alarm: Alarm::new(w.pipe.cfg.alarm_after),
     };
     let (min, max) = (
-        w.profile.reconnect_backoff_min,
-        w.profile.reconnect_backoff_max,
+        w.pipe.cfg.profile.reconnect_backoff_min,
+        w.pipe.cfg.profile.reconnect_backoff_max,
     );
     let mut backoff = min;
     loop {
@@ -59,26 +58,26 @@ pub async fn run(
                 let ended = drive(
                     &mut w,
                     &node,
-                    ids.session(),
+                    session,
                     stream,
                     &mut rx,
                     &mut shutdown,
                     &mut trouble,
                 )
                 .await;
-                w.stats.connected.store(0, Relaxed);
+                w.pipe.stats.connected.store(0, Relaxed);
                 w.on_disconnect();
                 match ended {
                     Ended::Shutdown => return,
                     Ended::Failed { accepted: true } => backoff = min,
                     Ended::Failed { accepted: false } => {}
                 }
-                w.stats.reconnects.fetch_add(1, Relaxed);
+                w.pipe.stats.reconnects.fetch_add(1, Relaxed);
             }
             Err(e) => {
                 let key = ratelimit::key("connect", &ratelimit::without_digits(&format!("{e:#}")));
                 if let Some(suppressed) = trouble.limiter.check(&key, Instant::now()) {
-                    tracing::warn!(pipe = %w.cfg.name, gate = %w.cfg.gate, error = %format!("{e:#}"), retry_in = %humantime::format_duration(backoff), suppressed, "cannot connect to the gate");
+                    tracing::warn!(pipe = %w.pipe.cfg.name, gate = %w.pipe.cfg.gate, error = %format!("{e:#}"), retry_in = %humantime::format_duration(backoff), suppressed, "cannot connect to the gate");
                 }
                 trouble
                     .alarm
@@ -109,12 +108,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> GateStream for T {}
 
 async fn connect(w: &PipeWorker) -> anyhow::Result<Box<dyn GateStream>> {
     let stream = connect_tcp(w).await?;
-    let Some(tls) = &w.cfg.tls else {
+    let Some(tls) = &w.pipe.cfg.tls else {
         return Ok(Box::new(stream));
     };
     let handshake = tokio_rustls::TlsConnector::from(tls.config.clone())
         .connect(tls.server_name.clone(), stream);
-    match tokio::time::timeout(w.profile.handshake_timeout, handshake).await {
+    match tokio::time::timeout(w.pipe.cfg.profile.handshake_timeout, handshake).await {
         Ok(Ok(s)) => Ok(Box::new(s)),
         Ok(Err(e)) => {
             anyhow::bail!("TLS handshake failed: {e} (check [tls] cert, key and ca on both ends)")
@@ -124,12 +123,12 @@ async fn connect(w: &PipeWorker) -> anyhow::Result<Box<dyn GateStream>> {
 }
 
 async fn connect_tcp(w: &PipeWorker) -> anyhow::Result<TcpStream> {
-    let p = &w.profile;
+    let p = &w.pipe.cfg.profile;
     let attempt = async {
-        let addr = tokio::net::lookup_host(&w.cfg.gate)
+        let addr = tokio::net::lookup_host(&w.pipe.cfg.gate)
             .await?
             .next()
-            .ok_or_else(|| anyhow::anyhow!("{} does not resolve to an address", w.cfg.gate))?;
+            .ok_or_else(|| anyhow::anyhow!("{} does not resolve to an address", w.pipe.cfg.gate))?;
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -164,10 +163,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let Trouble { limiter, alarm } = trouble;
     w.connections += 1;
     let connection = w.connections;
-    let key = w.cfg.auth.as_ref().map(|a| {
+    let key = w.pipe.cfg.auth.as_ref().map(|a| {
         let id = ConnectionId {
             node,
-            pipe: &w.cfg.name,
+            pipe: &w.pipe.cfg.name,
             session: session_id,
             connection,
             key_id: a.key.id,
@@ -177,24 +176,29 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         node: node.to_owned(),
-        pipe: w.cfg.name.clone(),
+        pipe: w.pipe.cfg.name.clone(),
         session_id,
         connection,
-        profile: w.profile.summary(),
-        auth: w.cfg.auth.as_ref().map(|a| HelloAuth {
+        profile: w.pipe.cfg.profile.summary(),
+        auth: w.pipe.cfg.auth.as_ref().map(|a| HelloAuth {
             key_id: a.key.id,
             protection: a.protection,
         }),
     };
-    let mut s = SenderSession::new(&w.profile, &hello, Instant::now(), key);
-    let write_timeout = w.profile.ack_timeout.max(w.profile.handshake_timeout);
+    let mut s = SenderSession::new(&w.pipe.cfg.profile, &hello, Instant::now(), key);
+    let write_timeout = w
+        .pipe
+        .cfg
+        .profile
+        .ack_timeout
+        .max(w.pipe.cfg.profile.handshake_timeout);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut replies = [0u8; 4096];
     let mut accepted = false;
-    let mut pacer = Pacer::new(w.profile.rate_limit_mbit);
+    let mut pacer = Pacer::new(w.pipe.cfg.profile.rate_limit_mbit);
     // A frame built ahead (its payload in `w.buf`), sent as soon as the window allows.
     let mut prepared: Option<(FrameKind, u64, u64)> = None;
-    let (pipe, gate) = (w.cfg.name.clone(), w.cfg.gate.clone());
+    let (pipe, gate) = (w.pipe.cfg.name.clone(), w.pipe.cfg.gate.clone());
     // Logs a failure (different causes each, repeats of one rate-limited) and returns it for
     // the pipe's alarm.
     let warn = |what: &str, detail: String| {
@@ -231,8 +235,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             match &ev {
                 SenderEvent::HandshakeAccepted => {
                     accepted = true;
-                    w.stats.connected.store(1, Relaxed);
-                    tracing::info!(pipe = %w.cfg.name, gate = %w.cfg.gate, session = session_id, queued = w.depth(), "connected");
+                    w.pipe.stats.connected.store(1, Relaxed);
+                    tracing::info!(pipe = %w.pipe.cfg.name, gate = %w.pipe.cfg.gate, session = session_id, queued = w.depth(), "connected");
                 }
                 SenderEvent::TimedOut(info) => alarm.failure(warn(
                     "no answer within the ack timeout",
@@ -349,13 +353,25 @@ fn report_alarm(ev: Option<AlarmEvent>, w: &PipeWorker, cleared: &str) {
         Some(ev @ AlarmEvent::Raised { .. }) => {
             let what = format!(
                 "the pipe has delivered nothing for alarm_after ({}) while {} file(s) wait; act on the cause",
-                alarm::seconds(w.cfg.alarm_after),
+                alarm::seconds(w.pipe.cfg.alarm_after),
                 w.depth()
             );
-            alarm::log_raised("not_delivering", &w.cfg.name, &w.cfg.gate, &ev, &what);
+            alarm::log_raised(
+                "not_delivering",
+                &w.pipe.cfg.name,
+                &w.pipe.cfg.gate,
+                &ev,
+                &what,
+            );
         }
         Some(ev @ AlarmEvent::Cleared { .. }) => {
-            alarm::log_cleared("not_delivering", &w.cfg.name, &w.cfg.gate, &ev, cleared);
+            alarm::log_cleared(
+                "not_delivering",
+                &w.pipe.cfg.name,
+                &w.pipe.cfg.gate,
+                &ev,
+                cleared,
+            );
         }
         None => {}
     }
@@ -383,7 +399,7 @@ async fn send<W: AsyncWrite + Unpin>(
         Ok((_, true)) => &w.buf,
         Ok((_, false)) => &[],
         Err(e) => {
-            tracing::error!(pipe = %w.cfg.name, error = %e, "internal: a frame did not fit the session");
+            tracing::error!(pipe = %w.pipe.cfg.name, error = %e, "internal: a frame did not fit the session");
             return Err(format!("internal: {e}"));
         }
     };

@@ -20,7 +20,7 @@ use gapsync_protocol::udp::{Announce, End};
 use gapsync_protocol::{DIGEST_LEN, encode_body};
 
 use super::emitter::{Emitter, SymbolOut};
-use crate::source::spool::identity::Identity;
+use crate::source::identity::Identity;
 
 /// Symbols handed to the emitter at a time (it cuts them into its own send batches).
 const BATCH: usize = 64;

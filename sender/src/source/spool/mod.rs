@@ -23,12 +23,13 @@ use tokio::sync::mpsc;
 
 pub mod after_send;
 pub mod config;
-pub mod identity;
 pub mod ignore;
 pub mod lease;
+mod object;
 mod watch;
 
 use self::ignore::IgnoreRule;
+pub use self::object::{SpoolSource, move_file};
 use self::watch::{Change, Watch};
 use super::SourceEvent;
 use crate::pipe::PipeStats;

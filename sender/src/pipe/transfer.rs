@@ -9,7 +9,7 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use gapsync_protocol::{Commit, FrameKind, OpenFile, encode_body};
 
-use crate::source::spool::identity::Identity;
+use crate::source::identity::Identity;
 
 /// Modification time in nanoseconds since the Unix epoch (0 when unknown).
 pub fn mtime_ns(meta: &Metadata) -> i64 {
