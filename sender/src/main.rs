@@ -109,6 +109,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     let mut summary = summary::Summary::new(config.log_time);
+    // What the control socket will serve (status, stop, start); for now read at shutdown.
+    let mut handles: Vec<pipe::status::PipeHandle> = Vec::new();
     for pc in &config.pipes {
         let stats = Arc::new(PipeStats::default());
         let source = source::build(pc, stats.clone());
@@ -123,6 +125,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let rx = pipe
             .start_source()
             .with_context(|| format!("pipe {}: cannot start its source", pc.name))?;
+        handles.push(pipe.handle());
         tasks.push(link::start(
             pipe,
             &config.node,
@@ -163,5 +166,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = t.await;
     }
     summary.log();
+    for h in &handles {
+        let st = h.status();
+        tracing::info!(pipe = %st.name, link = st.link, queued = st.queued_objects, queued_bytes = st.queued_bytes, delivered = st.delivered_objects, quarantined = st.quarantined, "pipe stopped");
+    }
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod batch;
 pub mod inflight;
 pub mod sent_log;
 pub mod stats;
+pub mod status;
 pub mod transfer;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -28,11 +29,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use gapsync_protocol::LinkKind;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use self::inflight::{InFlight, InFlightStore};
 use self::sent_log::{SentEntry, SentLog};
 pub use self::stats::PipeStats;
+use self::status::PipeHandle;
 use self::transfer::mtime_ns;
 use crate::config::PipeConfig;
 use crate::source::identity::Identity;
@@ -56,7 +58,7 @@ pub struct Taken {
 /// What [`Pipe::take`] did with a queued key.
 #[derive(Debug)]
 pub enum Take {
-    Taken(Taken),
+    Taken(Box<Taken>),
     /// Not to be sent now (busy, gone, quarantined): go on with the next.
     Skipped,
     /// Nothing can be taken now (descriptors, state folder): the key is queued again.
@@ -86,6 +88,9 @@ pub struct Pipe {
     /// When the source last reported a new object.
     last_found: Option<Instant>,
     pub stats: Arc<PipeStats>,
+    /// The pipe's "running" flag: false while stopped (see [`PipeHandle::pause`]).
+    running: watch::Receiver<bool>,
+    running_tx: Arc<watch::Sender<bool>>,
 }
 
 impl Pipe {
@@ -107,6 +112,7 @@ impl Pipe {
             LinkKind::Udp => Some(SentLog::open(&cfg.state_dir)?),
             LinkKind::Tcp | LinkKind::Tls => None,
         };
+        let (running_tx, running) = watch::channel(true);
         Ok(Self {
             cfg,
             source,
@@ -122,7 +128,24 @@ impl Pipe {
             short_of_descriptors: false,
             last_found: None,
             stats,
+            running,
+            running_tx: Arc::new(running_tx),
         })
+    }
+
+    /// The handle the control socket keeps: status, stop and start.
+    pub fn handle(&self) -> PipeHandle {
+        PipeHandle::new(&self.cfg, self.stats.clone(), self.running_tx.clone())
+    }
+
+    /// The pipe's "running" flag, for a link to wait on.
+    pub fn running(&self) -> watch::Receiver<bool> {
+        self.running.clone()
+    }
+
+    /// Whether the pipe may send (not stopped).
+    pub fn is_running(&self) -> bool {
+        *self.running.borrow()
     }
 
     /// Starts the source; what it finds comes on the returned channel.
@@ -145,6 +168,7 @@ impl Pipe {
             }
             SourceEvent::BadName { path, reason } => {
                 self.stats.quarantined.fetch_add(1, Relaxed);
+                (self.stats).failed(format!("file quarantined: {reason}"));
                 self.source.reject(&path, &reason);
             }
         }
@@ -168,6 +192,7 @@ impl Pipe {
     /// Queues `key` of `size` bytes (at the front: it goes next).
     fn queue(&mut self, key: String, size: u64, front: bool) {
         self.pending_bytes += size;
+        self.stats.queued_bytes.store(self.pending_bytes, Relaxed);
         if front {
             self.pending.push_front((key, size));
         } else {
@@ -186,6 +211,7 @@ impl Pipe {
         self.release_cooled();
         let (key, size) = self.pending.pop_front()?;
         self.pending_bytes -= size;
+        self.stats.queued_bytes.store(self.pending_bytes, Relaxed);
         Some(key)
     }
 
@@ -193,7 +219,7 @@ impl Pipe {
     pub fn take_next(&mut self) -> Option<Taken> {
         while let Some(key) = self.dequeue() {
             match self.take(key) {
-                Take::Taken(t) => return Some(t),
+                Take::Taken(t) => return Some(*t),
                 Take::Skipped => {}
                 Take::Wait => return None,
             }
@@ -231,20 +257,21 @@ impl Pipe {
         };
         if let Err(e) = self.store.put(record) {
             tracing::error!(pipe = %self.cfg.name, path = %key, error = %e, "cannot write the in-flight record to the state folder; not sending until it can be written");
+            (self.stats).failed(format!("cannot write the in-flight record: {e}"));
             self.requeue(key, true);
             return Take::Wait;
         }
         if acked > 0 {
             tracing::info!(pipe = %self.cfg.name, path = %key, transfer = %format!("{id:016x}"), resume_at = acked, "resuming a transfer from before the restart");
         }
-        Take::Taken(Taken {
+        Take::Taken(Box::new(Taken {
             key,
             file: opened.file,
             meta: opened.meta,
             reopen: opened.reopen,
             id,
             acked,
-        })
+        }))
     }
 
     /// Why `key` could not be opened, and what that means for it.
@@ -285,6 +312,7 @@ impl Pipe {
             Ok(id) => Some((id, 0)),
             Err(e) => {
                 tracing::error!(pipe = %self.cfg.name, error = %e, "cannot advance the session counter in the state folder; not sending until it can be written");
+                (self.stats).failed(format!("cannot advance the session counter: {e}"));
                 None
             }
         }
@@ -352,12 +380,14 @@ impl Pipe {
         self.forget(key);
         self.failures.remove(key);
         self.stats.quarantined.fetch_add(1, Relaxed);
+        (self.stats).failed(format!("file quarantined: {key}: {reason}"));
         self.source.settle(key, Outcome::Quarantine(reason));
     }
 
     /// Says at WARN, once per shortage, that objects wait for descriptors.
     pub fn out_of_descriptors(&mut self, key: &str, e: &io::Error) {
         if !std::mem::replace(&mut self.short_of_descriptors, true) {
+            (self.stats).warned(format!("cannot open files for lack of descriptors: {e}"));
             tracing::warn!(pipe = %self.cfg.name, path = %key, error = %e, "cannot open a file for lack of descriptors; files wait in the queue until transfers in flight close theirs (raise LimitNOFILE)");
         }
     }
@@ -373,8 +403,7 @@ impl Pipe {
         mtime_ns: i64,
         ident: &Identity,
     ) -> &'static str {
-        self.stats.files.fetch_add(1, Relaxed);
-        self.stats.bytes.fetch_add(size, Relaxed);
+        self.stats.delivered(size);
         self.failures.remove(key);
         let (words, changed) = self.after_send(key, ident);
         // A file that changed after it was sent is not what the receiver got: no entry, so
@@ -404,6 +433,7 @@ impl Pipe {
             Disposal::Done(done) => done,
             Disposal::Gone => "already gone",
             Disposal::Changed(what) => {
+                (self.stats).warned(format!("{key} changed after it was sent: {what}"));
                 tracing::warn!(pipe = %name, path = %key, changed = %what, "the file changed after it was sent: kept in its source; its new content is sent again as a new version once it has settled");
                 self.requeue_changed(key.to_owned());
                 return (
@@ -416,6 +446,7 @@ impl Pipe {
                 "kept: open for writing; sent again once closed"
             }
             Disposal::Failed(e) => {
+                (self.stats).failed(format!("{key}: sent, but not deleted or moved: {e}"));
                 tracing::error!(pipe = %name, path = %key, error = %e, "sent, but the source could not delete or move the file; remove it by hand or it will be offered again (the receiver will not land it twice while its transfer id is remembered)");
                 "left in spool"
             }

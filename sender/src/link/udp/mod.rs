@@ -26,7 +26,6 @@ use tokio::sync::{mpsc, watch};
 
 use self::emitter::{Emitter, Identity};
 use self::object::{Object, Sent, Stream};
-use crate::config::PipeConfig;
 use crate::pipe::{Pipe, Taken};
 use crate::source::SourceEvent;
 use crate::source::identity::Identity as Version;
@@ -78,15 +77,20 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
             }
         }
         d.pipe.housekeeping();
+        if !d.pipe.is_running() {
+            // Stopped: between groups of blocks; what is in flight stays in the stream.
+            d.idle(&mut e);
+            continue;
+        }
         d.top_up(&mut stream, &e);
         let queued = d.pipe.queued() + stream.len();
         d.pipe.stats.queued.store(queued as u64, Relaxed);
         d.pipe.stats.in_flight.store(stream.len() as u64, Relaxed);
-        report_alarm(alarm.poll(Instant::now(), queued > 0), &d.pipe.cfg);
+        report_alarm(alarm.poll(Instant::now(), queued > 0), &d.pipe);
         if stream.len() > 0 {
             match stream.send_group(&mut e) {
                 Ok(done) => {
-                    report_alarm(alarm.ok(Instant::now(), false), &d.pipe.cfg);
+                    report_alarm(alarm.ok(Instant::now(), false), &d.pipe);
                     done.into_iter().for_each(|s| d.sent(s));
                 }
                 Err(err) => {
@@ -95,6 +99,7 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
                     if let Some(suppressed) = limiter.check(&key, Instant::now()) {
                         tracing::warn!(pipe = %d.pipe.cfg.name, error = %err, suppressed, "sending failed (socket or file error); the files in flight are sent again from the start");
                     }
+                    d.pipe.stats.warned(cause.clone());
                     alarm.failure(cause);
                     d.requeue_all(std::mem::take(&mut stream));
                     std::thread::sleep(RETRY);
@@ -102,11 +107,7 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
             }
             continue;
         }
-        if let Err(err) = e.due_controls(Instant::now()) {
-            tracing::warn!(pipe = %d.pipe.cfg.name, error = %err, "cannot send a control datagram");
-        }
-        let wait = e.next_due().saturating_duration_since(Instant::now());
-        std::thread::sleep(wait.min(IDLE_POLL));
+        d.idle(&mut e);
     }
     if stream.len() > 0 {
         tracing::info!(pipe = %d.pipe.cfg.name, in_flight = stream.len(), "stopped with files in flight; they are sent again under the same ids at the next start");
@@ -114,13 +115,15 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
 }
 
 /// Logs what the pipe's alarm says (see [`Alarm`]).
-fn report_alarm(ev: Option<AlarmEvent>, cfg: &PipeConfig) {
+fn report_alarm(ev: Option<AlarmEvent>, pipe: &Pipe) {
+    let cfg = &pipe.cfg;
     match ev {
         Some(ev @ AlarmEvent::Raised { .. }) => {
             let what = format!(
                 "no datagram could leave this host for alarm_after ({}) while files wait; act on the cause",
                 alarm::seconds(cfg.alarm_after)
             );
+            pipe.stats.failed(what.clone());
             alarm::log_raised("not_sending", &cfg.name, &cfg.gate, &ev, &what);
         }
         Some(ev @ AlarmEvent::Cleared { .. }) => {
@@ -137,6 +140,15 @@ fn report_alarm(ev: Option<AlarmEvent>, cfg: &PipeConfig) {
 }
 
 impl Driver {
+    /// Nothing to send now: the controls and heartbeats that are due, then a short sleep.
+    fn idle(&self, e: &mut Emitter) {
+        if let Err(err) = e.due_controls(Instant::now()) {
+            tracing::warn!(pipe = %self.pipe.cfg.name, error = %err, "cannot send a control datagram");
+        }
+        let wait = e.next_due().saturating_duration_since(Instant::now());
+        std::thread::sleep(wait.min(IDLE_POLL));
+    }
+
     fn resolve(&self) -> Option<SocketAddr> {
         let cfg = &self.pipe.cfg;
         loop {
