@@ -12,7 +12,7 @@ use gapsync_protocol::crypto::Protection;
 use gapsync_protocol::{LinkKind, Profile, RawProfile};
 use serde::Deserialize;
 
-use crate::source::spool::config::{AfterSend, RawSpool, SpoolSettings};
+use crate::source::spool::config::{AfterSend, RawSpool};
 use crate::source::{SourceConfig, SourceContext, SourceSettings};
 
 /// Default for `summary_interval`.
@@ -160,15 +160,6 @@ pub struct PipeConfig {
     pub tls: Option<SenderTls>,
     /// Files waiting and nothing delivered this long raises the pipe's alarm.
     pub alarm_after: Duration,
-}
-
-impl PipeConfig {
-    /// The pipe's spool (the only source kind so far).
-    pub fn spool(&self) -> &SpoolSettings {
-        match &self.source {
-            SourceSettings::Spool(s) => s,
-        }
-    }
 }
 
 /// A checked sender config.
@@ -505,7 +496,7 @@ mod tests {
             "[[pipe]]\nname = \"p\"\ngate = \"h:1\"\nspool = \"spool\"\nafter_send = \"move\"\nsettle = \"3s\"\n",
         );
         for c in [table.expect("table form"), flat.expect("flat form")] {
-            let s = c.pipes[0].spool();
+            let s = c.pipes[0].source.spool().expect("a spool");
             assert!(s.path.ends_with("spool"));
             assert_eq!(s.after_send, AfterSend::Move);
             assert_eq!(s.settle, Duration::from_secs(3));
@@ -558,8 +549,8 @@ mod tests {
             (Some(LinkKind::Tcp), LinkKind::Udp)
         );
         assert_eq!(
-            u.spool().after_send,
-            AfterSend::Move,
+            u.source.spool().map(|s| s.after_send),
+            Some(AfterSend::Move),
             "a diode keeps what it sent"
         );
         assert!(!u.forward_received && u.processors.is_some() && u.schedule.is_some());

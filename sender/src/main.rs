@@ -110,7 +110,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     let mut summary = summary::Summary::new(config.log_time);
     // What the control socket will serve (status, stop, start); for now read at shutdown.
-    let mut handles: Vec<pipe::status::PipeHandle> = Vec::new();
+    let mut handles = Vec::new();
     for pc in &config.pipes {
         let stats = Arc::new(PipeStats::default());
         let source = source::build(pc, stats.clone());
@@ -126,15 +126,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .start_source()
             .with_context(|| format!("pipe {}: cannot start its source", pc.name))?;
         handles.push(pipe.handle());
-        tasks.push(link::start(
-            pipe,
-            &config.node,
-            session,
-            rx,
-            stop_rx.clone(),
-        ));
+        let stop = stop_rx.clone();
+        tasks.push(link::start(pipe, &config.node, session, rx, stop));
         summary.add(&pc.name, stats, &pc.state_dir);
     }
+    log_started(&config, session);
+    gapsync_daemon::notify_ready();
+    gapsync_daemon::cli::until_shutdown(config.summary_interval, || {
+        tokio::task::block_in_place(|| summary.log());
+    })
+    .await?;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    summary.log();
+    log_stopped(&handles);
+    Ok(())
+}
+
+/// The `started` line, and one line per pipe with what it runs and what to watch.
+fn log_started(config: &Config, session: u64) {
     let profile = config
         .profile
         .as_ref()
@@ -156,19 +168,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    gapsync_daemon::notify_ready();
-    gapsync_daemon::cli::until_shutdown(config.summary_interval, || {
-        tokio::task::block_in_place(|| summary.log());
-    })
-    .await?;
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
-    summary.log();
-    for h in &handles {
+}
+
+/// One line per pipe at shutdown, from its status.
+fn log_stopped(handles: &[pipe::status::PipeHandle]) {
+    for h in handles {
         let st = h.status();
         tracing::info!(pipe = %st.name, link = st.link, queued = st.queued_objects, queued_bytes = st.queued_bytes, delivered = st.delivered_objects, quarantined = st.quarantined, "pipe stopped");
     }
-    Ok(())
 }

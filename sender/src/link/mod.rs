@@ -5,6 +5,8 @@
 //! a data diode.
 
 pub mod tcp;
+#[cfg(test)]
+mod tests;
 pub mod udp;
 
 use gapsync_protocol::LinkKind;

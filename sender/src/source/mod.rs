@@ -110,6 +110,15 @@ pub enum SourceSettings {
     Spool(SpoolSettings),
 }
 
+impl SourceSettings {
+    /// The spool, for a pipe whose source is one (`gapsync-sender resend`).
+    pub fn spool(&self) -> Option<&SpoolSettings> {
+        match self {
+            SourceSettings::Spool(s) => Some(s),
+        }
+    }
+}
+
 impl SourceConfig {
     /// Checks the source's keys, pushing every problem; `None` when it cannot be built.
     pub fn check(

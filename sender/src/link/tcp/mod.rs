@@ -20,6 +20,7 @@ use crate::pipe::batch::PipeWorker;
 use crate::source::SourceEvent;
 
 /// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
 enum Ended {
     Shutdown,
     /// Failed; `accepted` says whether the handshake had succeeded.
@@ -46,10 +47,8 @@ pub async fn run(
         limiter: RateLimiter::new(Duration::from_secs(60)),
         alarm: Alarm::new(w.pipe.cfg.alarm_after),
     };
-    let (min, max) = (
-        w.pipe.cfg.profile.reconnect_backoff_min,
-        w.pipe.cfg.profile.reconnect_backoff_max,
-    );
+    let profile = &w.pipe.cfg.profile;
+    let (min, max) = (profile.reconnect_backoff_min, profile.reconnect_backoff_max);
     let mut backoff = min;
     loop {
         let connected = tokio::select! {
@@ -77,31 +76,39 @@ pub async fn run(
                 }
                 w.pipe.stats.reconnects.fetch_add(1, Relaxed);
             }
-            Err(e) => {
-                let key = ratelimit::key("connect", &ratelimit::without_digits(&format!("{e:#}")));
-                if let Some(suppressed) = trouble.limiter.check(&key, Instant::now()) {
-                    tracing::warn!(pipe = %w.pipe.cfg.name, gate = %w.pipe.cfg.gate, error = %format!("{e:#}"), retry_in = %humantime::format_duration(backoff), suppressed, "cannot connect to the gate");
-                }
-                let cause = format!("cannot connect to the gate: {e:#}");
-                w.pipe.stats.warned(cause.clone());
-                trouble.alarm.failure(cause);
-            }
+            Err(e) => trouble.cannot_connect(&w, &e, backoff),
         }
         let until = tokio::time::Instant::now() + backoff;
-        loop {
-            poll_alarm(&mut trouble.alarm, &w);
-            let wake = alarm_wake(&trouble.alarm, until);
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => break,
-                _ = tokio::time::sleep_until(wake), if wake < until => {}
-                ev = rx.recv() => match ev {
-                    Some(ev) => w.on_source(ev),
-                    None => return,
-                },
-                _ = shutdown.changed() => return,
-            }
+        if back_off(&mut w, &mut trouble, until, &mut rx, &mut shutdown).await
+            == Some(Ended::Shutdown)
+        {
+            return;
         }
         backoff = (backoff * 2).min(max);
+    }
+}
+
+/// Waits until `until` before the next connection, taking what the source finds and saying
+/// the alarm when it is due; `Some(Shutdown)` when the daemon stops meanwhile.
+async fn back_off(
+    w: &mut PipeWorker,
+    trouble: &mut Trouble,
+    until: tokio::time::Instant,
+    rx: &mut mpsc::Receiver<SourceEvent>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Ended> {
+    loop {
+        poll_alarm(&mut trouble.alarm, w);
+        let wake = alarm_wake(&trouble.alarm, until);
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return None,
+            _ = tokio::time::sleep_until(wake), if wake < until => {}
+            ev = rx.recv() => match ev {
+                Some(ev) => w.on_source(ev),
+                None => return Some(Ended::Shutdown),
+            },
+            _ = shutdown.changed() => return Some(Ended::Shutdown),
+        }
     }
 }
 
@@ -395,6 +402,18 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
 }
 
 impl Trouble {
+    /// Says (rate-limited) that the gate cannot be reached, and keeps it for the alarm.
+    fn cannot_connect(&mut self, w: &PipeWorker, e: &anyhow::Error, backoff: Duration) {
+        let cfg = &w.pipe.cfg;
+        let key = ratelimit::key("connect", &ratelimit::without_digits(&format!("{e:#}")));
+        if let Some(suppressed) = self.limiter.check(&key, Instant::now()) {
+            tracing::warn!(pipe = %cfg.name, gate = %cfg.gate, error = %format!("{e:#}"), retry_in = %humantime::format_duration(backoff), suppressed, "cannot connect to the gate");
+        }
+        let cause = format!("cannot connect to the gate: {e:#}");
+        w.pipe.stats.warned(cause.clone());
+        self.alarm.failure(cause);
+    }
+
     /// Logs a failure (different causes each, repeats of one rate-limited), keeps it for the
     /// pipe's status, and gives it to the pipe's alarm.
     fn fail(&mut self, w: &PipeWorker, what: &str, detail: String) {

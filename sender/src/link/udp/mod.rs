@@ -79,13 +79,12 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
         d.pipe.housekeeping();
         if !d.pipe.is_running() {
             // Stopped: between groups of blocks; what is in flight stays in the stream.
+            d.count(&stream);
             d.idle(&mut e);
             continue;
         }
         d.top_up(&mut stream, &e);
-        let queued = d.pipe.queued() + stream.len();
-        d.pipe.stats.queued.store(queued as u64, Relaxed);
-        d.pipe.stats.in_flight.store(stream.len() as u64, Relaxed);
+        let queued = d.count(&stream);
         report_alarm(alarm.poll(Instant::now(), queued > 0), &d.pipe);
         if stream.len() > 0 {
             match stream.send_group(&mut e) {
@@ -94,13 +93,7 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
                     done.into_iter().for_each(|s| d.sent(s));
                 }
                 Err(err) => {
-                    let cause = format!("sending failed (socket or file error): {err}");
-                    let key = ratelimit::key("send", &ratelimit::without_digits(&cause));
-                    if let Some(suppressed) = limiter.check(&key, Instant::now()) {
-                        tracing::warn!(pipe = %d.pipe.cfg.name, error = %err, suppressed, "sending failed (socket or file error); the files in flight are sent again from the start");
-                    }
-                    d.pipe.stats.warned(cause.clone());
-                    alarm.failure(cause);
+                    alarm.failure(d.send_failed(&err, &limiter));
                     d.requeue_all(std::mem::take(&mut stream));
                     std::thread::sleep(RETRY);
                 }
@@ -140,6 +133,28 @@ fn report_alarm(ev: Option<AlarmEvent>, pipe: &Pipe) {
 }
 
 impl Driver {
+    /// Publishes the queue and in-flight counts; returns the objects waiting.
+    fn count(&self, stream: &Stream) -> usize {
+        let queued = self.pipe.queued() + stream.len();
+        self.pipe.stats.queued.store(queued as u64, Relaxed);
+        self.pipe
+            .stats
+            .in_flight
+            .store(stream.len() as u64, Relaxed);
+        queued
+    }
+
+    /// Says (rate-limited) that sending failed; returns the cause for the alarm.
+    fn send_failed(&self, err: &std::io::Error, limiter: &RateLimiter) -> String {
+        let cause = format!("sending failed (socket or file error): {err}");
+        let key = ratelimit::key("send", &ratelimit::without_digits(&cause));
+        if let Some(suppressed) = limiter.check(&key, Instant::now()) {
+            tracing::warn!(pipe = %self.pipe.cfg.name, error = %err, suppressed, "sending failed (socket or file error); the files in flight are sent again from the start");
+        }
+        self.pipe.stats.warned(cause.clone());
+        cause
+    }
+
     /// Nothing to send now: the controls and heartbeats that are due, then a short sleep.
     fn idle(&self, e: &mut Emitter) {
         if let Err(err) = e.due_controls(Instant::now()) {
