@@ -44,6 +44,16 @@ const PARTIAL_FRAME_QUIET: std::time::Duration = std::time::Duration::from_milli
 /// frame's last bytes are not spent on a sliver of a large file.
 const MIN_DATA_RECORD: usize = 64 << 10;
 
+/// What [`PipeWorker::next_record`] did, for the loop that fills a frame.
+enum Next {
+    /// The frame is full (or must end here).
+    Stop,
+    /// This transfer has nothing more for now: look at the next one.
+    Skip,
+    /// Look at the same place again (a record was added, or the transfer left).
+    Again,
+}
+
 /// One record of a frame in flight, to credit its transfer when the frame is answered.
 #[derive(Debug, Clone, Copy)]
 struct Record {
@@ -135,98 +145,7 @@ impl PipeWorker {
     /// `max_payload` bytes, its payload in `self.buf`; `None` when nothing is ready.
     pub fn next_frame(&mut self, max_payload: usize) -> Option<(FrameKind, u64, u64)> {
         self.buf.clear();
-        let mut records = Vec::new();
-        // Everything before `idx` is fully sent, at every step of the loop.
-        let mut idx = self.first_unsent;
-        loop {
-            // The next transfer with records left, starting new ones while there is room.
-            while idx < self.active.len() && self.active[idx].fully_sent() {
-                idx += 1;
-            }
-            if idx == self.active.len()
-                && (self.active.len() >= self.max_active() || self.activate().is_none())
-            {
-                break;
-            }
-            let t = &self.active[idx];
-            // A transfer under suspicion after a refused batch travels alone, so that the
-            // receiver's answer names it.
-            if !records.is_empty() && self.solo.contains(&t.id) {
-                break;
-            }
-            let Some((kind, body)) = t.next_kind() else {
-                idx += 1;
-                continue;
-            };
-            let room = max_payload.saturating_sub(self.buf.len() + RECORD_HEADER_LEN);
-            let fits = match kind {
-                // An empty frame takes whatever data fits (profiles with small frames).
-                FrameKind::Data => {
-                    room >= (MIN_DATA_RECORD as u64).min(t.unsent()) as usize
-                        || (records.is_empty() && room > 0)
-                }
-                _ => room >= body,
-            };
-            if !fits && records.is_empty() {
-                // Not even alone in a frame: the name is too long for this profile's frames.
-                let t = self.remove_active(idx);
-                self.forget_transfer(&t);
-                let reason = format!(
-                    "its Open ({body} bytes with the name) does not fit in a frame of this profile (max_frame_bytes {}); shorten the name or use larger frames",
-                    max_payload + gapsync_protocol::HEADER_LEN
-                );
-                self.quarantine(&t.rel, &reason);
-                continue;
-            }
-            if !fits {
-                break;
-            }
-            if kind == FrameKind::Commit && !t.unchanged() {
-                let t = self.remove_active(idx);
-                tracing::warn!(pipe = %self.pipe.cfg.name, path = %t.rel, "the file changed while it was sent; sending it again as a new version");
-                self.forget_transfer(&t);
-                self.pipe.requeue_changed(t.rel);
-                self.update_depth();
-                continue;
-            }
-            let start = self.buf.len();
-            self.buf.resize(start + RECORD_HEADER_LEN, 0);
-            let t = &mut self.active[idx];
-            match t.next_frame(room, &mut self.buf) {
-                Ok(Some((kind, offset))) => {
-                    let len = finish_record(&mut self.buf, start, kind, t.id, offset)
-                        .unwrap_or_else(|| unreachable!("a record within max_payload"));
-                    if kind == FrameKind::Data {
-                        self.pipe
-                            .stats
-                            .wire_bytes
-                            .fetch_add(u64::from(len), Relaxed);
-                    }
-                    records.push(Record {
-                        kind,
-                        transfer: t.id,
-                        offset,
-                        len,
-                    });
-                    if self.solo.contains(&t.id) {
-                        // Alone in its frame: nothing of another transfer follows.
-                        if t.fully_sent() {
-                            break;
-                        }
-                    }
-                }
-                Ok(None) => {
-                    self.buf.truncate(start);
-                    idx += 1;
-                }
-                Err(e) => {
-                    self.buf.truncate(start);
-                    let t = self.remove_active(idx);
-                    self.read_failed(t, e);
-                }
-            }
-        }
-        self.first_unsent = idx;
+        let records = self.fill_records(max_payload);
         if records.is_empty() {
             return None;
         }
@@ -247,6 +166,115 @@ impl PipeWorker {
         }
         self.in_flight.push_back(records);
         Some((FrameKind::Batch, 0, 0))
+    }
+
+    /// Puts records of the active transfers (starting new ones while there is room) into
+    /// `self.buf` until the frame is full; returns them.
+    fn fill_records(&mut self, max_payload: usize) -> Vec<Record> {
+        let mut records = Vec::new();
+        // Everything before `idx` is fully sent, at every step of the loop.
+        let mut idx = self.first_unsent;
+        loop {
+            // The next transfer with records left, starting new ones while there is room.
+            while idx < self.active.len() && self.active[idx].fully_sent() {
+                idx += 1;
+            }
+            if idx == self.active.len()
+                && (self.active.len() >= self.max_active() || self.activate().is_none())
+            {
+                break;
+            }
+            match self.next_record(idx, &mut records, max_payload) {
+                Next::Stop => break,
+                Next::Skip => idx += 1,
+                Next::Again => {}
+            }
+        }
+        self.first_unsent = idx;
+        records
+    }
+
+    /// Adds the next record of active transfer `idx` if it belongs in this frame.
+    fn next_record(&mut self, idx: usize, records: &mut Vec<Record>, max_payload: usize) -> Next {
+        let t = &self.active[idx];
+        // A transfer under suspicion after a refused batch travels alone, so that the
+        // receiver's answer names it.
+        if !records.is_empty() && self.solo.contains(&t.id) {
+            return Next::Stop;
+        }
+        let Some((kind, body)) = t.next_kind() else {
+            return Next::Skip;
+        };
+        let room = max_payload.saturating_sub(self.buf.len() + RECORD_HEADER_LEN);
+        let fits = match kind {
+            // An empty frame takes whatever data fits (profiles with small frames).
+            FrameKind::Data => {
+                room >= (MIN_DATA_RECORD as u64).min(t.unsent()) as usize
+                    || (records.is_empty() && room > 0)
+            }
+            _ => room >= body,
+        };
+        if !fits && records.is_empty() {
+            // Not even alone in a frame: the name is too long for this profile's frames.
+            let t = self.remove_active(idx);
+            self.forget_transfer(&t);
+            let reason = format!(
+                "its Open ({body} bytes with the name) does not fit in a frame of this profile (max_frame_bytes {}); shorten the name or use larger frames",
+                max_payload + gapsync_protocol::HEADER_LEN
+            );
+            self.quarantine(&t.rel, &reason);
+            return Next::Again;
+        }
+        if !fits {
+            return Next::Stop;
+        }
+        if kind == FrameKind::Commit && !t.unchanged() {
+            let t = self.remove_active(idx);
+            tracing::warn!(pipe = %self.pipe.cfg.name, path = %t.rel, "the file changed while it was sent; sending it again as a new version");
+            self.forget_transfer(&t);
+            self.pipe.requeue_changed(t.rel);
+            self.update_depth();
+            return Next::Again;
+        }
+        self.write_record(idx, room, records)
+    }
+
+    /// Reads the next record of active transfer `idx` (at most `room` bytes) into `self.buf`.
+    fn write_record(&mut self, idx: usize, room: usize, records: &mut Vec<Record>) -> Next {
+        let start = self.buf.len();
+        self.buf.resize(start + RECORD_HEADER_LEN, 0);
+        let t = &mut self.active[idx];
+        match t.next_frame(room, &mut self.buf) {
+            Ok(Some((kind, offset))) => {
+                let len = finish_record(&mut self.buf, start, kind, t.id, offset)
+                    .unwrap_or_else(|| unreachable!("a record within max_payload"));
+                if kind == FrameKind::Data {
+                    let wire = &self.pipe.stats.wire_bytes;
+                    wire.fetch_add(u64::from(len), Relaxed);
+                }
+                records.push(Record {
+                    kind,
+                    transfer: t.id,
+                    offset,
+                    len,
+                });
+                // Alone in its frame: nothing of another transfer follows.
+                if self.solo.contains(&t.id) && t.fully_sent() {
+                    return Next::Stop;
+                }
+                Next::Again
+            }
+            Ok(None) => {
+                self.buf.truncate(start);
+                Next::Skip
+            }
+            Err(e) => {
+                self.buf.truncate(start);
+                let t = self.remove_active(idx);
+                self.read_failed(t, e);
+                Next::Again
+            }
+        }
     }
 
     fn max_active(&self) -> usize {
