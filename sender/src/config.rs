@@ -12,16 +12,13 @@ use gapsync_protocol::crypto::Protection;
 use gapsync_protocol::{LinkKind, Profile, RawProfile};
 use serde::Deserialize;
 
-use crate::source::ignore::IgnoreRule;
+use crate::source::spool::config::{AfterSend, RawSpool};
+use crate::source::{SourceConfig, SourceContext, SourceSettings};
 
 /// Default for `summary_interval`.
 pub const DEFAULT_SUMMARY: Duration = Duration::from_secs(60);
 /// Default for a pipe's `max_attempts`.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-/// Default for a pipe's `settle`: how long a file must be unchanged before a scan takes it.
-pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
-/// Default for a pipe's `poll_interval`.
-pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 /// Default for a pipe's `alarm_after`: files waiting and nothing delivered this long is an ERROR.
 pub const DEFAULT_ALARM_AFTER: Duration = Duration::from_secs(300);
 
@@ -61,19 +58,25 @@ pub struct SenderTls {
 #[derive(Debug, Deserialize)]
 pub struct RawPipe {
     pub name: Option<String>,
-    pub spool: Option<PathBuf>,
+    /// This pipe's hardware profile (its link kind, frames, window); default: the top-level one.
+    pub profile: Option<String>,
+    /// Wins over the top-level `[profile_overrides]` for this pipe.
+    pub profile_overrides: Option<RawProfile>,
     pub gate: Option<String>,
-    pub after_send: Option<AfterSend>,
-    pub sent_dir: Option<PathBuf>,
+    /// Where the pipe's objects come from: `{ type = "spool", path = "...", ... }`.
+    pub source: Option<SourceConfig>,
+    /// Send what is already there when the pipe is created (default true).
+    pub history: Option<bool>,
+    /// Send what arrives afterwards (default true).
+    pub realtime: Option<bool>,
+    /// Send objects that arrived through gapsync too (default true).
+    pub forward_received: Option<bool>,
+    /// The processors, in order; kept raw until their types are wired in.
+    pub processors: Option<toml::Value>,
+    /// When the pipe may send; kept raw until its type is wired in.
+    pub schedule: Option<toml::Value>,
     pub quarantine_dir: Option<PathBuf>,
     pub max_attempts: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    pub settle: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub poll_interval: Option<Duration>,
-    /// On the udp link: how long files stay in `sent_dir` for a manual resend (none: forever).
-    #[serde(default, with = "humantime_serde")]
-    pub keep_sent_for: Option<Duration>,
     /// Pre-shared key file of this pipe (see `gapsync-sender keygen`).
     pub key_file: Option<PathBuf>,
     /// Which key id the receiver knows this key by (rotation); default 1.
@@ -83,8 +86,41 @@ pub struct RawPipe {
     /// Files waiting and nothing delivered for this long: one ERROR, repeated hourly.
     #[serde(default, with = "humantime_serde")]
     pub alarm_after: Option<Duration>,
-    /// Globs on file and folder names never taken from the spool (default: `DEFAULT_IGNORE`).
+    // The shorthand for a spool source (`spool` is its `path`): see `RawPipe::spool_shorthand`.
+    pub spool: Option<PathBuf>,
+    pub after_send: Option<AfterSend>,
+    pub sent_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub settle: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub keep_sent_for: Option<Duration>,
     pub ignore: Option<Vec<String>>,
+}
+
+impl RawPipe {
+    /// The flat spool keys as a spool source; `None` when none is set.
+    fn spool_shorthand(&mut self) -> Option<RawSpool> {
+        let raw = RawSpool {
+            path: self.spool.take(),
+            after_send: self.after_send.take(),
+            sent_dir: self.sent_dir.take(),
+            settle: self.settle.take(),
+            poll_interval: self.poll_interval.take(),
+            ignore: self.ignore.take(),
+            keep_sent_for: self.keep_sent_for.take(),
+            unknown: Default::default(),
+        };
+        let set = raw.path.is_some()
+            || raw.after_send.is_some()
+            || raw.sent_dir.is_some()
+            || raw.settle.is_some()
+            || raw.poll_interval.is_some()
+            || raw.ignore.is_some()
+            || raw.keep_sent_for.is_some();
+        set.then_some(raw)
+    }
 }
 
 /// A keyed pipe's key and what it protects.
@@ -94,28 +130,28 @@ pub struct SenderAuth {
     pub protection: Protection,
 }
 
-/// What happens to a spool file once the receiver confirmed its commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AfterSend {
-    Delete,
-    Move,
-}
-
-/// One pipe: files in `spool` go to `gate`.
+/// One pipe: objects of its source go through its link to `gate`.
 #[derive(Debug, Clone)]
 pub struct PipeConfig {
     pub name: String,
-    pub spool: PathBuf,
+    /// The pipe's checked profile (with the overrides): which link it starts.
+    pub profile: Profile,
     pub gate: String,
-    pub after_send: AfterSend,
-    pub sent_dir: PathBuf,
-    /// How long sent files stay in `sent_dir` (udp link); `None`: until removed by hand.
-    pub keep_sent_for: Option<Duration>,
+    pub source: SourceSettings,
+    /// Send what is there when the pipe is created (not acted on yet).
+    pub history: bool,
+    /// Send what arrives later (not acted on yet).
+    pub realtime: bool,
+    /// Send objects that arrived through gapsync (not acted on yet). Default true, unlike the
+    /// issue's example (false): today every file in a spool is sent, and old configs must
+    /// keep doing that.
+    pub forward_received: bool,
+    /// The `processors` array as written (typed by `crate::process` once wired in).
+    pub processors: Option<toml::Value>,
+    /// The `schedule` table as written (typed by `crate::schedule` once wired in).
+    pub schedule: Option<toml::Value>,
     pub quarantine_dir: PathBuf,
     pub max_attempts: u32,
-    pub settle: Duration,
-    pub poll_interval: Duration,
     /// Where this pipe's in-flight records live.
     pub state_dir: PathBuf,
     /// The pipe's key; `None` for an unauthenticated pipe.
@@ -124,15 +160,15 @@ pub struct PipeConfig {
     pub tls: Option<SenderTls>,
     /// Files waiting and nothing delivered this long raises the pipe's alarm.
     pub alarm_after: Duration,
-    /// Names the spool never takes.
-    pub ignore: IgnoreRule,
 }
 
 /// A checked sender config.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node: String,
-    pub profile: Profile,
+    /// The top-level profile, the default of pipes that name none; `None` when every pipe
+    /// names its own and none is set.
+    pub profile: Option<Profile>,
     pub state_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
     pub log_format: LogFormat,
@@ -162,50 +198,37 @@ impl Config {
         let mut p = Vec::new();
         let node = raw.node.unwrap_or_default();
         check_name(&mut p, "`node`", &node);
-        let profile = gapsync_daemon::config::profile(
-            &mut p,
-            raw.profile.as_deref(),
+        let profiles = Profiles {
             base,
-            raw.profiles_dir.as_deref(),
-            &raw.profile_overrides,
-        );
+            dir: raw.profiles_dir.as_deref(),
+            name: raw.profile.as_deref(),
+            overrides: &raw.profile_overrides,
+        };
+        // The top-level profile is needed by every pipe that names none.
+        let default = (raw.profile.is_some() || raw.pipe.iter().any(|rp| rp.profile.is_none()))
+            .then(|| profiles.load(&mut p, raw.profile.as_deref(), &raw.profile_overrides))
+            .flatten();
         let (state_dir, log_dir) =
             gapsync_daemon::config::state_and_log_dirs(&mut p, base, raw.state_dir, raw.log_dir);
         let level = gapsync_daemon::config::log_level(&mut p, raw.log_level);
         if raw.pipe.is_empty() {
             p.push("no [[pipe]] is configured: add one with name, spool and gate".into());
         }
-        let tls_config =
-            gapsync_daemon::config::tls(&mut p, base, profile.as_ref(), raw.tls.as_ref(), |f| {
-                f.client_config()
-            });
+        let pipe_profiles: Vec<Option<Profile>> = (raw.pipe.iter().enumerate())
+            .map(|(i, rp)| profiles.of_pipe(&mut p, &pipe_label(i, rp), rp, default.as_ref()))
+            .collect();
         let ctx = PipeContext {
             base,
             state_dir: state_dir.as_deref(),
-            diode: profile.as_ref().is_some_and(|p| p.link == LinkKind::Udp),
-            tls_config,
+            tls_config: tls_client(&mut p, base, &pipe_profiles, raw.tls.as_ref()),
             tls_name: raw.tls.as_ref().and_then(|t| t.server_name.clone()),
         };
-        let mut pipes = Vec::new();
-        let mut names = HashSet::new();
-        for (i, rp) in raw.pipe.into_iter().enumerate() {
-            let label = format!(
-                "[[pipe]] #{} ({})",
-                i + 1,
-                rp.name.as_deref().unwrap_or("unnamed")
-            );
-            if let Some(name) = &rp.name {
-                if !names.insert(name.clone()) {
-                    p.push(format!("{label}: pipe name {name:?} is used twice"));
-                }
-            }
-            pipes.extend(ctx.pipe(&mut p, &label, rp));
-        }
+        let pipes = ctx.pipes(&mut p, raw.pipe, pipe_profiles);
         drop(ctx);
-        match (p.is_empty(), profile, state_dir) {
-            (true, Some(profile), Some(state_dir)) => Ok(Config {
+        match (p.is_empty(), state_dir) {
+            (true, Some(state_dir)) => Ok(Config {
                 node,
-                profile,
+                profile: default,
                 state_dir,
                 log_dir,
                 log_format: raw.log_format,
@@ -219,76 +242,173 @@ impl Config {
     }
 }
 
+/// "[[pipe]] #2 (scada)": how problems name a pipe.
+fn pipe_label(i: usize, rp: &RawPipe) -> String {
+    format!(
+        "[[pipe]] #{} ({})",
+        i + 1,
+        rp.name.as_deref().unwrap_or("unnamed")
+    )
+}
+
+/// The `[tls]` table's client config, required when a pipe's profile has `link = "tls"`.
+fn tls_client(
+    p: &mut Vec<String>,
+    base: &Path,
+    pipe_profiles: &[Option<Profile>],
+    raw: Option<&gapsync_daemon::tls::RawTls>,
+) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    let known = || pipe_profiles.iter().flatten();
+    // The profile that decides whether [tls] is needed: a tls one if any pipe has one.
+    let deciding = known()
+        .find(|pr| pr.link == LinkKind::Tls)
+        .or(known().next());
+    gapsync_daemon::config::tls(p, base, deciding, raw, |f| f.client_config())
+}
+
+/// Where profiles are found, and the top-level choice and overrides.
+struct Profiles<'a> {
+    base: &'a Path,
+    dir: Option<&'a Path>,
+    name: Option<&'a str>,
+    overrides: &'a RawProfile,
+}
+
+impl Profiles<'_> {
+    fn load(&self, p: &mut Vec<String>, name: Option<&str>, o: &RawProfile) -> Option<Profile> {
+        gapsync_daemon::config::profile(p, name, self.base, self.dir, o)
+    }
+
+    /// A pipe's profile: its own `profile` (default: the top-level one) with the top-level
+    /// `[profile_overrides]` and then its own `profile_overrides`, which win.
+    fn of_pipe(
+        &self,
+        p: &mut Vec<String>,
+        label: &str,
+        rp: &RawPipe,
+        default: Option<&Profile>,
+    ) -> Option<Profile> {
+        if rp.profile.is_none() && rp.profile_overrides.is_none() {
+            // Problems with the top-level profile are reported once, not per pipe.
+            return default.cloned();
+        }
+        let name = rp.profile.as_deref().or(self.name);
+        let own = rp.profile_overrides.clone().unwrap_or_default();
+        let overrides = self.overrides.clone().merged(&own);
+        let mut q = Vec::new();
+        let profile = self.load(&mut q, name, &overrides);
+        p.extend(q.into_iter().map(|e| format!("{label}: {e}")));
+        profile
+    }
+}
+
+/// `gate` must be host:port.
+fn check_gate(p: &mut Vec<String>, label: &str, gate: &str) {
+    if gate
+        .rsplit_once(':')
+        .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+    {
+        p.push(format!("{label}: `gate` = {gate:?} must be host:port of the gate (or the receiver), e.g. \"192.0.2.131:28101\""));
+    }
+}
+
+/// The pipe's source: `source = { type = ... }` or the flat spool keys, not both.
+fn source(
+    p: &mut Vec<String>,
+    label: &str,
+    rp: &mut RawPipe,
+    cx: &SourceContext,
+) -> Option<SourceSettings> {
+    let flat = rp.spool_shorthand();
+    let raw = match (rp.source.take(), flat) {
+        (Some(_), Some(_)) => {
+            p.push(format!("{label}: both `source = {{ ... }}` and the flat spool keys (spool, after_send, sent_dir, settle, poll_interval, ignore, keep_sent_for) are set; keep one form"));
+            return None;
+        }
+        (Some(source), None) => source,
+        (None, Some(flat)) => SourceConfig::Spool(flat),
+        (None, None) => SourceConfig::Spool(RawSpool::default()),
+    };
+    raw.check(p, label, cx)
+}
+
 /// What every pipe's check needs from the rest of the config.
 struct PipeContext<'a> {
     base: &'a Path,
     state_dir: Option<&'a Path>,
-    diode: bool,
     tls_config: Option<std::sync::Arc<rustls::ClientConfig>>,
     tls_name: Option<String>,
 }
 
 impl PipeContext<'_> {
+    /// Checks every `[[pipe]]` (with its profile, `None` if it has none that loads).
+    fn pipes(
+        &self,
+        p: &mut Vec<String>,
+        raw: Vec<RawPipe>,
+        profiles: Vec<Option<Profile>>,
+    ) -> Vec<PipeConfig> {
+        let mut pipes = Vec::new();
+        let mut names = HashSet::new();
+        for (i, (rp, profile)) in raw.into_iter().zip(profiles).enumerate() {
+            let label = pipe_label(i, &rp);
+            if let Some(name) = &rp.name {
+                if !names.insert(name.clone()) {
+                    p.push(format!("{label}: pipe name {name:?} is used twice"));
+                }
+            }
+            pipes.extend(self.pipe(p, &label, rp, profile.as_ref()));
+        }
+        pipes
+    }
+
     /// Checks one `[[pipe]]`, pushing every problem; `None` when it cannot be built.
-    fn pipe(&self, p: &mut Vec<String>, label: &str, rp: RawPipe) -> Option<PipeConfig> {
-        let base = self.base;
-        let name = rp.name.unwrap_or_default();
+    fn pipe(
+        &self,
+        p: &mut Vec<String>,
+        label: &str,
+        mut rp: RawPipe,
+        profile: Option<&Profile>,
+    ) -> Option<PipeConfig> {
+        let name = rp.name.take().unwrap_or_default();
         check_name(p, &format!("{label}: `name`"), &name);
-        let gate = rp.gate.unwrap_or_default();
-        if gate
-            .rsplit_once(':')
-            .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
-        {
-            p.push(format!("{label}: `gate` = {gate:?} must be host:port of the gate (or the receiver), e.g. \"192.0.2.131:28101\""));
-        }
-        if rp.keep_sent_for.is_some() && !self.diode {
-            p.push(format!("{label}: `keep_sent_for` is only for the udp link (on a gate link the receiver confirms every file)"));
-        }
+        let gate = rp.gate.take().unwrap_or_default();
+        check_gate(p, label, &gate);
         if rp.max_attempts == Some(0) {
             p.push(format!("{label}: `max_attempts` must be at least 1"));
         }
-        let sent_dir = rp.sent_dir.map(|d| abs(base, &d));
-        let quarantine_dir = rp.quarantine_dir.map(|d| abs(base, &d));
-        for (key, dir) in [("sent_dir", &sent_dir), ("quarantine_dir", &quarantine_dir)] {
-            if let Some(d) = dir {
-                folders::creatable(p, &format!("{label}: `{key}`"), d);
-            }
+        let quarantine_dir = rp.quarantine_dir.take().map(|d| abs(self.base, &d));
+        if let Some(d) = &quarantine_dir {
+            folders::creatable(p, &format!("{label}: `quarantine_dir`"), d);
         }
-        let Some(spool) = rp.spool.map(|d| abs(base, &d)) else {
-            p.push(format!("{label}: `spool` is missing"));
-            return None;
+        let pipe_state = self.state_dir.map(|d| d.join("sender").join(&name));
+        let cx = SourceContext {
+            base: self.base,
+            pipe_state: pipe_state.as_deref(),
+            diode: profile.is_some_and(|pr| pr.link == LinkKind::Udp),
         };
-        folders::existing(p, &format!("{label}: spool"), &spool, "2770");
-        let ignore = match rp.ignore {
-            None => IgnoreRule::default(),
-            Some(globs) => IgnoreRule::new(&globs).unwrap_or_else(|bad| {
-                p.extend(bad.into_iter().map(|b| format!("{label}: `ignore`: {b}")));
-                IgnoreRule::default()
-            }),
-        };
+        let source = source(p, label, &mut rp, &cx);
         let auth = self.auth(p, label, rp.key_file, rp.key_id, rp.protection);
-        let tls = self.tls(p, label, &gate);
-        let pipe_state = self.state_dir?.join("sender").join(&name);
+        let tls = match profile {
+            Some(pr) if pr.link == LinkKind::Tls => self.tls(p, label, &gate),
+            _ => None,
+        };
+        let pipe_state = pipe_state?;
         Some(PipeConfig {
-            after_send: rp.after_send.unwrap_or(if self.diode {
-                // Nothing confirms arrival on a diode: keep what was sent for a resend.
-                AfterSend::Move
-            } else {
-                AfterSend::Delete
-            }),
-            sent_dir: sent_dir.unwrap_or_else(|| pipe_state.join("sent")),
+            profile: profile?.clone(),
+            source: source?,
+            history: rp.history.unwrap_or(true),
+            realtime: rp.realtime.unwrap_or(true),
+            forward_received: rp.forward_received.unwrap_or(true),
+            processors: rp.processors,
+            schedule: rp.schedule,
             quarantine_dir: quarantine_dir.unwrap_or_else(|| pipe_state.join("quarantine")),
-            keep_sent_for: rp.keep_sent_for,
             max_attempts: rp.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-            settle: rp.settle.unwrap_or(DEFAULT_SETTLE),
-            poll_interval: rp.poll_interval.unwrap_or(DEFAULT_POLL),
             state_dir: pipe_state,
             alarm_after: rp.alarm_after.unwrap_or(DEFAULT_ALARM_AFTER),
-            ignore,
             auth,
             tls,
             name,
-            spool,
             gate,
         })
     }
@@ -341,5 +461,98 @@ impl PipeContext<'_> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads `pipes` (TOML of `[[pipe]]` tables) under a top-level config with a loopback
+    /// profile; the spool folders named `spool` and `spool2` exist.
+    fn load(top: &str, pipes: &str) -> (tempfile::TempDir, Result<Config, String>) {
+        let d = tempfile::tempdir().expect("tempdir");
+        for s in ["spool", "spool2"] {
+            std::fs::create_dir_all(d.path().join(s)).expect("spool");
+        }
+        let text = format!(
+            "node = \"n\"\nprofile = \"loopback\"\nprofiles_dir = {:?}\nstate_dir = \"state\"\n{top}\n{pipes}",
+            gapsync_tests::profiles_dir().display().to_string()
+        );
+        let path = d.path().join("sender.toml");
+        std::fs::write(&path, text).expect("write");
+        let r = Config::load(&path).map_err(|e| format!("{e:#}"));
+        (d, r)
+    }
+
+    #[test]
+    fn the_source_table_and_the_flat_shorthand_give_the_same_spool() {
+        let (_d, table) = load(
+            "",
+            "[[pipe]]\nname = \"p\"\ngate = \"h:1\"\nsource = { type = \"spool\", path = \"spool\", after_send = \"move\", settle = \"3s\" }\n",
+        );
+        let (_e, flat) = load(
+            "",
+            "[[pipe]]\nname = \"p\"\ngate = \"h:1\"\nspool = \"spool\"\nafter_send = \"move\"\nsettle = \"3s\"\n",
+        );
+        for c in [table.expect("table form"), flat.expect("flat form")] {
+            let s = c.pipes[0].source.spool().expect("a spool");
+            assert!(s.path.ends_with("spool"));
+            assert_eq!(s.after_send, AfterSend::Move);
+            assert_eq!(s.settle, Duration::from_secs(3));
+            let pc = &c.pipes[0];
+            assert!(pc.history && pc.realtime && pc.forward_received);
+        }
+    }
+
+    #[test]
+    fn both_forms_in_one_pipe_and_unknown_source_keys_are_reported_together() {
+        let (_d, r) = load(
+            "",
+            "[[pipe]]\nname = \"p\"\ngate = \"h:1\"\nspool = \"spool\"\nsource = { type = \"spool\", path = \"spool\" }\n\
+             [[pipe]]\nname = \"q\"\ngate = \"h:1\"\nsource = { type = \"spool\", path = \"spool2\", pathh = 1, settel = \"1s\" }\n",
+        );
+        let e = r.expect_err("refused");
+        assert!(
+            e.contains("#1 (p): both `source = { ... }` and the flat spool keys"),
+            "{e}"
+        );
+        assert!(
+            e.contains("unknown key `pathh` in [[pipe]] #2 (q) `source`"),
+            "{e}"
+        );
+        assert!(e.contains("unknown key `settel`"), "{e}");
+    }
+
+    #[test]
+    fn a_pipe_names_its_own_profile_and_its_overrides_win_over_the_top_level_ones() {
+        let (_d, r) = load(
+            "[profile_overrides]\nwindow = 3\nack_timeout = \"7s\"\n",
+            "[[pipe]]\nname = \"a\"\ngate = \"h:1\"\nspool = \"spool\"\n\
+             [[pipe]]\nname = \"b\"\ngate = \"h:1\"\nspool = \"spool2\"\nprofile_overrides = { window = 5 }\n",
+        );
+        let c = r.expect("valid");
+        let [a, b] = &c.pipes[..] else {
+            panic!("two pipes")
+        };
+        assert_eq!((a.profile.window.get(), b.profile.window.get()), (3, 5));
+        assert_eq!(b.profile.ack_timeout, Duration::from_secs(7));
+        let (_e, r) = load(
+            "",
+            "[[pipe]]\nname = \"c\"\ngate = \"h:1\"\nprofile = \"udp-loopback\"\nsource = { type = \"spool\", path = \"spool\", keep_sent_for = \"1d\" }\n\
+             processors = [{ type = \"filter\", include = [\"*.csv\"] }]\nschedule = { windows = [\"22:30-06:00\"] }\nforward_received = false\n",
+        );
+        let c = r.expect("valid");
+        let u = &c.pipes[0];
+        assert_eq!(
+            (c.profile.as_ref().map(|p| p.link), u.profile.link),
+            (Some(LinkKind::Tcp), LinkKind::Udp)
+        );
+        assert_eq!(
+            u.source.spool().map(|s| s.after_send),
+            Some(AfterSend::Move),
+            "a diode keeps what it sent"
+        );
+        assert!(!u.forward_received && u.processors.is_some() && u.schedule.is_some());
     }
 }

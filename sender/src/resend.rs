@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::time::UNIX_EPOCH;
 
 use crate::config::Config;
-use crate::pipe::move_file;
-use crate::sent_log::SentLog;
+use crate::pipe::sent_log::SentLog;
+use crate::source::spool::move_file;
 
 fn parse_time(what: &str, text: &str) -> anyhow::Result<u64> {
     let t = humantime::parse_rfc3339_weak(text).map_err(|e| {
@@ -30,6 +30,9 @@ fn resend(config: &Path, pipe: &str, since: &str, until: Option<&str>) -> anyhow
                 .join(", ")
         );
     };
+    let Some(spool) = pc.source.spool() else {
+        anyhow::bail!("pipe {pipe:?} has no spool source: only a spool's sent files can be resent");
+    };
     let since = parse_time("since", since)?;
     let until = match until {
         Some(u) => parse_time("until", u)?,
@@ -40,9 +43,9 @@ fn resend(config: &Path, pipe: &str, since: &str, until: Option<&str>) -> anyhow
         .into_iter()
         .filter(|e| (since..=until).contains(&e.at))
     {
-        let from = pc.sent_dir.join(&e.path);
+        let from = spool.sent_dir.join(&e.path);
         match std::fs::metadata(&from) {
-            Ok(m) if m.len() == e.size => match move_file(&from, &pc.spool.join(&e.path)) {
+            Ok(m) if m.len() == e.size => match move_file(&from, &spool.path.join(&e.path)) {
                 Ok(()) => {
                     println!("resending {}", e.path);
                     moved += 1;

@@ -1,13 +1,91 @@
-//! Sources: where a pipe's files come from. A new kind of source (a database table, a record
-//! stream) is a new module that sends [`SourceEvent`]s; the link does not change.
+//! Sources: where a pipe's objects come from. A new kind of source (a database table, a record
+//! stream) is a new folder here plus one variant in [`SourceConfig`] and [`SourceSettings`];
+//! the pipe policy and the links do not change.
 
-pub mod after_send;
 pub mod identity;
-pub mod ignore;
-pub mod lease;
 pub mod spool;
 
-use std::path::PathBuf;
+use std::fs::{File, Metadata};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use self::identity::Identity;
+use self::spool::SpoolSource;
+use self::spool::config::{RawSpool, SpoolSettings};
+use crate::config::PipeConfig;
+use crate::pipe::PipeStats;
+
+/// A pipe's source of re-readable objects (a spool file today; a table chunk or a record
+/// batch next). The pipe policy ([`crate::pipe::Pipe`]) queues what it reports, takes objects
+/// by key to send them, and tells it each outcome; it knows nothing else about the source.
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// Starts finding objects; each is reported once on `tx` (again after a `Busy` or a
+    /// forgotten key), until `tx`'s receiver is dropped.
+    fn start(&mut self, tx: mpsc::Sender<SourceEvent>) -> io::Result<()>;
+    /// Whether the object `key` is still there (an in-flight record of a gone one is dropped).
+    fn exists(&self, key: &str) -> bool;
+    /// The object's size now (0 if it cannot be read), for the queue's byte count.
+    fn size(&self, key: &str) -> u64;
+    /// Whether an object that changed while it was sent has been unchanged long enough to be
+    /// sent again.
+    fn settled(&self, key: &str) -> bool;
+    /// Opens the object to send it; `Ok(None)` while it is still being written.
+    fn take(&mut self, key: &str) -> io::Result<Option<Opened>>;
+    /// Told what became of an object: sent (delete, move or advance a watermark, if it is
+    /// still the version sent) or quarantined (set aside with an ERROR naming `reason`).
+    fn settle(&mut self, key: &str, outcome: Outcome<'_>) -> Disposal;
+    /// An object found under a name that cannot be sent (`SourceEvent::BadName`).
+    fn reject(&mut self, found: &Path, reason: &str);
+    /// How long settled objects are kept for a resend (`None`: until removed by hand).
+    fn retention(&self) -> Option<Duration>;
+    /// Drops the kept copy of a settled object whose retention is over; true if it was there.
+    fn drop_kept(&mut self, key: &str) -> bool;
+}
+
+/// An object opened to be sent.
+#[derive(Debug)]
+pub struct Opened {
+    pub file: File,
+    pub meta: Metadata,
+    /// Where the object is read again when a resend needs bytes already read.
+    pub reopen: PathBuf,
+}
+
+/// What the pipe tells its source about an object.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// Delivered (gate links) or sent (diode): `Identity` is the version that was read.
+    Sent(&'a Identity),
+    /// Not sendable: set aside, with this reason.
+    Quarantine(&'a str),
+}
+
+/// What became of a settled object.
+#[derive(Debug)]
+pub enum Disposal {
+    /// Deleted, moved or set aside: the words for the `sent` line.
+    Done(&'static str),
+    /// Not there any more (removed or renamed by someone else).
+    Gone,
+    /// It differs from what was sent: what changed. Kept, to be sent again.
+    Changed(String),
+    /// A process has it open for writing. Kept; taken again once it is closed.
+    Busy,
+    /// The action failed.
+    Failed(io::Error),
+}
+
+/// The source a pipe's config describes.
+pub fn build(pc: &PipeConfig, stats: Arc<PipeStats>) -> Box<dyn Source> {
+    match &pc.source {
+        SourceSettings::Spool(s) => Box::new(SpoolSource::new(pc, s.clone(), stats)),
+    }
+}
 
 /// What a source found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,4 +95,49 @@ pub enum SourceEvent {
     Found { rel: String, size: u64 },
     /// A file whose name cannot be sent as it is; it is quarantined with the reason.
     BadName { path: PathBuf, reason: String },
+}
+
+/// A pipe's `source = { type = "...", ... }` as written.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Spool(RawSpool),
+}
+
+/// A checked source.
+#[derive(Debug, Clone)]
+pub enum SourceSettings {
+    Spool(SpoolSettings),
+}
+
+impl SourceSettings {
+    /// The spool, for a pipe whose source is one (`gapsync-sender resend`).
+    pub fn spool(&self) -> Option<&SpoolSettings> {
+        match self {
+            SourceSettings::Spool(s) => Some(s),
+        }
+    }
+}
+
+impl SourceConfig {
+    /// Checks the source's keys, pushing every problem; `None` when it cannot be built.
+    pub fn check(
+        self,
+        p: &mut Vec<String>,
+        label: &str,
+        cx: &SourceContext,
+    ) -> Option<SourceSettings> {
+        match self {
+            SourceConfig::Spool(raw) => raw.check(p, label, cx).map(SourceSettings::Spool),
+        }
+    }
+}
+
+/// What a source's check needs from its pipe.
+pub struct SourceContext<'a> {
+    pub base: &'a Path,
+    /// The pipe's state folder (`None` when `state_dir` is unusable).
+    pub pipe_state: Option<&'a Path>,
+    /// The pipe's link is the diode: nothing confirms arrival.
+    pub diode: bool,
 }

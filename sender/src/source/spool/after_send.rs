@@ -10,23 +10,9 @@
 use std::io;
 use std::path::Path;
 
-use super::identity::Identity;
 use super::lease::{self, Writers};
-
-/// What became of a delivered spool file.
-#[derive(Debug)]
-pub enum Disposal {
-    /// Deleted or moved: the `after_send` action's words.
-    Done(&'static str),
-    /// Not there any more (removed or renamed by someone else).
-    Gone,
-    /// It differs from what was sent: what changed. Kept, to be sent again.
-    Changed(String),
-    /// A process has it open for writing. Kept; taken again once it is closed.
-    Busy,
-    /// The delete or move failed.
-    Failed(io::Error),
-}
+use crate::source::Disposal;
+use crate::source::identity::Identity;
 
 /// Runs `dispose` (the pipe's `after_send` action on `path`) if the file is still the one
 /// `sent` describes and nobody writes to it; the lease is held across the comparison and the

@@ -1,0 +1,149 @@
+//! The spool as a [`Source`]: a file is taken once no process writes to it, deleted or moved
+//! (`after_send`) once sent if it is still the version sent, and moved to the quarantine
+//! folder when it cannot be sent.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::after_send::dispose_if_unchanged;
+use super::config::{AfterSend, SpoolSettings};
+use super::{SpoolConfig, lease, spawn};
+use crate::config::PipeConfig;
+use crate::pipe::PipeStats;
+use crate::source::{Disposal, Opened, Outcome, Source, SourceEvent};
+
+/// One pipe's spool folder.
+#[derive(Debug)]
+pub struct SpoolSource {
+    pipe: String,
+    s: SpoolSettings,
+    quarantine_dir: PathBuf,
+    stats: Arc<PipeStats>,
+}
+
+impl SpoolSource {
+    pub fn new(pc: &PipeConfig, s: SpoolSettings, stats: Arc<PipeStats>) -> Self {
+        Self {
+            pipe: pc.name.clone(),
+            s,
+            quarantine_dir: pc.quarantine_dir.clone(),
+            stats,
+        }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.s.path.join(key)
+    }
+
+    /// Moves a file of the spool into the quarantine folder and says so at ERROR.
+    fn quarantine(&self, path: &Path, rel: &Path, reason: &str) {
+        let dest = self.quarantine_dir.join(rel);
+        match move_file(path, &dest) {
+            Ok(()) => {
+                tracing::error!(pipe = %self.pipe, path = %rel.display(), quarantined_to = %dest.display(), reason, "file quarantined; fix the cause and move it back into the spool to send it")
+            }
+            Err(e) => {
+                tracing::error!(pipe = %self.pipe, path = %rel.display(), reason, error = %e, "file could not be sent nor moved to quarantine; it stays in the spool")
+            }
+        }
+    }
+
+    /// What `after_send` does with a sent file; returns what was done, for the `sent` line.
+    fn dispose(&self, fs_path: &Path, rel: &str) -> io::Result<&'static str> {
+        match self.s.after_send {
+            AfterSend::Delete => fs::remove_file(fs_path).map(|()| "deleted"),
+            AfterSend::Move => {
+                move_file(fs_path, &self.s.sent_dir.join(rel)).map(|()| "moved to sent_dir")
+            }
+        }
+    }
+}
+
+impl Source for SpoolSource {
+    fn start(&mut self, tx: mpsc::Sender<SourceEvent>) -> io::Result<()> {
+        let cfg = SpoolConfig {
+            pipe: self.pipe.clone(),
+            spool: self.s.path.clone(),
+            exclude: vec![self.s.sent_dir.clone(), self.quarantine_dir.clone()],
+            settle: self.s.settle,
+            poll_interval: self.s.poll_interval,
+            ignore: self.s.ignore.clone(),
+            stats: self.stats.clone(),
+        };
+        tracing::info!(pipe = %self.pipe, ignore = ?self.s.ignore.globs(), "files and folders with these names stay in the spool unsent; each is counted (ignored_files) and named once");
+        spawn(cfg, tx).map(drop)
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        self.path(key).is_file()
+    }
+
+    fn size(&self, key: &str) -> u64 {
+        fs::metadata(self.path(key)).map_or(0, |m| m.len())
+    }
+
+    fn settled(&self, key: &str) -> bool {
+        let now = SystemTime::now();
+        fs::metadata(self.path(key))
+            .and_then(|m| m.modified())
+            .map_or(true, |t| {
+                now.duration_since(t).unwrap_or_default() >= self.s.settle
+            })
+    }
+
+    fn take(&mut self, key: &str) -> io::Result<Option<Opened>> {
+        let path = self.path(key);
+        let taken = lease::take(&self.pipe, &path)?;
+        Ok(taken.map(|(file, meta)| Opened {
+            file,
+            meta,
+            reopen: path,
+        }))
+    }
+
+    fn settle(&mut self, key: &str, outcome: Outcome<'_>) -> Disposal {
+        let path = self.path(key);
+        match outcome {
+            Outcome::Sent(ident) => {
+                dispose_if_unchanged(&self.pipe, key, &path, ident, || self.dispose(&path, key))
+            }
+            Outcome::Quarantine(reason) => {
+                self.quarantine(&path, Path::new(key), reason);
+                Disposal::Done("quarantined")
+            }
+        }
+    }
+
+    fn reject(&mut self, found: &Path, reason: &str) {
+        let rel = found.strip_prefix(&self.s.path).unwrap_or(found);
+        self.quarantine(found, rel, reason);
+    }
+
+    fn retention(&self) -> Option<Duration> {
+        self.s.keep_sent_for
+    }
+
+    fn drop_kept(&mut self, key: &str) -> bool {
+        fs::remove_file(self.s.sent_dir.join(key)).is_ok()
+    }
+}
+
+/// Moves `from` to `to`, creating folders, copying across filesystems when rename cannot.
+pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::rename(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+            fs::copy(from, to)?;
+            fs::File::open(to)?.sync_all()?;
+            fs::remove_file(from)
+        }
+        other => other,
+    }
+}
