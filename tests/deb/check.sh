@@ -62,7 +62,7 @@ trap cleanup EXIT
 # start of a run, so that a failed run does not block the next one).
 remove_test_data() {
 	rm -rf /srv/gapsync/outbox/scada/ci /srv/gapsync/inbox/scada/ci \
-		/srv/gapsync/outbox/scada/.ci.tmp "$work"
+		/srv/gapsync/outbox/scada/.ci.tmp "$work" /run/gapsync-sender /run/gapsync-receiver
 	local u
 	for u in "$producer" "$consumer"; do
 		if getent passwd "$u" >/dev/null; then userdel "$u"; fi
@@ -213,7 +213,9 @@ head -c 3000000 /dev/urandom >"$work/sample.bin"
 head -c 70000 /dev/urandom >"$work/deep.bin"
 chmod 0644 "$work"/*
 
-# Each daemon as the unit runs it: user gapsync, UMask=0027.
+# Each daemon as the unit runs it: user gapsync, UMask=0027, and the runtime folder of its
+# control socket that the unit's RuntimeDirectory= makes (gapsync:gapsync 0750).
+install -d -o gapsync -g gapsync -m 0750 /run/gapsync-receiver /run/gapsync-sender
 start_daemon() {
 	runuser -u gapsync -- sh -c "umask 0027; exec gapsync-$1 run --config $work/$1.toml" \
 		>"$work/$1.stderr" 2>&1 &
@@ -262,6 +264,28 @@ pass "others (user nobody) cannot"
 log_of receiver | grep -q 'delivered' || fail "no delivered line in the receiver's log"
 log_of sender | grep -q ' sent ' || fail "no sent line in the sender's log"
 pass "delivered (receiver) and sent (sender) lines in /var/log/gapsync"
+
+# The control socket of each installed daemon, as root (what an operator types).
+for role in receiver sender; do
+	expect_stat "/run/gapsync-$role/control.sock" 660 gapsync gapsync
+	rows=$("gapsync-$role" pipes --config "$work/$role.toml") ||
+		fail "gapsync-$role pipes: $rows"
+	grep -q '^scada ' <<<"$rows" || fail "gapsync-$role pipes shows no row for scada: $rows"
+	json=$("gapsync-$role" pipes --config "$work/$role.toml" --json) ||
+		fail "gapsync-$role pipes --json: $json"
+	grep -q '"delivered_objects":2' <<<"$json" ||
+		fail "gapsync-$role pipes --json does not count the 2 files delivered: $json"
+	out=$(runuser -u gapsync -- "gapsync-$role" reload --config "$work/$role.toml" 2>&1) ||
+		fail "gapsync-$role reload (as ExecReload= runs it, user gapsync): $out"
+	# A config nobody may read, naming only the socket: the refusal must come from the socket.
+	echo "control_socket = \"/run/gapsync-$role/control.sock\"" >"$work/nobody-$role.toml"
+	chmod 0644 "$work/nobody-$role.toml"
+	if out=$(runuser -u nobody -- "gapsync-$role" pipes --config "$work/nobody-$role.toml" 2>&1); then
+		fail "user nobody reached gapsync-$role's control socket: $out"
+	fi
+	grep -q 'gapsync' <<<"$out" || fail "the refusal to nobody does not say who may use the socket: $out"
+	pass "gapsync-$role pipes (as root, 2 files delivered) and reload (as gapsync) on /run/gapsync-$role/control.sock; refused to nobody"
+done
 
 # SIGHUP to each installed daemon: logged, and it keeps running.
 for i in 0 1; do
