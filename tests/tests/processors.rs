@@ -271,6 +271,11 @@ fn a_rate_limited_pipe_never_passes_the_limit_plus_one_burst() {
         samples.push((t0.elapsed(), fwd));
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Landed: the whole file went through the gate by now (the simulator may not have said so
+    // yet).
+    let landed_at = t0.elapsed();
+    let seen = samples.last().map_or(0, |s| s.1);
+    samples.push((landed_at, seen.max(20 * MB)));
     // From the start: the bucket was full (one burst), then the rate. The Hello and heartbeats
     // are a few hundred bytes more.
     let slack = 64 * 1024;
@@ -321,4 +326,40 @@ fn a_rate_limited_pipe_never_passes_the_limit_plus_one_burst() {
         landed_at.as_secs_f64(),
         20.0 / landed_at.as_secs_f64()
     );
+}
+
+#[test]
+fn the_rate_limit_holds_on_the_diode_link_too() {
+    let (rate, burst) = (2 * MB, MB / 2);
+    let mut lab = Lab::new("udp-loopback");
+    lab.sender_pipe_extra = format!(
+        "processors = [{{ type = \"rate_limit\", bytes_per_second = {rate}, burst_bytes = {burst} }}]\n"
+    );
+    let expected: BTreeMap<String, String> = [put(&lab, "big.bin", 6 * MB as usize, 8)].into();
+    lab.start_receiver();
+    lab.start_sim(&[]);
+    let t0 = Instant::now();
+    lab.start_sender();
+    let mut samples: Vec<(Duration, u64)> = Vec::new();
+    while tree(&lab.dest) != expected {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{}",
+            lab.diagnostics()
+        );
+        let datagrams = lab.sim_stats().get("forwarded").copied().unwrap_or(0);
+        // At least the symbol's 1400 bytes each (headers and the tag come on top).
+        samples.push((t0.elapsed(), datagrams * 1400));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Landed: the whole file went through the diode by now.
+    samples.push((t0.elapsed(), 6 * MB));
+    let slack = 64 * 1024;
+    for (at, sent) in &samples {
+        let allowed = burst + (rate as f64 * at.as_secs_f64()) as u64 + slack;
+        assert!(
+            *sent <= allowed,
+            "{sent} bytes through the diode {at:?} after start, allowed {allowed}"
+        );
+    }
 }
