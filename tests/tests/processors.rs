@@ -247,45 +247,64 @@ fn check_config_refuses_compress_on_a_udp_pipe_naming_the_pipe() {
 }
 
 const MB: u64 = 1_000_000;
+/// Bytes not limited (the Hello, heartbeats), with room to spare.
+const SLACK: u64 = 64 * 1024;
 
-#[test]
-fn a_rate_limited_pipe_never_passes_the_limit_plus_one_burst() {
-    let (rate, burst) = (5 * MB, MB);
-    let mut lab = Lab::new("loopback");
+/// A lab whose pipe has `rate_limit` at `rate` with `burst`, a file of `size` bytes in the
+/// spool, receiver and simulator started; returns it and what must land.
+fn rate_lab(profile: &str, rate: u64, burst: u64, size: u64) -> (Lab, BTreeMap<String, String>) {
+    let mut lab = Lab::new(profile);
     lab.sender_pipe_extra = format!(
         "processors = [{{ type = \"rate_limit\", bytes_per_second = {rate}, burst_bytes = {burst} }}]\n"
     );
-    let expected: BTreeMap<String, String> = [put(&lab, "big.bin", 20 * MB as usize, 7)].into();
+    let expected: BTreeMap<String, String> = [put(&lab, "big.bin", size as usize, 7)].into();
     lab.start_receiver();
     lab.start_sim(&[]);
+    (lab, expected)
+}
+
+/// Starts the sender and samples `bytes(stats)` every 50 ms until `expected` has landed; the
+/// last sample is at landing, with at least `size` bytes (all of them went through by then,
+/// whether or not the simulator said so yet). Times count from just before the sender started.
+fn sample_until_landed(
+    lab: &mut Lab,
+    expected: &BTreeMap<String, String>,
+    size: u64,
+    bytes: impl Fn(&std::collections::HashMap<String, u64>) -> u64,
+) -> Vec<(Duration, u64)> {
     let t0 = Instant::now();
     lab.start_sender();
-    let mut samples: Vec<(Duration, u64)> = Vec::new();
-    while tree(&lab.dest) != expected {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{}",
-            lab.diagnostics()
-        );
-        let fwd = lab.sim_stats().get("forward_bytes").copied().unwrap_or(0);
-        samples.push((t0.elapsed(), fwd));
+    let mut samples = Vec::new();
+    while &tree(&lab.dest) != expected {
+        let at = t0.elapsed();
+        assert!(at < Duration::from_secs(60), "{}", lab.diagnostics());
+        samples.push((at, bytes(&lab.sim_stats())));
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Landed: the whole file went through the gate by now (the simulator may not have said so
-    // yet).
-    let landed_at = t0.elapsed();
     let seen = samples.last().map_or(0, |s| s.1);
-    samples.push((landed_at, seen.max(20 * MB)));
-    // From the start: the bucket was full (one burst), then the rate. The Hello and heartbeats
-    // are a few hundred bytes more.
-    let slack = 64 * 1024;
-    for (at, fwd) in &samples {
-        let allowed = burst + (rate as f64 * at.as_secs_f64()) as u64 + slack;
+    samples.push((t0.elapsed(), seen.max(size)));
+    samples
+}
+
+/// From the start the bucket was full (one burst), then the rate: no sample above that.
+fn assert_within_from_start(samples: &[(Duration, u64)], rate: u64, burst: u64) {
+    for (at, bytes) in samples {
+        let allowed = burst + (rate as f64 * at.as_secs_f64()) as u64 + SLACK;
         assert!(
-            *fwd <= allowed,
-            "{fwd} bytes through the gate {at:?} after start, allowed {allowed}"
+            *bytes <= allowed,
+            "{bytes} bytes through the gate {at:?} after start, allowed {allowed}"
         );
     }
+}
+
+#[test]
+fn a_rate_limited_pipe_never_passes_the_limit_plus_one_burst() {
+    let (rate, burst, size) = (5 * MB, MB, 20 * MB);
+    let (mut lab, expected) = rate_lab("loopback", rate, burst, size);
+    let samples = sample_until_landed(&mut lab, &expected, size, |st| {
+        st.get("forward_bytes").copied().unwrap_or(0)
+    });
+    assert_within_from_start(&samples, rate, burst);
     // Over every window of at least a second: at most the rate, one burst, one frame paid for
     // before the window opened, and the simulator's 100 ms reporting lag at each end.
     let (frame, lag) = (4 * 1024 * 1024, 0.3);
@@ -295,29 +314,32 @@ fn a_rate_limited_pipe_never_passes_the_limit_plus_one_burst() {
             .filter(|(b, _)| *b - *a >= Duration::from_secs(1))
         {
             let span = (*b - *a).as_secs_f64() + lag;
-            let allowed = burst + frame + (rate as f64 * span) as u64 + slack;
+            let allowed = burst + frame + (rate as f64 * span) as u64 + SLACK;
+            let n = fb - fa;
             assert!(
-                fb - fa <= allowed,
-                "{} bytes between {a:?} and {b:?}, allowed {allowed}",
-                fb - fa
+                n <= allowed,
+                "{n} bytes between {a:?} and {b:?}, allowed {allowed}"
             );
         }
     }
-    // The steady rate: from the first bytes seen at the gate to the last (the first frame, paid
-    // for before it went out, is left out), and the whole run from the sender's start.
-    let (first_at, first_bytes) = samples
+    report_rate(&samples, rate, burst);
+}
+
+/// Prints the steady rate (from the first bytes seen at the gate to the first sample with all
+/// of them: the first frame, paid for before it went out, is left out) and the whole run's.
+fn report_rate(samples: &[(Duration, u64)], rate: u64, burst: u64) {
+    let first = samples
         .iter()
         .copied()
-        .find(|s| s.1 > slack)
+        .find(|s| s.1 > SLACK)
         .unwrap_or_default();
-    let top = samples.last().map_or(0, |s| s.1);
-    let (last_at, last_bytes) = samples
+    let (landed_at, top) = samples.last().copied().unwrap_or_default();
+    let last = samples
         .iter()
         .copied()
         .find(|s| s.1 == top)
         .unwrap_or_default();
-    let landed_at = samples.last().map_or(Duration::ZERO, |s| s.0);
-    let steady = (last_bytes - first_bytes) as f64 / (last_at - first_at).as_secs_f64().max(1e-3);
+    let steady = (last.1 - first.1) as f64 / (last.0 - first.0).as_secs_f64().max(1e-3);
     eprintln!(
         "rate_limit: 20 MB at {} MB/s (burst {} MB): steady {:.2} MB/s at the gate; landed {:.2} s after the sender started ({:.2} MB/s overall)",
         rate / MB,
@@ -330,36 +352,11 @@ fn a_rate_limited_pipe_never_passes_the_limit_plus_one_burst() {
 
 #[test]
 fn the_rate_limit_holds_on_the_diode_link_too() {
-    let (rate, burst) = (2 * MB, MB / 2);
-    let mut lab = Lab::new("udp-loopback");
-    lab.sender_pipe_extra = format!(
-        "processors = [{{ type = \"rate_limit\", bytes_per_second = {rate}, burst_bytes = {burst} }}]\n"
-    );
-    let expected: BTreeMap<String, String> = [put(&lab, "big.bin", 6 * MB as usize, 8)].into();
-    lab.start_receiver();
-    lab.start_sim(&[]);
-    let t0 = Instant::now();
-    lab.start_sender();
-    let mut samples: Vec<(Duration, u64)> = Vec::new();
-    while tree(&lab.dest) != expected {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{}",
-            lab.diagnostics()
-        );
-        let datagrams = lab.sim_stats().get("forwarded").copied().unwrap_or(0);
-        // At least the symbol's 1400 bytes each (headers and the tag come on top).
-        samples.push((t0.elapsed(), datagrams * 1400));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Landed: the whole file went through the diode by now.
-    samples.push((t0.elapsed(), 6 * MB));
-    let slack = 64 * 1024;
-    for (at, sent) in &samples {
-        let allowed = burst + (rate as f64 * at.as_secs_f64()) as u64 + slack;
-        assert!(
-            *sent <= allowed,
-            "{sent} bytes through the diode {at:?} after start, allowed {allowed}"
-        );
-    }
+    let (rate, burst, size) = (2 * MB, MB / 2, 6 * MB);
+    let (mut lab, expected) = rate_lab("udp-loopback", rate, burst, size);
+    // At least the symbol's 1400 bytes per datagram (headers and the tag come on top).
+    let samples = sample_until_landed(&mut lab, &expected, size, |st| {
+        st.get("forwarded").copied().unwrap_or(0) * 1400
+    });
+    assert_within_from_start(&samples, rate, burst);
 }
