@@ -12,6 +12,7 @@ use gapsync_protocol::crypto::Protection;
 use gapsync_protocol::{LinkKind, Profile, RawProfile};
 use serde::Deserialize;
 
+use crate::process::{Processors, RawProcessor};
 use crate::source::spool::config::{AfterSend, RawSpool};
 use crate::source::{SourceConfig, SourceContext, SourceSettings};
 
@@ -71,8 +72,8 @@ pub struct RawPipe {
     pub realtime: Option<bool>,
     /// Send objects that arrived through gapsync too (default true).
     pub forward_received: Option<bool>,
-    /// The processors, in order; kept raw until their types are wired in.
-    pub processors: Option<toml::Value>,
+    /// The processors, in order (`crate::process`).
+    pub processors: Option<Vec<RawProcessor>>,
     /// When the pipe may send; kept raw until its type is wired in.
     pub schedule: Option<toml::Value>,
     pub quarantine_dir: Option<PathBuf>,
@@ -138,16 +139,16 @@ pub struct PipeConfig {
     pub profile: Profile,
     pub gate: String,
     pub source: SourceSettings,
-    /// Send what is there when the pipe is created (not acted on yet).
+    /// Send what is there when the pipe is created (`crate::process::history`).
     pub history: bool,
-    /// Send what arrives later (not acted on yet).
+    /// Send what arrives later (`crate::process::history`).
     pub realtime: bool,
     /// Send objects that arrived through gapsync (not acted on yet). Default true, unlike the
     /// issue's example (false): today every file in a spool is sent, and old configs must
     /// keep doing that.
     pub forward_received: bool,
-    /// The `processors` array as written (typed by `crate::process` once wired in).
-    pub processors: Option<toml::Value>,
+    /// The checked processors (filter, compress, rate_limit), in order.
+    pub processors: Processors,
     /// The `schedule` table as written (typed by `crate::schedule` once wired in).
     pub schedule: Option<toml::Value>,
     pub quarantine_dir: PathBuf,
@@ -332,6 +333,29 @@ fn source(
     raw.check(p, label, cx)
 }
 
+/// The pipe's checked `processors`; a `compress` step on a udp (diode) pipe is refused.
+fn processors(
+    p: &mut Vec<String>,
+    name: &str,
+    raw: Option<Vec<RawProcessor>>,
+    profile: Option<&Profile>,
+) -> Option<Processors> {
+    let checked = match Processors::check(name, &raw.unwrap_or_default()) {
+        Ok(c) => c,
+        Err(problems) => {
+            p.extend(problems);
+            return None;
+        }
+    };
+    if let (Some(pr), Some(_)) = (profile, checked.compress()) {
+        if pr.link == LinkKind::Udp {
+            p.push(format!("pipe {name}: processors: `compress` is not available on a udp (diode) pipe (profile {:?}): the diode's datagrams cover fixed byte ranges of the file and carry no compression (PROTOCOL.md section 8); remove the compress step", pr.name));
+            return None;
+        }
+    }
+    Some(checked)
+}
+
 /// What every pipe's check needs from the rest of the config.
 struct PipeContext<'a> {
     base: &'a Path,
@@ -388,6 +412,7 @@ impl PipeContext<'_> {
             diode: profile.is_some_and(|pr| pr.link == LinkKind::Udp),
         };
         let source = source(p, label, &mut rp, &cx);
+        let processors = processors(p, &name, rp.processors.take(), profile);
         let auth = self.auth(p, label, rp.key_file, rp.key_id, rp.protection);
         let tls = match profile {
             Some(pr) if pr.link == LinkKind::Tls => self.tls(p, label, &gate),
@@ -400,7 +425,7 @@ impl PipeContext<'_> {
             history: rp.history.unwrap_or(true),
             realtime: rp.realtime.unwrap_or(true),
             forward_received: rp.forward_received.unwrap_or(true),
-            processors: rp.processors,
+            processors: processors?,
             schedule: rp.schedule,
             quarantine_dir: quarantine_dir.unwrap_or_else(|| pipe_state.join("quarantine")),
             max_attempts: rp.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
@@ -553,6 +578,37 @@ mod tests {
             Some(AfterSend::Move),
             "a diode keeps what it sent"
         );
-        assert!(!u.forward_received && u.processors.is_some() && u.schedule.is_some());
+        assert!(!u.forward_received && u.processors.filter().is_some() && u.schedule.is_some());
+    }
+
+    #[test]
+    fn processor_problems_are_reported_with_the_others_and_compress_is_refused_on_udp() {
+        let (_d, r) = load(
+            "",
+            "[[pipe]]\nname = \"a\"\ngate = \"nohost\"\nspool = \"spool\"\nprocessors = [{ type = \"compress\", level = 30 }, { type = \"rate_limit\", bytes_per_second = 0 }]\n\
+             [[pipe]]\nname = \"d\"\ngate = \"h:1\"\nprofile = \"udp-loopback\"\nspool = \"spool2\"\nprocessors = [{ type = \"compress\" }]\n",
+        );
+        let e = r.expect_err("refused");
+        assert!(e.contains("#1 (a): `gate`"), "{e}");
+        assert!(
+            e.contains("pipe a: processors[0] (compress): level 30"),
+            "{e}"
+        );
+        assert!(
+            e.contains("pipe a: processors[1] (rate_limit): bytes_per_second = 0"),
+            "{e}"
+        );
+        assert!(
+            e.contains("pipe d: processors: `compress` is not available on a udp (diode) pipe"),
+            "{e}"
+        );
+        let (_e, r) = load(
+            "",
+            "[[pipe]]\nname = \"t\"\ngate = \"h:1\"\nspool = \"spool\"\nprocessors = [{ type = \"compress\", level = 5 }, { type = \"rate_limit\", bytes_per_second = 1000 }]\n",
+        );
+        let c = r.expect("valid");
+        let p = &c.pipes[0].processors;
+        assert_eq!(p.compress().map(|c| c.level), Some(5));
+        assert!(p.limit_after_compress());
     }
 }

@@ -12,8 +12,6 @@
 mod config;
 mod link;
 mod pipe;
-// Built standalone (issue 19, sections 3-4); the pipe policy wires it in.
-#[allow(dead_code)]
 mod process;
 mod resend;
 // Built standalone (issue 19, section 4); the pipe policy wires it in.
@@ -158,8 +156,9 @@ fn log_started(config: &Config, session: u64) {
     tracing::info!(node = %config.node, profile, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");
     for pc in &config.pipes {
         tracing::info!(pipe = %pc.name, profile = %pc.profile.name, link = %link::kind_name(pc.profile.link), gate = %pc.gate, history = pc.history, realtime = pc.realtime, forward_received = pc.forward_received, "pipe started");
-        if pc.processors.is_some() || pc.schedule.is_some() {
-            tracing::warn!(pipe = %pc.name, "`processors` and `schedule` are checked but not applied by this build yet: the pipe sends everything, at any time");
+        log_processors(pc);
+        if pc.schedule.is_some() {
+            tracing::warn!(pipe = %pc.name, "`schedule` is checked but not applied by this build yet: the pipe sends at any time");
         }
         match &pc.auth {
             Some(a) => {
@@ -174,10 +173,21 @@ fn log_started(config: &Config, session: u64) {
     }
 }
 
+/// What the pipe's processors do, in one INFO line (nothing when it has none).
+fn log_processors(pc: &config::PipeConfig) {
+    let p = &pc.processors;
+    if p.steps().is_empty() {
+        return;
+    }
+    let compress = p.compress().map(|c| format!("zstd level {}", c.level));
+    let rate = p.rate_limit().map(|r| r.bytes_per_second.get());
+    tracing::info!(pipe = %pc.name, filter = p.filter().is_some(), compress = compress.as_deref().unwrap_or("off"), rate_limit_bytes_per_second = rate, limit_counts = if p.limit_after_compress() { "wire bytes" } else { "original bytes" }, "pipe processors");
+}
+
 /// One line per pipe at shutdown, from its status.
 fn log_stopped(handles: &[pipe::status::PipeHandle]) {
     for h in handles {
         let st = h.status();
-        tracing::info!(pipe = %st.name, link = st.link, queued = st.queued_objects, queued_bytes = st.queued_bytes, delivered = st.delivered_objects, quarantined = st.quarantined, "pipe stopped");
+        tracing::info!(pipe = %st.name, link = st.link, queued = st.queued_objects, queued_bytes = st.queued_bytes, delivered = st.delivered_objects, quarantined = st.quarantined, filtered = st.filtered, "pipe stopped");
     }
 }

@@ -13,6 +13,7 @@
 //! The policy knows nothing of spools: it names objects by key and asks its [`Source`] to take,
 //! settle or quarantine them.
 
+pub mod admit;
 pub mod batch;
 pub mod inflight;
 pub mod sent_log;
@@ -31,12 +32,14 @@ use std::time::Instant;
 use gapsync_protocol::LinkKind;
 use tokio::sync::{mpsc, watch};
 
+use self::admit::Admission;
 use self::inflight::{InFlight, InFlightStore};
 use self::sent_log::{SentEntry, SentLog};
 pub use self::stats::PipeStats;
 use self::status::PipeHandle;
 use self::transfer::mtime_ns;
 use crate::config::PipeConfig;
+use crate::process::rate_limit::RateLimiter;
 use crate::source::identity::Identity;
 use crate::source::{Disposal, Outcome, Source, SourceEvent};
 use crate::state::{IdSource, unix_now};
@@ -87,6 +90,10 @@ pub struct Pipe {
     short_of_descriptors: bool,
     /// When the source last reported a new object.
     last_found: Option<Instant>,
+    /// The filter and `history` / `realtime`: which objects the pipe takes.
+    admission: Admission,
+    /// The pipe's `rate_limit` bucket, shared by everything that sends on it.
+    pub limiter: Option<Arc<RateLimiter>>,
     pub stats: Arc<PipeStats>,
     /// The pipe's "running" flag: false while stopped (see [`PipeHandle::pause`]).
     running: watch::Receiver<bool>,
@@ -113,6 +120,8 @@ impl Pipe {
             LinkKind::Tcp | LinkKind::Tls => None,
         };
         let (running_tx, running) = watch::channel(true);
+        let admission = Admission::open(&cfg, || source.list())?;
+        let limiter = (cfg.processors.rate_limit()).map(|r| Arc::new(RateLimiter::new(r)));
         Ok(Self {
             cfg,
             source,
@@ -127,6 +136,8 @@ impl Pipe {
             failures: HashMap::new(),
             short_of_descriptors: false,
             last_found: None,
+            admission,
+            limiter,
             stats,
             running,
             running_tx: Arc::new(running_tx),
@@ -158,7 +169,12 @@ impl Pipe {
     /// Takes what the source found.
     pub fn on_source(&mut self, ev: SourceEvent) {
         match ev {
-            SourceEvent::Found { rel, size } => {
+            SourceEvent::Found { rel, size, time } => {
+                if !self.known.contains(&rel)
+                    && !(self.admission).admits(&rel, size, time, &self.stats)
+                {
+                    return;
+                }
                 if self.known.insert(rel.clone()) {
                     self.last_found = Some(Instant::now());
                     // Objects that survived a crash in flight go first.

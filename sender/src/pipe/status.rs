@@ -31,6 +31,8 @@ pub struct PipeStatus {
     pub quarantined: u64,
     pub ignored_files: u64,
     pub ignored_bytes: u64,
+    /// Objects the pipe's filter or `history` / `realtime` leave in the source, now.
+    pub filtered: u64,
     /// The last WARN or ERROR the pipe logged, with its time.
     pub last_problem: Option<Problem>,
 }
@@ -82,6 +84,7 @@ impl PipeHandle {
             quarantined: s.quarantined.load(Relaxed),
             ignored_files: s.ignored_files.load(Relaxed),
             ignored_bytes: s.ignored_bytes.load(Relaxed),
+            filtered: s.filtered.load(Relaxed),
             last_problem: s.last_problem.lock().ok().and_then(|p| p.clone()),
         }
     }
@@ -142,6 +145,7 @@ mod tests {
         p.on_source(SourceEvent::Found {
             rel: "a.bin".into(),
             size: 1000,
+            time: SystemTime::now(),
         });
         p.stats.failed("file quarantined: x");
         let st = h.status();

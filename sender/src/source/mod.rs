@@ -9,7 +9,7 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -19,6 +19,7 @@ use self::spool::SpoolSource;
 use self::spool::config::{RawSpool, SpoolSettings};
 use crate::config::PipeConfig;
 use crate::pipe::PipeStats;
+use crate::process::history::Present;
 
 /// A pipe's source of re-readable objects (a spool file today; a table chunk or a record
 /// batch next). The pipe policy ([`crate::pipe::Pipe`]) queues what it reports, takes objects
@@ -45,6 +46,10 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn retention(&self) -> Option<Duration>;
     /// Drops the kept copy of a settled object whose retention is over; true if it was there.
     fn drop_kept(&mut self, key: &str) -> bool;
+    /// Every object there now, for the pipe's history mark (taken once, when the pipe is
+    /// created). A source that cannot list its objects returns an empty list (see
+    /// [`crate::process::history`]).
+    fn list(&self) -> io::Result<Vec<Present>>;
 }
 
 /// An object opened to be sent.
@@ -91,8 +96,12 @@ pub fn build(pc: &PipeConfig, stats: Arc<PipeStats>) -> Box<dyn Source> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEvent {
     /// A complete file, by its relative path (`/`-separated UTF-8) inside the spool, and its
-    /// size when it was found.
-    Found { rel: String, size: u64 },
+    /// size and time (a file's mtime) when it was found.
+    Found {
+        rel: String,
+        size: u64,
+        time: SystemTime,
+    },
     /// A file whose name cannot be sent as it is; it is quarantined with the reason.
     BadName { path: PathBuf, reason: String },
 }

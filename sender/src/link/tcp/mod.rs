@@ -10,7 +10,9 @@ use gapsync_daemon::alarm::{self, Alarm, AlarmEvent};
 use gapsync_daemon::ratelimit::{self, RateLimiter};
 use gapsync_protocol::crypto::{ConnectionId, FrameKey};
 use gapsync_protocol::messages::HelloAuth;
-use gapsync_protocol::{FrameKind, Hello, PROTOCOL_VERSION, SenderEvent, SenderSession};
+use gapsync_protocol::{
+    Compression, FrameKind, Hello, PROTOCOL_VERSION, SenderEvent, SenderSession,
+};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -261,7 +263,20 @@ fn open_session(w: &mut PipeWorker, node: &str, session_id: u64) -> SenderSessio
             protection: a.protection,
         }),
     };
-    SenderSession::new(&cfg.profile, &hello, Instant::now(), key)
+    let s = SenderSession::new(&cfg.profile, &hello, Instant::now(), key);
+    // Every connection (a reconnect too) offers the pipe's compression in its Hello.
+    match cfg
+        .processors
+        .compress()
+        .map(|c| Compression::zstd(i64::from(c.level)))
+    {
+        Some(Ok(c)) => s.with_compression(c),
+        Some(Err(e)) => {
+            tracing::error!(pipe = %cfg.name, error = %e, "internal: the checked compress level was refused; sending uncompressed");
+            s
+        }
+        None => s,
+    }
 }
 
 impl<W: AsyncWrite + Unpin> Conn<W> {

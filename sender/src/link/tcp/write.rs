@@ -1,5 +1,6 @@
-//! Writing frames to the gate: paced to the profile's rate, the payload written from where it
-//! lies behind the session's header, flushed (TLS keeps records until flushed).
+//! Writing frames to the gate: paced to the profile's rate and to the pipe's `rate_limit`
+//! processor, the payload written from where it lies behind the session's header, flushed (TLS
+//! keeps records until flushed).
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,18 @@ pub async fn send<W: AsyncWrite + Unpin>(
             return Err(format!("internal: {e}"));
         }
     };
-    pacer.wait(s.pending_output().len() + payload.len()).await;
+    let wire = s.pending_output().len() + payload.len();
+    pacer.wait(wire).await;
+    if let Some(limiter) = &w.pipe.limiter {
+        // The pipe's rate_limit counts wire bytes when listed after compress, else the
+        // original bytes the frame carries.
+        let counted = if w.pipe.cfg.processors.limit_after_compress() {
+            wire
+        } else {
+            wire.max(w.buf.len())
+        };
+        limiter.take(counted as u64).await;
+    }
     write_out(s, wr, payload, limit).await
 }
 

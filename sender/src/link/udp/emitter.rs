@@ -6,12 +6,15 @@
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gapsync_protocol::crypto::FrameKey;
 use gapsync_protocol::udp::datagram::{self, Header, Kind};
 use gapsync_protocol::udp::{Heartbeat, UdpProfile};
 use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
+
+use crate::process::rate_limit::RateLimiter;
 
 /// Most datagrams in one send call (and one burst of the pacer).
 const MAX_BATCH: usize = 16;
@@ -91,6 +94,8 @@ pub struct Emitter {
     spacing: Duration,
     next_heartbeat: Instant,
     heartbeat_interval: Duration,
+    /// The pipe's `rate_limit` processor: every datagram batch pays it as well.
+    limiter: Option<Arc<RateLimiter>>,
     pub counters: Counters,
 }
 
@@ -160,8 +165,15 @@ impl Emitter {
             spacing,
             next_heartbeat: now,
             heartbeat_interval,
+            limiter: None,
             counters: Counters::default(),
         })
+    }
+
+    /// Makes every datagram (batch) also wait for the pipe's `rate_limit` bucket.
+    pub fn with_limiter(mut self, limiter: Option<Arc<RateLimiter>>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Bytes of one symbol datagram.
@@ -317,6 +329,9 @@ impl Emitter {
         let ahead = self.due.saturating_duration_since(now);
         if ahead > SLEEP_MIN {
             std::thread::sleep(ahead);
+        }
+        if let Some(limiter) = &self.limiter {
+            limiter.take_blocking(bytes as u64);
         }
     }
 

@@ -206,7 +206,7 @@ impl Driver {
         };
         let hb = profile.heartbeat_interval;
         match Emitter::open(dest, udp, profile.socket_buffer_bytes, hb, key, identity) {
-            Ok(e) => Some(e),
+            Ok(e) => Some(e.with_limiter(self.pipe.limiter.clone())),
             Err(err) => {
                 tracing::error!(pipe = %cfg.name, %dest, error = %err, "cannot open the UDP socket; the pipe does not send");
                 None

@@ -342,6 +342,7 @@ impl Scanner {
             Some(Ok(p)) => SourceEvent::Found {
                 rel: p.as_str().to_owned(),
                 size: meta.len(),
+                time: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             },
             Some(Err(e)) => SourceEvent::BadName {
                 path: path.to_path_buf(),
@@ -400,13 +401,14 @@ mod tests {
         // A file renamed in is noticed by the watcher without waiting for a scan.
         std::fs::write(dir.path().join("new.tmp"), b"y").expect("write");
         std::fs::rename(dir.path().join("new.tmp"), spool.join("new.bin")).expect("rename");
-        assert_eq!(
-            rx.blocking_recv(),
-            Some(SourceEvent::Found {
-                rel: "new.bin".into(),
-                size: 1
-            })
-        );
+        match rx.blocking_recv() {
+            Some(SourceEvent::Found { rel, size, time }) => {
+                assert_eq!((rel.as_str(), size), ("new.bin", 1));
+                let mtime = std::fs::metadata(spool.join("new.bin")).and_then(|m| m.modified());
+                assert_eq!(Some(time), mtime.ok(), "the event carries the file's mtime");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// Starts a scanner of `spool` (with `sent/` excluded) that scans only at start.

@@ -15,6 +15,7 @@ use super::config::{AfterSend, SpoolSettings};
 use super::{SpoolConfig, lease, spawn};
 use crate::config::PipeConfig;
 use crate::pipe::PipeStats;
+use crate::process::history::Present;
 use crate::source::{Disposal, Opened, Outcome, Source, SourceEvent};
 
 /// One pipe's spool folder.
@@ -130,6 +131,47 @@ impl Source for SpoolSource {
 
     fn drop_kept(&mut self, key: &str) -> bool {
         fs::remove_file(self.s.sent_dir.join(key)).is_ok()
+    }
+
+    /// The regular files of the spool (not under sent_dir or the quarantine folder), by key.
+    fn list(&self) -> io::Result<Vec<Present>> {
+        let root = &self.s.path;
+        let aside = [&self.s.sent_dir, &self.quarantine_dir];
+        let walk = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|e| !aside.iter().any(|d| e.path() == d.as_path()));
+        let mut out = Vec::new();
+        for entry in walk {
+            let entry = match entry {
+                Ok(e) => e,
+                // Removed while listed: not present. The spool itself not made yet: empty.
+                Err(e)
+                    if e.io_error()
+                        .is_some_and(|e| e.kind() == io::ErrorKind::NotFound) =>
+                {
+                    if e.depth() == 0 {
+                        return Ok(out);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(io::Error::other(e)),
+            };
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let (Ok(rel), Ok(meta)) = (entry.path().strip_prefix(root), entry.metadata()) else {
+                continue;
+            };
+            if let (Some(key), Ok(mtime)) = (rel.to_str(), meta.modified()) {
+                out.push(Present {
+                    key: key.to_owned(),
+                    size: meta.len(),
+                    mtime,
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
