@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::config::{Config, link_name};
+use crate::pipe::origin::Admission;
 use crate::pipe::status::PeerGuard;
 use crate::pipe::{Pipe, Pipes};
 use crate::sink::{Applied, Flushed};
@@ -457,13 +458,29 @@ impl Connection {
             Request::Batch(records) => records,
             other => vec![other],
         };
+        let node = self.server.config.node.as_str();
         // Every record is applied in order, then every commit among them is made durable as
         // one group; OK is answered only after that. On a refusal nothing staged is landed.
         let result = tokio::task::block_in_place(|| {
             pipe.with_sink(|sink| {
                 for r in &records {
                     let applied = match r {
-                        Request::Open { transfer, open, .. } => sink.open(*transfer, open),
+                        Request::Open {
+                            transfer,
+                            open,
+                            origin,
+                        } => match pipe.admit(*transfer, &open.path, origin, node) {
+                            Admission::Land(chain) => {
+                                sink.open_with_origin(*transfer, open, &chain)
+                            }
+                            Admission::Looped => Ok(Applied::AlreadyCommitted),
+                        },
+                        // A looped object's bytes and commit are acknowledged, not written.
+                        Request::Data { transfer, .. } | Request::Commit { transfer, .. }
+                            if pipe.is_looped(*transfer) =>
+                        {
+                            Ok(Applied::AlreadyCommitted)
+                        }
                         Request::Data {
                             transfer,
                             offset,
