@@ -14,6 +14,7 @@
 //! settle or quarantine them.
 
 pub mod batch;
+mod forward;
 pub mod inflight;
 pub mod sent_log;
 pub mod stats;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use gapsync_protocol::LinkKind;
+use gapsync_protocol::{LinkKind, OriginChain};
 use tokio::sync::{mpsc, watch};
 
 use self::inflight::{InFlight, InFlightStore};
@@ -53,6 +54,8 @@ pub struct Taken {
     pub reopen: PathBuf,
     pub id: u64,
     pub acked: u64,
+    /// The hops the object crossed before this pipe's source (empty: it originated here).
+    pub origin: OriginChain,
 }
 
 /// What [`Pipe::take`] did with a queued key.
@@ -80,6 +83,8 @@ pub struct Pipe {
     pending_bytes: u64,
     /// Keys queued or in flight.
     known: HashSet<String>,
+    /// Names objects skipped by `forward_received = false`, within a budget per minute.
+    forward_names: forward::Names,
     /// Objects that changed while they were sent, waiting until the source says they settled.
     cooling: Vec<String>,
     failures: HashMap<String, u32>,
@@ -123,6 +128,7 @@ impl Pipe {
             pending: VecDeque::new(),
             pending_bytes: 0,
             known: HashSet::new(),
+            forward_names: forward::Names::default(),
             cooling: Vec::new(),
             failures: HashMap::new(),
             short_of_descriptors: false,
@@ -243,6 +249,9 @@ impl Pipe {
             }
             Err(e) => return self.take_failed(key, &e),
         };
+        if !opened.origin.is_empty() && !self.cfg.forward_received {
+            return self.skip_forwarded(key, &opened.origin);
+        }
         let (size, mtime) = (opened.meta.len(), mtime_ns(&opened.meta));
         let Some((id, acked)) = self.transfer_id(&key, size, mtime) else {
             self.requeue(key, true);
@@ -271,6 +280,7 @@ impl Pipe {
             reopen: opened.reopen,
             id,
             acked,
+            origin: opened.origin,
         }))
     }
 

@@ -22,6 +22,8 @@ pub struct PipeStats {
     /// Files left in the spool by the `ignore` rule, and their bytes, at the last full scan.
     pub ignored_files: AtomicU64,
     pub ignored_bytes: AtomicU64,
+    /// Objects that arrived through gapsync, left in the source by `forward_received = false`.
+    pub forwarded_skipped: AtomicU64,
     /// When the last object was delivered, in milliseconds since the Unix epoch (0: never).
     pub last_delivery_ms: AtomicU64,
     /// The last WARN or ERROR the pipe logged.

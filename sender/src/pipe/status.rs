@@ -31,6 +31,8 @@ pub struct PipeStatus {
     pub quarantined: u64,
     pub ignored_files: u64,
     pub ignored_bytes: u64,
+    /// Objects left in the source because they arrived through gapsync (`forward_received`).
+    pub forwarded_skipped: u64,
     /// The last WARN or ERROR the pipe logged, with its time.
     pub last_problem: Option<Problem>,
 }
@@ -82,6 +84,7 @@ impl PipeHandle {
             quarantined: s.quarantined.load(Relaxed),
             ignored_files: s.ignored_files.load(Relaxed),
             ignored_bytes: s.ignored_bytes.load(Relaxed),
+            forwarded_skipped: s.forwarded_skipped.load(Relaxed),
             last_problem: s.last_problem.lock().ok().and_then(|p| p.clone()),
         }
     }
