@@ -17,9 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gapsync_tests::{
-    Proc, bin, count_lines, make_file, profiles_dir, read_logs, tree, wait_until,
-};
+use gapsync_tests::{Proc, bin, count_lines, make_file, profiles_dir, read_logs, tree, wait_until};
 
 const XATTR: &str = "user.gapsync.origin";
 
@@ -79,16 +77,20 @@ impl Node {
         let args = ["run", "--config", &cfg.display().to_string()].map(str::to_owned);
         let proc = Proc::spawn("receiver", &bin("gapsync-receiver"), &args, &self.dir);
         let mut addr = None;
-        wait_until("the receiver's listening line", Duration::from_secs(20), || {
-            addr = self
-                .receiver_log()
-                .split(" listening ")
-                .nth(1)
-                .and_then(|l| l.split("addr=").nth(1))
-                .and_then(|a| a.split_whitespace().next())
-                .and_then(|a| a.parse().ok());
-            addr.is_some()
-        });
+        wait_until(
+            "the receiver's listening line",
+            Duration::from_secs(20),
+            || {
+                addr = self
+                    .receiver_log()
+                    .split(" listening ")
+                    .nth(1)
+                    .and_then(|l| l.split("addr=").nth(1))
+                    .and_then(|a| a.split_whitespace().next())
+                    .and_then(|a| a.parse().ok());
+                addr.is_some()
+            },
+        );
         self.receiver = Some(proc);
         self.addr = addr;
     }
@@ -113,7 +115,12 @@ impl Node {
         let cfg = self.dir.join("sender.toml");
         std::fs::write(&cfg, t).expect("sender.toml");
         let args = ["run", "--config", &cfg.display().to_string()].map(str::to_owned);
-        self.sender = Some(Proc::spawn("sender", &bin("gapsync-sender"), &args, &self.dir));
+        self.sender = Some(Proc::spawn(
+            "sender",
+            &bin("gapsync-sender"),
+            &args,
+            &self.dir,
+        ));
     }
 
     fn diagnostics(&self) -> String {
@@ -144,7 +151,10 @@ fn files(folder: &Path, tag: &str, n: usize, seed: u64) -> BTreeMap<String, Stri
         .map(|i| {
             let rel = format!("{tag}/f-{i}.bin");
             let size = [0, 17, 4096, 70_000, 300_000][i % 5];
-            (rel.clone(), make_file(&folder.join(&rel), size, seed + i as u64))
+            (
+                rel.clone(),
+                make_file(&folder.join(&rel), size, seed + i as u64),
+            )
         })
         .collect()
 }
@@ -175,28 +185,56 @@ fn two_pipes_crossing_between_two_folders_deliver_each_file_once_and_never_ping_
     let diag = || format!("{}\n{}", a.diagnostics(), b.diagnostics());
     // Every file of both sides is in both sent_dirs: sent by its own side, and its copy sent
     // back by the other side (and refused there as a loop).
-    wait_until("both sent_dirs hold every file", Duration::from_secs(90), || {
-        tree(&sent_dir(&x)) == union && tree(&sent_dir(&y)) == union
-    });
+    wait_until(
+        "both sent_dirs hold every file",
+        Duration::from_secs(90),
+        || tree(&sent_dir(&x)) == union && tree(&sent_dir(&y)) == union,
+    );
     // Long enough for a ping-pong to show: several settle and poll intervals and round trips.
     std::thread::sleep(Duration::from_secs(4));
     let (ra, rb) = (a.receiver_log(), b.receiver_log());
     // Each file crossed once: b delivered a's files, a delivered b's, nothing more.
-    assert_eq!(count_lines(&rb, &[" delivered ", "pipe=ab"]), from_a.len(), "{}", diag());
-    assert_eq!(count_lines(&ra, &[" delivered ", "pipe=ba"]), from_b.len(), "{}", diag());
+    assert_eq!(
+        count_lines(&rb, &[" delivered ", "pipe=ab"]),
+        from_a.len(),
+        "{}",
+        diag()
+    );
+    assert_eq!(
+        count_lines(&ra, &[" delivered ", "pipe=ba"]),
+        from_b.len(),
+        "{}",
+        diag()
+    );
     // Each copy that came back was refused once by the loop rule, not landed.
     let looped = "not landed: the object came from this node before";
     assert_eq!(count_lines(&ra, &[looped]), from_a.len(), "{}", diag());
     assert_eq!(count_lines(&rb, &[looped]), from_b.len(), "{}", diag());
-    assert!(ra.contains(&format!("looped={}", from_a.len())), "summary counts looped:\n{ra}");
+    assert!(
+        ra.contains(&format!("looped={}", from_a.len())),
+        "summary counts looped:\n{ra}"
+    );
     // Both folders are empty (everything was sent and moved), nothing is on its way.
     assert!(tree(&x).is_empty() && tree(&y).is_empty(), "{}", diag());
     // The senders said `sent` once per file and never forwarded anything twice.
     let (sa, sb) = (a.sender_log(), b.sender_log());
-    assert_eq!(count_lines(&sa, &["batch: sent ", "pipe=ab"]), union.len(), "{}", diag());
-    assert_eq!(count_lines(&sb, &["batch: sent ", "pipe=ba"]), union.len(), "{}", diag());
+    assert_eq!(
+        count_lines(&sa, &["batch: sent ", "pipe=ab"]),
+        union.len(),
+        "{}",
+        diag()
+    );
+    assert_eq!(
+        count_lines(&sb, &["batch: sent ", "pipe=ba"]),
+        union.len(),
+        "{}",
+        diag()
+    );
     for (node, log) in [("a", &ra), ("b", &rb)] {
-        assert!(!log.contains(" ERROR "), "node {node}'s receiver logged an ERROR:\n{log}");
+        assert!(
+            !log.contains(" ERROR "),
+            "node {node}'s receiver logged an ERROR:\n{log}"
+        );
     }
 }
 
@@ -219,7 +257,14 @@ fn a_three_node_cascade_lands_with_the_whole_origin_chain() {
     let sent = files(&spool_a, "batch", 5, 7);
     a.start_sender("p1", &spool_a, b.addr.expect("b listens"), "");
     b.start_sender("p2", &land_b, c.addr.expect("c listens"), "");
-    let diag = || format!("{}\n{}\n{}", a.diagnostics(), b.diagnostics(), c.diagnostics());
+    let diag = || {
+        format!(
+            "{}\n{}\n{}",
+            a.diagnostics(),
+            b.diagnostics(),
+            c.diagnostics()
+        )
+    };
     wait_until("every file in C", Duration::from_secs(60), || {
         tree(&land_c) == sent
     });
@@ -232,11 +277,16 @@ fn a_three_node_cascade_lands_with_the_whole_origin_chain() {
         );
     }
     // b's copies went on (moved to its sent_dir) with the chain b recorded: a/p1.
-    wait_until("b's sent_dir holds every file", Duration::from_secs(30), || {
-        tree(&sent_dir(&land_b)) == sent
-    });
+    wait_until(
+        "b's sent_dir holds every file",
+        Duration::from_secs(30),
+        || tree(&sent_dir(&land_b)) == sent,
+    );
     for rel in sent.keys() {
-        assert_eq!(origin_of(&sent_dir(&land_b).join(rel)).as_deref(), Some("a/p1"));
+        assert_eq!(
+            origin_of(&sent_dir(&land_b).join(rel)).as_deref(),
+            Some("a/p1")
+        );
     }
     // b's forwarding pipe reconnected as version 2 to carry the chains, once.
     let sb = b.sender_log();
@@ -245,7 +295,10 @@ fn a_three_node_cascade_lands_with_the_whole_origin_chain() {
         "{}",
         diag()
     );
-    assert_eq!(count_lines(&c.receiver_log(), &[" delivered ", "pipe=p2"]), sent.len());
+    assert_eq!(
+        count_lines(&c.receiver_log(), &[" delivered ", "pipe=p2"]),
+        sent.len()
+    );
 }
 
 #[test]
@@ -274,7 +327,14 @@ fn forward_received_false_leaves_what_arrived_through_gapsync_in_place() {
     );
     // A file written on b itself still goes.
     let own = files(&land_b, "local", 2, 90);
-    let diag = || format!("{}\n{}\n{}", a.diagnostics(), b.diagnostics(), c.diagnostics());
+    let diag = || {
+        format!(
+            "{}\n{}\n{}",
+            a.diagnostics(),
+            b.diagnostics(),
+            c.diagnostics()
+        )
+    };
     wait_until("b's own files in C", Duration::from_secs(60), || {
         tree(&land_c) == own
     });
@@ -282,11 +342,24 @@ fn forward_received_false_leaves_what_arrived_through_gapsync_in_place() {
         tree(&land_b) == forwarded
     });
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(tree(&land_c), own, "nothing that arrived through gapsync went on\n{}", diag());
-    assert_eq!(tree(&land_b), forwarded, "it stays where it landed\n{}", diag());
+    assert_eq!(
+        tree(&land_c),
+        own,
+        "nothing that arrived through gapsync went on\n{}",
+        diag()
+    );
+    assert_eq!(
+        tree(&land_b),
+        forwarded,
+        "it stays where it landed\n{}",
+        diag()
+    );
     let sb = b.sender_log();
     assert_eq!(
-        count_lines(&sb, &["arrived through gapsync and forward_received = false"]),
+        count_lines(
+            &sb,
+            &["arrived through gapsync and forward_received = false"]
+        ),
         forwarded.len(),
         "one INFO per object\n{sb}"
     );

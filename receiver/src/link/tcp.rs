@@ -464,37 +464,7 @@ impl Connection {
         let result = tokio::task::block_in_place(|| {
             pipe.with_sink(|sink| {
                 for r in &records {
-                    let applied = match r {
-                        Request::Open {
-                            transfer,
-                            open,
-                            origin,
-                        } => match pipe.admit(*transfer, &open.path, origin, node) {
-                            Admission::Land(chain) => {
-                                sink.open_with_origin(*transfer, open, &chain)
-                            }
-                            Admission::Looped => Ok(Applied::AlreadyCommitted),
-                        },
-                        // A looped object's bytes and commit are acknowledged, not written.
-                        Request::Data { transfer, .. } | Request::Commit { transfer, .. }
-                            if pipe.is_looped(*transfer) =>
-                        {
-                            Ok(Applied::AlreadyCommitted)
-                        }
-                        Request::Data {
-                            transfer,
-                            offset,
-                            payload,
-                        } => sink.write(*transfer, *offset, payload).inspect(|a| {
-                            if *a == Applied::Done {
-                                pipe.add_bytes(payload.len() as u64);
-                            }
-                        }),
-                        Request::Commit { transfer, commit } => sink.commit(*transfer, commit),
-                        Request::Heartbeat | Request::Hello(_) | Request::Batch(_) => {
-                            Ok(Applied::Done)
-                        }
-                    };
+                    let applied = apply_record(&pipe, sink, node, r);
                     if let Err(e) = applied {
                         sink.abandon();
                         return Flushed {
@@ -534,5 +504,41 @@ impl Connection {
                 false
             }
         }
+    }
+}
+
+/// Applies one record of a frame to the pipe's sink. A looped object (its chain names this
+/// node) is acknowledged from its Open to its Commit without a write.
+fn apply_record(
+    pipe: &Pipe,
+    sink: &mut dyn crate::sink::Sink,
+    node: &str,
+    r: &Request,
+) -> Result<Applied, crate::sink::SinkError> {
+    match r {
+        Request::Open {
+            transfer,
+            open,
+            origin,
+        } => match pipe.admit(*transfer, &open.path, origin, node) {
+            Admission::Land(chain) => sink.open_with_origin(*transfer, open, &chain),
+            Admission::Looped => Ok(Applied::AlreadyCommitted),
+        },
+        Request::Data { transfer, .. } | Request::Commit { transfer, .. }
+            if pipe.is_looped(*transfer) =>
+        {
+            Ok(Applied::AlreadyCommitted)
+        }
+        Request::Data {
+            transfer,
+            offset,
+            payload,
+        } => sink.write(*transfer, *offset, payload).inspect(|a| {
+            if *a == Applied::Done {
+                pipe.add_bytes(payload.len() as u64);
+            }
+        }),
+        Request::Commit { transfer, commit } => sink.commit(*transfer, commit),
+        Request::Heartbeat | Request::Hello(_) | Request::Batch(_) => Ok(Applied::Done),
     }
 }
