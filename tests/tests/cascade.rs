@@ -7,7 +7,8 @@
 //!   file from going round: a file written in X lands in Y once, goes back to `a`, and `a`'s
 //!   receiver refuses to land it (its origin chain names `a`) while acknowledging it. With
 //!   `after_send = "move"` every sent file ends in its folder's sent_dir, so in the end both
-//!   sent_dirs hold every file of both sides: the union, each file delivered once.
+//!   sent_dirs hold every file of both sides: the union, each file delivered once. The same
+//!   on the diode (udp) link, where the chain follows the Announce.
 //! - Cascade: `a` -> `b` -> `c`, `b`'s spool being its landing folder; the file lands in C
 //!   with the origin chain `a/p1,b/p2` in its extended attribute `user.gapsync.origin`.
 //! - `forward_received = false` on `b`: what landed from `a` stays in `b`'s folder, unsent.
@@ -28,6 +29,8 @@ fn q(p: &Path) -> String {
 /// One host: a receiver and a sender named `node`, their state and logs under `root/node`.
 struct Node {
     name: String,
+    /// The hardware profile of both daemons (`loopback`: tcp; `udp-loopback`: the diode).
+    profile: &'static str,
     dir: PathBuf,
     receiver: Option<Proc>,
     sender: Option<Proc>,
@@ -36,10 +39,15 @@ struct Node {
 
 impl Node {
     fn new(root: &Path, name: &str) -> Node {
+        Self::with_profile(root, name, "loopback")
+    }
+
+    fn with_profile(root: &Path, name: &str, profile: &'static str) -> Node {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("node folder");
         Node {
             name: name.to_owned(),
+            profile,
             dir,
             receiver: None,
             sender: None,
@@ -58,8 +66,9 @@ impl Node {
     /// Starts the receiver with `pipes` (`(name, from, dest)`) and waits for its address.
     fn start_receiver(&mut self, pipes: &[(&str, &str, &Path)]) {
         let mut t = format!(
-            "node = {:?}\nprofile = \"loopback\"\nprofiles_dir = {}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\nstate_dir = {}\ncontrol_socket = {}\nlog_dir = {}\nsummary_interval = \"1s\"\n",
+            "node = {:?}\nprofile = {:?}\nprofiles_dir = {}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\nstate_dir = {}\ncontrol_socket = {}\nlog_dir = {}\nsummary_interval = \"1s\"\n",
             self.name,
+            self.profile,
             q(&profiles_dir()),
             q(&self.dir.join("rstate")),
             q(&self.dir.join("rstate/control.sock")),
@@ -101,14 +110,19 @@ impl Node {
         std::fs::create_dir_all(spool).expect("spool");
         let sent = PathBuf::from(format!("{}-sent", spool.display()));
         let t = format!(
-            "node = {:?}\nprofile = \"loopback\"\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\nsummary_interval = \"1s\"\n\
-             [profile_overrides]\nreconnect_backoff_min = \"50ms\"\nreconnect_backoff_max = \"500ms\"\n\n\
+            "node = {:?}\nprofile = {:?}\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\nsummary_interval = \"1s\"\n{}\n\
              [[pipe]]\nname = {name:?}\nspool = {}\ngate = \"{gate}\"\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n\
              after_send = \"move\"\nsent_dir = {}\n{extra}\n",
             self.name,
+            self.profile,
             q(&profiles_dir()),
             q(&self.dir.join("sstate")),
             q(&self.dir.join("slogs")),
+            if self.profile == "loopback" {
+                "[profile_overrides]\nreconnect_backoff_min = \"50ms\"\nreconnect_backoff_max = \"500ms\"\n"
+            } else {
+                ""
+            },
             q(spool),
             q(&sent),
         );
@@ -165,13 +179,24 @@ fn sent_dir(spool: &Path) -> PathBuf {
 
 #[test]
 fn two_pipes_crossing_between_two_folders_deliver_each_file_once_and_never_ping_pong() {
+    crossing("loopback", "batch: sent ", ": delivered ");
+}
+
+#[test]
+fn two_diode_pipes_crossing_between_two_folders_never_ping_pong() {
+    crossing("udp-loopback", "udp: sent ", "worker: delivered ");
+}
+
+/// Two pipes of `profile` crossing between X and Y; `sent` and `delivered` find the
+/// senders' and receivers' lines for one object.
+fn crossing(profile: &'static str, sent: &str, delivered: &str) {
     let root = tempfile::Builder::new()
         .prefix("gapsync-cascade-")
         .tempdir()
         .expect("tempdir");
     let (x, y) = (root.path().join("x"), root.path().join("y"));
-    let mut a = Node::new(root.path(), "a");
-    let mut b = Node::new(root.path(), "b");
+    let mut a = Node::with_profile(root.path(), "a", profile);
+    let mut b = Node::with_profile(root.path(), "b", profile);
     // a lands what b's pipe `ba` sends in X; b lands what a's pipe `ab` sends in Y.
     a.start_receiver(&[("ba", "b", &x)]);
     b.start_receiver(&[("ab", "a", &y)]);
@@ -195,13 +220,13 @@ fn two_pipes_crossing_between_two_folders_deliver_each_file_once_and_never_ping_
     let (ra, rb) = (a.receiver_log(), b.receiver_log());
     // Each file crossed once: b delivered a's files, a delivered b's, nothing more.
     assert_eq!(
-        count_lines(&rb, &[" delivered ", "pipe=ab"]),
+        count_lines(&rb, &[delivered, "pipe=ab"]),
         from_a.len(),
         "{}",
         diag()
     );
     assert_eq!(
-        count_lines(&ra, &[" delivered ", "pipe=ba"]),
+        count_lines(&ra, &[delivered, "pipe=ba"]),
         from_b.len(),
         "{}",
         diag()
@@ -219,13 +244,13 @@ fn two_pipes_crossing_between_two_folders_deliver_each_file_once_and_never_ping_
     // The senders said `sent` once per file and never forwarded anything twice.
     let (sa, sb) = (a.sender_log(), b.sender_log());
     assert_eq!(
-        count_lines(&sa, &["batch: sent ", "pipe=ab"]),
+        count_lines(&sa, &[sent, "pipe=ab"]),
         union.len(),
         "{}",
         diag()
     );
     assert_eq!(
-        count_lines(&sb, &["batch: sent ", "pipe=ba"]),
+        count_lines(&sb, &[sent, "pipe=ba"]),
         union.len(),
         "{}",
         diag()
