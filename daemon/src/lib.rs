@@ -16,6 +16,7 @@ pub mod folders;
 pub mod journal;
 pub mod keys;
 pub mod logging;
+pub mod origin;
 pub mod profiles;
 pub mod ratelimit;
 pub mod tls;

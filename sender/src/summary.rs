@@ -52,6 +52,7 @@ impl Summary {
                 ignored_files = s.ignored_files.load(Relaxed),
                 ignored_bytes = s.ignored_bytes.load(Relaxed),
                 filtered = s.filtered.load(Relaxed),
+                forwarded_skipped = s.forwarded_skipped.load(Relaxed),
                 state = if s.connected.load(Relaxed) == 1 { "connected" } else { "disconnected" },
                 "summary"
             );

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::config::{Config, link_name};
+use crate::pipe::origin::Admission;
 use crate::pipe::status::PeerGuard;
 use crate::pipe::{Pipe, Pipes};
 use crate::sink::{Applied, Flushed};
@@ -457,27 +458,13 @@ impl Connection {
             Request::Batch(records) => records,
             other => vec![other],
         };
+        let node = self.server.config.node.as_str();
         // Every record is applied in order, then every commit among them is made durable as
         // one group; OK is answered only after that. On a refusal nothing staged is landed.
         let result = tokio::task::block_in_place(|| {
             pipe.with_sink(|sink| {
                 for r in &records {
-                    let applied = match r {
-                        Request::Open { transfer, open, .. } => sink.open(*transfer, open),
-                        Request::Data {
-                            transfer,
-                            offset,
-                            payload,
-                        } => sink.write(*transfer, *offset, payload).inspect(|a| {
-                            if *a == Applied::Done {
-                                pipe.add_bytes(payload.len() as u64);
-                            }
-                        }),
-                        Request::Commit { transfer, commit } => sink.commit(*transfer, commit),
-                        Request::Heartbeat | Request::Hello(_) | Request::Batch(_) => {
-                            Ok(Applied::Done)
-                        }
-                    };
+                    let applied = apply_record(&pipe, sink, node, r);
                     if let Err(e) = applied {
                         sink.abandon();
                         return Flushed {
@@ -517,5 +504,41 @@ impl Connection {
                 false
             }
         }
+    }
+}
+
+/// Applies one record of a frame to the pipe's sink. A looped object (its chain names this
+/// node) is acknowledged from its Open to its Commit without a write.
+fn apply_record(
+    pipe: &Pipe,
+    sink: &mut dyn crate::sink::Sink,
+    node: &str,
+    r: &Request,
+) -> Result<Applied, crate::sink::SinkError> {
+    match r {
+        Request::Open {
+            transfer,
+            open,
+            origin,
+        } => match pipe.admit(*transfer, &open.path, origin, node) {
+            Admission::Land(chain) => sink.open_with_origin(*transfer, open, &chain),
+            Admission::Looped => Ok(Applied::AlreadyCommitted),
+        },
+        Request::Data { transfer, .. } | Request::Commit { transfer, .. }
+            if pipe.is_looped(*transfer) =>
+        {
+            Ok(Applied::AlreadyCommitted)
+        }
+        Request::Data {
+            transfer,
+            offset,
+            payload,
+        } => sink.write(*transfer, *offset, payload).inspect(|a| {
+            if *a == Applied::Done {
+                pipe.add_bytes(payload.len() as u64);
+            }
+        }),
+        Request::Commit { transfer, commit } => sink.commit(*transfer, commit),
+        Request::Heartbeat | Request::Hello(_) | Request::Batch(_) => Ok(Applied::Done),
     }
 }

@@ -9,6 +9,7 @@
 //!                                             status row
 //! ```
 
+pub mod origin;
 pub mod replay;
 pub mod status;
 
@@ -35,6 +36,8 @@ pub struct PipeStats {
     pub bytes: AtomicU64,
     pub connections: AtomicU64,
     pub refused_frames: AtomicU64,
+    /// Objects not landed because their origin chain names this node (a loop).
+    pub looped: AtomicU64,
 }
 
 /// One pipe: `from`'s files named `name`, landed by `sink`.
@@ -62,6 +65,8 @@ pub struct Pipe {
     counters: Mutex<DayCounters>,
     /// `silence_alarm`: nothing delivered and no sender connected for that long.
     silence: Option<(std::time::Duration, Mutex<Alarm>)>,
+    /// Looped transfers whose Data and Commit are acknowledged without a write.
+    looped: origin::Looped,
 }
 
 impl std::fmt::Debug for Pipe {
@@ -271,6 +276,7 @@ impl Pipe {
                 a.ok(std::time::Instant::now(), true);
                 (after, Mutex::new(a))
             }),
+            looped: origin::Looped::default(),
         })
     }
 }
@@ -398,6 +404,7 @@ impl Pipes {
                 connections = p.stats.connections.load(Relaxed),
                 refused_connections = row.refused_connections,
                 refused_frames = p.stats.refused_frames.load(Relaxed),
+                looped = p.stats.looped.load(Relaxed),
                 "summary"
             );
             if let Err(e) = lock(&p.counters).save() {

@@ -7,7 +7,7 @@ pub mod land;
 
 use std::path::Path;
 
-use gapsync_protocol::{Commit, OpenFile, PathError};
+use gapsync_protocol::{Commit, OpenFile, OriginChain, PathError};
 use serde::Deserialize;
 
 use directory::config::{DirectoryConfig, DirectorySettings};
@@ -212,8 +212,20 @@ pub(crate) fn io_err<'a>(
 
 /// A landing place for one pipe's transfers. Calls for one pipe are serialised by the caller.
 pub trait Sink: Send {
-    /// Opens (or reopens after a reconnect or restart) transfer `transfer`.
-    fn open(&mut self, transfer: u64, open: &OpenFile) -> Result<Applied, SinkError>;
+    /// Opens (or reopens after a reconnect or restart) transfer `transfer`, whose object
+    /// crossed the hops of `origin` (this connection's included; empty: not recorded). The
+    /// sink keeps the chain with the landed object where a later sender reads it.
+    fn open_with_origin(
+        &mut self,
+        transfer: u64,
+        open: &OpenFile,
+        origin: &OriginChain,
+    ) -> Result<Applied, SinkError>;
+    /// Opens transfer `transfer` without recording an origin chain (tests).
+    #[cfg(test)]
+    fn open(&mut self, transfer: u64, open: &OpenFile) -> Result<Applied, SinkError> {
+        self.open_with_origin(transfer, open, &OriginChain::default())
+    }
     /// Writes `data` at `offset`. Writing the same chunk twice is harmless.
     fn write(&mut self, transfer: u64, offset: u64, data: &[u8]) -> Result<Applied, SinkError>;
     /// Verifies the size and digest and stages the transfer for the next [`Sink::flush`]; a

@@ -83,6 +83,11 @@ pub struct PipeWorker {
     pub connections: u64,
     /// Payload of the frame `next_frame` returned.
     pub buf: Vec<u8>,
+    /// The current connection is version 2, so Opens may carry origin chains.
+    pub chains_on_wire: bool,
+    /// An object with an origin chain waits to be sent: connections speak version 2 from now
+    /// on (a version-1 connection ends once its frames are answered, see `wants_upgrade`).
+    pub wants_chains: bool,
 }
 
 impl PipeWorker {
@@ -96,6 +101,8 @@ impl PipeWorker {
             solo: HashSet::new(),
             connections: 0,
             buf: Vec::new(),
+            chains_on_wire: false,
+            wants_chains: false,
         }
     }
 
@@ -309,8 +316,18 @@ impl PipeWorker {
         t
     }
 
-    /// Starts the next queued file; `None` when nothing is queued.
+    /// True when this version-1 connection must end (once its frames are answered) so that
+    /// the next one, of version 2, carries an object's origin chain.
+    pub fn wants_upgrade(&self) -> bool {
+        self.wants_chains && !self.chains_on_wire
+    }
+
+    /// Starts the next queued file; `None` when nothing is queued (or the next one waits for
+    /// a version-2 connection).
     fn activate(&mut self) -> Option<()> {
+        if self.wants_upgrade() {
+            return None;
+        }
         while let Some(rel) = self.pipe.dequeue() {
             if let Some(t) = self.parked.remove(&rel) {
                 self.active.push_back(t);
@@ -319,7 +336,16 @@ impl PipeWorker {
             }
             match self.pipe.take(rel) {
                 Take::Taken(t) => {
-                    let transfer = Transfer::new(t.id, t.key, t.reopen, t.file, &t.meta, t.acked);
+                    let transfer =
+                        Transfer::new(t.id, t.key, t.reopen, t.file, &t.meta, t.acked, &t.origin);
+                    if !t.origin.is_empty() && !self.chains_on_wire {
+                        // Its chain needs version 2: it goes first on the next connection.
+                        tracing::info!(pipe = %self.pipe.cfg.name, path = %transfer.rel, origin = %t.origin, "an object that arrived through gapsync is to be forwarded with its origin chain: reconnecting with protocol version 2 once the frames in flight are answered (the receiver must be of this version or newer)");
+                        self.wants_chains = true;
+                        self.pipe.requeue(transfer.rel.clone(), true);
+                        self.parked.insert(transfer.rel.clone(), transfer);
+                        return None;
+                    }
                     self.active.push_back(transfer);
                     self.update_depth();
                     return Some(());

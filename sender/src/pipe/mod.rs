@@ -15,6 +15,7 @@
 
 pub mod admit;
 pub mod batch;
+mod forward;
 pub mod inflight;
 pub mod sent_log;
 pub mod stats;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use gapsync_protocol::LinkKind;
+use gapsync_protocol::{LinkKind, OriginChain};
 use tokio::sync::{mpsc, watch};
 
 use self::admit::Admission;
@@ -56,6 +57,8 @@ pub struct Taken {
     pub reopen: PathBuf,
     pub id: u64,
     pub acked: u64,
+    /// The hops the object crossed before this pipe's source (empty: it originated here).
+    pub origin: OriginChain,
 }
 
 /// What [`Pipe::take`] did with a queued key.
@@ -83,6 +86,8 @@ pub struct Pipe {
     pending_bytes: u64,
     /// Keys queued or in flight.
     known: HashSet<String>,
+    /// Names objects skipped by `forward_received = false`, within a budget per minute.
+    forward_names: forward::Names,
     /// Objects that changed while they were sent, waiting until the source says they settled.
     cooling: Vec<String>,
     failures: HashMap<String, u32>,
@@ -132,6 +137,7 @@ impl Pipe {
             pending: VecDeque::new(),
             pending_bytes: 0,
             known: HashSet::new(),
+            forward_names: forward::Names::default(),
             cooling: Vec::new(),
             failures: HashMap::new(),
             short_of_descriptors: false,
@@ -259,6 +265,9 @@ impl Pipe {
             }
             Err(e) => return self.take_failed(key, &e),
         };
+        if !opened.origin.is_empty() && !self.cfg.forward_received {
+            return self.skip_forwarded(key, &opened.origin);
+        }
         let (size, mtime) = (opened.meta.len(), mtime_ns(&opened.meta));
         let Some((id, acked)) = self.transfer_id(&key, size, mtime) else {
             self.requeue(key, true);
@@ -287,6 +296,7 @@ impl Pipe {
             reopen: opened.reopen,
             id,
             acked,
+            origin: opened.origin,
         }))
     }
 

@@ -25,6 +25,8 @@ pub struct PipeStats {
     /// Objects left in the source by the filter or by `history` / `realtime` (see
     /// [`super::admit`]).
     pub filtered: AtomicU64,
+    /// Objects that arrived through gapsync, left in the source by `forward_received = false`.
+    pub forwarded_skipped: AtomicU64,
     /// When the last object was delivered, in milliseconds since the Unix epoch (0: never).
     pub last_delivery_ms: AtomicU64,
     /// The last WARN or ERROR the pipe logged.

@@ -33,6 +33,8 @@ pub struct PipeStatus {
     pub ignored_bytes: u64,
     /// Objects the pipe's filter or `history` / `realtime` leave in the source, now.
     pub filtered: u64,
+    /// Objects left in the source because they arrived through gapsync (`forward_received`).
+    pub forwarded_skipped: u64,
     /// The last WARN or ERROR the pipe logged, with its time.
     pub last_problem: Option<Problem>,
 }
@@ -85,6 +87,7 @@ impl PipeHandle {
             ignored_files: s.ignored_files.load(Relaxed),
             ignored_bytes: s.ignored_bytes.load(Relaxed),
             filtered: s.filtered.load(Relaxed),
+            forwarded_skipped: s.forwarded_skipped.load(Relaxed),
             last_problem: s.last_problem.lock().ok().and_then(|p| p.clone()),
         }
     }

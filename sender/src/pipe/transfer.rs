@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, UNIX_EPOCH};
 
-use gapsync_protocol::{Commit, FrameKind, OpenFile, encode_body};
+use gapsync_protocol::{Commit, FrameKind, OpenFile, OriginChain, encode_body, encode_open};
 
 use crate::source::identity::Identity;
 
@@ -64,7 +64,8 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    /// Starts (or resumes at `acked`) sending `file`.
+    /// Starts (or resumes at `acked`) sending `file`, which crossed the hops of `origin`
+    /// before (its Open carries them; a non-empty chain needs a version-2 connection).
     pub fn new(
         id: u64,
         rel: String,
@@ -72,12 +73,14 @@ impl Transfer {
         file: File,
         meta: &Metadata,
         acked: u64,
+        origin: &OriginChain,
     ) -> Self {
-        let open_body = encode_body(&OpenFile {
+        let open = OpenFile {
             path: rel.clone(),
             size: meta.len(),
             mtime_ns: mtime_ns(meta),
-        });
+        };
+        let open_body = encode_open(&open, origin);
         Self {
             id,
             rel,
@@ -228,7 +231,10 @@ mod tests {
         std::fs::write(&p, data).expect("write");
         let f = File::open(&p).expect("open");
         let meta = f.metadata().expect("meta");
-        (dir, Transfer::new(7, "f".into(), p, f, &meta, acked))
+        (
+            dir,
+            Transfer::new(7, "f".into(), p, f, &meta, acked, &OriginChain::default()),
+        )
     }
 
     fn frames(t: &mut Transfer, chunk: usize) -> Vec<(FrameKind, u64, Vec<u8>)> {
@@ -347,7 +353,7 @@ mod properties {
             let (f, m) = open();
             // A restart resumes from a persisted offset (possibly inside a chunk).
             let start = restart_at.map_or(0, |r| r.min(len));
-            let mut t = Transfer::new(1, "f".into(), p.clone(), f, &m, start as u64);
+            let mut t = Transfer::new(1, "f".into(), p.clone(), f, &m, start as u64, &OriginChain::default());
             let mut copy = data.clone();
             copy[start..].fill(0);
             let mut buf = Vec::new();

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use gapsync_protocol::OriginChain;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -59,6 +60,9 @@ pub struct Opened {
     pub meta: Metadata,
     /// Where the object is read again when a resend needs bytes already read.
     pub reopen: PathBuf,
+    /// The gapsync hops the object crossed before it landed in this source (empty: it
+    /// originated here).
+    pub origin: OriginChain,
 }
 
 /// What the pipe tells its source about an object.

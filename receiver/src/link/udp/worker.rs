@@ -12,11 +12,13 @@ use gapsync_daemon::alarm::{self, Alarm, AlarmEvent};
 use gapsync_daemon::ratelimit::{self, RateLimiter};
 use gapsync_protocol::crypto::{ConnectionId, FLAG_AUTH, FrameKey, Protection};
 use gapsync_protocol::udp::datagram::{self, Header, Kind};
+use gapsync_protocol::udp::decode_announce;
 use gapsync_protocol::udp::fec::BlockPool;
-use gapsync_protocol::udp::{Announce, Assembly, End, Heartbeat, Limits, PassFailure, UdpProfile};
+use gapsync_protocol::udp::{Assembly, End, Heartbeat, Limits, PassFailure, UdpProfile};
 use gapsync_protocol::{Commit, OpenFile, decode_body};
 
 use crate::config::Config;
+use crate::pipe::origin::Admission;
 use crate::pipe::status::PeerGuard;
 use crate::pipe::{Pipe, Pipes};
 use crate::sink::{Applied, Flushed};
@@ -314,7 +316,7 @@ impl Worker {
             }
             return;
         }
-        let announce = match decode_body::<Announce>("announce", payload) {
+        let (announce, origin) = match decode_announce(payload) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(pipe = %pipe.name, error = %e, "dropped a malformed announcement");
@@ -335,7 +337,14 @@ impl Worker {
                 return;
             }
         };
-        match pipe.with_sink(|s| s.open(h.object, &open)) {
+        let chain = match pipe.admit(h.object, &open.path, &origin, &self.config.node) {
+            Admission::Land(chain) => chain,
+            Admission::Looped => {
+                self.finish(key);
+                return;
+            }
+        };
+        match pipe.with_sink(|s| s.open_with_origin(h.object, &open, &chain)) {
             Ok(Applied::Done) => {
                 tracing::debug!(pipe = %pipe.name, path = %open.path, object = format!("{:016x}", h.object), "object announced");
                 self.objects.insert(key, (pipe.clone(), asm, now));

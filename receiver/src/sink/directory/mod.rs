@@ -25,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gapsync_protocol::{Commit, OpenFile, WirePath};
+use gapsync_protocol::{Commit, OpenFile, OriginChain, WirePath};
 
 use super::land::{FSYNC_EACH_UP_TO, Places};
 use super::{Applied, Delivered, Flushed, Sink, SinkError, io_err};
@@ -85,6 +85,8 @@ pub struct DirectorySink {
     relanding: Vec<u64>,
     /// The staging folder's path relative to dest, when it lies inside dest: no name there.
     reserved: Option<String>,
+    /// Said once: origin chains cannot be kept on this filesystem.
+    origin_warned: bool,
 }
 
 /// The name inside dest that no transfer may take: the whole `.gapsync-staging` folder when the
@@ -143,6 +145,7 @@ impl DirectorySink {
             unlanded: BTreeMap::new(),
             relanding: Vec::new(),
             reserved: reserved_name(dest, staging),
+            origin_warned: false,
         };
         sink.recover(stale_after)?;
         Ok(sink)
@@ -339,6 +342,19 @@ impl DirectorySink {
         Ok(Some((items, delivered)))
     }
 
+    /// Sets `origin` on the staged file, so it is there when the file is renamed into place.
+    /// A filesystem without user extended attributes is said once (WARN); landing goes on.
+    fn keep_origin(&mut self, file: &File, origin: &OriginChain) {
+        if origin.is_empty() {
+            return;
+        }
+        if let Err(e) = gapsync_daemon::origin::write(file, origin) {
+            if !std::mem::replace(&mut self.origin_warned, true) {
+                tracing::warn!(folder = %self.places.staging.display(), dest = %self.places.dest.display(), error = %e, "cannot record where files came from (extended attribute {}): files land all the same, but a sender whose spool is this folder will not see their origin, so cascades lose it and loops are not prevented; use a filesystem with user xattrs", gapsync_daemon::origin::XATTR);
+            }
+        }
+    }
+
     /// Records landed ids in the staging journal. A failure only means the next start checks
     /// them again (each is done and no longer staged), so it is a warning.
     fn finish(&mut self, ids: &[u64]) {
@@ -352,7 +368,12 @@ impl DirectorySink {
 }
 
 impl Sink for DirectorySink {
-    fn open(&mut self, id: u64, open: &OpenFile) -> Result<Applied, SinkError> {
+    fn open_with_origin(
+        &mut self,
+        id: u64,
+        open: &OpenFile,
+        origin: &OriginChain,
+    ) -> Result<Applied, SinkError> {
         let path = WirePath::parse(&open.path).map_err(|source| SinkError::BadName {
             name: open.path.clone(),
             source,
@@ -396,6 +417,7 @@ impl Sink for DirectorySink {
             .write(true)
             .open(&part)
             .map_err(io_err("cannot create partial", &part))?;
+        self.keep_origin(&file, origin);
         self.partials.insert(
             id,
             Partial {

@@ -643,3 +643,25 @@ fn the_staging_folder_is_writable_by_this_user_only_and_keeps_the_setgid_bit() {
         "setgid kept: landed files get dest's group"
     );
 }
+
+#[test]
+fn a_landed_file_carries_its_origin_chain_as_an_extended_attribute() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut s = sink(dir.path());
+    let open = OpenFile {
+        path: "c/x.csv".into(),
+        size: 3,
+        mtime_ns: 0,
+    };
+    let chain = OriginChain::parse("plant-a/p1,plant-b/p2").expect("chain");
+    s.open_with_origin(7, &open, &chain).expect("open");
+    s.write(7, 0, b"xyz").expect("write");
+    s.commit(7, &commit_for(b"xyz")).expect("commit");
+    assert_eq!(s.flush().into_result().expect("flush").len(), 1);
+    let landed = File::open(dir.path().join("dest/c/x.csv")).expect("landed");
+    assert_eq!(
+        gapsync_daemon::origin::read(&landed).expect("xattr"),
+        chain,
+        "the chain is on the landed file (set on the staged one before the rename)"
+    );
+}

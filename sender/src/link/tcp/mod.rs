@@ -25,6 +25,8 @@ use crate::source::SourceEvent;
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
     Shutdown,
+    /// A version-1 connection ended cleanly so that the next one carries origin chains.
+    Upgrade,
     /// Failed; `accepted` says whether the handshake had succeeded.
     Failed {
         accepted: bool,
@@ -73,6 +75,7 @@ pub async fn run(
                 w.on_disconnect();
                 match ended {
                     Ended::Shutdown => return,
+                    Ended::Upgrade => continue,
                     Ended::Failed { accepted: true } => backoff = min,
                     Ended::Failed { accepted: false } => {}
                 }
@@ -265,7 +268,7 @@ fn open_session(w: &mut PipeWorker, node: &str, session_id: u64) -> SenderSessio
     };
     let s = SenderSession::new(&cfg.profile, &hello, Instant::now(), key);
     // Every connection (a reconnect too) offers the pipe's compression in its Hello.
-    match cfg
+    let s = match cfg
         .processors
         .compress()
         .map(|c| Compression::zstd(i64::from(c.level)))
@@ -276,7 +279,17 @@ fn open_session(w: &mut PipeWorker, node: &str, session_id: u64) -> SenderSessio
             s
         }
         None => s,
-    }
+    };
+    // Version 1 unless an object with an origin chain is to be sent or the pipe compresses
+    // (PROTOCOL.md 4.1), so that receivers of version 1 keep working with pipes that forward
+    // nothing.
+    let s = if w.wants_chains {
+        s.with_origin_chains()
+    } else {
+        s
+    };
+    w.chains_on_wire = s.protocol_version() >= 2;
+    s
 }
 
 impl<W: AsyncWrite + Unpin> Conn<W> {
@@ -302,6 +315,9 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         poll_alarm(&mut t.alarm, w);
         let held_until = self.fill_window(w, t).await?;
         self.write(w, t, None).await?;
+        if w.wants_upgrade() && self.s.in_flight() == 0 && self.prepared.is_none() {
+            return Err(Ended::Upgrade);
+        }
         self.build_ahead(w);
         Ok(held_until)
     }

@@ -241,6 +241,7 @@ impl Driver {
             size: t.meta.len(),
             mtime_ns: crate::pipe::transfer::mtime_ns(&t.meta),
             ident: Version::of(&t.meta),
+            origin: t.origin,
         };
         let announce = object::announce_body(e, &obj);
         let (len, max) = (announce.len(), usize::from(e.profile().symbol_bytes));

@@ -37,6 +37,8 @@ pub struct Object {
     pub mtime_ns: i64,
     /// The file's identity and version when it was taken, compared before it is moved.
     pub ident: Identity,
+    /// The hops it crossed before this pipe's source, sent in its Announce.
+    pub origin: gapsync_protocol::OriginChain,
 }
 
 /// An object whose every pass was sent.
@@ -380,7 +382,7 @@ fn layout(e: &Emitter, obj: &Object) -> Layout {
 pub fn announce_body(e: &Emitter, obj: &Object) -> Vec<u8> {
     let p = e.profile();
     let wire = layout(e, obj).datagrams_from(0, p.repair_percent) * e.datagram_bytes() as u64;
-    encode_body(&Announce {
+    let announce = Announce {
         path: obj.path.clone(),
         size: obj.size,
         mtime_ns: obj.mtime_ns,
@@ -390,5 +392,6 @@ pub fn announce_body(e: &Emitter, obj: &Object) -> Vec<u8> {
         passes: p.passes,
         pass_ms: Duration::from_secs_f64(wire as f64 / p.rate_bytes_per_s() as f64).as_millis()
             as u64,
-    })
+    };
+    gapsync_protocol::udp::encode_announce(&announce, &obj.origin)
 }

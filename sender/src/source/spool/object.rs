@@ -100,10 +100,14 @@ impl Source for SpoolSource {
     fn take(&mut self, key: &str) -> io::Result<Option<Opened>> {
         let path = self.path(key);
         let taken = lease::take(&self.pipe, &path)?;
-        Ok(taken.map(|(file, meta)| Opened {
-            file,
-            meta,
-            reopen: path,
+        Ok(taken.map(|(file, meta)| {
+            let origin = origin_of(&self.pipe, key, &file);
+            Opened {
+                file,
+                meta,
+                reopen: path,
+                origin,
+            }
         }))
     }
 
@@ -173,6 +177,16 @@ impl Source for SpoolSource {
         }
         Ok(out)
     }
+}
+
+/// The origin chain a receiver recorded on a file of the spool (the spool is then another
+/// pipe's landing folder); empty for a file written here. An unreadable one is said at WARN
+/// and counts as empty.
+fn origin_of(pipe: &str, key: &str, file: &fs::File) -> gapsync_protocol::OriginChain {
+    gapsync_daemon::origin::read(file).unwrap_or_else(|e| {
+        tracing::warn!(pipe = %pipe, path = %key, error = %e, "cannot read where the file came from; it is sent as if it originated here");
+        Default::default()
+    })
 }
 
 /// Moves `from` to `to`, creating folders, copying across filesystems when rename cannot.

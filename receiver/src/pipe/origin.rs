@@ -1,0 +1,102 @@
+//! The loop rule: an object whose origin chain already names this receiver's node came back
+//! to where it once was. It is acknowledged as done (so its sender settles it and does not
+//! resend it forever) but not written, said at INFO once per object, and counted (`looped`).
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+
+use gapsync_protocol::{Hop, OriginChain};
+
+use super::{Pipe, lock};
+
+/// Looped transfers remembered so that their Data and Commit are acknowledged without a
+/// write; past this many the memory starts again (a forgotten one is refused again at its
+/// next Open, and said again).
+const LOOPED_MEMORY: usize = 100_000;
+
+/// What to do with an object announced on a pipe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Land it, recording this chain (the sender's chain and this connection's hop).
+    Land(OriginChain),
+    /// It was here before: acknowledge it, write nothing.
+    Looped,
+}
+
+impl Pipe {
+    /// Decides on the object `transfer` (named `path`) announced with the sender's `origin`
+    /// chain, for a receiver whose node is `own_node`.
+    pub fn admit(
+        &self,
+        transfer: u64,
+        path: &str,
+        origin: &OriginChain,
+        own_node: &str,
+    ) -> Admission {
+        if origin.contains_node(own_node) {
+            if self.remember_looped(transfer) {
+                self.stats.looped.fetch_add(1, Relaxed);
+                tracing::info!(pipe = %self.name, from = %self.from, %path, origin = %origin, node = %own_node, "not landed: the object came from this node before (its origin chain names it); acknowledged so the sender settles it");
+            }
+            return Admission::Looped;
+        }
+        Admission::Land(recorded(origin, &self.from, &self.name))
+    }
+
+    /// True while the Data and Commit of `transfer` are to be acknowledged without a write.
+    pub fn is_looped(&self, transfer: u64) -> bool {
+        lock(&self.looped).contains(&transfer)
+    }
+
+    /// Remembers a looped transfer; true the first time.
+    fn remember_looped(&self, transfer: u64) -> bool {
+        let mut set = lock(&self.looped);
+        if set.len() >= LOOPED_MEMORY {
+            set.clear();
+        }
+        set.insert(transfer)
+    }
+}
+
+/// The chain kept with an object that arrived with `origin` from node `from` over pipe
+/// `pipe`. A chain already at the hop limit loses its oldest hop (the newest ones are what
+/// keeps an object from going back where it just was).
+pub fn recorded(origin: &OriginChain, from: &str, pipe: &str) -> OriginChain {
+    let Ok(hop) = Hop::new(from, pipe) else {
+        // Config names follow the same rule as hop names: cannot happen.
+        return origin.clone();
+    };
+    origin.with_hop(hop.clone()).unwrap_or_else(|_| {
+        let mut hops = origin.hops().get(1..).unwrap_or_default().to_vec();
+        hops.push(hop);
+        OriginChain::new(hops).unwrap_or_else(|_| origin.clone())
+    })
+}
+
+/// A set of looped transfers, for [`Pipe`].
+pub type Looped = std::sync::Mutex<HashSet<u64>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_chain_ends_with_this_connection_and_keeps_the_newest_hops() {
+        let c = OriginChain::parse("a/p1").expect("chain");
+        assert_eq!(recorded(&c, "b", "p2").to_string(), "a/p1,b/p2");
+        assert_eq!(
+            recorded(&OriginChain::default(), "b", "p2").to_string(),
+            "b/p2"
+        );
+        let full = OriginChain::new(
+            (0..gapsync_protocol::MAX_HOPS)
+                .map(|i| Hop::new(&format!("n{i}"), "p").expect("hop"))
+                .collect(),
+        )
+        .expect("full");
+        let r = recorded(&full, "b", "p2");
+        assert_eq!(r.hops().len(), gapsync_protocol::MAX_HOPS);
+        assert_eq!(r.hops().first().map(|h| h.node.as_str()), Some("n1"));
+        assert_eq!(r.hops().last().map(|h| h.node.as_str()), Some("b"));
+    }
+}
