@@ -12,6 +12,7 @@ use gapsync_protocol::crypto::Protection;
 use gapsync_protocol::{LinkKind, Profile, RawProfile};
 use serde::Deserialize;
 
+use crate::schedule::{RawSchedule, Schedule};
 use crate::source::spool::config::{AfterSend, RawSpool};
 use crate::source::{SourceConfig, SourceContext, SourceSettings};
 
@@ -45,6 +46,9 @@ pub struct RawConfig {
     pub tls: Option<gapsync_daemon::tls::RawTls>,
     #[serde(default)]
     pub pipe: Vec<RawPipe>,
+    /// The control socket (`pipes`, `pipe stop|start`, `reload`); default
+    /// `/run/gapsync-sender/control.sock`.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// The `tls` link's client side for one pipe.
@@ -73,8 +77,8 @@ pub struct RawPipe {
     pub forward_received: Option<bool>,
     /// The processors, in order; kept raw until their types are wired in.
     pub processors: Option<toml::Value>,
-    /// When the pipe may send; kept raw until its type is wired in.
-    pub schedule: Option<toml::Value>,
+    /// When the pipe may send (windows) and when its source runs (cron).
+    pub schedule: Option<RawSchedule>,
     pub quarantine_dir: Option<PathBuf>,
     pub max_attempts: Option<u32>,
     /// Pre-shared key file of this pipe (see `gapsync-sender keygen`).
@@ -148,8 +152,8 @@ pub struct PipeConfig {
     pub forward_received: bool,
     /// The `processors` array as written (typed by `crate::process` once wired in).
     pub processors: Option<toml::Value>,
-    /// The `schedule` table as written (typed by `crate::schedule` once wired in).
-    pub schedule: Option<toml::Value>,
+    /// The pipe's checked schedule; `None`: always open, no cron.
+    pub schedule: Option<Schedule>,
     pub quarantine_dir: PathBuf,
     pub max_attempts: u32,
     /// Where this pipe's in-flight records live.
@@ -176,6 +180,10 @@ pub struct Config {
     pub log_level: String,
     pub summary_interval: Duration,
     pub pipes: Vec<PipeConfig>,
+    /// The control socket the daemon serves and the commands use.
+    pub control_socket: PathBuf,
+    /// The `[tls]` table as written, so that a reload sees when it changed.
+    pub tls_written: String,
 }
 
 impl Config {
@@ -225,6 +233,11 @@ impl Config {
         };
         let pipes = ctx.pipes(&mut p, raw.pipe, pipe_profiles);
         drop(ctx);
+        let control_socket = gapsync_daemon::control::socket_path(
+            base,
+            raw.control_socket.as_deref(),
+            "gapsync-sender",
+        );
         match (p.is_empty(), state_dir) {
             (true, Some(state_dir)) => Ok(Config {
                 node,
@@ -236,6 +249,8 @@ impl Config {
                 log_level: level,
                 summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
                 pipes,
+                control_socket,
+                tls_written: format!("{:?}", raw.tls),
             }),
             _ => Err(p),
         }
@@ -393,6 +408,11 @@ impl PipeContext<'_> {
             Some(pr) if pr.link == LinkKind::Tls => self.tls(p, label, &gate),
             _ => None,
         };
+        let schedule = rp.schedule.take().and_then(|raw| {
+            Schedule::check(&name, &raw)
+                .map_err(|e| p.extend(e))
+                .ok()
+        });
         let pipe_state = pipe_state?;
         Some(PipeConfig {
             profile: profile?.clone(),
@@ -401,7 +421,7 @@ impl PipeContext<'_> {
             realtime: rp.realtime.unwrap_or(true),
             forward_received: rp.forward_received.unwrap_or(true),
             processors: rp.processors,
-            schedule: rp.schedule,
+            schedule,
             quarantine_dir: quarantine_dir.unwrap_or_else(|| pipe_state.join("quarantine")),
             max_attempts: rp.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             state_dir: pipe_state,
@@ -540,7 +560,7 @@ mod tests {
         let (_e, r) = load(
             "",
             "[[pipe]]\nname = \"c\"\ngate = \"h:1\"\nprofile = \"udp-loopback\"\nsource = { type = \"spool\", path = \"spool\", keep_sent_for = \"1d\" }\n\
-             processors = [{ type = \"filter\", include = [\"*.csv\"] }]\nschedule = { windows = [\"22:30-06:00\"] }\nforward_received = false\n",
+             processors = [{ type = \"filter\", include = [\"*.csv\"] }]\nschedule = { windows = [\"22:30-06:00\"], timezone = \"UTC\" }\nforward_received = false\n",
         );
         let c = r.expect("valid");
         let u = &c.pipes[0];

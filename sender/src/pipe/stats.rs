@@ -22,6 +22,8 @@ pub struct PipeStats {
     /// Files left in the spool by the `ignore` rule, and their bytes, at the last full scan.
     pub ignored_files: AtomicU64,
     pub ignored_bytes: AtomicU64,
+    /// Objects a `filter` processor left in place (the processors fill it; 0 until then).
+    pub filtered: AtomicU64,
     /// When the last object was delivered, in milliseconds since the Unix epoch (0: never).
     pub last_delivery_ms: AtomicU64,
     /// The last WARN or ERROR the pipe logged.

@@ -31,6 +31,8 @@ pub struct PipeStatus {
     pub quarantined: u64,
     pub ignored_files: u64,
     pub ignored_bytes: u64,
+    /// Objects left in place by a `filter` processor.
+    pub filtered: u64,
     /// The last WARN or ERROR the pipe logged, with its time.
     pub last_problem: Option<Problem>,
 }
@@ -82,6 +84,7 @@ impl PipeHandle {
             quarantined: s.quarantined.load(Relaxed),
             ignored_files: s.ignored_files.load(Relaxed),
             ignored_bytes: s.ignored_bytes.load(Relaxed),
+            filtered: s.filtered.load(Relaxed),
             last_problem: s.last_problem.lock().ok().and_then(|p| p.clone()),
         }
     }
@@ -92,19 +95,11 @@ impl PipeHandle {
 
     /// Stops the pipe: a gate link finishes the frame it is writing and sends nothing more,
     /// the diode stops between groups of blocks; what is in flight keeps its state.
-    #[allow(
-        dead_code,
-        reason = "the control socket (issue 19, section 6) calls it"
-    )]
     pub fn pause(&self) {
         self.running.send_replace(false);
     }
 
     /// Lets a stopped pipe send again.
-    #[allow(
-        dead_code,
-        reason = "the control socket (issue 19, section 6) calls it"
-    )]
     pub fn resume(&self) {
         self.running.send_replace(true);
     }

@@ -1,0 +1,163 @@
+//! `reload` (and SIGHUP): the config file is checked first (a bad one is refused with its
+//! problems and the running one kept); then, pipe by pipe, added pipes start, removed pipes
+//! stop (DROP: their state folder stays where it is, `<state_dir>/sender/<pipe>`, and
+//! `pipe-states.json` records when), changed pipes restart, and the others are not touched.
+
+use gapsync_daemon::control::Response;
+
+use super::{Running, Steer};
+use crate::config::{Config, PipeConfig};
+
+/// What a reload does to the pipes.
+#[derive(Debug, Default)]
+struct Plan {
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+    unchanged: Vec<String>,
+}
+
+impl Steer {
+    /// Reads the config file again and applies it (see the module docs).
+    pub(super) fn reload(&mut self) -> Response {
+        let new = match Config::load(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::error!(config = %self.path.display(), error = %why, "reload refused: the config has problems; the running config is kept");
+                return Response::failed(format!(
+                    "reload refused, the running config is kept: {why}"
+                ));
+            }
+        };
+        let fixed = restart_only(&self.config, &new);
+        if !fixed.is_empty() {
+            let why = format!(
+                "{} cannot change while the daemon runs: run systemctl restart gapsync-sender to apply them (the running config is kept until then)",
+                fixed.join(", ")
+            );
+            tracing::error!(config = %self.path.display(), "reload refused: {why}");
+            return Response::failed(format!("reload refused: {why}"));
+        }
+        let plan = plan(&self.config, &new);
+        let errors = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(self.apply(&plan, &new))
+        });
+        self.config = new;
+        let said = describe(&plan);
+        if errors.is_empty() {
+            tracing::info!(config = %self.path.display(), "config reloaded: {said}");
+            Response::done(format!("reloaded: {said}"))
+        } else {
+            let errors = errors.join("; ");
+            tracing::error!(config = %self.path.display(), "config reloaded, but {errors}");
+            Response::failed(format!("reloaded ({said}), but {errors}"))
+        }
+    }
+
+    /// Stops the removed and changed pipes, then starts the added and changed ones, keeping
+    /// the new config's order. Returns the pipes that could not be started or recorded.
+    async fn apply(&mut self, plan: &Plan, new: &Config) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut kept: Vec<Running> = Vec::new();
+        for r in std::mem::take(&mut self.pipes) {
+            let name = r.cfg.name.clone();
+            if plan.unchanged.contains(&name) {
+                kept.push(r);
+                continue;
+            }
+            self.stop_pipe(r).await;
+            if plan.removed.contains(&name) {
+                if let Err(e) = self.states.dropped_at(&name, chrono::Utc::now()) {
+                    errors.push(format!("pipe {name}: {e}"));
+                }
+                tracing::info!(pipe = %name, state = %self.config.state_dir.join("sender").join(&name).display(), "pipe removed by a reload (DROP): its state folder is kept where it is; a pipe of the same name added later resumes from it");
+            }
+        }
+        for pc in &new.pipes {
+            if let Some(i) = kept.iter().position(|r| r.cfg.name == pc.name) {
+                let mut r = kept.remove(i);
+                r.cfg = pc.clone();
+                self.pipes.push(r);
+                continue;
+            }
+            if plan.added.contains(&pc.name) {
+                if let Ok(Some(at)) = self.states.restore(&pc.name) {
+                    tracing::info!(pipe = %pc.name, dropped_at = %at.to_rfc3339(), "pipe added again by a reload: it resumes from the state it had when it was removed");
+                }
+            }
+            match self.start_pipe(pc.clone()) {
+                Ok(r) => self.pipes.push(r),
+                Err(e) => {
+                    tracing::error!(pipe = %pc.name, error = %format!("{e:#}"), "cannot start the pipe after a reload; fix the cause and reload again");
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        errors
+    }
+}
+
+/// The daemon-wide keys that differ: they need a restart.
+fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |key, same: bool| {
+        if !same {
+            keys.push(key);
+        }
+    };
+    check("node", old.node == new.node);
+    check("state_dir", old.state_dir == new.state_dir);
+    check("log_dir", old.log_dir == new.log_dir);
+    check("log_format", old.log_format == new.log_format);
+    check("log_time", old.log_time == new.log_time);
+    check("log_level", old.log_level == new.log_level);
+    check("summary_interval", old.summary_interval == new.summary_interval);
+    check("control_socket", old.control_socket == new.control_socket);
+    keys
+}
+
+/// Which pipes are added, removed, changed (anything of theirs differs: their table, their
+/// profile, `[profile_overrides]`, `[tls]`, their key) or unchanged.
+fn plan(old: &Config, new: &Config) -> Plan {
+    let mut plan = Plan::default();
+    for o in &old.pipes {
+        match new.pipes.iter().find(|n| n.name == o.name) {
+            None => plan.removed.push(o.name.clone()),
+            Some(n) if same_pipe(o, n) && old.tls_written == new.tls_written => {
+                plan.unchanged.push(o.name.clone())
+            }
+            Some(_) => plan.changed.push(o.name.clone()),
+        }
+    }
+    for n in &new.pipes {
+        if !old.pipes.iter().any(|o| o.name == n.name) {
+            plan.added.push(n.name.clone());
+        }
+    }
+    plan
+}
+
+/// Whether two configs of a pipe are the same (the TLS client config is compared through the
+/// `[tls]` table as written; the key by its bytes, which `Debug` never prints).
+fn same_pipe(a: &PipeConfig, b: &PipeConfig) -> bool {
+    let text = |p: &PipeConfig| {
+        let mut p = p.clone();
+        p.tls = None;
+        format!("{p:?}")
+    };
+    let key = |p: &PipeConfig| p.auth.as_ref().map(|a| (a.key.id, a.key.key.clone()));
+    text(a) == text(b) && key(a) == key(b)
+}
+
+/// "added [a], removed [b] (state kept), restarted [c], unchanged 2".
+fn describe(plan: &Plan) -> String {
+    let list = |v: &[String]| format!("[{}]", v.join(", "));
+    format!(
+        "added {}, removed {} (their state kept), restarted {}, unchanged {}",
+        list(&plan.added),
+        list(&plan.removed),
+        list(&plan.changed),
+        plan.unchanged.len()
+    )
+}
