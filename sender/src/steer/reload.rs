@@ -24,7 +24,7 @@ impl Steer {
             Ok(c) => c,
             Err(e) => {
                 let why = format!("{e:#}");
-                tracing::error!(config = %self.path.display(), error = %why, "reload refused: the config has problems; the running config is kept");
+                tracing::error!(config = %self.path.display(), error = %why, "the new config has problems and is not applied; the running config is kept");
                 return Response::failed(format!(
                     "reload refused, the running config is kept: {why}"
                 ));
@@ -36,7 +36,7 @@ impl Steer {
                 "{} cannot change while the daemon runs: run systemctl restart gapsync-sender to apply them (the running config is kept until then)",
                 fixed.join(", ")
             );
-            tracing::error!(config = %self.path.display(), "reload refused: {why}");
+            tracing::error!(config = %self.path.display(), "the new config is not applied: {why}");
             return Response::failed(format!("reload refused: {why}"));
         }
         let plan = plan(&self.config, &new);
