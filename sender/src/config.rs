@@ -184,6 +184,9 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// The `[tls]` table as written, so that a reload sees when it changed.
     pub tls_written: String,
+    /// Each `[[pipe]]` table as written (keys sorted), by name, so that a reload sees which
+    /// pipes changed.
+    pub pipes_written: std::collections::BTreeMap<String, String>,
 }
 
 impl Config {
@@ -199,7 +202,9 @@ impl Config {
 
     /// Loads and checks `path`, reporting every problem at once.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        gapsync_daemon::config::load(path, Self::check)
+        let mut config = gapsync_daemon::config::load(path, Self::check)?;
+        config.pipes_written = pipes_written(path);
+        Ok(config)
     }
 
     fn check(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
@@ -251,10 +256,24 @@ impl Config {
                 pipes,
                 control_socket,
                 tls_written: format!("{:?}", raw.tls),
+                pipes_written: Default::default(),
             }),
             _ => Err(p),
         }
     }
+}
+
+/// Each `[[pipe]]` table of the (already checked) file as TOML text with sorted keys, by name.
+fn pipes_written(path: &Path) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let table: toml::Table = toml::from_str(&text).unwrap_or_default();
+    let pipes = table.get("pipe").and_then(toml::Value::as_array);
+    (pipes.into_iter().flatten())
+        .filter_map(|p| {
+            let name = p.get("name")?.as_str()?.to_owned();
+            Some((name, p.to_string()))
+        })
+        .collect()
 }
 
 /// "[[pipe]] #2 (scada)": how problems name a pipe.

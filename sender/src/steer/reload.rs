@@ -117,16 +117,14 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     keys
 }
 
-/// Which pipes are added, removed, changed (anything of theirs differs: their table, their
-/// profile, `[profile_overrides]`, `[tls]`, their key) or unchanged.
+/// Which pipes are added, removed, changed (anything of theirs differs: their table as
+/// written, their profile with the overrides, `[tls]`, their key file's key) or unchanged.
 fn plan(old: &Config, new: &Config) -> Plan {
     let mut plan = Plan::default();
     for o in &old.pipes {
         match new.pipes.iter().find(|n| n.name == o.name) {
             None => plan.removed.push(o.name.clone()),
-            Some(n) if same_pipe(o, n) && old.tls_written == new.tls_written => {
-                plan.unchanged.push(o.name.clone())
-            }
+            Some(n) if same_pipe(old, o, new, n) => plan.unchanged.push(o.name.clone()),
             Some(_) => plan.changed.push(o.name.clone()),
         }
     }
@@ -138,16 +136,13 @@ fn plan(old: &Config, new: &Config) -> Plan {
     plan
 }
 
-/// Whether two configs of a pipe are the same (the TLS client config is compared through the
-/// `[tls]` table as written; the key by its bytes, which `Debug` never prints).
-fn same_pipe(a: &PipeConfig, b: &PipeConfig) -> bool {
-    let text = |p: &PipeConfig| {
-        let mut p = p.clone();
-        p.tls = None;
-        format!("{p:?}")
-    };
+/// Whether pipe `a` of `old` and `b` of `new` are the same.
+fn same_pipe(old: &Config, a: &PipeConfig, new: &Config, b: &PipeConfig) -> bool {
     let key = |p: &PipeConfig| p.auth.as_ref().map(|a| (a.key.id, a.key.key.clone()));
-    text(a) == text(b) && key(a) == key(b)
+    old.pipes_written.get(&a.name) == new.pipes_written.get(&b.name)
+        && a.profile == b.profile
+        && old.tls_written == new.tls_written
+        && key(a) == key(b)
 }
 
 /// "added [a], removed [b] (state kept), restarted [c], unchanged 2".
