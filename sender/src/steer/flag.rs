@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::pipe::status::{PipeHandle, PipeStatus};
 use crate::schedule::Schedule;
+use crate::schedule::run::CronGate;
 
 /// The longest a window watcher sleeps before it looks at the clock again (a clock set back
 /// or forward is noticed within this).
@@ -32,14 +33,22 @@ struct Parts {
 pub struct RunFlag {
     handle: PipeHandle,
     parts: Mutex<Parts>,
+    /// A cron pipe's gate: between runs (nothing admitted waits) the pipe is WAITING.
+    cron: Option<Arc<CronGate>>,
 }
 
 impl RunFlag {
     /// A flag for the pipe behind `handle`, applied at once (before its link starts).
-    pub fn new(handle: PipeHandle, stopped: bool, open: bool) -> Arc<Self> {
+    pub fn new(
+        handle: PipeHandle,
+        stopped: bool,
+        open: bool,
+        cron: Option<Arc<CronGate>>,
+    ) -> Arc<Self> {
         let flag = Arc::new(Self {
             handle,
             parts: Mutex::new(Parts { stopped, open }),
+            cron,
         });
         flag.apply(Parts { stopped, open });
         flag
@@ -63,6 +72,13 @@ impl RunFlag {
         self.apply(*parts);
     }
 
+    /// Wakes a running pipe's link (a cron run admitted objects).
+    pub fn poke(&self) {
+        if self.handle.is_running() {
+            self.handle.resume();
+        }
+    }
+
     fn apply(&self, parts: Parts) {
         let run = !parts.stopped && parts.open;
         if run != self.handle.is_running() {
@@ -74,7 +90,8 @@ impl RunFlag {
         }
     }
 
-    /// The state `pipes` shows: STOPPED (by the operator), WAITING (outside its window),
+    /// The state `pipes` shows: STOPPED (by the operator), WAITING (outside its window, or a
+    /// cron pipe with nothing to send until its next run),
     /// ERROR (its last problem is an ERROR and its link is not connected), else RUNNING.
     pub fn state(&self, status: &PipeStatus) -> PipeState {
         let parts = *self.parts();
@@ -84,13 +101,21 @@ impl RunFlag {
             .is_some_and(|p| p.level == "ERROR");
         if parts.stopped {
             PipeState::Stopped
-        } else if !parts.open {
+        } else if !parts.open || self.between_runs(status) {
             PipeState::Waiting
         } else if failing && !status.connected {
             PipeState::Error
         } else {
             PipeState::Running
         }
+    }
+}
+
+impl RunFlag {
+    fn between_runs(&self, st: &PipeStatus) -> bool {
+        self.cron.as_ref().is_some_and(|g| {
+            g.held() || (st.queued_objects == 0 && st.in_flight == 0)
+        })
     }
 }
 

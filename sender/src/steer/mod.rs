@@ -20,7 +20,7 @@ pub mod row;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use gapsync_daemon::control::{PipeRow, PipeStates, Request, Response};
@@ -32,6 +32,9 @@ use self::row::{Rate, RowExtras};
 use crate::config::{Config, PipeConfig};
 use crate::pipe::status::PipeHandle;
 use crate::pipe::{Pipe, PipeStats};
+use crate::schedule::Schedule;
+use crate::schedule::cron::CronState;
+use crate::schedule::run::{CronGate, CronTask};
 use crate::state::IdSource;
 use crate::summary::Summary;
 
@@ -43,7 +46,8 @@ struct Running {
     flag: Arc<RunFlag>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    windows: Option<JoinHandle<()>>,
+    /// The window watcher and the cron task, if the pipe has a schedule.
+    timers: Vec<JoinHandle<()>>,
     rate: Rate,
 }
 
@@ -105,18 +109,33 @@ impl Steer {
                     pc.state_dir.display()
                 )
             })?;
+        let cron = pc.schedule.as_ref().and_then(|s| s.cron()).map(|_| {
+            let gate = Arc::new(CronGate::default());
+            pipe.gate_by_cron(gate.clone());
+            gate
+        });
+        let cron_state = match cron {
+            Some(_) => Some(CronState::open(&pc.state_dir).with_context(|| {
+                format!("pipe {}: cannot read its last cron run", pc.name)
+            })?),
+            None => None,
+        };
         let rx = pipe
             .start_source()
             .with_context(|| format!("pipe {}: cannot start its source", pc.name))?;
         let handle = pipe.handle();
-        let now = chrono::Utc::now();
-        let open = pc.schedule.as_ref().is_none_or(|s| s.is_open(now));
+        let open = (pc.schedule.as_ref()).is_none_or(|s| s.is_open(chrono::Utc::now()));
         let stopped = self.states.is_stopped(&pc.name);
-        let flag = RunFlag::new(handle.clone(), stopped, open);
+        let flag = RunFlag::new(handle.clone(), stopped, open, cron.clone());
         let (stop, stop_rx) = watch::channel(false);
         let task = crate::link::start(pipe, &self.config.node, self.session, rx, stop_rx);
-        let windows = (pc.schedule.clone())
-            .and_then(|s| flag::watch_windows(pc.name.clone(), flag.clone(), s));
+        let mut timers = Vec::new();
+        if let Some(s) = &pc.schedule {
+            timers.extend(flag::watch_windows(pc.name.clone(), flag.clone(), s.clone()));
+        }
+        if let (Some(gate), Some(state), Some(schedule)) = (cron, cron_state, &pc.schedule) {
+            timers.push(tokio::spawn(cron_task(&pc, schedule, state, gate, &flag).run()));
+        }
         self.summary.add(&pc.name, stats, &pc.state_dir);
         log_pipe_started(&pc, stopped);
         Ok(Running {
@@ -125,7 +144,7 @@ impl Steer {
             flag,
             stop,
             task,
-            windows,
+            timers,
             rate: Rate::default(),
         })
     }
@@ -133,9 +152,7 @@ impl Steer {
     /// Stops one pipe and waits until its link has ended (its state is then at rest).
     async fn stop_pipe(&mut self, r: Running) {
         let _ = r.stop.send(true);
-        if let Some(w) = r.windows {
-            w.abort();
-        }
+        r.timers.iter().for_each(JoinHandle::abort);
         let _ = r.task.await;
         self.summary.remove(&r.cfg.name);
         log_pipe_stopped(&r.handle);
@@ -220,9 +237,7 @@ impl Steer {
             let _ = r.stop.send(true);
         }
         for r in &pipes {
-            if let Some(w) = &r.windows {
-                w.abort();
-            }
+            r.timers.iter().for_each(JoinHandle::abort);
         }
         let mut handles = Vec::new();
         for r in pipes {
@@ -231,6 +246,27 @@ impl Steer {
         }
         self.summary.log();
         handles.iter().for_each(log_pipe_stopped);
+    }
+}
+
+/// The cron task of a pipe (see [`crate::schedule::run`]).
+fn cron_task(
+    pc: &PipeConfig,
+    schedule: &Schedule,
+    state: CronState,
+    gate: Arc<CronGate>,
+    flag: &Arc<RunFlag>,
+) -> CronTask {
+    let first_scan = (pc.source.spool())
+        .map_or(Duration::from_secs(2), |s| s.settle + s.poll_interval + Duration::from_secs(1));
+    let flag = flag.clone();
+    CronTask {
+        pipe: pc.name.clone(),
+        schedule: schedule.clone(),
+        state,
+        gate,
+        first_scan,
+        wake: Box::new(move || flag.poke()),
     }
 }
 
