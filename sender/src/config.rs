@@ -427,11 +427,10 @@ impl PipeContext<'_> {
             Some(pr) if pr.link == LinkKind::Tls => self.tls(p, label, &gate),
             _ => None,
         };
-        let schedule = rp.schedule.take().and_then(|raw| {
-            Schedule::check(&name, &raw)
-                .map_err(|e| p.extend(e))
-                .ok()
-        });
+        let schedule = rp
+            .schedule
+            .take()
+            .and_then(|raw| Schedule::check(&name, &raw).map_err(|e| p.extend(e)).ok());
         let pipe_state = pipe_state?;
         Some(PipeConfig {
             profile: profile?.clone(),

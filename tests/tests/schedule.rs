@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use std::time::{SystemTime, UNIX_EPOCH};
 use gapsync_tests::{Lab, bin, count_files, make_file, wait_until};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The pipe's row of `pipes --json`.
 fn row(config: &Path) -> serde_json::Value {
@@ -18,14 +18,21 @@ fn row(config: &Path) -> serde_json::Value {
         .arg(config)
         .output()
         .expect("pipes");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
     rows.into_iter().next().expect("one row")
 }
 
 /// Seconds since the Unix epoch (UTC), now.
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }
 
 /// The next whole minute (UTC, seconds since the epoch) at least `margin` seconds away.
@@ -55,9 +62,11 @@ fn start(lab: &mut Lab) -> std::path::PathBuf {
     lab.start_receiver();
     lab.start_sender();
     let config = lab.path("sender.toml");
-    wait_until("the sender's control socket", Duration::from_secs(20), || {
-        lab.path("sstate/control.sock").exists()
-    });
+    wait_until(
+        "the sender's control socket",
+        Duration::from_secs(20),
+        || lab.path("sstate/control.sock").exists(),
+    );
     config
 }
 
@@ -82,12 +91,20 @@ fn a_window_that_opens_later_holds_the_files_until_it_opens() {
     });
     assert_eq!(row(&config)["state"], "WAITING");
     sleep_until(opens - 1);
-    assert_eq!(count_files(&lab.dest), 0, "a file landed before the window opened");
+    assert_eq!(
+        count_files(&lab.dest),
+        0,
+        "a file landed before the window opened"
+    );
     assert_eq!(row(&config)["state"], "WAITING");
     lab.wait_for_tree(&expected, Duration::from_secs(30));
     assert!(now_secs() >= opens);
     assert_eq!(row(&config)["state"], "RUNNING");
-    assert!(lab.sender_log().contains("sync window open"), "{}", lab.sender_log());
+    assert!(
+        lab.sender_log().contains("sync window open"),
+        "{}",
+        lab.sender_log()
+    );
 }
 
 #[test]
@@ -105,16 +122,25 @@ fn a_missed_cron_run_runs_once_at_start_and_later_files_wait_for_the_next() {
         Duration::from_secs(30),
     );
     let log = lab.sender_log();
-    assert!(log.contains("a cron run was missed while the daemon was down"), "{log}");
+    assert!(
+        log.contains("a cron run was missed while the daemon was down"),
+        "{log}"
+    );
     make_file(&lab.spool.join("later.bin"), 30_000, 2);
     wait_until("later.bin queued", Duration::from_secs(10), || {
         row(&config)["queued_objects"] == 1
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!lab.dest.join("later.bin").exists(), "a file found after the run was sent");
+    assert!(
+        !lab.dest.join("later.bin").exists(),
+        "a file found after the run was sent"
+    );
     assert_eq!(row(&config)["state"], "WAITING");
     let recorded = std::fs::read_to_string(state.join("cron-last-run")).expect("record");
-    assert!(!recorded.starts_with("2024"), "the run is recorded: {recorded}");
+    assert!(
+        !recorded.starts_with("2024"),
+        "the run is recorded: {recorded}"
+    );
 }
 
 #[test]
@@ -129,7 +155,10 @@ fn a_cron_run_sends_what_is_there_and_files_found_after_it_wait_for_the_next_run
     });
     assert_eq!(row(&config)["state"], "WAITING");
     sleep_until(run - 1);
-    assert!(!lab.dest.join("first.bin").exists(), "sent before the first run");
+    assert!(
+        !lab.dest.join("first.bin").exists(),
+        "sent before the first run"
+    );
     lab.wait_for_tree(
         &BTreeMap::from([("first.bin".to_owned(), first.clone())]),
         Duration::from_secs(15),
@@ -137,7 +166,9 @@ fn a_cron_run_sends_what_is_there_and_files_found_after_it_wait_for_the_next_run
     make_file(&lab.spool.join("second.bin"), 10_000, 2);
     sleep_until(run + 60 - 2);
     assert!(!lab.dest.join("second.bin").exists(), "sent before its run");
-    wait_until("second.bin at the next run", Duration::from_secs(20), || {
-        lab.dest.join("second.bin").exists()
-    });
+    wait_until(
+        "second.bin at the next run",
+        Duration::from_secs(20),
+        || lab.dest.join("second.bin").exists(),
+    );
 }

@@ -45,9 +45,11 @@ fn running_lab() -> (Lab, PathBuf) {
     lab.start_receiver();
     lab.start_sender();
     let config = lab.path("sender.toml");
-    wait_until("the sender's control socket", Duration::from_secs(20), || {
-        lab.path("sstate/control.sock").exists()
-    });
+    wait_until(
+        "the sender's control socket",
+        Duration::from_secs(20),
+        || lab.path("sstate/control.sock").exists(),
+    );
     (lab, config)
 }
 
@@ -65,9 +67,11 @@ fn pipes_shows_each_pipe_as_a_table_and_as_json() {
         expected.insert(name.clone(), make_file(&lab.spool.join(&name), 10_000, i));
     }
     wait_for(&lab, &expected);
-    wait_until("three delivered in the row", Duration::from_secs(10), || {
-        row(&config, "scada")["delivered_objects"] == 3
-    });
+    wait_until(
+        "three delivered in the row",
+        Duration::from_secs(10),
+        || row(&config, "scada")["delivered_objects"] == 3,
+    );
     let r = row(&config, "scada");
     for field in [
         "name",
@@ -87,14 +91,26 @@ fn pipes_shows_each_pipe_as_a_table_and_as_json() {
         assert!(r.get(field).is_some(), "{field} missing: {r}");
     }
     assert_eq!(r["state"], "RUNNING", "{r}");
-    assert_eq!((r["link"].as_str(), r["profile"].as_str()), (Some("tcp"), Some("loopback")));
+    assert_eq!(
+        (r["link"].as_str(), r["profile"].as_str()),
+        (Some("tcp"), Some("loopback"))
+    );
     assert_eq!(r["delivered_bytes"], 30_000, "{r}");
     assert!(r["delivered_today_objects"].as_u64() >= Some(3), "{r}");
-    assert_eq!((r["queued_objects"].as_u64(), r["drain_eta_seconds"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (
+            r["queued_objects"].as_u64(),
+            r["drain_eta_seconds"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
 
     let (code, table, err) = ctl(&config, &["pipes"]);
     assert_eq!(code, Some(0), "{err}");
-    let line = table.lines().find(|l| l.starts_with("scada")).unwrap_or_default();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("scada"))
+        .unwrap_or_default();
     assert!(line.contains("RUNNING") && line.contains("tcp"), "{table}");
 }
 
@@ -106,7 +122,10 @@ fn a_stopped_pipe_sends_nothing_stays_stopped_across_a_restart_and_resumes_when_
     assert!(out.starts_with("pipe scada stopped"), "{out}");
     let (code, _, err) = ctl(&config, &["pipe", "stop", "nope"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("no pipe named \"nope\"") && err.contains("scada"), "{err}");
+    assert!(
+        err.contains("no pipe named \"nope\"") && err.contains("scada"),
+        "{err}"
+    );
 
     lab.sender.as_mut().expect("sender").term();
     lab.start_sender();
@@ -115,9 +134,16 @@ fn a_stopped_pipe_sends_nothing_stays_stopped_across_a_restart_and_resumes_when_
     });
     let digest = make_file(&lab.spool.join("held.bin"), 50_000, 7);
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!lab.dest.join("held.bin").exists(), "a stopped pipe sent a file");
+    assert!(
+        !lab.dest.join("held.bin").exists(),
+        "a stopped pipe sent a file"
+    );
     let r = row(&config, "scada");
-    assert_eq!((r["state"].as_str(), r["queued_objects"].as_u64()), (Some("STOPPED"), Some(1)), "{r}");
+    assert_eq!(
+        (r["state"].as_str(), r["queued_objects"].as_u64()),
+        (Some("STOPPED"), Some(1)),
+        "{r}"
+    );
 
     let (code, out, _) = ctl(&config, &["pipe", "start", "scada"]);
     assert_eq!((code, out.as_str()), (Some(0), "pipe scada started\n"));
@@ -133,14 +159,23 @@ fn a_bad_reload_is_refused_with_its_problems_and_the_pipes_keep_running() {
     std::fs::write(&config, bad).expect("break");
     let (code, _, err) = ctl(&config, &["reload"]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("reload refused") && err.contains("running config is kept"), "{err}");
-    assert!(err.contains("colour") && err.contains("`max_attempts` must be at least 1"), "both problems: {err}");
+    assert!(
+        err.contains("reload refused") && err.contains("running config is kept"),
+        "{err}"
+    );
+    assert!(
+        err.contains("colour") && err.contains("`max_attempts` must be at least 1"),
+        "both problems: {err}"
+    );
 
     let node = good.replace("node = \"plant-a\"", "node = \"plant-z\"");
     std::fs::write(&config, node).expect("node");
     let (code, _, err) = ctl(&config, &["reload"]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("node cannot change") && err.contains("restart"), "{err}");
+    assert!(
+        err.contains("node cannot change") && err.contains("restart"),
+        "{err}"
+    );
 
     std::fs::write(&config, &good).expect("restore");
     let digest = make_file(&lab.spool.join("after.bin"), 20_000, 3);
@@ -179,36 +214,63 @@ fn reload_adds_and_removes_a_pipe_and_leaves_the_other_connected() {
     std::fs::write(&config, &with_second).expect("add");
     let (code, out, err) = ctl(&config, &["reload"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("added [second]") && out.contains("unchanged 1"), "{out}");
+    assert!(
+        out.contains("added [second]") && out.contains("unchanged 1"),
+        "{out}"
+    );
     let digest = make_file(&spool2.join("b.bin"), 10_000, 2);
-    wait_until("b.bin through the added pipe", Duration::from_secs(30), || {
-        tree(&second_dest).get("b.bin") == Some(&digest)
-    });
+    wait_until(
+        "b.bin through the added pipe",
+        Duration::from_secs(30),
+        || tree(&second_dest).get("b.bin") == Some(&digest),
+    );
     assert_eq!(rows(&config).len(), 2);
 
     std::fs::write(&config, &good).expect("remove");
     let (code, out, err) = ctl(&config, &["reload"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("removed [second]"), "{out}");
-    let names: Vec<String> = rows(&config).iter().map(|r| r["name"].to_string()).collect();
+    let names: Vec<String> = rows(&config)
+        .iter()
+        .map(|r| r["name"].to_string())
+        .collect();
     assert_eq!(names, ["\"scada\""]);
     let states = std::fs::read_to_string(lab.path("sstate/pipe-states.json")).expect("states");
     let states: serde_json::Value = serde_json::from_str(&states).expect("json");
-    assert!(states["dropped"]["second"].is_string(), "DROP recorded: {states}");
-    assert!(lab.path("sstate/sender/second").is_dir(), "its state is kept");
+    assert!(
+        states["dropped"]["second"].is_string(),
+        "DROP recorded: {states}"
+    );
+    assert!(
+        lab.path("sstate/sender/second").is_dir(),
+        "its state is kept"
+    );
     let c = make_file(&lab.spool.join("c.bin"), 10_000, 3);
-    wait_until("c.bin", Duration::from_secs(30), || tree(&lab.dest).get("c.bin") == Some(&c));
-    assert_eq!(connected(&lab), 1, "the unchanged pipe reconnected:\n{}", lab.sender_log());
+    wait_until("c.bin", Duration::from_secs(30), || {
+        tree(&lab.dest).get("c.bin") == Some(&c)
+    });
+    assert_eq!(
+        connected(&lab),
+        1,
+        "the unchanged pipe reconnected:\n{}",
+        lab.sender_log()
+    );
 }
 
 /// Writes `n` files into `spool`, one every `every`, until told to stop; returns their digests.
-fn writer(spool: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<BTreeMap<String, String>> {
+fn writer(
+    spool: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<BTreeMap<String, String>> {
     std::thread::spawn(move || {
         let mut written = BTreeMap::new();
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let name = format!("w{i:04}.bin");
-            written.insert(name.clone(), make_file(&spool.join(&name), 3_000 + (i as usize % 7) * 5_000, i));
+            written.insert(
+                name.clone(),
+                make_file(&spool.join(&name), 3_000 + (i as usize % 7) * 5_000, i),
+            );
             i += 1;
             std::thread::sleep(Duration::from_millis(40));
         }
@@ -239,7 +301,11 @@ fn twenty_stop_start_and_reload_cycles_while_files_arrive_land_every_file_once()
     }
     stop.store(true, Ordering::Relaxed);
     let written = w.join().expect("writer");
-    assert!(written.len() > 50, "the writer wrote only {}", written.len());
+    assert!(
+        written.len() > 50,
+        "the writer wrote only {}",
+        written.len()
+    );
     wait_for(&lab, &written);
     wait_until("the spool empties", Duration::from_secs(30), || {
         gapsync_tests::count_files(&lab.spool) == 0

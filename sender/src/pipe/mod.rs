@@ -176,7 +176,9 @@ impl Pipe {
                     // Objects that survived a crash in flight go first (and need no cron run).
                     let front = self.store.get(&rel).is_some();
                     if self.cron.is_some() && !front {
-                        self.found_at.entry(rel.clone()).or_insert_with(Instant::now);
+                        self.found_at
+                            .entry(rel.clone())
+                            .or_insert_with(Instant::now);
                     }
                     self.queue(rel, size, front);
                 }

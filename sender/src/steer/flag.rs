@@ -113,15 +113,19 @@ impl RunFlag {
 
 impl RunFlag {
     fn between_runs(&self, st: &PipeStatus) -> bool {
-        self.cron.as_ref().is_some_and(|g| {
-            g.held() || (st.queued_objects == 0 && st.in_flight == 0)
-        })
+        self.cron
+            .as_ref()
+            .is_some_and(|g| g.held() || (st.queued_objects == 0 && st.in_flight == 0))
     }
 }
 
 /// Opens and closes `flag` with `schedule`'s windows until aborted; `None` when the schedule
 /// has no windows (the pipe is always open).
-pub fn watch_windows(pipe: String, flag: Arc<RunFlag>, schedule: Schedule) -> Option<JoinHandle<()>> {
+pub fn watch_windows(
+    pipe: String,
+    flag: Arc<RunFlag>,
+    schedule: Schedule,
+) -> Option<JoinHandle<()>> {
     let now = Utc::now();
     if schedule.is_open(now) && schedule.next_change(now).is_none() {
         return None;

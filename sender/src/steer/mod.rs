@@ -115,9 +115,10 @@ impl Steer {
             gate
         });
         let cron_state = match cron {
-            Some(_) => Some(CronState::open(&pc.state_dir).with_context(|| {
-                format!("pipe {}: cannot read its last cron run", pc.name)
-            })?),
+            Some(_) => Some(
+                CronState::open(&pc.state_dir)
+                    .with_context(|| format!("pipe {}: cannot read its last cron run", pc.name))?,
+            ),
             None => None,
         };
         let rx = pipe
@@ -131,10 +132,16 @@ impl Steer {
         let task = crate::link::start(pipe, &self.config.node, self.session, rx, stop_rx);
         let mut timers = Vec::new();
         if let Some(s) = &pc.schedule {
-            timers.extend(flag::watch_windows(pc.name.clone(), flag.clone(), s.clone()));
+            timers.extend(flag::watch_windows(
+                pc.name.clone(),
+                flag.clone(),
+                s.clone(),
+            ));
         }
         if let (Some(gate), Some(state), Some(schedule)) = (cron, cron_state, &pc.schedule) {
-            timers.push(tokio::spawn(cron_task(&pc, schedule, state, gate, &flag).run()));
+            timers.push(tokio::spawn(
+                cron_task(&pc, schedule, state, gate, &flag).run(),
+            ));
         }
         self.summary.add(&pc.name, stats, &pc.state_dir);
         log_pipe_started(&pc, stopped);
@@ -257,8 +264,9 @@ fn cron_task(
     gate: Arc<CronGate>,
     flag: &Arc<RunFlag>,
 ) -> CronTask {
-    let first_scan = (pc.source.spool())
-        .map_or(Duration::from_secs(2), |s| s.settle + s.poll_interval + Duration::from_secs(1));
+    let first_scan = (pc.source.spool()).map_or(Duration::from_secs(2), |s| {
+        s.settle + s.poll_interval + Duration::from_secs(1)
+    });
     let flag = flag.clone();
     CronTask {
         pipe: pc.name.clone(),

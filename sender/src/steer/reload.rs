@@ -112,7 +112,10 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     check("log_format", old.log_format == new.log_format);
     check("log_time", old.log_time == new.log_time);
     check("log_level", old.log_level == new.log_level);
-    check("summary_interval", old.summary_interval == new.summary_interval);
+    check(
+        "summary_interval",
+        old.summary_interval == new.summary_interval,
+    );
     check("control_socket", old.control_socket == new.control_socket);
     keys
 }

@@ -94,6 +94,10 @@ mod tests {
         r.sample(t + Duration::from_secs(10), 1000);
         assert_eq!(r.drain_eta(500), Some(5));
         r.sample(t + Duration::from_secs(400), 1000);
-        assert_eq!(r.drain_eta(500), None, "nothing moved in the last 5 minutes");
+        assert_eq!(
+            r.drain_eta(500),
+            None,
+            "nothing moved in the last 5 minutes"
+        );
     }
 }
