@@ -101,3 +101,18 @@ impl CronTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_admits_what_was_found_by_then() {
+        let gate = CronGate::default();
+        let before = Instant::now();
+        assert!(!gate.admits(before), "nothing before the first run");
+        gate.admit(Instant::now());
+        let after = Instant::now() + Duration::from_millis(5);
+        assert!(gate.admits(before) && !gate.admits(after));
+    }
+}

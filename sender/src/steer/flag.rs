@@ -154,3 +154,79 @@ pub fn watch_windows(
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::pipe::{Pipe, PipeStats};
+    use crate::state::IdSource;
+
+    /// A pipe of a loopback profile over a real spool and state folder.
+    fn pipe(d: &std::path::Path) -> Pipe {
+        std::fs::create_dir_all(d.join("spool")).expect("spool");
+        let text = format!(
+            "node = \"n\"\nprofile = \"loopback\"\nprofiles_dir = {:?}\nstate_dir = \"state\"\n[[pipe]]\nname = \"p\"\ngate = \"127.0.0.1:9\"\nspool = \"spool\"\n",
+            gapsync_tests::profiles_dir().display().to_string()
+        );
+        std::fs::write(d.join("s.toml"), text).expect("write");
+        let config = Config::load(&d.join("s.toml")).expect("valid");
+        let ids = Arc::new(IdSource::open(&config.state_dir).expect("ids"));
+        let pc = config.pipes[0].clone();
+        let stats = Arc::new(PipeStats::default());
+        let source = crate::source::build(&pc, stats.clone());
+        Pipe::new(pc, source, ids, stats).expect("pipe")
+    }
+
+    #[test]
+    fn the_pipe_runs_only_when_started_and_inside_its_window() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = pipe(d.path());
+        let h = p.handle();
+        let flag = RunFlag::new(h.clone(), true, true, None);
+        let state = || flag.state(&h.status());
+        assert!(!p.is_running());
+        assert_eq!(state(), PipeState::Stopped, "stopped from the start");
+        flag.set_stopped(false);
+        assert!(p.is_running());
+        assert_eq!(state(), PipeState::Running);
+        flag.set_open(false);
+        assert!(!p.is_running());
+        assert_eq!(state(), PipeState::Waiting);
+        flag.set_stopped(true);
+        assert_eq!(state(), PipeState::Stopped, "a stop wins over the window");
+        flag.set_open(true);
+        assert!(
+            !p.is_running(),
+            "the window opening does not start a stopped pipe"
+        );
+        flag.set_stopped(false);
+        assert!(p.is_running());
+        p.stats.failed("cannot connect");
+        assert_eq!(state(), PipeState::Error, "an ERROR while not connected");
+    }
+
+    #[test]
+    fn a_cron_pipe_waits_between_runs() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = pipe(d.path());
+        let h = p.handle();
+        let gate = Arc::new(CronGate::default());
+        let flag = RunFlag::new(h.clone(), false, true, Some(gate.clone()));
+        assert_eq!(
+            flag.state(&h.status()),
+            PipeState::Waiting,
+            "nothing to send"
+        );
+        p.stats
+            .queued
+            .store(2, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(flag.state(&h.status()), PipeState::Running);
+        gate.set_held(true);
+        assert_eq!(
+            flag.state(&h.status()),
+            PipeState::Waiting,
+            "held for the next run"
+        );
+    }
+}

@@ -159,3 +159,70 @@ fn describe(plan: &Plan) -> String {
         plan.unchanged.len()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads a config of `pipes` (`[[pipe]]` tables) with `top` keys, in `d`.
+    fn load(d: &std::path::Path, top: &str, pipes: &str) -> Config {
+        for s in ["a", "b", "c"] {
+            std::fs::create_dir_all(d.join(s)).expect("spool");
+        }
+        let text = format!(
+            "node = \"n\"\nprofile = \"loopback\"\nprofiles_dir = {:?}\nstate_dir = \"state\"\n{top}\n{pipes}",
+            gapsync_tests::profiles_dir().display().to_string()
+        );
+        let path = d.join("s.toml");
+        std::fs::write(&path, text).expect("write");
+        Config::load(&path).expect("valid")
+    }
+
+    const A: &str = "[[pipe]]\nname = \"a\"\ngate = \"h:1\"\nspool = \"a\"\n";
+    const B: &str = "[[pipe]]\nname = \"b\"\ngate = \"h:1\"\nspool = \"b\"\n";
+
+    #[test]
+    fn pipes_are_added_removed_changed_or_left_alone() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let old = load(d.path(), "", &format!("{A}{B}"));
+        let same = load(d.path(), "", &format!("{A}{B}"));
+        let p = plan(&old, &same);
+        assert_eq!((p.unchanged.len(), p.changed.len()), (2, 0), "{p:?}");
+        let b2 = B.replace("spool = \"b\"", "spool = \"b\"\nmax_attempts = 9");
+        let c = "[[pipe]]\nname = \"c\"\ngate = \"h:1\"\nspool = \"c\"\n";
+        let new = load(d.path(), "", &format!("{b2}{c}"));
+        let p = plan(&old, &new);
+        assert_eq!(
+            (p.added, p.removed, p.changed, p.unchanged),
+            (
+                vec!["c".to_owned()],
+                vec!["a".to_owned()],
+                vec!["b".to_owned()],
+                vec![]
+            )
+        );
+        let overrides = load(
+            d.path(),
+            "[profile_overrides]\nwindow = 3\n",
+            &format!("{A}{B}"),
+        );
+        assert_eq!(
+            plan(&old, &overrides).changed.len(),
+            2,
+            "a profile change reaches every pipe"
+        );
+        assert!(restart_only(&old, &overrides).is_empty());
+    }
+
+    #[test]
+    fn daemon_wide_keys_need_a_restart() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let old = load(d.path(), "", A);
+        let new = load(
+            d.path(),
+            "log_level = \"debug\"\ncontrol_socket = \"x.sock\"",
+            A,
+        );
+        assert_eq!(restart_only(&old, &new), ["log_level", "control_socket"]);
+    }
+}
