@@ -8,6 +8,10 @@
 //!                          ^                                                 |
 //!                          +------------- one OK/FAIL byte per frame --------+
 //! ```
+//!
+//! Each pipe is a unit of its own ([`steer`]): the control socket (`pipes`, `pipe stop|start`,
+//! `reload`, SIGHUP) starts, stops and restarts pipes without touching the others, and one
+//! running flag per pipe combines the operator's stop and the schedule's windows.
 
 mod config;
 mod link;

@@ -186,6 +186,26 @@ fn a_bad_reload_is_refused_with_its_problems_and_the_pipes_keep_running() {
     assert!(out.contains("unchanged 1"), "{out}");
 }
 
+/// Adds pipe `second` (its spool `spool2`) to the sender's config and reloads; returns its
+/// spool.
+fn add_second_pipe(lab: &Lab, config: &Path, good: &str) -> PathBuf {
+    let spool2 = lab.path("spool2");
+    std::fs::create_dir_all(&spool2).expect("spool2");
+    let gate = lab.receiver_addr.expect("receiver");
+    let with_second = format!(
+        "{good}\n[[pipe]]\nname = \"second\"\nspool = {:?}\ngate = \"{gate}\"\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n",
+        spool2.display().to_string()
+    );
+    std::fs::write(config, &with_second).expect("add");
+    let (code, out, err) = ctl(config, &["reload"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("added [second]") && out.contains("unchanged 1"),
+        "{out}"
+    );
+    spool2
+}
+
 #[test]
 fn reload_adds_and_removes_a_pipe_and_leaves_the_other_connected() {
     let mut lab = Lab::new("loopback");
@@ -203,21 +223,8 @@ fn reload_adds_and_removes_a_pipe_and_leaves_the_other_connected() {
     let connected = |lab: &Lab| count_lines(&lab.sender_log(), &[" connected", "pipe=scada"]);
     assert_eq!(connected(&lab), 1, "{}", lab.sender_log());
 
-    let spool2 = lab.path("spool2");
-    std::fs::create_dir_all(&spool2).expect("spool2");
     let good = std::fs::read_to_string(&config).expect("config");
-    let gate = lab.receiver_addr.expect("receiver");
-    let with_second = format!(
-        "{good}\n[[pipe]]\nname = \"second\"\nspool = {:?}\ngate = \"{gate}\"\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n",
-        spool2.display().to_string()
-    );
-    std::fs::write(&config, &with_second).expect("add");
-    let (code, out, err) = ctl(&config, &["reload"]);
-    assert_eq!(code, Some(0), "{err}");
-    assert!(
-        out.contains("added [second]") && out.contains("unchanged 1"),
-        "{out}"
-    );
+    let spool2 = add_second_pipe(&lab, &config, &good);
     let digest = make_file(&spool2.join("b.bin"), 10_000, 2);
     wait_until(
         "b.bin through the added pipe",
@@ -257,7 +264,7 @@ fn reload_adds_and_removes_a_pipe_and_leaves_the_other_connected() {
     );
 }
 
-/// Writes `n` files into `spool`, one every `every`, until told to stop; returns their digests.
+/// Writes files into `spool`, one every 40 ms, until told to stop; returns their digests.
 fn writer(
     spool: PathBuf,
     stop: Arc<AtomicBool>,
