@@ -13,6 +13,7 @@ use gapsync_protocol::{LinkKind, Profile, RawProfile};
 use serde::Deserialize;
 
 use crate::process::{Processors, RawProcessor};
+use crate::schedule::{RawSchedule, Schedule};
 use crate::source::spool::config::{AfterSend, RawSpool};
 use crate::source::{SourceConfig, SourceContext, SourceSettings};
 
@@ -46,6 +47,9 @@ pub struct RawConfig {
     pub tls: Option<gapsync_daemon::tls::RawTls>,
     #[serde(default)]
     pub pipe: Vec<RawPipe>,
+    /// The control socket (`pipes`, `pipe stop|start`, `reload`); default
+    /// `/run/gapsync-sender/control.sock`.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// The `tls` link's client side for one pipe.
@@ -74,8 +78,8 @@ pub struct RawPipe {
     pub forward_received: Option<bool>,
     /// The processors, in order (`crate::process`).
     pub processors: Option<Vec<RawProcessor>>,
-    /// When the pipe may send; kept raw until its type is wired in.
-    pub schedule: Option<toml::Value>,
+    /// When the pipe may send (windows) and when its source runs (cron).
+    pub schedule: Option<RawSchedule>,
     pub quarantine_dir: Option<PathBuf>,
     pub max_attempts: Option<u32>,
     /// Pre-shared key file of this pipe (see `gapsync-sender keygen`).
@@ -149,8 +153,8 @@ pub struct PipeConfig {
     pub forward_received: bool,
     /// The checked processors (filter, compress, rate_limit), in order.
     pub processors: Processors,
-    /// The `schedule` table as written (typed by `crate::schedule` once wired in).
-    pub schedule: Option<toml::Value>,
+    /// The pipe's checked schedule; `None`: always open, no cron.
+    pub schedule: Option<Schedule>,
     pub quarantine_dir: PathBuf,
     pub max_attempts: u32,
     /// Where this pipe's in-flight records live.
@@ -177,6 +181,13 @@ pub struct Config {
     pub log_level: String,
     pub summary_interval: Duration,
     pub pipes: Vec<PipeConfig>,
+    /// The control socket the daemon serves and the commands use.
+    pub control_socket: PathBuf,
+    /// The `[tls]` table as written, so that a reload sees when it changed.
+    pub tls_written: String,
+    /// Each `[[pipe]]` table as written (keys sorted), by name, so that a reload sees which
+    /// pipes changed.
+    pub pipes_written: std::collections::BTreeMap<String, String>,
 }
 
 impl Config {
@@ -192,7 +203,9 @@ impl Config {
 
     /// Loads and checks `path`, reporting every problem at once.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        gapsync_daemon::config::load(path, Self::check)
+        let mut config = gapsync_daemon::config::load(path, Self::check)?;
+        config.pipes_written = pipes_written(path);
+        Ok(config)
     }
 
     fn check(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
@@ -226,6 +239,11 @@ impl Config {
         };
         let pipes = ctx.pipes(&mut p, raw.pipe, pipe_profiles);
         drop(ctx);
+        let control_socket = gapsync_daemon::control::socket_path(
+            base,
+            raw.control_socket.as_deref(),
+            "gapsync-sender",
+        );
         match (p.is_empty(), state_dir) {
             (true, Some(state_dir)) => Ok(Config {
                 node,
@@ -237,10 +255,26 @@ impl Config {
                 log_level: level,
                 summary_interval: raw.summary_interval.unwrap_or(DEFAULT_SUMMARY),
                 pipes,
+                control_socket,
+                tls_written: format!("{:?}", raw.tls),
+                pipes_written: Default::default(),
             }),
             _ => Err(p),
         }
     }
+}
+
+/// Each `[[pipe]]` table of the (already checked) file as TOML text with sorted keys, by name.
+fn pipes_written(path: &Path) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let table: toml::Table = toml::from_str(&text).unwrap_or_default();
+    let pipes = table.get("pipe").and_then(toml::Value::as_array);
+    (pipes.into_iter().flatten())
+        .filter_map(|p| {
+            let name = p.get("name")?.as_str()?.to_owned();
+            Some((name, p.to_string()))
+        })
+        .collect()
 }
 
 /// "[[pipe]] #2 (scada)": how problems name a pipe.
@@ -418,6 +452,10 @@ impl PipeContext<'_> {
             Some(pr) if pr.link == LinkKind::Tls => self.tls(p, label, &gate),
             _ => None,
         };
+        let schedule = rp
+            .schedule
+            .take()
+            .and_then(|raw| Schedule::check(&name, &raw).map_err(|e| p.extend(e)).ok());
         let pipe_state = pipe_state?;
         Some(PipeConfig {
             profile: profile?.clone(),
@@ -426,7 +464,7 @@ impl PipeContext<'_> {
             realtime: rp.realtime.unwrap_or(true),
             forward_received: rp.forward_received.unwrap_or(true),
             processors: processors?,
-            schedule: rp.schedule,
+            schedule,
             quarantine_dir: quarantine_dir.unwrap_or_else(|| pipe_state.join("quarantine")),
             max_attempts: rp.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             state_dir: pipe_state,
@@ -565,7 +603,7 @@ mod tests {
         let (_e, r) = load(
             "",
             "[[pipe]]\nname = \"c\"\ngate = \"h:1\"\nprofile = \"udp-loopback\"\nsource = { type = \"spool\", path = \"spool\", keep_sent_for = \"1d\" }\n\
-             processors = [{ type = \"filter\", include = [\"*.csv\"] }]\nschedule = { windows = [\"22:30-06:00\"] }\nforward_received = false\n",
+             processors = [{ type = \"filter\", include = [\"*.csv\"] }]\nschedule = { windows = [\"22:30-06:00\"], timezone = \"UTC\" }\nforward_received = false\n",
         );
         let c = r.expect("valid");
         let u = &c.pipes[0];

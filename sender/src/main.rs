@@ -8,28 +8,34 @@
 //!                          ^                                                 |
 //!                          +------------- one OK/FAIL byte per frame --------+
 //! ```
+//!
+//! Each pipe is a unit of its own ([`steer`]): the control socket (`pipes`, `pipe stop|start`,
+//! `reload`, SIGHUP) starts, stops and restarts pipes without touching the others, and one
+//! running flag per pipe combines the operator's stop and the schedule's windows.
 
 mod config;
 mod link;
 mod pipe;
+// Built standalone (issue 19, sections 3-4); the pipe policy wires it in.
+#[allow(dead_code)]
 mod process;
 mod resend;
-// Built standalone (issue 19, section 4); the pipe policy wires it in.
-#[allow(dead_code)]
 mod schedule;
 mod source;
 mod state;
+mod steer;
 mod summary;
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-
 use clap::Parser;
+use gapsync_daemon::control;
 
 use crate::config::Config;
-use crate::pipe::{Pipe, PipeStats};
-use crate::state::IdSource;
+
+/// How often rates are sampled (and the summary checked for being due).
+const TICK: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -100,94 +106,45 @@ fn main() -> std::process::ExitCode {
         },
         |path| {
             let config = Config::load(path)?;
-            gapsync_daemon::cli::start("gapsync-sender", &config.log_settings(), serve(config))
+            let settings = config.log_settings();
+            gapsync_daemon::cli::start("gapsync-sender", &settings, serve(path.into(), config))
         },
     )
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let ids = Arc::new(IdSource::open(&config.state_dir)?);
-    let session = ids.session();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
-    let mut summary = summary::Summary::new(config.log_time);
-    // What the control socket will serve (status, stop, start); for now read at shutdown.
-    let mut handles = Vec::new();
-    for pc in &config.pipes {
-        let stats = Arc::new(PipeStats::default());
-        let source = source::build(pc, stats.clone());
-        let mut pipe =
-            Pipe::new(pc.clone(), source, ids.clone(), stats.clone()).with_context(|| {
-                format!(
-                    "pipe {}: cannot open its state in {}",
-                    pc.name,
-                    pc.state_dir.display()
-                )
-            })?;
-        let rx = pipe
-            .start_source()
-            .with_context(|| format!("pipe {}: cannot start its source", pc.name))?;
-        handles.push(pipe.handle());
-        let stop = stop_rx.clone();
-        tasks.push(link::start(pipe, &config.node, session, rx, stop));
-        summary.add(&pc.name, stats, &pc.state_dir);
-    }
-    log_started(&config, session);
+async fn serve(path: std::path::PathBuf, config: Config) -> anyhow::Result<()> {
+    let (mut control, requests) = control::serve(&config.control_socket).with_context(|| {
+        format!(
+            "cannot open the control socket {} (set control_socket in the config)",
+            config.control_socket.display()
+        )
+    })?;
+    control.reload_on_hangup()?;
+    log_started(&config);
+    let steer = std::cell::RefCell::new(steer::Steer::start(path, config)?);
+    tracing::info!(session = steer.borrow().session(), "all pipes started");
     gapsync_daemon::notify_ready();
-    gapsync_daemon::cli::until_shutdown(config.summary_interval, || {
-        tokio::task::block_in_place(|| summary.log());
-    })
+    let every = steer.borrow().config().summary_interval.min(TICK);
+    gapsync_daemon::cli::serve_until_shutdown(
+        every,
+        || steer.borrow_mut().tick(),
+        Some(requests),
+        |incoming: control::Incoming| {
+            let response = steer.borrow_mut().answer(&incoming.request);
+            incoming.answer(response);
+        },
+    )
     .await?;
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
-    summary.log();
-    log_stopped(&handles);
+    drop(control);
+    steer.into_inner().shutdown().await;
     Ok(())
 }
 
-/// The `started` line, and one line per pipe with what it runs and what to watch.
-fn log_started(config: &Config, session: u64) {
+/// The `started` line.
+fn log_started(config: &Config) {
     let profile = config
         .profile
         .as_ref()
         .map_or("(per pipe)", |p| p.name.as_str());
-    tracing::info!(node = %config.node, profile, session, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), "started");
-    for pc in &config.pipes {
-        tracing::info!(pipe = %pc.name, profile = %pc.profile.name, link = %link::kind_name(pc.profile.link), gate = %pc.gate, history = pc.history, realtime = pc.realtime, forward_received = pc.forward_received, "pipe started");
-        log_processors(pc);
-        if pc.schedule.is_some() {
-            tracing::warn!(pipe = %pc.name, "`schedule` is checked but not applied by this build yet: the pipe sends at any time");
-        }
-        match &pc.auth {
-            Some(a) => {
-                if let Some(w) = &a.key.warning {
-                    tracing::warn!(pipe = %pc.name, key_id = a.key.id, "{w}");
-                }
-            }
-            None => {
-                tracing::info!(pipe = %pc.name, "pipe sends without a key: frames are checksummed but not authenticated")
-            }
-        }
-    }
-}
-
-/// What the pipe's processors do, in one INFO line (nothing when it has none).
-fn log_processors(pc: &config::PipeConfig) {
-    let p = &pc.processors;
-    if p.steps().is_empty() {
-        return;
-    }
-    let compress = p.compress().map(|c| format!("zstd level {}", c.level));
-    let rate = p.rate_limit().map(|r| r.bytes_per_second.get());
-    tracing::info!(pipe = %pc.name, filter = p.filter().is_some(), compress = compress.as_deref().unwrap_or("off"), rate_limit_bytes_per_second = rate, limit_counts = if p.limit_after_compress() { "wire bytes" } else { "original bytes" }, "pipe processors");
-}
-
-/// One line per pipe at shutdown, from its status.
-fn log_stopped(handles: &[pipe::status::PipeHandle]) {
-    for h in handles {
-        let st = h.status();
-        tracing::info!(pipe = %st.name, link = st.link, queued = st.queued_objects, queued_bytes = st.queued_bytes, delivered = st.delivered_objects, quarantined = st.quarantined, filtered = st.filtered, "pipe stopped");
-    }
+    tracing::info!(node = %config.node, profile, pipes = config.pipes.len(), state_dir = %config.state_dir.display(), control_socket = %config.control_socket.display(), "started");
 }

@@ -32,6 +32,23 @@ impl Summary {
         self.pipes.push((name.to_owned(), stats, counters));
     }
 
+    /// Removes a pipe (stopped by a reload), keeping its day counters on disk.
+    pub fn remove(&mut self, name: &str) {
+        self.pipes.retain(|(n, _, day)| {
+            if n == name {
+                let _ = day.save();
+            }
+            n != name
+        });
+    }
+
+    /// Today's objects and bytes of a pipe (kept across restarts), for its status row.
+    pub fn today(&mut self, name: &str) -> Option<(u64, u64)> {
+        let today = self.time.day(SystemTime::now());
+        let (_, s, day) = self.pipes.iter_mut().find(|(n, _, _)| n == name)?;
+        Some(day.update(&today, s.files.load(Relaxed), s.bytes.load(Relaxed)))
+    }
+
     /// Logs one summary line per pipe and keeps the day counters.
     pub fn log(&mut self) {
         let today = self.time.day(SystemTime::now());

@@ -105,7 +105,7 @@ fn run_refuses_a_missing_spool_and_does_not_create_it() {
     let cfg = write_config(
         dir.path(),
         &format!(
-            "node = \"plant-a\"\nprofile = \"loopback\"\nstate_dir = \"{d}/state\"\n[[pipe]]\nname = \"p\"\nspool = \"{d}/spoool\"\ngate = \"127.0.0.1:1\"\n"
+            "node = \"plant-a\"\nprofile = \"loopback\"\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{d}/control.sock\"\n[[pipe]]\nname = \"p\"\nspool = \"{d}/spoool\"\ngate = \"127.0.0.1:1\"\n"
         ),
     );
     let run = Command::new(EXE)
@@ -140,7 +140,7 @@ fn folders_and_keys_the_daemons_user_cannot_use_are_refused_with_the_fix() {
     let cfg = write_config(
         dir.path(),
         &format!(
-            "node = \"plant-a\"\nprofile = \"loopback\"\nstate_dir = \"{d}/state\"\n[[pipe]]\nname = \"p\"\nspool = \"{d}/spool\"\ngate = \"127.0.0.1:1\"\nkey_file = \"scada.key\"\nsent_dir = \"{d}/locked/sent\"\n"
+            "node = \"plant-a\"\nprofile = \"loopback\"\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{d}/control.sock\"\n[[pipe]]\nname = \"p\"\nspool = \"{d}/spool\"\ngate = \"127.0.0.1:1\"\nkey_file = \"scada.key\"\nsent_dir = \"{d}/locked/sent\"\n"
         ),
     );
     let wrapper = gapsync_tests::without_root();
@@ -172,7 +172,7 @@ fn sighup_is_logged_and_the_sender_keeps_running_until_sigterm() {
     std::fs::write(
         &cfg,
         format!(
-            "node = \"n\"\nprofile = \"loopback\"\nprofiles_dir = {1:?}\nstate_dir = \"{0}/state\"\nlog_dir = \"{0}/logs\"\n[[pipe]]\nname = \"p\"\nspool = \"{0}/spool\"\ngate = \"127.0.0.1:1\"\n",
+            "node = \"n\"\nprofile = \"loopback\"\nprofiles_dir = {1:?}\nstate_dir = \"{0}/state\"\ncontrol_socket = \"{0}/control.sock\"\nlog_dir = \"{0}/logs\"\n[[pipe]]\nname = \"p\"\nspool = \"{0}/spool\"\ngate = \"127.0.0.1:1\"\n",
             dir.path().display(),
             gapsync_tests::profiles_dir().display().to_string()
         ),

@@ -147,10 +147,11 @@ impl Lab {
         let mut t = String::new();
         let _ = write!(
             t,
-            "node = \"plant-a\"\nprofile = {:?}\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\n{}\n[[pipe]]\nname = {:?}\nspool = {}\ngate = \"{gate}\"\nsettle = {:?}\npoll_interval = {:?}\n{}\n",
+            "node = \"plant-a\"\nprofile = {:?}\nprofiles_dir = {}\nstate_dir = {}\ncontrol_socket = {}\nlog_dir = {}\n{}\n[[pipe]]\nname = {:?}\nspool = {}\ngate = \"{gate}\"\nsettle = {:?}\npoll_interval = {:?}\n{}\n",
             self.profile,
             Self::q(&profiles_dir()),
             Self::q(&self.path("sstate")),
+            Self::q(&self.path("sstate").join("control.sock")),
             Self::q(&self.path("slogs")),
             self.sender_extra,
             self.sender_pipe_name,

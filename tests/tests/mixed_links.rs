@@ -36,12 +36,13 @@ fn sender_config(tcp: &Lab, udp: &Lab, diode_spool: &Path) -> std::path::PathBuf
     let mut t = String::new();
     let _ = write!(
         t,
-        "node = \"plant-a\"\nprofile = \"loopback\"\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\n\n\
+        "node = \"plant-a\"\nprofile = \"loopback\"\nprofiles_dir = {}\nstate_dir = {}\ncontrol_socket = {}\nlog_dir = {}\n\n\
          [[pipe]]\nname = \"scada\"\nspool = {}\ngate = \"{tcp_gate}\"\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n\n\
          [[pipe]]\nname = \"diode\"\nprofile = \"udp-loopback\"\ngate = \"{udp_gate}\"\n\
          source = {{ type = \"spool\", path = {}, settle = \"200ms\", poll_interval = \"200ms\" }}\n",
         q(&profiles_dir()),
         q(&tcp.path("sstate")),
+        q(&tcp.path("sstate").join("control.sock")),
         q(&tcp.path("slogs")),
         q(&tcp.spool),
         q(diode_spool),

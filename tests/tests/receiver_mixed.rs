@@ -75,9 +75,10 @@ fn start_sender(
     pipes: &[(&str, &Path)],
 ) -> Proc {
     let mut text = format!(
-        "node = \"plant-a\"\nprofile = {profile:?}\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\n",
+        "node = \"plant-a\"\nprofile = {profile:?}\nprofiles_dir = {}\nstate_dir = {}\ncontrol_socket = {}\nlog_dir = {}\n",
         q(&profiles_dir()),
         q(&root.join(format!("sstate-{tag}"))),
+        q(&root.join(format!("sstate-{tag}")).join("control.sock")),
         q(&root.join(format!("slogs-{tag}"))),
     );
     if profile != "udp-loopback" {

@@ -41,6 +41,7 @@ use self::status::PipeHandle;
 use self::transfer::mtime_ns;
 use crate::config::PipeConfig;
 use crate::process::rate_limit::RateLimiter;
+use crate::schedule::run::CronGate;
 use crate::source::identity::Identity;
 use crate::source::{Disposal, Outcome, Source, SourceEvent};
 use crate::state::{IdSource, unix_now};
@@ -100,6 +101,10 @@ pub struct Pipe {
     /// The pipe's `rate_limit` bucket, shared by everything that sends on it.
     pub limiter: Option<Arc<RateLimiter>>,
     pub stats: Arc<PipeStats>,
+    /// A cron pipe's gate (objects found after the last run wait) and when each queued key
+    /// was first found; `None` without cron.
+    cron: Option<Arc<CronGate>>,
+    found_at: HashMap<String, Instant>,
     /// The pipe's "running" flag: false while stopped (see [`PipeHandle::pause`]).
     running: watch::Receiver<bool>,
     running_tx: Arc<watch::Sender<bool>>,
@@ -145,9 +150,16 @@ impl Pipe {
             admission,
             limiter,
             stats,
+            cron: None,
+            found_at: HashMap::new(),
             running,
             running_tx: Arc::new(running_tx),
         })
+    }
+
+    /// Makes this a cron pipe: it sends only what was found by the last run of `gate`.
+    pub fn gate_by_cron(&mut self, gate: Arc<CronGate>) {
+        self.cron = Some(gate);
     }
 
     /// The handle the control socket keeps: status, stop and start.
@@ -183,8 +195,13 @@ impl Pipe {
                 }
                 if self.known.insert(rel.clone()) {
                     self.last_found = Some(Instant::now());
-                    // Objects that survived a crash in flight go first.
+                    // Objects that survived a crash in flight go first (and need no cron run).
                     let front = self.store.get(&rel).is_some();
+                    if self.cron.is_some() && !front {
+                        self.found_at
+                            .entry(rel.clone())
+                            .or_insert_with(Instant::now);
+                    }
                     self.queue(rel, size, front);
                 }
             }
@@ -231,7 +248,16 @@ impl Pipe {
     /// The next queued key, after queuing (first) the changed objects that have settled.
     pub fn dequeue(&mut self) -> Option<String> {
         self.release_cooled();
-        let (key, size) = self.pending.pop_front()?;
+        let (key, size) = match &self.cron {
+            None => self.pending.pop_front()?,
+            Some(gate) => {
+                let found = &self.found_at;
+                let next = (self.pending.iter())
+                    .position(|(k, _)| found.get(k).is_none_or(|t| gate.admits(*t)));
+                gate.set_held(next.is_none() && !self.pending.is_empty());
+                self.pending.remove(next?)?
+            }
+        };
         self.pending_bytes -= size;
         self.stats.queued_bytes.store(self.pending_bytes, Relaxed);
         Some(key)
@@ -376,6 +402,7 @@ impl Pipe {
     /// Forgets `key` entirely: found again, it is queued again.
     pub fn forget(&mut self, key: &str) {
         self.known.remove(key);
+        self.found_at.remove(key);
         if let Err(err) = self.store.remove(key) {
             tracing::warn!(pipe = %self.cfg.name, path = %key, error = %err, "cannot update the in-flight journal");
         }
@@ -478,6 +505,7 @@ impl Pipe {
             }
         };
         self.known.remove(key);
+        self.found_at.remove(key);
         (words, false)
     }
 

@@ -98,19 +98,11 @@ impl PipeHandle {
 
     /// Stops the pipe: a gate link finishes the frame it is writing and sends nothing more,
     /// the diode stops between groups of blocks; what is in flight keeps its state.
-    #[allow(
-        dead_code,
-        reason = "the control socket (issue 19, section 6) calls it"
-    )]
     pub fn pause(&self) {
         self.running.send_replace(false);
     }
 
     /// Lets a stopped pipe send again.
-    #[allow(
-        dead_code,
-        reason = "the control socket (issue 19, section 6) calls it"
-    )]
     pub fn resume(&self) {
         self.running.send_replace(true);
     }

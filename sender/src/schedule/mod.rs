@@ -21,6 +21,7 @@
 //! No `schedule` table: the pipe is always open and has no cron job.
 
 pub mod cron;
+pub mod run;
 pub mod windows;
 
 use chrono::{DateTime, Utc};

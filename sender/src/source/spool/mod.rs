@@ -148,6 +148,10 @@ impl Scanner {
             return;
         }
         loop {
+            // The pipe stopped (a reload removed or restarted it): this thread ends too.
+            if self.tx.is_closed() {
+                return;
+            }
             let changes = match &mut watch {
                 Ok(w) => match w.wait(self.cfg.poll_interval) {
                     Ok(changes) => changes,
