@@ -110,13 +110,14 @@ impl Node {
         std::fs::create_dir_all(spool).expect("spool");
         let sent = PathBuf::from(format!("{}-sent", spool.display()));
         let t = format!(
-            "node = {:?}\nprofile = {:?}\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\nsummary_interval = \"1s\"\n{}\n\
+            "node = {:?}\nprofile = {:?}\nprofiles_dir = {}\nstate_dir = {}\ncontrol_socket = {}\nlog_dir = {}\nsummary_interval = \"1s\"\n{}\n\
              [[pipe]]\nname = {name:?}\nspool = {}\ngate = \"{gate}\"\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n\
              after_send = \"move\"\nsent_dir = {}\n{extra}\n",
             self.name,
             self.profile,
             q(&profiles_dir()),
             q(&self.dir.join("sstate")),
+            q(&self.dir.join("sstate/control.sock")),
             q(&self.dir.join("slogs")),
             if self.profile == "loopback" {
                 "[profile_overrides]\nreconnect_backoff_min = \"50ms\"\nreconnect_backoff_max = \"500ms\"\n"
