@@ -29,10 +29,16 @@ pub enum KeygenError {
     NoSuchGroup { group: String },
     /// Local I/O: the file exists already (never overwritten) or its folder is not writable.
     #[error("cannot create key file {path}: {error} (an existing key is never overwritten)")]
-    Create { path: PathBuf, error: std::io::Error },
+    Create {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// Local I/O: writing or syncing the new file failed.
     #[error("cannot write key file {path}: {error}")]
-    Write { path: PathBuf, error: std::io::Error },
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// Local I/O: the group database could not be read.
     #[error("cannot look up group {group}: {error}")]
     LookUpGroup { group: String, error: nix::Error },
@@ -47,7 +53,10 @@ pub enum KeygenError {
     },
     /// Local I/O: the new file's mode could not be set.
     #[error("cannot chmod key file {path}: {error}")]
-    Chmod { path: PathBuf, error: std::io::Error },
+    Chmod {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// Local system: the operating system's random generator failed.
     #[error("the operating system's random generator failed")]
     Random,

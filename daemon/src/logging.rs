@@ -100,10 +100,7 @@ pub const KEEP_LOG_FILES: usize = 30;
 pub enum LogError {
     /// Bad configuration or local I/O: `log_dir` cannot be made.
     #[error("cannot create log_dir {dir}: {error}; create it or fix `log_dir`")]
-    CreateDir {
-        dir: PathBuf,
-        error: std::io::Error,
-    },
+    CreateDir { dir: PathBuf, error: std::io::Error },
     /// Local I/O: no log file can be opened in `log_dir`.
     #[error("cannot open a log file in {dir}: {error}")]
     OpenFile {

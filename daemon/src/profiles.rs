@@ -15,7 +15,10 @@ pub enum ProfileFileError {
         "hardware profile `{name}` not found in {searched}; set `profile` to a path or `profiles_dir` to the folder holding {name}.toml",
         searched = list(searched)
     )]
-    NotFound { name: String, searched: Vec<PathBuf> },
+    NotFound {
+        name: String,
+        searched: Vec<PathBuf>,
+    },
     /// Local I/O: the file could not be read.
     #[error("cannot read profile {path}")]
     Read {
