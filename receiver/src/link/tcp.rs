@@ -508,7 +508,8 @@ impl Connection {
 }
 
 /// Applies one record of a frame to the pipe's sink. A looped object (its chain names this
-/// node) is acknowledged from its Open to its Commit without a write.
+/// node) is refused at its Open: FAIL, so its sender keeps it (and quarantines it after
+/// `max_attempts`) instead of settling the only copy left.
 fn apply_record(
     pipe: &Pipe,
     sink: &mut dyn crate::sink::Sink,
@@ -522,13 +523,11 @@ fn apply_record(
             origin,
         } => match pipe.admit(*transfer, &open.path, origin, node) {
             Admission::Land(chain) => sink.open_with_origin(*transfer, open, &chain),
-            Admission::Looped => Ok(Applied::AlreadyCommitted),
+            Admission::Looped => Err(crate::sink::SinkError::Looped {
+                path: open.path.clone(),
+                origin: origin.to_string(),
+            }),
         },
-        Request::Data { transfer, .. } | Request::Commit { transfer, .. }
-            if pipe.is_looped(*transfer) =>
-        {
-            Ok(Applied::AlreadyCommitted)
-        }
         Request::Data {
             transfer,
             offset,
