@@ -342,3 +342,42 @@ fn the_commands_say_when_the_sender_is_not_running() {
         );
     }
 }
+
+/// A diode pipe stopped in the middle of a file for longer than the receiver waits for a
+/// silent object (`object_deadline`, 5 s in udp-loopback): the receiver gives the object up,
+/// so the pipe must send the file again whole when started, not finish the old pass.
+#[test]
+fn a_diode_pipe_stopped_mid_file_past_the_deadline_still_lands_the_file_when_started() {
+    let mut lab = Lab::new("udp-loopback");
+    // 2 MB/s: the 12 MB file is still on its way when the pipe is stopped.
+    lab.sender_pipe_extra =
+        "processors = [{ type = \"rate_limit\", bytes_per_second = 2000000 }]".into();
+    lab.start_receiver();
+    lab.start_sender();
+    let config = lab.path("sender.toml");
+    wait_until(
+        "the sender's control socket",
+        Duration::from_secs(20),
+        || lab.path("sstate/control.sock").exists(),
+    );
+    let digest = make_file(&lab.spool.join("big.bin"), 12_000_000, 3);
+    wait_until("the file to be on its way", Duration::from_secs(20), || {
+        row(&config, "scada")["queued_objects"] == 0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, _, err) = ctl(&config, &["pipe", "stop", "scada"]);
+    assert_eq!(code, Some(0), "{err}");
+    // Well past the receiver's deadline: it gives the object up while the pipe is stopped.
+    wait_until(
+        "the receiver to give the object up",
+        Duration::from_secs(30),
+        || lab.receiver_log().contains("object abandoned"),
+    );
+    assert!(
+        !lab.dest.join("big.bin").exists(),
+        "the file landed although the pipe was stopped in the middle of it"
+    );
+    let (code, _, err) = ctl(&config, &["pipe", "start", "scada"]);
+    assert_eq!(code, Some(0), "{err}");
+    wait_for(&lab, &BTreeMap::from([("big.bin".to_owned(), digest)]));
+}

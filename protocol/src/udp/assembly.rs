@@ -213,6 +213,18 @@ impl Assembly {
         failure
     }
 
+    /// The Announce of pass `pass` came again: the sender started the pass over (its pipe was
+    /// stopped mid-object, or restarted). The pass gets a whole pass time from now, so the
+    /// object is not given up while its symbols are arriving again (copies of blocks already
+    /// decoded do not count as progress and would not move the deadline otherwise).
+    pub fn on_announce_again(&mut self, pass: u8, now: Instant) {
+        if pass == self.pass {
+            self.deadline = self
+                .deadline
+                .max(now + Self::pass_time(&self.announce, &self.limits));
+        }
+    }
+
     /// The pass's deadline passed with blocks missing: returns the failure, and either waits
     /// for the next pass (a new deadline) or, after the last, marks it final.
     ///
@@ -431,6 +443,33 @@ mod tests {
             "written in order"
         );
         assert!(a.complete());
+    }
+
+    #[test]
+    fn a_pass_announced_again_gets_a_new_pass_time_and_is_not_given_up() {
+        let now = Instant::now();
+        let d = data(160);
+        let mut a = Assembly::new(announce(160, 1), 1, limits(), now).expect("valid");
+        feed(&mut a, &d, 0);
+        assert_eq!(a.on_tick(now), None, "progress seen");
+        let pass_time = Assembly::pass_time(&announce(160, 1), &limits());
+        // The sender stopped; just before the deadline it starts the pass over.
+        let later = now + pass_time - Duration::from_millis(1);
+        a.on_announce_again(1, later);
+        assert_eq!(
+            a.on_tick(now + pass_time),
+            None,
+            "not given up at the old deadline"
+        );
+        feed(&mut a, &d, 1);
+        feed(&mut a, &d, 2);
+        a.on_end(end(&d));
+        assert!(a.complete());
+        // Without the new Announce the same object is given up at the old deadline.
+        let mut b = Assembly::new(announce(160, 1), 1, limits(), now).expect("valid");
+        feed(&mut b, &d, 0);
+        assert_eq!(b.on_tick(now), None, "progress seen");
+        assert!(b.on_tick(now + pass_time).is_some_and(|f| f.last));
     }
 
     #[test]

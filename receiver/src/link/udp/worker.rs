@@ -307,6 +307,7 @@ impl Worker {
         }
         if let Some((_, asm, _)) = self.objects.get_mut(&key) {
             let failure = asm.on_pass(h.pass, now);
+            asm.on_announce_again(h.pass, now);
             self.report(key, failure);
             return;
         }

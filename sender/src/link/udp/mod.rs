@@ -78,7 +78,13 @@ pub fn run(setup: Setup, mut rx: mpsc::Receiver<SourceEvent>, stop: watch::Recei
         }
         d.pipe.housekeeping();
         if !d.pipe.is_running() {
-            // Stopped: between groups of blocks; what is in flight stays in the stream.
+            // Stopped (pipe stop, outside a window), between groups of blocks. The receiver
+            // gives up an object that stays silent past its deadline, and a resumed pass
+            // would not announce it again: the files in flight go back to the front of the
+            // queue and start again, whole, under their ids, when the pipe runs again.
+            if stream.len() > 0 {
+                d.requeue_all(std::mem::take(&mut stream));
+            }
             d.count(&stream);
             d.idle(&mut e);
             continue;
