@@ -42,7 +42,10 @@ impl ObjectAttrs {
             reason,
         };
         if attrs.mode.is_some_and(|m| m > MAX_MODE) {
-            return Err(bad(format!("mode {:o} is over 7777", attrs.mode.unwrap_or(0))));
+            return Err(bad(format!(
+                "mode {:o} is over 7777",
+                attrs.mode.unwrap_or(0)
+            )));
         }
         if let Some(t) = &attrs.link {
             if t.is_empty() || t.len() > MAX_LINK_TARGET || t.contains('\0') {

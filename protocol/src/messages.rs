@@ -407,7 +407,10 @@ mod tests {
         let plain = encode_body(&open);
         let wire = encode_open_ext(&open, &Default::default(), &attrs);
         // No chain (00), then Some(0o755 = 493: 251 ed 01), then Some("../lib/x").
-        assert_eq!(&wire[plain.len()..plain.len() + 5], &[0, 1, 251, 0xed, 0x01]);
+        assert_eq!(
+            &wire[plain.len()..plain.len() + 5],
+            &[0, 1, 251, 0xed, 0x01]
+        );
         assert_eq!(&wire[plain.len() + 5..], b"\x01\x08../lib/x");
         assert_eq!(
             decode_open(&wire, 2),

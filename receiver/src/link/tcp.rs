@@ -520,8 +520,17 @@ fn apply_record(
             transfer,
             open,
             origin,
+            attrs,
         } => match pipe.admit(*transfer, &open.path, origin, node) {
-            Admission::Land(chain) => sink.open_with_origin(*transfer, open, &chain),
+            Admission::Land(_)
+                if attrs
+                    .link
+                    .as_ref()
+                    .is_some_and(|t| pipe.refuses_link(*transfer, &open.path, t)) =>
+            {
+                Ok(Applied::AlreadyCommitted)
+            }
+            Admission::Land(chain) => sink.open_with_origin(*transfer, open, &chain, attrs),
             Admission::Looped => Ok(Applied::AlreadyCommitted),
         },
         Request::Data { transfer, .. } | Request::Commit { transfer, .. }

@@ -9,6 +9,7 @@
 //!                                             status row
 //! ```
 
+pub mod links;
 pub mod origin;
 pub mod replay;
 pub mod status;
@@ -38,6 +39,8 @@ pub struct PipeStats {
     pub refused_frames: AtomicU64,
     /// Objects not landed because their origin chain names this node (a loop).
     pub looped: AtomicU64,
+    /// Symlinks not created because their target leaves the destination.
+    pub refused_links: AtomicU64,
 }
 
 /// One pipe: `from`'s files named `name`, landed by `sink`.
@@ -405,6 +408,7 @@ impl Pipes {
                 refused_connections = row.refused_connections,
                 refused_frames = p.stats.refused_frames.load(Relaxed),
                 looped = p.stats.looped.load(Relaxed),
+                refused_links = p.stats.refused_links.load(Relaxed),
                 "summary"
             );
             if let Err(e) = lock(&p.counters).save() {

@@ -49,7 +49,7 @@ impl Pipe {
     }
 
     /// Remembers a looped transfer; true the first time.
-    fn remember_looped(&self, transfer: u64) -> bool {
+    pub(super) fn remember_looped(&self, transfer: u64) -> bool {
         let mut set = lock(&self.looped);
         if set.len() >= LOOPED_MEMORY {
             set.clear();
