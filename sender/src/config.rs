@@ -655,4 +655,36 @@ mod tests {
         assert_eq!(p.compress().map(|c| c.level), Some(5));
         assert!(p.limit_after_compress());
     }
+
+    #[test]
+    fn symlinks_and_preserve_mode_are_read_in_both_forms_and_refused_on_udp() {
+        let (_d, r) = load(
+            "",
+            "[[pipe]]\nname = \"a\"\ngate = \"h:1\"\nspool = \"spool\"\nsymlinks = \"preserve\"\npreserve_mode = true\n\
+             [[pipe]]\nname = \"b\"\ngate = \"h:1\"\nsource = { type = \"spool\", path = \"spool2\" }\n",
+        );
+        let c = r.expect("valid");
+        let (a, b) = (c.pipes[0].source.spool(), c.pipes[1].source.spool());
+        assert_eq!(
+            a.map(|s| (s.symlinks, s.preserve_mode)),
+            Some((Symlinks::Preserve, true))
+        );
+        assert_eq!(
+            b.map(|s| (s.symlinks, s.preserve_mode)),
+            Some((Symlinks::Skip, false))
+        );
+        let (_e, r) = load(
+            "",
+            "[[pipe]]\nname = \"u\"\ngate = \"h:1\"\nprofile = \"udp-loopback\"\nsource = { type = \"spool\", path = \"spool\", symlinks = \"preserve\", preserve_mode = true }\n",
+        );
+        let e = r.expect_err("refused");
+        assert!(
+            e.contains("(u): `symlinks = \"preserve\"` needs a tcp or tls link"),
+            "{e}"
+        );
+        assert!(
+            e.contains("(u): `preserve_mode = true` needs a tcp or tls link"),
+            "{e}"
+        );
+    }
 }
