@@ -8,7 +8,7 @@ use std::os::unix::fs::{PermissionsExt as _, symlink};
 use std::path::Path;
 use std::time::Duration;
 
-use gapsync_tests::{Lab, count_lines, make_file, tree, wait_until};
+use gapsync_tests::{Lab, bin, count_lines, make_file, tree, wait_until};
 
 /// The tree: each regular file's digest, by path.
 fn fill(lab: &Lab) -> BTreeMap<String, String> {
@@ -90,6 +90,20 @@ fn by_default_dotfiles_links_and_modes_stay_behind_counted() {
         );
     }
     assert_eq!(tree(&lab.dest), expected);
+    let out = std::process::Command::new(bin("gapsync-sender"))
+        .args(["pipes", "--json", "--config"])
+        .arg(lab.path("sender.toml"))
+        .output()
+        .expect("pipes");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (
+            rows[0]["ignored"].as_u64(),
+            rows[0]["skipped_links"].as_u64()
+        ),
+        (Some(2), Some(3)),
+        "{rows:?}"
+    );
     assert_eq!(
         mode(&lab.dest.join("bin/run.sh")) & 0o111,
         0,
