@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -188,7 +189,7 @@ impl DirectorySink {
             if self.done.contains(id) || self.unlanded.contains_key(&id) {
                 continue;
             }
-            let age = fs::metadata(self.part_path(id))
+            let age = fs::symlink_metadata(self.part_path(id))
                 .and_then(|m| m.modified())
                 .map_or(Duration::MAX, |t| now.duration_since(t).unwrap_or_default());
             if age > stale_after {
@@ -410,8 +411,12 @@ impl Sink for DirectorySink {
         self.prepare_target(&path)?;
         let part = self.part_path(id);
         let same = self.opens.get(id) == Some(open);
+        // A link staged by a commit that was then abandoned: made again at the next commit.
+        if fs::symlink_metadata(&part).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&part).map_err(io_err("cannot remove staged link", &part))?;
+        }
         let staged = if same {
-            fs::metadata(&part).map_or(0, |m| m.len())
+            fs::symlink_metadata(&part).map_or(0, |m| m.len())
         } else {
             0
         };
@@ -426,6 +431,7 @@ impl Sink for DirectorySink {
             .truncate(!same)
             .read(true)
             .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&part)
             .map_err(io_err("cannot create partial", &part))?;
         self.keep_origin(&file, origin);
