@@ -4,7 +4,8 @@
 //! in `.tmp` / `.part`), then rename it into the spool. A file renamed in, or closed after
 //! writing, is taken at once (inotify); a scan every `poll_interval` takes any other file once
 //! it has been unchanged for `settle`. Names matching the pipe's `ignore` globs (by default
-//! dotfiles, dot-folders, `*.tmp`, `*.part`; [`ignore`]) and symlinks are never taken:
+//! dotfiles, dot-folders, `*.tmp`, `*.part`; [`ignore`]) are never taken, nor are symlinks
+//! unless `symlinks = "preserve"` (then a link is sent as a link, never followed):
 //! an ignored file that the scan finds unchanged for `settle` is counted in the summary
 //! (`ignored_files`, `ignored_bytes`) and named once in an INFO line, at most
 //! [`NAMES_PER_MINUTE`] a minute, then one line with the count of the rest. The pipe takes a

@@ -165,7 +165,8 @@ impl Source for SpoolSource {
         fs::remove_file(self.s.sent_dir.join(key)).is_ok()
     }
 
-    /// The regular files of the spool (not under sent_dir or the quarantine folder), by key.
+    /// The regular files of the spool (and its links, with `symlinks = "preserve"`), not
+    /// under sent_dir or the quarantine folder, by key.
     fn list(&self) -> io::Result<Vec<Present>> {
         let root = &self.s.path;
         let aside = [&self.s.sent_dir, &self.quarantine_dir];
@@ -189,7 +190,8 @@ impl Source for SpoolSource {
                 }
                 Err(e) => return Err(io::Error::other(e)),
             };
-            if !entry.file_type().is_file() {
+            let link = self.links() && entry.file_type().is_symlink();
+            if !entry.file_type().is_file() && !link {
                 continue;
             }
             let (Ok(rel), Ok(meta)) = (entry.path().strip_prefix(root), entry.metadata()) else {
@@ -198,7 +200,7 @@ impl Source for SpoolSource {
             if let (Some(key), Ok(mtime)) = (rel.to_str(), meta.modified()) {
                 out.push(Present {
                     key: key.to_owned(),
-                    size: meta.len(),
+                    size: if link { 0 } else { meta.len() },
                     mtime,
                 });
             }
