@@ -348,7 +348,7 @@ impl PipeWorker {
                     );
                     if needs_v2 && !self.chains_on_wire {
                         // Its chain needs version 2: it goes first on the next connection.
-                        tracing::info!(pipe = %self.pipe.cfg.name, path = %transfer.rel, origin = %t.origin, mode = t.attrs.mode.is_some(), link = t.attrs.link.is_some(), "an object needs protocol version 2 (an origin chain, a mode or a link target in its Open): reconnecting with version 2 once the frames in flight are answered (the receiver must be of this version or newer)");
+                        tracing::info!(pipe = %self.pipe.cfg.name, path = %transfer.rel, origin = %t.origin, mode = t.attrs.mode.is_some(), link = t.attrs.link.is_some(), "an object needs protocol version 2 (an origin chain, a mode or a link target in its Open): reconnecting with protocol version 2 once the frames in flight are answered (the receiver must be of this version or newer)");
                         self.wants_chains = true;
                         self.pipe.requeue(transfer.rel.clone(), true);
                         self.parked.insert(transfer.rel.clone(), transfer);
