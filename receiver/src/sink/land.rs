@@ -91,7 +91,7 @@ impl Places {
         if m.file_type().is_symlink() {
             return Some(0);
         }
-        m.is_file().then(|| m.len())
+        m.is_file().then_some(m.len())
     }
 
     /// Makes an earlier rename of `path` into place durable (its folder's fsync failed then).
