@@ -5,6 +5,34 @@ use std::path::{Path, PathBuf};
 
 use gapsync_protocol::{Profile, RawProfile};
 
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Local I/O (or a wrong `--config`): the file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    /// Malformed bytes: not TOML, or a value of the wrong type.
+    #[error("config {path} is not valid: {error}")]
+    Toml {
+        path: PathBuf,
+        error: toml::de::Error,
+    },
+    /// Bad configuration: every problem found (unknown keys first), one per line.
+    #[error(
+        "config {path} has {} problem(s):\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    )]
+    Problems {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
 /// Names of nodes and pipes: they become folder names in the state folder.
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
@@ -44,7 +72,7 @@ pub fn profile(
     };
     crate::profiles::locate(name, base, profiles_dir)
         .and_then(|f| crate::profiles::load(&f, overrides))
-        .map_err(|e| problems.push(format!("{e:#}")))
+        .map_err(|e| problems.push(crate::with_causes(&e)))
         .ok()
 }
 
@@ -90,10 +118,12 @@ pub fn log_level(problems: &mut Vec<String>, level: Option<String>) -> String {
 pub fn load<R: serde::de::DeserializeOwned, C>(
     path: &Path,
     check: impl FnOnce(R, &Path) -> Result<C, Vec<String>>,
-) -> anyhow::Result<C> {
+) -> Result<C, ConfigError> {
     let text = crate::profiles::read_config(path)?;
-    let not_valid =
-        |e: toml::de::Error| anyhow::anyhow!("config {} is not valid: {e}", path.display());
+    let not_valid = |error| ConfigError::Toml {
+        path: path.to_path_buf(),
+        error,
+    };
     let mut unknown = Vec::new();
     let de = toml::Deserializer::parse(&text).map_err(not_valid)?;
     let raw: R =
@@ -104,12 +134,10 @@ pub fn load<R: serde::de::DeserializeOwned, C>(
         Ok(_) => unknown,
         Err(problems) => unknown.into_iter().chain(problems).collect(),
     };
-    Err(anyhow::anyhow!(
-        "config {} has {} problem(s):\n  - {}",
-        path.display(),
-        problems.len(),
-        problems.join("\n  - ")
-    ))
+    Err(ConfigError::Problems {
+        path: path.to_path_buf(),
+        problems,
+    })
 }
 
 /// "unknown key `spoool` in [[pipe]] #1: ..." for a key no config struct takes.
@@ -198,7 +226,7 @@ pub fn key(problems: &mut Vec<String>, label: &str, base: &Path, raw: &RawKey) -
     match crate::keys::load(&abs(base, file)) {
         Ok((key, warning)) => Some(PipeKey { id, key, warning }),
         Err(e) => {
-            problems.push(format!("{label}: {e:#}"));
+            problems.push(format!("{label}: {}", crate::with_causes(&e)));
             None
         }
     }
@@ -211,7 +239,7 @@ pub fn tls<T>(
     base: &Path,
     profile: Option<&Profile>,
     raw: Option<&crate::tls::RawTls>,
-    build: impl FnOnce(&crate::tls::TlsFiles) -> anyhow::Result<T>,
+    build: impl FnOnce(&crate::tls::TlsFiles) -> Result<T, crate::tls::TlsError>,
 ) -> Option<T> {
     let wants = profile.map(|p| p.link == gapsync_protocol::LinkKind::Tls);
     match (wants, raw) {
@@ -229,9 +257,38 @@ pub fn tls<T>(
         (_, Some(raw)) => {
             let files = crate::tls::TlsFiles::check(problems, base, raw)?;
             build(&files)
-                .map_err(|e| problems.push(format!("{e:#}")))
+                .map_err(|e| problems.push(crate::with_causes(&e)))
                 .ok()
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_problem_shows_its_cause() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // Not UTF-8: the file is found, and reading it as text fails.
+        let q = dir.path().join("q.toml");
+        std::fs::write(&q, [0xff, 0xfe]).expect("write");
+        let mut problems = Vec::new();
+        let got = profile(
+            &mut problems,
+            Some("q.toml"),
+            dir.path(),
+            None,
+            &RawProfile::default(),
+        );
+        assert!(got.is_none());
+        assert_eq!(
+            problems,
+            [format!(
+                "cannot read profile {}: stream did not contain valid UTF-8",
+                q.display()
+            )]
+        );
     }
 }

@@ -21,6 +21,18 @@ pub mod profiles;
 pub mod ratelimit;
 pub mod tls;
 
+/// `e` and its causes as `outer: inner: ...`, as anyhow's `{:#}` shows an error: the text a
+/// config problem shows for an error with a source (a file that cannot be read).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
 /// Tells systemd (`Type=notify`) that the daemon is ready. Does nothing outside systemd.
 pub fn notify_ready() {
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {

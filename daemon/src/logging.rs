@@ -5,7 +5,7 @@
 //! time ([`LogTime`]); colours only on a terminal, never with `NO_COLOR` set.
 
 use std::io::IsTerminal as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -95,6 +95,23 @@ pub struct LogGuard {
 /// Days of rotated log files kept.
 pub const KEEP_LOG_FILES: usize = 30;
 
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Bad configuration or local I/O: `log_dir` cannot be made.
+    #[error("cannot create log_dir {dir}: {error}; create it or fix `log_dir`")]
+    CreateDir { dir: PathBuf, error: std::io::Error },
+    /// Local I/O: no log file can be opened in `log_dir`.
+    #[error("cannot open a log file in {dir}: {error}")]
+    OpenFile {
+        dir: PathBuf,
+        error: tracing_appender::rolling::InitError,
+    },
+    /// Internal bug: logging was started twice in one process.
+    #[error("logging already initialised: {0}")]
+    AlreadyInitialised(tracing_subscriber::util::TryInitError),
+}
+
 /// Starts logging. `program` names the files: `<program>.<YYYY-MM-DD>.log`.
 ///
 /// `RUST_LOG` overrides `level` (e.g. `RUST_LOG=debug`).
@@ -104,16 +121,14 @@ pub fn init(
     format: LogFormat,
     time: LogTime,
     level: &str,
-) -> anyhow::Result<LogGuard> {
+) -> Result<LogGuard, LogError> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let mut layers = Vec::new();
     let mut guard = None;
     if let Some(dir) = log_dir {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create log_dir {}: {e}; create it or fix `log_dir`",
-                dir.display()
-            )
+        std::fs::create_dir_all(dir).map_err(|error| LogError::CreateDir {
+            dir: dir.to_path_buf(),
+            error,
         })?;
         let appender = RollingFileAppender::builder()
             .rotation(Rotation::DAILY)
@@ -121,7 +136,10 @@ pub fn init(
             .filename_suffix("log")
             .max_log_files(KEEP_LOG_FILES)
             .build(dir)
-            .map_err(|e| anyhow::anyhow!("cannot open a log file in {}: {e}", dir.display()))?;
+            .map_err(|error| LogError::OpenFile {
+                dir: dir.to_path_buf(),
+                error,
+            })?;
         // Not lossy: a full buffer slows logging down instead of dropping lines. Bounded to a
         // few thousand lines (the default 128,000 held tens of MiB during a burst of small
         // files).
@@ -153,7 +171,7 @@ pub fn init(
     tracing_subscriber::registry()
         .with(layers)
         .try_init()
-        .map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))?;
+        .map_err(LogError::AlreadyInitialised)?;
     Ok(LogGuard { _file: guard })
 }
 

@@ -2,8 +2,50 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use gapsync_protocol::{Profile, RawProfile};
+
+/// Why a hardware profile could not be found or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileFileError {
+    /// Bad configuration: `profile` is a path to no file.
+    #[error("profile file {path} does not exist; fix `profile`")]
+    NoFile { path: PathBuf },
+    /// Bad configuration: `profile` is a name found in none of the folders searched.
+    #[error(
+        "hardware profile `{name}` not found in {searched}; set `profile` to a path or `profiles_dir` to the folder holding {name}.toml",
+        searched = list(searched)
+    )]
+    NotFound {
+        name: String,
+        searched: Vec<PathBuf>,
+    },
+    /// Local I/O: the file could not be read.
+    #[error("cannot read profile {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    /// Malformed bytes: the file is not TOML of a profile.
+    #[error("profile {path} is not valid")]
+    Toml {
+        path: PathBuf,
+        #[source]
+        error: toml::de::Error,
+    },
+    /// Bad configuration: the profile, with the config's overrides, is not usable.
+    #[error("profile {path} (with the config's overrides): {error}")]
+    Invalid {
+        path: PathBuf,
+        error: gapsync_protocol::ProfileError,
+    },
+}
+
+/// `a, b, c`.
+fn list(dirs: &[PathBuf]) -> String {
+    let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    shown.join(", ")
+}
 
 /// Where profiles named without a path are looked up, in order (after `profiles_dir` from the
 /// config and the folder `hardware-profiles/` next to the config file).
@@ -25,15 +67,13 @@ pub fn locate(
     profile: &str,
     config_dir: &Path,
     profiles_dir: Option<&Path>,
-) -> anyhow::Result<PathBuf> {
+) -> Result<PathBuf, ProfileFileError> {
     if profile.contains('/') || profile.ends_with(".toml") {
-        let p = config_dir.join(profile);
-        anyhow::ensure!(
-            p.is_file(),
-            "profile file {} does not exist; fix `profile`",
-            p.display()
-        );
-        return Ok(p);
+        let path = config_dir.join(profile);
+        if !path.is_file() {
+            return Err(ProfileFileError::NoFile { path });
+        }
+        return Ok(path);
     }
     let mut dirs: Vec<PathBuf> = profiles_dir.map(Path::to_path_buf).into_iter().collect();
     dirs.push(config_dir.join("hardware-profiles"));
@@ -45,29 +85,34 @@ pub fn locate(
             return Ok(p);
         }
     }
-    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    anyhow::bail!(
-        "hardware profile `{profile}` not found in {}; set `profile` to a path or `profiles_dir` to the folder holding {profile}.toml",
-        searched.join(", ")
-    )
-}
-
-/// Loads, merges and checks a profile, naming the file in every error.
-pub fn load(path: &Path, overrides: &RawProfile) -> anyhow::Result<Profile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read profile {}", path.display()))?;
-    let raw = RawProfile::from_toml(&text)
-        .with_context(|| format!("profile {} is not valid", path.display()))?;
-    Profile::try_from(raw.merged(overrides)).map_err(|e| {
-        anyhow::anyhow!(
-            "profile {} (with the config's overrides): {e}",
-            path.display()
-        )
+    Err(ProfileFileError::NotFound {
+        name: profile.to_owned(),
+        searched: dirs,
     })
 }
 
-/// Reads a config file as text, naming it in the error.
-pub fn read_config(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))
+/// Loads, merges and checks a profile, naming the file in every error.
+pub fn load(path: &Path, overrides: &RawProfile) -> Result<Profile, ProfileFileError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ProfileFileError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let raw = RawProfile::from_toml(&text).map_err(|error| ProfileFileError::Toml {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    Profile::try_from(raw.merged(overrides)).map_err(|error| ProfileFileError::Invalid {
+        path: path.to_path_buf(),
+        error,
+    })
+}
+
+/// Reads a config file as text, naming it in the error ([`ConfigError::Read`]).
+///
+/// [`ConfigError::Read`]: crate::config::ConfigError::Read
+pub fn read_config(path: &Path) -> Result<String, crate::config::ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| crate::config::ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    })
 }

@@ -20,6 +20,52 @@ pub struct RawTls {
     pub server_name: Option<String>,
 }
 
+/// Why the `[tls]` files could not be made into a rustls config. Every case is bad
+/// configuration (the operator's PEM files) or local I/O reading them.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// `cert` cannot be read or is not PEM.
+    #[error("[tls] cert {path}: {error}")]
+    Cert {
+        path: PathBuf,
+        error: rustls::pki_types::pem::Error,
+    },
+    /// `cert` holds no certificate.
+    #[error("[tls] cert {path} holds no certificate")]
+    NoCert { path: PathBuf },
+    /// `key` cannot be read or holds no private key.
+    #[error("[tls] key {path}: {error}")]
+    Key {
+        path: PathBuf,
+        error: rustls::pki_types::pem::Error,
+    },
+    /// `ca` cannot be read or is not PEM.
+    #[error("[tls] ca {path}: {error}")]
+    Ca {
+        path: PathBuf,
+        error: rustls::pki_types::pem::Error,
+    },
+    /// A certificate in `ca` is not usable as a root.
+    #[error("[tls] ca {path}: {error}")]
+    CaCert { path: PathBuf, error: rustls::Error },
+    /// `ca` holds no certificate.
+    #[error("[tls] ca {path} holds no certificate")]
+    NoCa { path: PathBuf },
+    /// No client verifier can be built on `ca`'s certificates.
+    #[error("[tls] ca {path}: {error}")]
+    Verifier {
+        path: PathBuf,
+        error: rustls::server::VerifierBuilderError,
+    },
+    /// `cert` and `key` do not belong together, or rustls refuses them.
+    #[error("[tls] cert {cert} and key {key} do not form a usable pair: {error}")]
+    Pair {
+        cert: PathBuf,
+        key: PathBuf,
+        error: rustls::Error,
+    },
+}
+
 /// Refuses a private key file that others may read (0640 root:gapsync is right).
 fn check_private(problems: &mut Vec<String>, key: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
@@ -78,54 +124,66 @@ impl TlsFiles {
         })
     }
 
-    fn chain(&self) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    fn chain(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         let certs = CertificateDer::pem_file_iter(&self.cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| anyhow::anyhow!("[tls] cert {}: {e}", self.cert.display()))?;
-        anyhow::ensure!(
-            !certs.is_empty(),
-            "[tls] cert {} holds no certificate",
-            self.cert.display()
-        );
+            .map_err(|error| TlsError::Cert {
+                path: self.cert.clone(),
+                error,
+            })?;
+        if certs.is_empty() {
+            return Err(TlsError::NoCert {
+                path: self.cert.clone(),
+            });
+        }
         Ok(certs)
     }
 
-    fn private_key(&self) -> anyhow::Result<PrivateKeyDer<'static>> {
-        PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| anyhow::anyhow!("[tls] key {}: {e}", self.key.display()))
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
+        PrivateKeyDer::from_pem_file(&self.key).map_err(|error| TlsError::Key {
+            path: self.key.clone(),
+            error,
+        })
     }
 
-    fn roots(&self) -> anyhow::Result<Arc<rustls::RootCertStore>> {
+    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(&self.ca)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| anyhow::anyhow!("[tls] ca {}: {e}", self.ca.display()))?;
+            .map_err(|error| TlsError::Ca {
+                path: self.ca.clone(),
+                error,
+            })?;
         for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| anyhow::anyhow!("[tls] ca {}: {e}", self.ca.display()))?;
+            roots.add(c).map_err(|error| TlsError::CaCert {
+                path: self.ca.clone(),
+                error,
+            })?;
         }
-        anyhow::ensure!(
-            !roots.is_empty(),
-            "[tls] ca {} holds no certificate",
-            self.ca.display()
-        );
+        if roots.is_empty() {
+            return Err(TlsError::NoCa {
+                path: self.ca.clone(),
+            });
+        }
         Ok(Arc::new(roots))
     }
 
-    fn pair_error(&self, e: rustls::Error) -> anyhow::Error {
-        anyhow::anyhow!(
-            "[tls] cert {} and key {} do not form a usable pair: {e}",
-            self.cert.display(),
-            self.key.display()
-        )
+    fn pair_error(&self, error: rustls::Error) -> TlsError {
+        TlsError::Pair {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            error,
+        }
     }
 
     /// The receiver's config: its certificate, and client certificates required, signed by `ca`.
-    pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let verifier = rustls::server::WebPkiClientVerifier::builder(self.roots()?)
             .build()
-            .map_err(|e| anyhow::anyhow!("[tls] ca {}: {e}", self.ca.display()))?;
+            .map_err(|error| TlsError::Verifier {
+                path: self.ca.clone(),
+                error,
+            })?;
         let config = rustls::ServerConfig::builder()
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain()?, self.private_key()?)
@@ -134,7 +192,7 @@ impl TlsFiles {
     }
 
     /// The sender's config: the receiver's certificate must be signed by `ca`; ours is presented.
-    pub fn client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let config = rustls::ClientConfig::builder()
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(self.chain()?, self.private_key()?)

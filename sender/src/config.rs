@@ -74,7 +74,7 @@ pub struct RawPipe {
     pub history: Option<bool>,
     /// Send what arrives afterwards (default true).
     pub realtime: Option<bool>,
-    /// Send objects that arrived through gapsync too (default true).
+    /// Send objects that arrived through gapsync too (default false).
     pub forward_received: Option<bool>,
     /// The processors, in order (`crate::process`).
     pub processors: Option<Vec<RawProcessor>>,
@@ -153,9 +153,11 @@ pub struct PipeConfig {
     pub history: bool,
     /// Send what arrives later (`crate::process::history`).
     pub realtime: bool,
-    /// Send objects that arrived through gapsync (not acted on yet). Default true, unlike the
-    /// issue's example (false): today every file in a spool is sent, and old configs must
-    /// keep doing that.
+    /// Send objects that arrived through gapsync (their origin chain is not empty). Default
+    /// false: a folder that is both a landing folder and a spool (two-way) then never sends
+    /// back what it received. Files without a chain (everything an earlier version or a
+    /// producer wrote) are sent either way, so old configs behave as before; a relay in a
+    /// cascade sets it to true.
     pub forward_received: bool,
     /// The checked processors (filter, compress, rate_limit), in order.
     pub processors: Processors,
@@ -468,7 +470,7 @@ impl PipeContext<'_> {
             source: source?,
             history: rp.history.unwrap_or(true),
             realtime: rp.realtime.unwrap_or(true),
-            forward_received: rp.forward_received.unwrap_or(true),
+            forward_received: rp.forward_received.unwrap_or(false),
             processors: processors?,
             schedule,
             quarantine_dir: quarantine_dir.unwrap_or_else(|| pipe_state.join("quarantine")),
@@ -570,7 +572,7 @@ mod tests {
             assert_eq!(s.after_send, AfterSend::Move);
             assert_eq!(s.settle, Duration::from_secs(3));
             let pc = &c.pipes[0];
-            assert!(pc.history && pc.realtime && pc.forward_received);
+            assert!(pc.history && pc.realtime && !pc.forward_received);
         }
     }
 

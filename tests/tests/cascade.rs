@@ -3,12 +3,12 @@
 //!
 //! - Crossing: node `a`'s folder X is sent to node `b`'s folder Y (pipe `ab`), and Y is sent
 //!   back to X (pipe `ba`): each folder is one pipe's spool and the other's landing folder.
-//!   Both pipes keep the default `forward_received = true`, so only the loop rule stops a
-//!   file from going round: a file written in X lands in Y once, goes back to `a`, and `a`'s
-//!   receiver refuses to land it (its origin chain names `a`) while acknowledging it. With
-//!   `after_send = "move"` every sent file ends in its folder's sent_dir, so in the end both
-//!   sent_dirs hold every file of both sides: the union, each file delivered once. The same
-//!   on the diode (udp) link, where the chain follows the Announce.
+//!   With the default `forward_received = false` a file written in X lands in Y once and
+//!   stays there (and the original moves to X's sent_dir); nothing goes back. The same on the
+//!   diode (udp) link, where the chain follows the Announce.
+//! - A forced cycle (`forward_received = true` on both): the copies that come back are
+//!   refused by the loop rule with FAIL and an ERROR, and their senders quarantine them:
+//!   every file still exists, once delivered, none landed twice.
 //! - Cascade: `a` -> `b` -> `c`, `b`'s spool being its landing folder; the file lands in C
 //!   with the origin chain `a/p1,b/p2` in its extended attribute `user.gapsync.origin`.
 //! - `forward_received = false` on `b`: what landed from `a` stays in `b`'s folder, unsent.
@@ -110,13 +110,14 @@ impl Node {
         std::fs::create_dir_all(spool).expect("spool");
         let sent = PathBuf::from(format!("{}-sent", spool.display()));
         let t = format!(
-            "node = {:?}\nprofile = {:?}\nprofiles_dir = {}\nstate_dir = {}\nlog_dir = {}\nsummary_interval = \"1s\"\n{}\n\
+            "node = {:?}\nprofile = {:?}\nprofiles_dir = {}\nstate_dir = {}\ncontrol_socket = {}\nlog_dir = {}\nsummary_interval = \"1s\"\n{}\n\
              [[pipe]]\nname = {name:?}\nspool = {}\ngate = \"{gate}\"\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n\
              after_send = \"move\"\nsent_dir = {}\n{extra}\n",
             self.name,
             self.profile,
             q(&profiles_dir()),
             q(&self.dir.join("sstate")),
+            q(&self.dir.join("sstate/control.sock")),
             q(&self.dir.join("slogs")),
             if self.profile == "loopback" {
                 "[profile_overrides]\nreconnect_backoff_min = \"50ms\"\nreconnect_backoff_max = \"500ms\"\n"
@@ -204,21 +205,28 @@ fn crossing(profile: &'static str, sent: &str, delivered: &str) {
     let from_b = files(&y, "from-b", 10, 100);
     a.start_sender("ab", &x, b.addr.expect("b listens"), "");
     b.start_sender("ba", &y, a.addr.expect("a listens"), "");
-
-    let mut union = from_a.clone();
-    union.extend(from_b.clone());
     let diag = || format!("{}\n{}", a.diagnostics(), b.diagnostics());
-    // Every file of both sides is in both sent_dirs: sent by its own side, and its copy sent
-    // back by the other side (and refused there as a loop).
+    // Each side's files end in the other side's folder, and the originals in their sent_dir.
     wait_until(
-        "both sent_dirs hold every file",
+        "each folder to hold the other side's files",
         Duration::from_secs(90),
-        || tree(&sent_dir(&x)) == union && tree(&sent_dir(&y)) == union,
+        || {
+            tree(&x) == from_b
+                && tree(&y) == from_a
+                && tree(&sent_dir(&x)) == from_a
+                && tree(&sent_dir(&y)) == from_b
+        },
     );
     // Long enough for a ping-pong to show: several settle and poll intervals and round trips.
     std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        tree(&x) == from_b && tree(&y) == from_a,
+        "the folders changed after the crossing:\n{}",
+        diag()
+    );
     let (ra, rb) = (a.receiver_log(), b.receiver_log());
-    // Each file crossed once: b delivered a's files, a delivered b's, nothing more.
+    let (sa, sb) = (a.sender_log(), b.sender_log());
+    // Each file crossed once, and was sent once: nothing went back.
     assert_eq!(
         count_lines(&rb, &[delivered, "pipe=ab"]),
         from_a.len(),
@@ -231,36 +239,101 @@ fn crossing(profile: &'static str, sent: &str, delivered: &str) {
         "{}",
         diag()
     );
-    // Each copy that came back was refused once by the loop rule, not landed.
-    let looped = "not landed: the object came from this node before";
-    assert_eq!(count_lines(&ra, &[looped]), from_a.len(), "{}", diag());
-    assert_eq!(count_lines(&rb, &[looped]), from_b.len(), "{}", diag());
-    assert!(
-        ra.contains(&format!("looped={}", from_a.len())),
-        "summary counts looped:\n{ra}"
-    );
-    // Both folders are empty (everything was sent and moved), nothing is on its way.
-    assert!(tree(&x).is_empty() && tree(&y).is_empty(), "{}", diag());
-    // The senders said `sent` once per file and never forwarded anything twice.
-    let (sa, sb) = (a.sender_log(), b.sender_log());
     assert_eq!(
         count_lines(&sa, &[sent, "pipe=ab"]),
-        union.len(),
+        from_a.len(),
         "{}",
         diag()
     );
     assert_eq!(
         count_lines(&sb, &[sent, "pipe=ba"]),
-        union.len(),
+        from_b.len(),
         "{}",
         diag()
     );
+    // The copies that arrived were left in place on purpose, and said so.
+    for log in [&sa, &sb] {
+        assert!(
+            log.contains("forwarded_skipped=10"),
+            "the summary counts what stayed: {}",
+            diag()
+        );
+    }
     for (node, log) in [("a", &ra), ("b", &rb)] {
         assert!(
             !log.contains(" ERROR "),
             "node {node}'s receiver logged an ERROR:\n{log}"
         );
     }
+}
+
+#[test]
+fn a_forced_cycle_is_refused_as_a_loop_and_loses_no_file() {
+    let root = tempfile::Builder::new()
+        .prefix("gapsync-cascade-")
+        .tempdir()
+        .expect("tempdir");
+    let (x, y) = (root.path().join("x"), root.path().join("y"));
+    let mut a = Node::new(root.path(), "a");
+    let mut b = Node::new(root.path(), "b");
+    a.start_receiver(&[("ba", "b", &x)]);
+    b.start_receiver(&[("ab", "a", &y)]);
+    let from_a = files(&x, "from-a", 6, 1);
+    let from_b = files(&y, "from-b", 6, 100);
+    let cycle = "forward_received = true\nmax_attempts = 2";
+    a.start_sender("ab", &x, b.addr.expect("b listens"), cycle);
+    b.start_sender("ba", &y, a.addr.expect("a listens"), cycle);
+    let diag = || format!("{}\n{}", a.diagnostics(), b.diagnostics());
+    let quarantine =
+        |n: &Node, pipe: &str| n.dir.join("sstate/sender").join(pipe).join("quarantine");
+    // Every file still exists: the original in its sender's sent_dir, the copy that came
+    // back in the other sender's quarantine.
+    wait_until(
+        "the originals sent and the returning copies quarantined",
+        Duration::from_secs(120),
+        || {
+            tree(&sent_dir(&x)) == from_a
+                && tree(&sent_dir(&y)) == from_b
+                && tree(&quarantine(&b, "ba")) == from_a
+                && tree(&quarantine(&a, "ab")) == from_b
+        },
+    );
+    let (ra, rb) = (a.receiver_log(), b.receiver_log());
+    // Each file was delivered once, on the side it was not written on.
+    assert_eq!(
+        count_lines(&rb, &[": delivered ", "pipe=ab"]),
+        from_a.len(),
+        "{}",
+        diag()
+    );
+    assert_eq!(
+        count_lines(&ra, &[": delivered ", "pipe=ba"]),
+        from_b.len(),
+        "{}",
+        diag()
+    );
+    // The returning copies were refused as loops, at ERROR, naming the fix.
+    for log in [&ra, &rb] {
+        assert!(
+            count_lines(
+                log,
+                &[
+                    " ERROR ",
+                    "came from this node before",
+                    "forward_received = false"
+                ]
+            ) >= 1,
+            "{}",
+            diag()
+        );
+    }
+    // Each returning copy is counted once as looped (the summary comes every second).
+    wait_until(
+        "both receivers to count 6 looped",
+        Duration::from_secs(10),
+        || a.receiver_log().contains("looped=6") && b.receiver_log().contains("looped=6"),
+    );
+    assert!(tree(&x).is_empty() && tree(&y).is_empty(), "{}", diag());
 }
 
 #[test]
@@ -281,7 +354,12 @@ fn a_three_node_cascade_lands_with_the_whole_origin_chain() {
     c.start_receiver(&[("p2", "b", &land_c)]);
     let sent = files(&spool_a, "batch", 5, 7);
     a.start_sender("p1", &spool_a, b.addr.expect("b listens"), "");
-    b.start_sender("p2", &land_b, c.addr.expect("c listens"), "");
+    b.start_sender(
+        "p2",
+        &land_b,
+        c.addr.expect("c listens"),
+        "forward_received = true",
+    );
     let diag = || {
         format!(
             "{}\n{}\n{}",

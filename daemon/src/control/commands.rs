@@ -70,6 +70,16 @@ pub fn outcome(
         stderr: String::new(),
     };
     match answer {
+        Err(e @ (ClientError::ConfigRead { .. } | ClientError::ConfigParse { .. }))
+            if *request == Request::Reload =>
+        {
+            failed(
+                e.exit_code(),
+                format!(
+                    "{e}\nreload refused: nothing was sent to {program}; if it runs, it keeps its running config"
+                ),
+            )
+        }
         Err(e) => failed(e.exit_code(), e.to_string()),
         Ok(Response::Failed { error }) => failed(1, format!("{program}: {error}")),
         Ok(Response::Done { message }) if *request != Request::Pipes => {

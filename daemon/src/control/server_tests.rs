@@ -311,3 +311,19 @@ fn only_root_the_daemons_user_and_its_group_are_allowed() {
     );
     assert!(!allowed(1000, 1000, access, nobody), "anyone else");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_config_that_does_not_parse_says_the_daemon_keeps_its_config() {
+    let t = Setup::new();
+    std::fs::write(t.config(), "node = \"x\nthis is = = not toml\n").expect("write");
+    let out = run_command(&t.config(), Request::Reload, false).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("TOML parse error"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("reload refused: nothing was sent to gapsync-sender; if it runs, it keeps its running config"),
+        "{out:?}"
+    );
+    let pipes = run_command(&t.config(), Request::Pipes, false).await;
+    assert!(!pipes.stderr.contains("reload refused"), "{pipes:?}");
+}

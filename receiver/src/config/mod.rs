@@ -254,7 +254,7 @@ impl Config {
 
     /// Loads and checks `path`, reporting every problem at once.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        gapsync_daemon::config::load(path, Self::check)
+        Ok(gapsync_daemon::config::load(path, Self::check)?)
     }
 
     fn check(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {

@@ -508,7 +508,9 @@ impl Connection {
 }
 
 /// Applies one record of a frame to the pipe's sink. A looped object (its chain names this
-/// node) is acknowledged from its Open to its Commit without a write.
+/// node) is refused at its Open: FAIL, so its sender keeps it (and quarantines it after
+/// `max_attempts`) instead of settling the only copy left. A link whose target leaves the
+/// destination is acknowledged as done without a write (see `crate::pipe::links`).
 fn apply_record(
     pipe: &Pipe,
     sink: &mut dyn crate::sink::Sink,
@@ -531,10 +533,14 @@ fn apply_record(
                 Ok(Applied::AlreadyCommitted)
             }
             Admission::Land(chain) => sink.open_with_origin(*transfer, open, &chain, attrs),
-            Admission::Looped => Ok(Applied::AlreadyCommitted),
+            Admission::Looped => Err(crate::sink::SinkError::Looped {
+                path: open.path.clone(),
+                origin: origin.to_string(),
+            }),
         },
+        // A refused link is acknowledged as done from its Open to its Commit, unwritten.
         Request::Data { transfer, .. } | Request::Commit { transfer, .. }
-            if pipe.is_looped(*transfer) =>
+            if pipe.is_refused_link(*transfer) =>
         {
             Ok(Applied::AlreadyCommitted)
         }

@@ -5,7 +5,11 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::Pipe;
+use super::{Pipe, lock};
+
+/// Refused links remembered so that their Commit is acknowledged without a write; past this
+/// many the memory starts again (a forgotten one is refused again at its next Open).
+const REFUSED_MEMORY: usize = 100_000;
 
 /// True when `target`, read from the folder of the link at `path` (both relative to the
 /// destination, `/`-separated), names something inside the destination: not absolute, and
@@ -39,11 +43,25 @@ impl Pipe {
         if stays_inside(path, target) {
             return false;
         }
-        if self.remember_looped(transfer) {
+        if self.remember_refused(transfer) {
             self.stats.refused_links.fetch_add(1, Relaxed);
             tracing::warn!(pipe = %self.name, from = %self.from, %path, %target, "symlink refused: its target leaves the destination (absolute, or `..` above it); not created, acknowledged so the sender settles it");
         }
         true
+    }
+
+    /// True while the Data and Commit of `transfer` (a refused link) are acknowledged unwritten.
+    pub fn is_refused_link(&self, transfer: u64) -> bool {
+        lock(&self.refused_links).contains(&transfer)
+    }
+
+    /// Remembers a refused link; true the first time.
+    fn remember_refused(&self, transfer: u64) -> bool {
+        let mut set = lock(&self.refused_links);
+        if set.len() >= REFUSED_MEMORY {
+            set.clear();
+        }
+        set.insert(transfer)
     }
 }
 

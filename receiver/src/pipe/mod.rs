@@ -70,6 +70,8 @@ pub struct Pipe {
     silence: Option<(std::time::Duration, Mutex<Alarm>)>,
     /// Looped transfers whose Data and Commit are acknowledged without a write.
     looped: origin::Looped,
+    /// Link objects refused (target outside dest): acknowledged, never written.
+    refused_links: origin::Looped,
 }
 
 impl std::fmt::Debug for Pipe {
@@ -280,6 +282,7 @@ impl Pipe {
                 (after, Mutex::new(a))
             }),
             looped: origin::Looped::default(),
+            refused_links: origin::Looped::default(),
         })
     }
 }

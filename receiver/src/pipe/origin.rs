@@ -1,6 +1,8 @@
 //! The loop rule: an object whose origin chain already names this receiver's node came back
-//! to where it once was. It is acknowledged as done (so its sender settles it and does not
-//! resend it forever) but not written, said at INFO once per object, and counted (`looped`).
+//! to where it once was. It is not written and is counted (`looped`); the link says so at
+//! ERROR. On tcp/tls its Open is answered FAIL, so the sender keeps the object (it retries,
+//! then quarantines it) rather than settling what may be the only copy left; on udp the
+//! sender cannot hear it and settles it as every sent object.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,9 +11,8 @@ use gapsync_protocol::{Hop, OriginChain};
 
 use super::{Pipe, lock};
 
-/// Looped transfers remembered so that their Data and Commit are acknowledged without a
-/// write; past this many the memory starts again (a forgotten one is refused again at its
-/// next Open, and said again).
+/// Looped transfers remembered so that each is counted once however often its sender
+/// retries; past this many the memory starts again (a forgotten one is counted again).
 const LOOPED_MEMORY: usize = 100_000;
 
 /// What to do with an object announced on a pipe.
@@ -19,7 +20,7 @@ const LOOPED_MEMORY: usize = 100_000;
 pub enum Admission {
     /// Land it, recording this chain (the sender's chain and this connection's hop).
     Land(OriginChain),
-    /// It was here before: acknowledge it, write nothing.
+    /// It was here before: write nothing (the link refuses it).
     Looped,
 }
 
@@ -29,27 +30,21 @@ impl Pipe {
     pub fn admit(
         &self,
         transfer: u64,
-        path: &str,
+        _path: &str,
         origin: &OriginChain,
         own_node: &str,
     ) -> Admission {
         if origin.contains_node(own_node) {
             if self.remember_looped(transfer) {
                 self.stats.looped.fetch_add(1, Relaxed);
-                tracing::info!(pipe = %self.name, from = %self.from, %path, origin = %origin, node = %own_node, "not landed: the object came from this node before (its origin chain names it); acknowledged so the sender settles it");
             }
             return Admission::Looped;
         }
         Admission::Land(recorded(origin, &self.from, &self.name))
     }
 
-    /// True while the Data and Commit of `transfer` are to be acknowledged without a write.
-    pub fn is_looped(&self, transfer: u64) -> bool {
-        lock(&self.looped).contains(&transfer)
-    }
-
     /// Remembers a looped transfer; true the first time.
-    pub(super) fn remember_looped(&self, transfer: u64) -> bool {
+    fn remember_looped(&self, transfer: u64) -> bool {
         let mut set = lock(&self.looped);
         if set.len() >= LOOPED_MEMORY {
             set.clear();

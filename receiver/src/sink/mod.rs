@@ -174,6 +174,10 @@ pub enum SinkError {
         free: u64,
         folder: String,
     },
+    #[error(
+        "{path:?} came from this node before (origin chain {origin}): refused so that it does not go round; the sender keeps it (retries, then quarantines it). Set forward_received = false on the sending pipe to leave such objects in place"
+    )]
+    Looped { path: String, origin: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -340,6 +340,9 @@ impl Worker {
         let chain = match pipe.admit(h.object, &open.path, &origin, &self.config.node) {
             Admission::Land(chain) => chain,
             Admission::Looped => {
+                if let Some(suppressed) = self.warn_limited(&format!("looped {}", h.object)) {
+                    tracing::error!(pipe = %pipe.name, path = %open.path, %origin, suppressed, "not landed: the object came from this node before (its origin chain names it), so it would go round; without a back channel its sender settles it anyway (after_send = move keeps it in its sent_dir). Set forward_received = false on the sending pipe");
+                }
                 self.finish(key);
                 return;
             }
