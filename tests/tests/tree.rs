@@ -45,6 +45,16 @@ fn last_summary(log: &str, key: &str) -> Option<u64> {
     line[at..].split(' ').next()?.parse().ok()
 }
 
+/// The rows of `<daemon> pipes --json`.
+fn pipes_json(daemon: &str, config: &Path) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(bin(daemon))
+        .args(["pipes", "--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("pipes");
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p)
         .expect("landed")
@@ -90,12 +100,7 @@ fn by_default_dotfiles_links_and_modes_stay_behind_counted() {
         );
     }
     assert_eq!(tree(&lab.dest), expected);
-    let out = std::process::Command::new(bin("gapsync-sender"))
-        .args(["pipes", "--json", "--config"])
-        .arg(lab.path("sender.toml"))
-        .output()
-        .expect("pipes");
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = pipes_json("gapsync-sender", &lab.path("sender.toml"));
     assert_eq!(
         (
             rows[0]["ignored"].as_u64(),
@@ -152,6 +157,8 @@ fn preserve_sends_every_file_the_inside_link_and_the_mode_and_refuses_escaping_l
             "{link}"
         );
     }
+    let rows = pipes_json("gapsync-receiver", &lab.path("receiver.toml"));
+    assert_eq!(rows[0]["refused_links"].as_u64(), Some(2), "{rows:?}");
     // Acknowledged: the sender settles them, nothing is left to send or resend.
     wait_until(
         "the spool emptied of files and links",

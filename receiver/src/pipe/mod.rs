@@ -221,6 +221,7 @@ impl Pipe {
             partials: 0,
             unlanded: 0,
             refused_connections: 0,
+            refused_links: self.stats.refused_links.load(Relaxed),
             last_problem: None,
         };
         self.activity.fill(&mut row);
