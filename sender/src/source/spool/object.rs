@@ -219,12 +219,18 @@ fn origin_of(pipe: &str, key: &str, file: &fs::File) -> gapsync_protocol::Origin
     })
 }
 
-/// Moves `from` to `to`, creating folders, copying across filesystems when rename cannot.
+/// Moves `from` to `to`, creating folders, copying across filesystems when rename cannot (a
+/// symlink is made again there, not followed).
 pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
     }
     match fs::rename(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices && links::is_link(from) => {
+            // A link is made again, never followed (a copy would read its target).
+            std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
+            fs::remove_file(from)
+        }
         Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
             fs::copy(from, to)?;
             fs::File::open(to)?.sync_all()?;
