@@ -20,6 +20,7 @@
 //! every byte.
 #![forbid(unsafe_code)]
 
+pub mod attrs;
 pub mod batch;
 pub mod compress;
 pub mod crypto;
@@ -38,6 +39,7 @@ pub mod sender_session;
 pub mod udp;
 pub mod wire_path;
 
+pub use attrs::ObjectAttrs;
 pub use compress::{Codec, Compression, CompressionError};
 pub use decoder::{Decoder, Frame};
 pub use envelope::Envelope;
@@ -48,7 +50,7 @@ pub use frame::{
 };
 pub use messages::{
     Commit, DIGEST_LEN, Hello, HelloExtension, OpenFile, ProfileSummary, decode_body, decode_hello,
-    decode_open, encode_body, encode_hello, encode_open,
+    decode_open, encode_body, encode_hello, encode_open, encode_open_ext,
 };
 pub use origin::{Hop, MAX_HOPS, OriginChain, OriginError};
 pub use profile::{AckBytes, LinkKind, Profile, ProfileError, RawProfile};

@@ -154,21 +154,43 @@ pub fn decode_hello(bytes: &[u8]) -> Result<(Hello, HelloExtension), DecodeError
 /// An Open body with `origin` after it (version-2 connections only; nothing is added for an
 /// empty chain, so the body is then a version-1 Open).
 pub fn encode_open(open: &OpenFile, origin: &crate::origin::OriginChain) -> Vec<u8> {
+    encode_open_ext(open, origin, &crate::attrs::ObjectAttrs::default())
+}
+
+/// An Open body with its version-2 extensions: the origin chain (written, even empty, when
+/// attributes follow it), then the object's attributes when there are any. Without either the
+/// body is a version-1 Open.
+pub fn encode_open_ext(
+    open: &OpenFile,
+    origin: &crate::origin::OriginChain,
+    attrs: &crate::attrs::ObjectAttrs,
+) -> Vec<u8> {
     let mut body = encode_body(open);
-    if !origin.is_empty() {
+    if !origin.is_empty() || !attrs.is_empty() {
         origin.encode(&mut body);
+    }
+    if !attrs.is_empty() {
+        body.extend_from_slice(&encode_body(attrs));
     }
     body
 }
 
-/// Decodes an Open body; on a connection of `version` 2 an origin chain may follow it.
+/// Decodes an Open body; on a connection of `version` 2 an origin chain may follow it, and
+/// then the object's attributes (PROTOCOL.md 4.1).
 pub fn decode_open(
     bytes: &[u8],
     version: u8,
-) -> Result<(OpenFile, crate::origin::OriginChain), DecodeError> {
+) -> Result<
+    (
+        OpenFile,
+        crate::origin::OriginChain,
+        crate::attrs::ObjectAttrs,
+    ),
+    DecodeError,
+> {
     let (open, rest): (OpenFile, _) = decode_prefix("open", bytes)?;
     if rest.is_empty() {
-        return Ok((open, Default::default()));
+        return Ok((open, Default::default(), Default::default()));
     }
     if version < 2 {
         return Err(DecodeError::BadBody {
@@ -176,7 +198,11 @@ pub fn decode_open(
             reason: format!("{} trailing bytes", rest.len()),
         });
     }
-    Ok((open, crate::origin::OriginChain::decode(rest)?))
+    let (chain, rest) = crate::origin::OriginChain::decode_prefix(rest)?;
+    if rest.is_empty() {
+        return Ok((open, chain, Default::default()));
+    }
+    Ok((open, chain, crate::attrs::ObjectAttrs::decode(rest)?))
 }
 
 /// Decodes `T` from the start of `bytes` (at most [`MAX_BODY`]) and returns what follows it.
@@ -239,7 +265,7 @@ pub fn fuzz_bodies(data: &[u8]) {
         assert_eq!(decode_hello(&again), Ok(decoded), "a Hello round-trips");
     }
     if let Ok(decoded) = decode_open(data, 2) {
-        let again = encode_open(&decoded.0, &decoded.1);
+        let again = encode_open_ext(&decoded.0, &decoded.1, &decoded.2);
         assert_eq!(decode_open(&again, 2), Ok(decoded), "an Open round-trips");
     }
     if let Ok(decoded) = crate::udp::decode_announce(data) {
@@ -346,9 +372,15 @@ mod tests {
         let wire = encode_open(&open, &chain);
         let plain = encode_body(&open);
         assert_eq!(encode_open(&open, &Default::default()), plain);
-        assert_eq!(decode_open(&wire, 2), Ok((open.clone(), chain)));
+        assert_eq!(
+            decode_open(&wire, 2),
+            Ok((open.clone(), chain, Default::default()))
+        );
         assert!(decode_open(&wire, 1).is_err(), "no chain on version 1");
-        assert_eq!(decode_open(&plain, 1), Ok((open, Default::default())));
+        assert_eq!(
+            decode_open(&plain, 1),
+            Ok((open, Default::default(), Default::default()))
+        );
         for cut in 0..wire.len() {
             // The chain is optional: the cut right after the version-1 fields is valid.
             assert_eq!(
@@ -357,6 +389,42 @@ mod tests {
                 "cut at {cut}"
             );
         }
+        fuzz_bodies(&wire);
+    }
+
+    #[test]
+    fn an_open_carries_attributes_after_a_chain_on_version_2_only() {
+        use crate::attrs::ObjectAttrs;
+        let open = OpenFile {
+            path: "bin/run".into(),
+            size: 0,
+            mtime_ns: 5,
+        };
+        let attrs = ObjectAttrs {
+            mode: Some(0o755),
+            link: Some("../lib/x".into()),
+        };
+        let plain = encode_body(&open);
+        let wire = encode_open_ext(&open, &Default::default(), &attrs);
+        // No chain (00), then Some(0o755 = 493: 251 ed 01), then Some("../lib/x").
+        assert_eq!(
+            &wire[plain.len()..plain.len() + 5],
+            &[0, 1, 251, 0xed, 0x01]
+        );
+        assert_eq!(&wire[plain.len() + 5..], b"\x01\x08../lib/x");
+        assert_eq!(
+            decode_open(&wire, 2),
+            Ok((open.clone(), Default::default(), attrs.clone()))
+        );
+        assert!(decode_open(&wire, 1).is_err());
+        for cut in 0..wire.len() {
+            // Valid cuts: right after the version-1 fields and right after the chain.
+            let ok = cut == plain.len() || cut == plain.len() + 1;
+            assert_eq!(decode_open(&wire[..cut], 2).is_ok(), ok, "cut at {cut}");
+        }
+        let mut trailing = wire.clone();
+        trailing.push(0);
+        assert!(decode_open(&trailing, 2).is_err());
         fuzz_bodies(&wire);
     }
 

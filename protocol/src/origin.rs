@@ -134,6 +134,18 @@ impl OriginChain {
     /// Decodes the wire form, which must fill `bytes` exactly. The count and every name
     /// length are checked against the limits before anything is allocated.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (chain, rest) = Self::decode_prefix(bytes)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::BadBody {
+                what: "origin chain",
+                reason: format!("{} trailing bytes", rest.len()),
+            });
+        }
+        Ok(chain)
+    }
+
+    /// Decodes the wire form from the start of `bytes`; returns what follows it.
+    pub fn decode_prefix(bytes: &[u8]) -> Result<(Self, &[u8]), DecodeError> {
         let bad = |reason: String| DecodeError::BadBody {
             what: "origin chain",
             reason,
@@ -149,10 +161,7 @@ impl OriginChain {
             let pipe = take_name(&mut r).map_err(bad)?;
             hops.push(Hop { node, pipe });
         }
-        if !r.is_empty() {
-            return Err(bad(format!("{} trailing bytes", r.len())));
-        }
-        Ok(Self(hops))
+        Ok((Self(hops), r))
     }
 }
 

@@ -35,6 +35,8 @@ pub enum Request {
         /// object that originated at the sender). The receiver records it with
         /// `origin.with_hop(Hop::new(&hello.node, &hello.pipe))`.
         origin: OriginChain,
+        /// The file's permission bits and, for a link, its target (empty: a plain file).
+        attrs: crate::attrs::ObjectAttrs,
     },
     Data {
         transfer: u64,
@@ -392,11 +394,12 @@ fn file_request(
 ) -> Result<Request, DecodeError> {
     match kind {
         FrameKind::Open => {
-            let (open, origin) = decode_open(&body, version)?;
+            let (open, origin, attrs) = decode_open(&body, version)?;
             Ok(Request::Open {
                 transfer,
                 open,
                 origin,
+                attrs,
             })
         }
         FrameKind::Data => Ok(Request::Data {

@@ -82,6 +82,7 @@ impl Sink {
                 transfer,
                 open,
                 origin,
+                ..
             } => {
                 let size = open.size as usize;
                 let hop = Hop::new(&hello.node, &hello.pipe).expect("valid names");

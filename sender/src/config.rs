@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::process::{Processors, RawProcessor};
 use crate::schedule::{RawSchedule, Schedule};
-use crate::source::spool::config::{AfterSend, RawSpool};
+use crate::source::spool::config::{AfterSend, RawSpool, Symlinks};
 use crate::source::{SourceConfig, SourceContext, SourceSettings};
 
 /// Default for `summary_interval`.
@@ -102,6 +102,8 @@ pub struct RawPipe {
     #[serde(default, with = "humantime_serde")]
     pub keep_sent_for: Option<Duration>,
     pub ignore: Option<Vec<String>>,
+    pub symlinks: Option<Symlinks>,
+    pub preserve_mode: Option<bool>,
 }
 
 impl RawPipe {
@@ -115,6 +117,8 @@ impl RawPipe {
             poll_interval: self.poll_interval.take(),
             ignore: self.ignore.take(),
             keep_sent_for: self.keep_sent_for.take(),
+            symlinks: self.symlinks.take(),
+            preserve_mode: self.preserve_mode.take(),
             unknown: Default::default(),
         };
         let set = raw.path.is_some()
@@ -123,7 +127,9 @@ impl RawPipe {
             || raw.settle.is_some()
             || raw.poll_interval.is_some()
             || raw.ignore.is_some()
-            || raw.keep_sent_for.is_some();
+            || raw.keep_sent_for.is_some()
+            || raw.symlinks.is_some()
+            || raw.preserve_mode.is_some();
         set.then_some(raw)
     }
 }
@@ -359,7 +365,7 @@ fn source(
     let flat = rp.spool_shorthand();
     let raw = match (rp.source.take(), flat) {
         (Some(_), Some(_)) => {
-            p.push(format!("{label}: both `source = {{ ... }}` and the flat spool keys (spool, after_send, sent_dir, settle, poll_interval, ignore, keep_sent_for) are set; keep one form"));
+            p.push(format!("{label}: both `source = {{ ... }}` and the flat spool keys (spool, after_send, sent_dir, settle, poll_interval, ignore, keep_sent_for, symlinks, preserve_mode) are set; keep one form"));
             return None;
         }
         (Some(source), None) => source,
@@ -650,5 +656,37 @@ mod tests {
         let p = &c.pipes[0].processors;
         assert_eq!(p.compress().map(|c| c.level), Some(5));
         assert!(p.limit_after_compress());
+    }
+
+    #[test]
+    fn symlinks_and_preserve_mode_are_read_in_both_forms_and_refused_on_udp() {
+        let (_d, r) = load(
+            "",
+            "[[pipe]]\nname = \"a\"\ngate = \"h:1\"\nspool = \"spool\"\nsymlinks = \"preserve\"\npreserve_mode = true\n\
+             [[pipe]]\nname = \"b\"\ngate = \"h:1\"\nsource = { type = \"spool\", path = \"spool2\" }\n",
+        );
+        let c = r.expect("valid");
+        let (a, b) = (c.pipes[0].source.spool(), c.pipes[1].source.spool());
+        assert_eq!(
+            a.map(|s| (s.symlinks, s.preserve_mode)),
+            Some((Symlinks::Preserve, true))
+        );
+        assert_eq!(
+            b.map(|s| (s.symlinks, s.preserve_mode)),
+            Some((Symlinks::Skip, false))
+        );
+        let (_e, r) = load(
+            "",
+            "[[pipe]]\nname = \"u\"\ngate = \"h:1\"\nprofile = \"udp-loopback\"\nsource = { type = \"spool\", path = \"spool\", symlinks = \"preserve\", preserve_mode = true }\n",
+        );
+        let e = r.expect_err("refused");
+        assert!(
+            e.contains("(u): `symlinks = \"preserve\"` needs a tcp or tls link"),
+            "{e}"
+        );
+        assert!(
+            e.contains("(u): `preserve_mode = true` needs a tcp or tls link"),
+            "{e}"
+        );
     }
 }

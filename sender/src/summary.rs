@@ -68,6 +68,7 @@ impl Summary {
                 quarantined = s.quarantined.load(Relaxed),
                 ignored_files = s.ignored_files.load(Relaxed),
                 ignored_bytes = s.ignored_bytes.load(Relaxed),
+                skipped_links = s.skipped_links.load(Relaxed),
                 filtered = s.filtered.load(Relaxed),
                 forwarded_skipped = s.forwarded_skipped.load(Relaxed),
                 state = if s.connected.load(Relaxed) == 1 { "connected" } else { "disconnected" },

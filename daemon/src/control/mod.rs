@@ -201,6 +201,12 @@ pub struct PipeRow {
     /// Sender: objects matching the pipe's `ignore` globs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignored: Option<u64>,
+    /// Sender: symlinks left in the spool (`symlinks = "skip"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_links: Option<u64>,
+    /// Receiver: symlinks refused because their target leaves the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_links: Option<u64>,
     /// The last WARN or ERROR about this pipe, `None` when there was none.
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
@@ -239,6 +245,8 @@ impl PipeRow {
             quarantined: None,
             filtered: None,
             ignored: None,
+            skipped_links: None,
+            refused_links: None,
             last_error: None,
             last_error_at: None,
             from: None,

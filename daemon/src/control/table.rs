@@ -154,6 +154,8 @@ fn details(side: Side, r: &PipeRow) -> Vec<String> {
         ("quarantined", r.quarantined),
         ("filtered", r.filtered),
         ("ignored", r.ignored),
+        ("links skipped", r.skipped_links),
+        ("links refused", r.refused_links),
     ]
     .into_iter()
     .filter_map(|(what, n)| n.filter(|&n| n > 0).map(|n| format!("{what} {n}")))

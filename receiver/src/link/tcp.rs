@@ -509,7 +509,8 @@ impl Connection {
 
 /// Applies one record of a frame to the pipe's sink. A looped object (its chain names this
 /// node) is refused at its Open: FAIL, so its sender keeps it (and quarantines it after
-/// `max_attempts`) instead of settling the only copy left.
+/// `max_attempts`) instead of settling the only copy left. A link whose target leaves the
+/// destination is acknowledged as done without a write (see `crate::pipe::links`).
 fn apply_record(
     pipe: &Pipe,
     sink: &mut dyn crate::sink::Sink,
@@ -521,13 +522,28 @@ fn apply_record(
             transfer,
             open,
             origin,
+            attrs,
         } => match pipe.admit(*transfer, &open.path, origin, node) {
-            Admission::Land(chain) => sink.open_with_origin(*transfer, open, &chain),
+            Admission::Land(_)
+                if attrs
+                    .link
+                    .as_ref()
+                    .is_some_and(|t| pipe.refuses_link(*transfer, &open.path, t)) =>
+            {
+                Ok(Applied::AlreadyCommitted)
+            }
+            Admission::Land(chain) => sink.open_with_origin(*transfer, open, &chain, attrs),
             Admission::Looped => Err(crate::sink::SinkError::Looped {
                 path: open.path.clone(),
                 origin: origin.to_string(),
             }),
         },
+        // A refused link is acknowledged as done from its Open to its Commit, unwritten.
+        Request::Data { transfer, .. } | Request::Commit { transfer, .. }
+            if pipe.is_refused_link(*transfer) =>
+        {
+            Ok(Applied::AlreadyCommitted)
+        }
         Request::Data {
             transfer,
             offset,

@@ -9,6 +9,7 @@
 //!                                             status row
 //! ```
 
+pub mod links;
 pub mod origin;
 pub mod replay;
 pub mod status;
@@ -38,6 +39,8 @@ pub struct PipeStats {
     pub refused_frames: AtomicU64,
     /// Objects not landed because their origin chain names this node (a loop).
     pub looped: AtomicU64,
+    /// Symlinks not created because their target leaves the destination.
+    pub refused_links: AtomicU64,
 }
 
 /// One pipe: `from`'s files named `name`, landed by `sink`.
@@ -67,6 +70,8 @@ pub struct Pipe {
     silence: Option<(std::time::Duration, Mutex<Alarm>)>,
     /// Looped transfers whose Data and Commit are acknowledged without a write.
     looped: origin::Looped,
+    /// Link objects refused (target outside dest): acknowledged, never written.
+    refused_links: origin::Looped,
 }
 
 impl std::fmt::Debug for Pipe {
@@ -216,6 +221,7 @@ impl Pipe {
             partials: 0,
             unlanded: 0,
             refused_connections: 0,
+            refused_links: self.stats.refused_links.load(Relaxed),
             last_problem: None,
         };
         self.activity.fill(&mut row);
@@ -277,6 +283,7 @@ impl Pipe {
                 (after, Mutex::new(a))
             }),
             looped: origin::Looped::default(),
+            refused_links: origin::Looped::default(),
         })
     }
 }
@@ -405,6 +412,7 @@ impl Pipes {
                 refused_connections = row.refused_connections,
                 refused_frames = p.stats.refused_frames.load(Relaxed),
                 looped = p.stats.looped.load(Relaxed),
+                refused_links = p.stats.refused_links.load(Relaxed),
                 "summary"
             );
             if let Err(e) = lock(&p.counters).save() {

@@ -68,6 +68,8 @@ pub struct ReceiverPipeStatus {
     pub unlanded: u64,
     /// Handshakes naming this pipe that were refused (wrong link, profile, key, replay).
     pub refused_connections: u64,
+    /// Links refused because their target leaves the destination, since start.
+    pub refused_links: u64,
     pub last_problem: Option<Problem>,
 }
 
@@ -194,6 +196,7 @@ impl ReceiverPipeStatus {
         );
         row.partials = Some(self.partials);
         row.refused_connections = Some(self.refused_connections);
+        row.refused_links = Some(self.refused_links);
         if let Some(p) = &self.last_problem {
             row.last_error = Some(p.message.clone());
             row.last_error_at = Some(p.at.into());

@@ -85,12 +85,13 @@ impl Places {
         Ok(target.parent().unwrap_or(&self.dest).to_path_buf())
     }
 
-    /// The size of the file landed at `path`, if there is one.
+    /// The size of the file landed at `path`, if there is one (0 for a landed link).
     pub fn landed_size(&self, path: &WirePath) -> Option<u64> {
-        std::fs::symlink_metadata(self.dest.join(path.as_str()))
-            .ok()
-            .filter(std::fs::Metadata::is_file)
-            .map(|m| m.len())
+        let m = std::fs::symlink_metadata(self.dest.join(path.as_str())).ok()?;
+        if m.file_type().is_symlink() {
+            return Some(0);
+        }
+        m.is_file().then_some(m.len())
     }
 
     /// Makes an earlier rename of `path` into place durable (its folder's fsync failed then).

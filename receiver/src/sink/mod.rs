@@ -219,16 +219,19 @@ pub trait Sink: Send {
     /// Opens (or reopens after a reconnect or restart) transfer `transfer`, whose object
     /// crossed the hops of `origin` (this connection's included; empty: not recorded). The
     /// sink keeps the chain with the landed object where a later sender reads it.
+    /// `attrs` carry the sender's permission bits (applied masked, see the directory sink)
+    /// and, for a link object, its target (already checked to stay inside the destination).
     fn open_with_origin(
         &mut self,
         transfer: u64,
         open: &OpenFile,
         origin: &OriginChain,
+        attrs: &gapsync_protocol::ObjectAttrs,
     ) -> Result<Applied, SinkError>;
     /// Opens transfer `transfer` without recording an origin chain (tests).
     #[cfg(test)]
     fn open(&mut self, transfer: u64, open: &OpenFile) -> Result<Applied, SinkError> {
-        self.open_with_origin(transfer, open, &OriginChain::default())
+        self.open_with_origin(transfer, open, &OriginChain::default(), &Default::default())
     }
     /// Writes `data` at `offset`. Writing the same chunk twice is harmless.
     fn write(&mut self, transfer: u64, offset: u64, data: &[u8]) -> Result<Applied, SinkError>;

@@ -336,11 +336,19 @@ impl PipeWorker {
             }
             match self.pipe.take(rel) {
                 Take::Taken(t) => {
-                    let transfer =
-                        Transfer::new(t.id, t.key, t.reopen, t.file, &t.meta, t.acked, &t.origin);
-                    if !t.origin.is_empty() && !self.chains_on_wire {
+                    let needs_v2 = !t.origin.is_empty() || !t.attrs.is_empty();
+                    let transfer = Transfer::new(
+                        t.id,
+                        t.key,
+                        t.reopen,
+                        t.file,
+                        &t.meta,
+                        t.acked,
+                        (&t.origin, &t.attrs),
+                    );
+                    if needs_v2 && !self.chains_on_wire {
                         // Its chain needs version 2: it goes first on the next connection.
-                        tracing::info!(pipe = %self.pipe.cfg.name, path = %transfer.rel, origin = %t.origin, "an object that arrived through gapsync is to be forwarded with its origin chain: reconnecting with protocol version 2 once the frames in flight are answered (the receiver must be of this version or newer)");
+                        tracing::info!(pipe = %self.pipe.cfg.name, path = %transfer.rel, origin = %t.origin, mode = t.attrs.mode.is_some(), link = t.attrs.link.is_some(), "an object needs protocol version 2 (an origin chain, a mode or a link target in its Open): reconnecting with protocol version 2 once the frames in flight are answered (the receiver must be of this version or newer)");
                         self.wants_chains = true;
                         self.pipe.requeue(transfer.rel.clone(), true);
                         self.parked.insert(transfer.rel.clone(), transfer);

@@ -60,6 +60,8 @@ pub struct Taken {
     pub acked: u64,
     /// The hops the object crossed before this pipe's source (empty: it originated here).
     pub origin: OriginChain,
+    /// The permission bits and link target the Open carries (version 2 when not empty).
+    pub attrs: gapsync_protocol::ObjectAttrs,
 }
 
 /// What [`Pipe::take`] did with a queued key.
@@ -294,7 +296,8 @@ impl Pipe {
         if !opened.origin.is_empty() && !self.cfg.forward_received {
             return self.skip_forwarded(key, &opened.origin);
         }
-        let (size, mtime) = (opened.meta.len(), mtime_ns(&opened.meta));
+        let size = transfer::object_size(&opened.meta, &opened.attrs);
+        let mtime = mtime_ns(&opened.meta);
         let Some((id, acked)) = self.transfer_id(&key, size, mtime) else {
             self.requeue(key, true);
             return Take::Wait;
@@ -323,6 +326,7 @@ impl Pipe {
             id,
             acked,
             origin: opened.origin,
+            attrs: opened.attrs,
         }))
     }
 

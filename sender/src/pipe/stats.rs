@@ -22,6 +22,8 @@ pub struct PipeStats {
     /// Files left in the spool by the `ignore` rule, and their bytes, at the last full scan.
     pub ignored_files: AtomicU64,
     pub ignored_bytes: AtomicU64,
+    /// Symlinks left in the spool (`symlinks = "skip"`), at the last full scan.
+    pub skipped_links: AtomicU64,
     /// Objects left in the source by the filter or by `history` / `realtime` (see
     /// [`super::admit`]).
     pub filtered: AtomicU64,

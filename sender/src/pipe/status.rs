@@ -31,6 +31,7 @@ pub struct PipeStatus {
     pub quarantined: u64,
     pub ignored_files: u64,
     pub ignored_bytes: u64,
+    pub skipped_links: u64,
     /// Objects the pipe's filter or `history` / `realtime` leave in the source, now.
     pub filtered: u64,
     /// Objects left in the source because they arrived through gapsync (`forward_received`).
@@ -86,6 +87,7 @@ impl PipeHandle {
             quarantined: s.quarantined.load(Relaxed),
             ignored_files: s.ignored_files.load(Relaxed),
             ignored_bytes: s.ignored_bytes.load(Relaxed),
+            skipped_links: s.skipped_links.load(Relaxed),
             filtered: s.filtered.load(Relaxed),
             forwarded_skipped: s.forwarded_skipped.load(Relaxed),
             last_problem: s.last_problem.lock().ok().and_then(|p| p.clone()),

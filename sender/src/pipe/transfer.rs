@@ -7,7 +7,9 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, UNIX_EPOCH};
 
-use gapsync_protocol::{Commit, FrameKind, OpenFile, OriginChain, encode_body, encode_open};
+use gapsync_protocol::{
+    Commit, FrameKind, ObjectAttrs, OpenFile, OriginChain, encode_body, encode_open_ext,
+};
 
 use crate::source::identity::Identity;
 
@@ -63,6 +65,11 @@ pub struct Transfer {
     pub bytes_sent: u64,
 }
 
+/// The bytes an object carries: a file's size; 0 for a link (its target is in the Open).
+pub fn object_size(meta: &std::fs::Metadata, attrs: &ObjectAttrs) -> u64 {
+    if attrs.link.is_some() { 0 } else { meta.len() }
+}
+
 impl Transfer {
     /// Starts (or resumes at `acked`) sending `file`, which crossed the hops of `origin`
     /// before (its Open carries them; a non-empty chain needs a version-2 connection).
@@ -73,24 +80,25 @@ impl Transfer {
         file: File,
         meta: &Metadata,
         acked: u64,
-        origin: &OriginChain,
+        (origin, attrs): (&OriginChain, &ObjectAttrs),
     ) -> Self {
+        let size = object_size(meta, attrs);
         let open = OpenFile {
             path: rel.clone(),
-            size: meta.len(),
+            size,
             mtime_ns: mtime_ns(meta),
         };
-        let open_body = encode_open(&open, origin);
+        let open_body = encode_open_ext(&open, origin, attrs);
         Self {
             id,
             rel,
             fs_path,
-            size: meta.len(),
+            size,
             mtime_ns: mtime_ns(meta),
             ident: Identity::of(meta),
             file: Some(file),
-            acked: acked.min(meta.len()),
-            next: acked.min(meta.len()),
+            acked: acked.min(size),
+            next: acked.min(size),
             open_sent: false,
             open_body,
             commit_sent: false,
@@ -233,7 +241,15 @@ mod tests {
         let meta = f.metadata().expect("meta");
         (
             dir,
-            Transfer::new(7, "f".into(), p, f, &meta, acked, &OriginChain::default()),
+            Transfer::new(
+                7,
+                "f".into(),
+                p,
+                f,
+                &meta,
+                acked,
+                (&OriginChain::default(), &ObjectAttrs::default()),
+            ),
         )
     }
 
@@ -353,7 +369,7 @@ mod properties {
             let (f, m) = open();
             // A restart resumes from a persisted offset (possibly inside a chunk).
             let start = restart_at.map_or(0, |r| r.min(len));
-            let mut t = Transfer::new(1, "f".into(), p.clone(), f, &m, start as u64, &OriginChain::default());
+            let mut t = Transfer::new(1, "f".into(), p.clone(), f, &m, start as u64, (&OriginChain::default(), &ObjectAttrs::default()));
             let mut copy = data.clone();
             copy[start..].fill(0);
             let mut buf = Vec::new();

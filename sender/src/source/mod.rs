@@ -63,6 +63,8 @@ pub struct Opened {
     /// The gapsync hops the object crossed before it landed in this source (empty: it
     /// originated here).
     pub origin: OriginChain,
+    /// The permission bits (`preserve_mode`) and, for a symlink sent as a link, its target.
+    pub attrs: gapsync_protocol::ObjectAttrs,
 }
 
 /// What the pipe tells its source about an object.

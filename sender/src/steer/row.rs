@@ -73,6 +73,7 @@ pub fn row(st: &PipeStatus, extras: RowExtras) -> PipeRow {
     row.quarantined = Some(st.quarantined);
     row.filtered = Some(st.filtered);
     row.ignored = Some(st.ignored_files);
+    row.skipped_links = Some(st.skipped_links);
     if let Some(p) = &st.last_problem {
         row.last_error = Some(format!("{}: {}", p.level, p.message));
         row.last_error_at = Some(DateTime::<Utc>::from(p.at));

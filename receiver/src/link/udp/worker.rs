@@ -348,7 +348,7 @@ impl Worker {
                 return;
             }
         };
-        match pipe.with_sink(|s| s.open_with_origin(h.object, &open, &chain)) {
+        match pipe.with_sink(|s| s.open_with_origin(h.object, &open, &chain, &Default::default())) {
             Ok(Applied::Done) => {
                 tracing::debug!(pipe = %pipe.name, path = %open.path, object = format!("{:016x}", h.object), "object announced");
                 self.objects.insert(key, (pipe.clone(), asm, now));

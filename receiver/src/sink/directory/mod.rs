@@ -22,16 +22,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gapsync_protocol::{Commit, OpenFile, OriginChain, WirePath};
+use gapsync_protocol::{Commit, ObjectAttrs, OpenFile, OriginChain, WirePath};
 
 use super::land::{FSYNC_EACH_UP_TO, Places};
 use super::{Applied, Delivered, Flushed, Sink, SinkError, io_err};
 use crate::pipe::replay::{DoneLog, OpenLog};
 use writer::DataWriter;
 
+mod attrs;
 pub mod config;
 mod repair;
 mod writer;
@@ -47,6 +49,8 @@ struct Partial {
     /// Bytes `0..hashed` are in `hasher`, in order; `None` once writes went out of order.
     hashed: Option<u64>,
     started: Instant,
+    /// A link object: the symlink's target, made at commit in place of the empty partial.
+    link: Option<String>,
 }
 
 /// A group made durable and recorded as done: each transfer's id and name, to rename into
@@ -185,7 +189,7 @@ impl DirectorySink {
             if self.done.contains(id) || self.unlanded.contains_key(&id) {
                 continue;
             }
-            let age = fs::metadata(self.part_path(id))
+            let age = fs::symlink_metadata(self.part_path(id))
                 .and_then(|m| m.modified())
                 .map_or(Duration::MAX, |t| now.duration_since(t).unwrap_or_default());
             if age > stale_after {
@@ -373,7 +377,15 @@ impl Sink for DirectorySink {
         id: u64,
         open: &OpenFile,
         origin: &OriginChain,
+        attrs: &ObjectAttrs,
     ) -> Result<Applied, SinkError> {
+        if attrs.link.is_some() && open.size != 0 {
+            return Err(SinkError::SizeMismatch {
+                announced: open.size,
+                committed: 0,
+                staged: 0,
+            });
+        }
         let path = WirePath::parse(&open.path).map_err(|source| SinkError::BadName {
             name: open.path.clone(),
             source,
@@ -399,8 +411,12 @@ impl Sink for DirectorySink {
         self.prepare_target(&path)?;
         let part = self.part_path(id);
         let same = self.opens.get(id) == Some(open);
+        // A link staged by a commit that was then abandoned: made again at the next commit.
+        if fs::symlink_metadata(&part).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&part).map_err(io_err("cannot remove staged link", &part))?;
+        }
         let staged = if same {
-            fs::metadata(&part).map_or(0, |m| m.len())
+            fs::symlink_metadata(&part).map_or(0, |m| m.len())
         } else {
             0
         };
@@ -415,9 +431,13 @@ impl Sink for DirectorySink {
             .truncate(!same)
             .read(true)
             .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&part)
             .map_err(io_err("cannot create partial", &part))?;
         self.keep_origin(&file, origin);
+        if let (Some(m), None) = (attrs.mode, &attrs.link) {
+            attrs::apply_mode(&file, m).map_err(io_err("cannot set the mode of", &part))?;
+        }
         self.partials.insert(
             id,
             Partial {
@@ -427,6 +447,7 @@ impl Sink for DirectorySink {
                 hasher: blake3::Hasher::new(),
                 hashed: Some(0),
                 started: Instant::now(),
+                link: attrs.link.clone(),
             },
         );
         Ok(Applied::Done)
@@ -506,8 +527,14 @@ impl Sink for DirectorySink {
             self.discard(id);
             return Err(SinkError::DigestMismatch { path: p.open.path });
         }
-        let mtime = UNIX_EPOCH + Duration::from_nanos(p.open.mtime_ns.max(0) as u64);
-        let _ = p.file.set_modified(mtime);
+        if let Some(target) = &p.link {
+            let name = super::land::part_name(id);
+            attrs::stage_link(&self.places.staging, &name, target)
+                .map_err(io_err("cannot stage the symlink", &part))?;
+        } else {
+            let mtime = UNIX_EPOCH + Duration::from_nanos(p.open.mtime_ns.max(0) as u64);
+            let _ = p.file.set_modified(mtime);
+        }
         self.staged.push(Staged {
             id,
             partial: p,

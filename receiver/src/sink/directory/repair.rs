@@ -145,7 +145,7 @@ impl DirectorySink {
                 continue;
             }
             match self.opens.get(id).cloned() {
-                Some(open) if self.part_path(id).exists() => {
+                Some(open) if fs::symlink_metadata(self.part_path(id)).is_ok() => {
                     let delivered = self.delivery_of(id, &open)?;
                     let path = WirePath::parse(&open.path)?;
                     self.unlanded.insert(id, (path, delivered));
@@ -188,7 +188,11 @@ impl DirectorySink {
     /// The delivery line of a staged, verified partial (its digest read back from the file).
     fn delivery_of(&self, id: u64, open: &OpenFile) -> io::Result<Delivered> {
         let mut h = blake3::Hasher::new();
-        h.update_reader(File::open(self.part_path(id))?)?;
+        let part = self.part_path(id);
+        // A staged link (a link object) has no data; it is never followed.
+        if !fs::symlink_metadata(&part)?.file_type().is_symlink() {
+            h.update_reader(File::open(part)?)?;
+        }
         Ok(Delivered {
             path: open.path.clone(),
             size: open.size,
@@ -212,7 +216,7 @@ impl DirectorySink {
             let Some((path, delivered)) = self.unlanded.get(&id).cloned() else {
                 continue;
             };
-            let landed = if self.part_path(id).exists() {
+            let landed = if fs::symlink_metadata(self.part_path(id)).is_ok() {
                 match self.places.land_all(&[(id, path.clone())]) {
                     (_, Some(e)) => Err(e),
                     (_, None) => Ok(()),

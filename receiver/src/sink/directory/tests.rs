@@ -654,7 +654,8 @@ fn a_landed_file_carries_its_origin_chain_as_an_extended_attribute() {
         mtime_ns: 0,
     };
     let chain = OriginChain::parse("plant-a/p1,plant-b/p2").expect("chain");
-    s.open_with_origin(7, &open, &chain).expect("open");
+    s.open_with_origin(7, &open, &chain, &Default::default())
+        .expect("open");
     s.write(7, 0, b"xyz").expect("write");
     s.commit(7, &commit_for(b"xyz")).expect("commit");
     assert_eq!(s.flush().into_result().expect("flush").len(), 1);
@@ -664,4 +665,64 @@ fn a_landed_file_carries_its_origin_chain_as_an_extended_attribute() {
         chain,
         "the chain is on the landed file (set on the staged one before the rename)"
     );
+}
+
+#[test]
+fn a_link_object_lands_as_a_symlink_and_is_never_followed_afterwards() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let outside = dir.path().join("outside");
+    fs::create_dir(&outside).expect("outside");
+    let mut s = sink(dir.path());
+    let link = ObjectAttrs {
+        mode: None,
+        link: Some("../data/x.txt".into()),
+    };
+    let open = |path: &str, size| OpenFile {
+        path: path.into(),
+        size,
+        mtime_ns: 0,
+    };
+    s.open_with_origin(1, &open("sub/l", 0), &OriginChain::default(), &link)
+        .expect("open link");
+    s.commit(1, &commit_for(b"")).expect("commit link");
+    // A FAIL later in the frame: the staged link is dropped at the resent Open (never
+    // opened through) and made again at the repeated commit.
+    s.abandon();
+    s.open_with_origin(1, &open("sub/l", 0), &OriginChain::default(), &link)
+        .expect("open link again");
+    s.commit(1, &commit_for(b"")).expect("commit link again");
+    assert_eq!(s.flush().into_result().expect("flush").len(), 1);
+    let landed = dir.path().join("dest/sub/l");
+    assert_eq!(
+        fs::read_link(&landed).expect("a symlink"),
+        Path::new("../data/x.txt")
+    );
+    // A link over a folder is refused, never replaces it.
+    fs::create_dir_all(dir.path().join("dest/d")).expect("folder");
+    let r = s.open_with_origin(2, &open("d", 0), &OriginChain::default(), &link);
+    assert!(matches!(r, Err(SinkError::Escape(_))), "{r:?}");
+    // A landed link to a folder outside (made by hand here) is never written through.
+    std::os::unix::fs::symlink(&outside, dir.path().join("dest/esc")).expect("link");
+    let r = s.open(3, &open("esc/x", 1));
+    assert!(matches!(r, Err(SinkError::Escape(_))), "{r:?}");
+    assert!(
+        fs::read_dir(&outside).expect("ls").next().is_none(),
+        "nothing written outside"
+    );
+    // Modes: masked with 0o777 and the umask; never set-uid.
+    let exec = ObjectAttrs {
+        mode: Some(0o4755),
+        link: None,
+    };
+    s.open_with_origin(4, &open("run.sh", 2), &OriginChain::default(), &exec)
+        .expect("open");
+    s.write(4, 0, b"hi").expect("write");
+    s.commit(4, &commit_for(b"hi")).expect("commit");
+    s.flush().into_result().expect("flush");
+    let mode = fs::metadata(dir.path().join("dest/run.sh"))
+        .expect("landed")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755 & !attrs::umask());
 }

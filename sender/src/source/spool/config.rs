@@ -25,6 +25,17 @@ pub enum AfterSend {
     Move,
 }
 
+/// What the spool does with a symlink (`symlinks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Symlinks {
+    /// Not sent: named once at WARN (rate-limited) and counted (`skipped_links`).
+    #[default]
+    Skip,
+    /// Sent as a link with its target text; the receiver creates it only inside its dest.
+    Preserve,
+}
+
 /// A spool source as written.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawSpool {
@@ -40,6 +51,10 @@ pub struct RawSpool {
     /// On the udp link: how long files stay in `sent_dir` for a manual resend (none: forever).
     #[serde(default, with = "humantime_serde")]
     pub keep_sent_for: Option<Duration>,
+    /// `skip` (default) or `preserve`: symlinks sent as links (tcp/tls links only).
+    pub symlinks: Option<Symlinks>,
+    /// Send each file's permission bits (tcp/tls links only); default false.
+    pub preserve_mode: Option<bool>,
     /// Keys a spool source does not take, reported with every other problem (serde_ignored
     /// does not see inside an internally tagged enum).
     #[serde(flatten)]
@@ -58,6 +73,8 @@ pub struct SpoolSettings {
     pub poll_interval: Duration,
     /// Names the spool never takes.
     pub ignore: IgnoreRule,
+    pub symlinks: Symlinks,
+    pub preserve_mode: bool,
 }
 
 impl RawSpool {
@@ -69,10 +86,18 @@ impl RawSpool {
         cx: &SourceContext,
     ) -> Option<SpoolSettings> {
         for key in self.unknown.keys() {
-            p.push(format!("unknown key `{key}` in {label} `source`: a spool source takes path, after_send, sent_dir, settle, poll_interval, ignore, keep_sent_for"));
+            p.push(format!("unknown key `{key}` in {label} `source`: a spool source takes path, after_send, sent_dir, settle, poll_interval, ignore, keep_sent_for, symlinks, preserve_mode"));
         }
         if self.keep_sent_for.is_some() && !cx.diode {
             p.push(format!("{label}: `keep_sent_for` is only for the udp link (on a gate link the receiver confirms every file)"));
+        }
+        let symlinks = self.symlinks.unwrap_or_default();
+        let preserve_mode = self.preserve_mode.unwrap_or(false);
+        if cx.diode && symlinks == Symlinks::Preserve {
+            p.push(format!("{label}: `symlinks = \"preserve\"` needs a tcp or tls link: the udp (diode) link's Announce carries no link target; use symlinks = \"skip\" (links are then named and counted, not sent)"));
+        }
+        if cx.diode && preserve_mode {
+            p.push(format!("{label}: `preserve_mode = true` needs a tcp or tls link: the udp (diode) link's Announce carries no mode; remove it (files then land with the receiver's default mode)"));
         }
         let sent_dir = self.sent_dir.map(|d| abs(cx.base, &d));
         if let Some(d) = &sent_dir {
@@ -103,6 +128,8 @@ impl RawSpool {
             settle: self.settle.unwrap_or(DEFAULT_SETTLE),
             poll_interval: self.poll_interval.unwrap_or(DEFAULT_POLL),
             ignore,
+            symlinks,
+            preserve_mode,
         })
     }
 }

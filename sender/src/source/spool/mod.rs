@@ -4,7 +4,8 @@
 //! in `.tmp` / `.part`), then rename it into the spool. A file renamed in, or closed after
 //! writing, is taken at once (inotify); a scan every `poll_interval` takes any other file once
 //! it has been unchanged for `settle`. Names matching the pipe's `ignore` globs (by default
-//! dotfiles, dot-folders, `*.tmp`, `*.part`; [`ignore`]) and symlinks are never taken:
+//! dotfiles, dot-folders, `*.tmp`, `*.part`; [`ignore`]) are never taken, nor are symlinks
+//! unless `symlinks = "preserve"` (then a link is sent as a link, never followed):
 //! an ignored file that the scan finds unchanged for `settle` is counted in the summary
 //! (`ignored_files`, `ignored_bytes`) and named once in an INFO line, at most
 //! [`NAMES_PER_MINUTE`] a minute, then one line with the count of the rest. The pipe takes a
@@ -25,6 +26,7 @@ pub mod after_send;
 pub mod config;
 pub mod ignore;
 pub mod lease;
+mod links;
 mod object;
 mod watch;
 
@@ -48,6 +50,8 @@ pub struct SpoolConfig {
     pub poll_interval: Duration,
     /// Names never taken.
     pub ignore: IgnoreRule,
+    /// Whether symlinks are sent as links or skipped.
+    pub symlinks: config::Symlinks,
     /// Where the ignored files are counted.
     pub stats: Arc<PipeStats>,
 }
@@ -213,6 +217,8 @@ impl Scanner {
         if unnamed > 0 {
             tracing::info!(pipe = %pipe, more = unnamed, ignored_files = files, ignored_bytes = bytes, "more ignored files not named (at most {NAMES_PER_MINUTE} names a minute); they stay in the spool");
         }
+        let skipped = self.warned_links.borrow().seen.len() as u64;
+        self.cfg.stats.skipped_links.store(skipped, Relaxed);
         let links = self.warned_links.borrow_mut().end_scan();
         if links > 0 {
             tracing::warn!(pipe = %pipe, more = links, "more symlinks in the spool not followed and not named (at most {NAMES_PER_MINUTE} names a minute)");
@@ -283,9 +289,10 @@ impl Scanner {
                         self.note_ignored(entry.path(), rel, &meta, glob, settle);
                     }
                 }
-            } else if entry.file_type().is_symlink() {
+            } else if entry.file_type().is_symlink() && !self.preserves_links() {
                 self.skip_symlink(entry.path());
-            } else if entry.file_type().is_file() {
+            } else if entry.file_type().is_file() || entry.file_type().is_symlink() {
+                // walkdir does not follow links: this is the lstat.
                 let Ok(meta) = entry.metadata() else { continue };
                 if !self.consider(entry.path(), &meta, settle) {
                     return false;
@@ -316,6 +323,11 @@ impl Scanner {
         }
     }
 
+    /// True when symlinks are sent as links (`symlinks = "preserve"`).
+    fn preserves_links(&self) -> bool {
+        self.cfg.symlinks == config::Symlinks::Preserve
+    }
+
     /// Symlinks are never followed (one could point anywhere on the host); said once per link,
     /// at most [`NAMES_PER_MINUTE`] a minute.
     fn skip_symlink(&self, path: &Path) {
@@ -332,11 +344,11 @@ impl Scanner {
         let Ok(rel) = path.strip_prefix(&self.cfg.spool) else {
             return true;
         };
-        if meta.file_type().is_symlink() {
+        if meta.file_type().is_symlink() && !self.preserves_links() {
             self.skip_symlink(path);
             return true;
         }
-        if !meta.is_file() {
+        if !meta.is_file() && !meta.file_type().is_symlink() {
             return true;
         }
         if settle.is_some_and(|s| !settled(meta, s)) {
@@ -345,7 +357,8 @@ impl Scanner {
         let event = match rel.to_str().map(WirePath::parse) {
             Some(Ok(p)) => SourceEvent::Found {
                 rel: p.as_str().to_owned(),
-                size: meta.len(),
+                // A link is sent without data.
+                size: if meta.is_file() { meta.len() } else { 0 },
                 time: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             },
             Some(Err(e)) => SourceEvent::BadName {
@@ -427,6 +440,7 @@ mod tests {
             settle: Duration::ZERO,
             poll_interval: Duration::from_secs(3600),
             ignore: IgnoreRule::default(),
+            symlinks: Default::default(),
             stats: Default::default(),
         };
         (rx, spawn(cfg, tx).expect("spawn"))
@@ -445,6 +459,7 @@ mod tests {
             settle: Duration::from_millis(200),
             poll_interval: Duration::from_millis(500),
             ignore: IgnoreRule::default(),
+            symlinks: Default::default(),
             stats: Default::default(),
         };
         let _h = spawn(cfg, tx).expect("spawn");

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 use super::after_send::dispose_if_unchanged;
-use super::config::{AfterSend, SpoolSettings};
-use super::{SpoolConfig, lease, spawn};
+use super::config::{AfterSend, SpoolSettings, Symlinks};
+use super::{SpoolConfig, lease, links, spawn};
 use crate::config::PipeConfig;
 use crate::pipe::PipeStats;
 use crate::process::history::Present;
@@ -35,6 +35,11 @@ impl SpoolSource {
             quarantine_dir: pc.quarantine_dir.clone(),
             stats,
         }
+    }
+
+    /// True when symlinks are sent as links.
+    fn links(&self) -> bool {
+        self.s.symlinks == Symlinks::Preserve
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -74,6 +79,7 @@ impl Source for SpoolSource {
             settle: self.s.settle,
             poll_interval: self.s.poll_interval,
             ignore: self.s.ignore.clone(),
+            symlinks: self.s.symlinks,
             stats: self.stats.clone(),
         };
         tracing::info!(pipe = %self.pipe, ignore = ?self.s.ignore.globs(), "files and folders with these names stay in the spool unsent; each is counted (ignored_files) and named once");
@@ -81,16 +87,17 @@ impl Source for SpoolSource {
     }
 
     fn exists(&self, key: &str) -> bool {
-        self.path(key).is_file()
+        let path = self.path(key);
+        path.is_file() || (self.links() && links::is_link(&path))
     }
 
     fn size(&self, key: &str) -> u64 {
-        fs::metadata(self.path(key)).map_or(0, |m| m.len())
+        fs::symlink_metadata(self.path(key)).map_or(0, |m| if m.is_file() { m.len() } else { 0 })
     }
 
     fn settled(&self, key: &str) -> bool {
         let now = SystemTime::now();
-        fs::metadata(self.path(key))
+        fs::symlink_metadata(self.path(key))
             .and_then(|m| m.modified())
             .map_or(true, |t| {
                 now.duration_since(t).unwrap_or_default() >= self.s.settle
@@ -99,14 +106,32 @@ impl Source for SpoolSource {
 
     fn take(&mut self, key: &str) -> io::Result<Option<Opened>> {
         let path = self.path(key);
+        if self.links() && links::is_link(&path) {
+            return Ok(links::take(&path)?.map(|(file, meta, target)| Opened {
+                file,
+                meta,
+                reopen: path,
+                origin: Default::default(),
+                attrs: gapsync_protocol::ObjectAttrs {
+                    mode: None,
+                    link: Some(target),
+                },
+            }));
+        }
+        let preserve_mode = self.s.preserve_mode;
         let taken = lease::take(&self.pipe, &path)?;
         Ok(taken.map(|(file, meta)| {
             let origin = origin_of(&self.pipe, key, &file);
+            let mode = preserve_mode.then(|| {
+                use std::os::unix::fs::PermissionsExt as _;
+                meta.permissions().mode() & gapsync_protocol::attrs::MAX_MODE
+            });
             Opened {
                 file,
                 meta,
                 reopen: path,
                 origin,
+                attrs: gapsync_protocol::ObjectAttrs { mode, link: None },
             }
         }))
     }
@@ -114,6 +139,9 @@ impl Source for SpoolSource {
     fn settle(&mut self, key: &str, outcome: Outcome<'_>) -> Disposal {
         let path = self.path(key);
         match outcome {
+            Outcome::Sent(ident) if self.links() && links::is_link(&path) => {
+                links::dispose_if_unchanged(&path, ident, || self.dispose(&path, key))
+            }
             Outcome::Sent(ident) => {
                 dispose_if_unchanged(&self.pipe, key, &path, ident, || self.dispose(&path, key))
             }
@@ -137,7 +165,8 @@ impl Source for SpoolSource {
         fs::remove_file(self.s.sent_dir.join(key)).is_ok()
     }
 
-    /// The regular files of the spool (not under sent_dir or the quarantine folder), by key.
+    /// The regular files of the spool (and its links, with `symlinks = "preserve"`), not
+    /// under sent_dir or the quarantine folder, by key.
     fn list(&self) -> io::Result<Vec<Present>> {
         let root = &self.s.path;
         let aside = [&self.s.sent_dir, &self.quarantine_dir];
@@ -161,7 +190,8 @@ impl Source for SpoolSource {
                 }
                 Err(e) => return Err(io::Error::other(e)),
             };
-            if !entry.file_type().is_file() {
+            let link = self.links() && entry.file_type().is_symlink();
+            if !entry.file_type().is_file() && !link {
                 continue;
             }
             let (Ok(rel), Ok(meta)) = (entry.path().strip_prefix(root), entry.metadata()) else {
@@ -170,7 +200,7 @@ impl Source for SpoolSource {
             if let (Some(key), Ok(mtime)) = (rel.to_str(), meta.modified()) {
                 out.push(Present {
                     key: key.to_owned(),
-                    size: meta.len(),
+                    size: if link { 0 } else { meta.len() },
                     mtime,
                 });
             }
@@ -189,12 +219,18 @@ fn origin_of(pipe: &str, key: &str, file: &fs::File) -> gapsync_protocol::Origin
     })
 }
 
-/// Moves `from` to `to`, creating folders, copying across filesystems when rename cannot.
+/// Moves `from` to `to`, creating folders, copying across filesystems when rename cannot (a
+/// symlink is made again there, not followed).
 pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
     }
     match fs::rename(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices && links::is_link(from) => {
+            // A link is made again, never followed (a copy would read its target).
+            std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
+            fs::remove_file(from)
+        }
         Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
             fs::copy(from, to)?;
             fs::File::open(to)?.sync_all()?;
