@@ -328,10 +328,15 @@ fn a_forced_cycle_is_refused_as_a_loop_and_loses_no_file() {
         );
     }
     // Each returning copy is counted once as looped (the summary comes every second).
-    wait_until(
-        "both receivers to count 6 looped",
-        Duration::from_secs(10),
-        || a.receiver_log().contains("looped=6") && b.receiver_log().contains("looped=6"),
+    let counted = || a.receiver_log().contains("looped=6") && b.receiver_log().contains("looped=6");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !counted() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        counted(),
+        "each returning copy counted once as looped:\n{}",
+        diag()
     );
     assert!(tree(&x).is_empty() && tree(&y).is_empty(), "{}", diag());
 }

@@ -115,6 +115,13 @@ fn file_names_cannot_forge_a_line_or_a_field() {
     assert!(rlog.contains(r#"path="k=v name.bin""#), "{rlog}");
     assert!(rlog.contains(r#"path="q\"uote\" path=\"x.bin""#), "{rlog}");
     assert_every_line_is_an_event(&rlog, "receiver log");
+    // The sender says `sent` once the receiver's answer arrived, a moment after the delivery.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count_lines(&lab.sender_log(), &[" sent "]) < names.len()
+        && std::time::Instant::now() < until
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let slog = lab.sender_log();
     assert_every_line_is_an_event(&slog, "sender log");
     assert!(

@@ -68,10 +68,10 @@ pub struct Pipe {
     counters: Mutex<DayCounters>,
     /// `silence_alarm`: nothing delivered and no sender connected for that long.
     silence: Option<(std::time::Duration, Mutex<Alarm>)>,
-    /// Looped transfers whose Data and Commit are acknowledged without a write.
+    /// Looped objects (by path), each counted once.
     looped: origin::Looped,
     /// Link objects refused (target outside dest): acknowledged, never written.
-    refused_links: origin::Looped,
+    refused_links: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 impl std::fmt::Debug for Pipe {
@@ -283,7 +283,7 @@ impl Pipe {
                 (after, Mutex::new(a))
             }),
             looped: origin::Looped::default(),
-            refused_links: origin::Looped::default(),
+            refused_links: Default::default(),
         })
     }
 }

@@ -11,8 +11,8 @@ use gapsync_protocol::{Hop, OriginChain};
 
 use super::{Pipe, lock};
 
-/// Looped transfers remembered so that each is counted once however often its sender
-/// retries; past this many the memory starts again (a forgotten one is counted again).
+/// Looped objects (by path) remembered so that each is counted once however often its
+/// sender retries; past this many the memory starts again (a forgotten one is counted again).
 const LOOPED_MEMORY: usize = 100_000;
 
 /// What to do with an object announced on a pipe.
@@ -29,13 +29,13 @@ impl Pipe {
     /// chain, for a receiver whose node is `own_node`.
     pub fn admit(
         &self,
-        transfer: u64,
-        _path: &str,
+        _transfer: u64,
+        path: &str,
         origin: &OriginChain,
         own_node: &str,
     ) -> Admission {
         if origin.contains_node(own_node) {
-            if self.remember_looped(transfer) {
+            if self.remember_looped(path) {
                 self.stats.looped.fetch_add(1, Relaxed);
             }
             return Admission::Looped;
@@ -43,13 +43,14 @@ impl Pipe {
         Admission::Land(recorded(origin, &self.from, &self.name))
     }
 
-    /// Remembers a looped transfer; true the first time.
-    fn remember_looped(&self, transfer: u64) -> bool {
+    /// Remembers a looped object by its path (a retry may come under a new transfer id);
+    /// true the first time.
+    fn remember_looped(&self, path: &str) -> bool {
         let mut set = lock(&self.looped);
         if set.len() >= LOOPED_MEMORY {
             set.clear();
         }
-        set.insert(transfer)
+        set.insert(path.to_owned())
     }
 }
 
@@ -69,7 +70,7 @@ pub fn recorded(origin: &OriginChain, from: &str, pipe: &str) -> OriginChain {
 }
 
 /// A set of looped transfers, for [`Pipe`].
-pub type Looped = std::sync::Mutex<HashSet<u64>>;
+pub type Looped = std::sync::Mutex<HashSet<String>>;
 
 #[cfg(test)]
 mod tests {
