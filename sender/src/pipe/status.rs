@@ -111,15 +111,16 @@ impl PipeHandle {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
     use crate::pipe::Pipe;
     use crate::source::SourceEvent;
     use crate::state::IdSource;
 
-    /// A pipe of a loopback profile over a real spool and state folder.
-    fn pipe(d: &std::path::Path) -> Pipe {
+    /// A pipe of a loopback profile over a real spool and state folder (also for the tests
+    /// of `steer`).
+    pub(crate) fn pipe(d: &std::path::Path) -> Pipe {
         std::fs::create_dir_all(d.join("spool")).expect("spool");
         let text = format!(
             "node = \"n\"\nprofile = \"loopback\"\nprofiles_dir = {:?}\nstate_dir = \"state\"\n[[pipe]]\nname = \"p\"\ngate = \"127.0.0.1:9\"\nsource = {{ type = \"spool\", path = \"spool\" }}\n",

@@ -158,25 +158,7 @@ pub fn watch_windows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::pipe::{Pipe, PipeStats};
-    use crate::state::IdSource;
-
-    /// A pipe of a loopback profile over a real spool and state folder.
-    fn pipe(d: &std::path::Path) -> Pipe {
-        std::fs::create_dir_all(d.join("spool")).expect("spool");
-        let text = format!(
-            "node = \"n\"\nprofile = \"loopback\"\nprofiles_dir = {:?}\nstate_dir = \"state\"\n[[pipe]]\nname = \"p\"\ngate = \"127.0.0.1:9\"\nspool = \"spool\"\n",
-            gapsync_tests::profiles_dir().display().to_string()
-        );
-        std::fs::write(d.join("s.toml"), text).expect("write");
-        let config = Config::load(&d.join("s.toml")).expect("valid");
-        let ids = Arc::new(IdSource::open(&config.state_dir).expect("ids"));
-        let pc = config.pipes[0].clone();
-        let stats = Arc::new(PipeStats::default());
-        let source = crate::source::build(&pc, stats.clone());
-        Pipe::new(pc, source, ids, stats).expect("pipe")
-    }
+    use crate::pipe::status::tests::pipe;
 
     #[test]
     fn the_pipe_runs_only_when_started_and_inside_its_window() {
