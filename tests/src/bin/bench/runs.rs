@@ -384,9 +384,10 @@ pub struct Acked {
 /// that folder's storage allow together (the file is removed afterwards). With `acked`, each
 /// frame waits for its one-byte answer within the window, through the simulator's latency.
 ///
-/// A copy that fails is run again, twice at most: now and then the sending side's final
-/// `shutdown` finds the connection already reset (ENOTCONN; seen twice in about 150 copies,
-/// cause not found), and a failed copy says nothing about the link.
+/// A copy counts when the receiving side got every byte (its `received N bytes` line). One that
+/// fails is run again, twice at most: a failed copy says nothing about the link. (The sending
+/// side's final `shutdown` has now and then found the connection already gone, ENOTCONN, cause
+/// not found; it is printed, and no longer fails a copy whose bytes all arrived.)
 pub fn link_through_sim(
     work: &Path,
     file: &Path,
@@ -488,6 +489,14 @@ fn link_through_sim_once(
     let recv_err = recv.stderr_text();
     if recv_err.contains("Error") {
         bail!("the raw copy's receiving side failed: {}", recv_err.trim());
+    }
+    let received = format!("received {bytes} bytes");
+    if !recv_err.contains(&received) {
+        bail!(
+            "the raw copy's receiving side did not get all {bytes} bytes: it said {:?}, the simulator {:?}",
+            recv_err.trim(),
+            sim.stderr_text().trim()
+        );
     }
     if into_file {
         std::fs::remove_file(out).with_context(|| format!("removing {}", out.display()))?;

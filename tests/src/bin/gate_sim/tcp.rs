@@ -57,6 +57,9 @@ impl<W: tokio::io::AsyncWrite + Unpin> Out<W> {
 }
 
 pub async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream, envelope: Envelope) {
+    let peer = client
+        .peer_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut c_rd, c_wr) = client.into_split();
@@ -271,15 +274,17 @@ pub async fn relay(shared: Arc<Shared>, client: TcpStream, server: TcpStream, en
         rr.abort_handle(),
         rw.abort_handle(),
     ];
-    tokio::select! {
-        _ = fr => {}
-        _ = rr => {}
-    }
+    let why = tokio::select! {
+        r = fr => r.unwrap_or("the forward relay failed"),
+        r = rr => r.unwrap_or("the reverse relay failed"),
+    };
     // Let already-read bytes drain (they were sent before the cut), then close everything.
     tokio::time::sleep(latency + Duration::from_millis(20)).await;
     for a in aborts {
         a.abort();
     }
+    // Why each connection ended: the first thing to read when a run went wrong.
+    eprintln!("connection {peer} closed: {why}");
 }
 
 fn violation(sh: &Shared, what: String) {
