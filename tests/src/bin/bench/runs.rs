@@ -387,7 +387,8 @@ pub struct Acked {
 /// A copy counts when the receiving side got every byte (its `received N bytes` line). One that
 /// fails is run again, twice at most: a failed copy says nothing about the link. (The sending
 /// side's final `shutdown` has now and then found the connection already gone, ENOTCONN, cause
-/// not found; it is printed, and no longer fails a copy whose bytes all arrived.)
+/// not found; it is printed, and no longer fails a copy whose bytes all arrived.) After three
+/// failures the copy's figures are NaN, with a WARNING naming the last error.
 pub fn link_through_sim(
     work: &Path,
     file: &Path,
@@ -402,7 +403,18 @@ pub fn link_through_sim(
                 eprintln!("the raw copy through the simulator failed ({e:#}); running it again");
                 attempt += 1;
             }
-            result => return result,
+            // The bound is then unknown (NaN in the table), not a reason to lose the rest of
+            // the run: the figures are printed, never asserted.
+            Err(e) => {
+                eprintln!(
+                    "WARNING: the raw copy through the simulator failed 3 times ({e:#}); this row's bound is unknown (NaN)"
+                );
+                return Ok(Copied {
+                    mb_per_s: f64::NAN,
+                    busy_cores: f64::NAN,
+                });
+            }
+            ok => return ok,
         }
     }
 }
