@@ -36,6 +36,7 @@ pub mod receiver_session;
 #[cfg(test)]
 mod scenario_tests;
 pub mod sender_session;
+pub mod table;
 pub mod udp;
 pub mod wire_path;
 
