@@ -202,11 +202,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let bytes = encode_header(&header()).unwrap();
-        let prefix: [u8; PREFIX_LEN] = bytes[..PREFIX_LEN].try_into().unwrap();
-        let len = header_len(&prefix).unwrap() as usize;
+        let bytes = encode_header(&header()).expect("test data");
+        let prefix: [u8; PREFIX_LEN] = bytes[..PREFIX_LEN].try_into().expect("test data");
+        let len = header_len(&prefix).expect("test data") as usize;
         assert_eq!(len, bytes.len() - PREFIX_LEN);
-        assert_eq!(decode_header(&bytes[PREFIX_LEN..]).unwrap(), header());
+        assert_eq!(decode_header(&bytes[PREFIX_LEN..]).expect("test data"), header());
     }
 
     #[test]
@@ -226,11 +226,11 @@ mod tests {
     fn refuses_incomplete_headers() {
         let mut h = header();
         h.key.clear();
-        let json = serde_json::to_vec(&h).unwrap();
+        let json = serde_json::to_vec(&h).expect("test data");
         assert!(matches!(decode_header(&json), Err(TableError::Header(_))));
         let mut h = header();
         h.version = 2;
-        let json = serde_json::to_vec(&h).unwrap();
+        let json = serde_json::to_vec(&h).expect("test data");
         assert_eq!(decode_header(&json), Err(TableError::Version(2)));
     }
 }
