@@ -265,6 +265,13 @@ impl RawPostgres {
             config.connect_timeout(Duration::from_secs(10));
         }
         config.application_name(super::APPLICATION_NAME);
+        // Watermarks and partition bounds are kept as text and cast back: one date style,
+        // whatever the server's default (the time zone stays the database's own).
+        let options = format!(
+            "{} -c DateStyle=ISO,YMD -c IntervalStyle=postgres",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim());
         Some(config)
     }
 }

@@ -45,7 +45,8 @@ fn probe(name: &str, s: &PostgresSettings) -> Vec<String> {
     let mut c = match s.connection.connect(NoTls) {
         Ok(c) => c,
         Err(e) => {
-            let hint = if e.to_string().contains("password") {
+            let e = chain(&e);
+            let hint = if e.contains("password") {
                 "; check the password (password_file) and the role's pg_hba.conf entry"
             } else {
                 "; check that the database runs and that `connection` names it"
@@ -57,17 +58,20 @@ fn probe(name: &str, s: &PostgresSettings) -> Vec<String> {
         }
     };
     let mut p = Vec::new();
+    let role: String = c
+        .query_one("SELECT current_user::text", &[])
+        .map_or_else(|_| "<role>".to_owned(), |r| r.get(0));
     for t in &s.tables {
         let label = format!("pipe {name}: table {}", t.name());
         match catalog::table(&mut c, t) {
-            Err(e) => p.push(format!("{label}: {e}")),
+            Err(e) => p.push(format!("{label}: {}", chain(&e))),
             Ok(None) => p.push(format!(
                 "{label}: does not exist in the database ({}), or the role cannot see its schema",
                 s.shown
             )),
             Ok(Some(tb)) => {
-                if let Err(e) = table(&mut c, t, &tb, &mut p, &label) {
-                    p.push(format!("{label}: {e}"));
+                if let Err(e) = table(&mut c, t, &tb, &mut p, (&label, &role)) {
+                    p.push(format!("{label}: {}", chain(&e)));
                 }
             }
         }
@@ -75,7 +79,7 @@ fn probe(name: &str, s: &PostgresSettings) -> Vec<String> {
     let incremental = (s.tables.iter()).any(|t| matches!(t.mode, TableMode::Incremental { .. }));
     if incremental {
         if let Err(e) = sees_sessions(&mut c, name, &mut p) {
-            p.push(format!("pipe {name}: {e}"));
+            p.push(format!("pipe {name}: {}", chain(&e)));
         }
     }
     p
@@ -86,15 +90,16 @@ fn table(
     t: &TableSettings,
     tb: &Table,
     p: &mut Vec<String>,
-    label: &str,
+    (label, role): (&str, &str),
 ) -> Result<(), postgres::Error> {
     let readable: bool = c
-        .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&tb.oid])?
+        .query_one("SELECT has_table_privilege($1::oid, 'SELECT')", &[&tb.oid])?
         .get(0);
     if !readable {
         p.push(format!(
-            "{label}: the role may not read it: GRANT SELECT ON {} TO <role>",
-            t.ident()
+            "{label}: the role may not read it: GRANT SELECT ON {} TO {};",
+            t.ident(),
+            super::config::quote(role)
         ));
     }
     let has = |col: &str| tb.columns.iter().any(|c| c.name == col);
@@ -141,4 +146,16 @@ fn sees_sessions(c: &mut Client, name: &str, p: &mut Vec<String>) -> Result<(), 
         p.push(format!("pipe {name}: incremental tables need a role that sees the other sessions' transactions (pg_stat_activity), so that rows committing late are not missed; as a superuser run: GRANT pg_read_all_stats TO \"{user}\";"));
     }
     Ok(())
+}
+
+/// The error with its causes (`postgres::Error` alone says only "db error").
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
