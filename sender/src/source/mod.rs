@@ -131,7 +131,7 @@ pub enum Disposal {
 pub fn build(pc: &PipeConfig, stats: Arc<PipeStats>) -> Box<dyn Source> {
     match &pc.source {
         SourceSettings::Spool(s) => Box::new(SpoolSource::new(pc, s.clone(), stats)),
-        SourceSettings::Postgres(s) => Box::new(PostgresSource::new(pc, s.clone(), stats)),
+        SourceSettings::Postgres(s) => Box::new(PostgresSource::new(pc, (**s).clone(), stats)),
     }
 }
 
@@ -161,7 +161,7 @@ pub enum SourceConfig {
 #[derive(Debug, Clone)]
 pub enum SourceSettings {
     Spool(SpoolSettings),
-    Postgres(PostgresSettings),
+    Postgres(Box<PostgresSettings>),
 }
 
 impl SourceSettings {
@@ -184,7 +184,9 @@ impl SourceConfig {
     ) -> Option<SourceSettings> {
         match self {
             SourceConfig::Spool(raw) => raw.check(p, label, cx).map(SourceSettings::Spool),
-            SourceConfig::Postgres(raw) => raw.check(p, label, cx).map(SourceSettings::Postgres),
+            SourceConfig::Postgres(raw) => raw
+                .check(p, label, cx)
+                .map(|s| SourceSettings::Postgres(Box::new(s))),
         }
     }
 }

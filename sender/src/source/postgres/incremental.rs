@@ -123,8 +123,8 @@ pub fn poll(ctx: &Ctx, client: &mut Client, t: &TableSettings) -> anyhow::Result
     ctx.publish(&name, &key, &header, &mut rows, |rec, s| {
         rec.batch = batch;
         rec.watermark = Some(m.clone());
-        if s.rows > 0 {
-            rec.bytes_per_row = Some((s.bytes / s.rows).max(1));
+        if let Some(per_row) = s.bytes.checked_div(s.rows) {
+            rec.bytes_per_row = Some(per_row.max(1));
         }
     })?;
     Ok(more)

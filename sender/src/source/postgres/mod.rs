@@ -240,6 +240,10 @@ fn recover(pipe: &str, dir: &Path, state: &TablesState) -> io::Result<Vec<Source
     let mut found = Vec::new();
     for (key, meta) in spill_files(dir)? {
         let keep = ObjectName::parse(&key).is_some_and(|n| recorded(state, &n));
+        if !keep && key.contains("/.") {
+            fs::remove_file(dir.join(&key))?;
+            continue;
+        }
         if !keep {
             tracing::info!(pipe = %pipe, path = %key, "removing a spill file the state does not record (a crash came before it was recorded); its rows are read again");
             fs::remove_file(dir.join(&key))?;
