@@ -245,7 +245,7 @@ fn recover(pipe: &str, dir: &Path, state: &TablesState) -> io::Result<Vec<Source
             continue;
         }
         if !keep {
-            tracing::info!(pipe = %pipe, path = %key, "removing a spill file the state does not record (a crash came before it was recorded); its rows are read again");
+            tracing::info!(pipe = %pipe, path = %key, "removing a spill file the state does not record (a crash came before it was recorded: its rows are read again; or an older version of a partition read again since)");
             fs::remove_file(dir.join(&key))?;
             continue;
         }
