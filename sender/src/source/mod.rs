@@ -199,3 +199,33 @@ pub struct SourceContext<'a> {
     /// The pipe's link is the diode: nothing confirms arrival.
     pub diode: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trigger_wakes_its_waiter_once_and_runs_asked_together_make_one() {
+        let t = RunTrigger::default();
+        let mut seen = 0;
+        assert!(
+            !t.wait(&mut seen, Duration::from_millis(10)),
+            "nothing asked"
+        );
+        t.fire();
+        t.fire();
+        assert!(t.wait(&mut seen, Duration::from_millis(10)));
+        assert!(!t.wait(&mut seen, Duration::from_millis(10)), "both seen");
+        let other = t.clone();
+        let waiter = std::thread::spawn(move || {
+            let mut seen = 2;
+            other.wait(&mut seen, Duration::from_secs(10))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        t.fire();
+        assert!(
+            waiter.join().expect("joined"),
+            "woken by a fire from another thread"
+        );
+    }
+}

@@ -20,7 +20,7 @@ use anyhow::{Context as _, anyhow, bail};
 use gapsync_protocol::table::{PartitionInfo, TableHeader, TableKind, VERSION};
 use postgres::{Client, IsolationLevel, Transaction};
 
-use super::catalog::{self, NOW_RFC3339, literal, select_list};
+use super::catalog::{self, Child, NOW_RFC3339, literal, select_list};
 use super::config::{TableMode, TableSettings, quote};
 use super::objects::ObjectName;
 use super::worker::Ctx;
@@ -149,48 +149,61 @@ fn partitions(
                 continue;
             }
         }
-        let child_name = format!("{}.{}", child.schema, child.name);
-        let columns = catalog::columns(txn, child.oid)?;
-        let mut key = catalog::primary_key(txn, child.oid)?;
-        if key.is_empty() {
-            key = tb.primary_key.clone();
-        }
-        let header = TableHeader {
-            version: VERSION,
-            kind: TableKind::Partition,
-            table: child_name.clone(),
-            id: format!("partition:{child_name}:{fingerprint}"),
-            batch: 0,
-            columns: columns.clone(),
-            key,
-            partition: Some(PartitionInfo {
-                parent: name.clone(),
-                parent_key: parent_key.clone(),
-                bound: child.bound.clone(),
-                fingerprint: fingerprint.clone(),
-            }),
-            watermark: None,
-            read_at: read_at.to_owned(),
-        };
-        let object = ObjectName::Partition {
+        let info = PartitionInfo {
             parent: name.clone(),
-            child: child.name.clone(),
-            fingerprint: fingerprint.clone(),
+            parent_key: parent_key.clone(),
+            bound: child.bound.clone(),
+            fingerprint,
         };
-        let sql = format!(
-            "COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT binary)",
-            select_list(&columns),
-            quote(&child.schema),
-            quote(&child.name)
-        );
-        let mut rows = txn.copy_out(&sql)?;
-        ctx.publish(&name, &object.key(), &header, &mut rows, |rec, _| {
-            rec.partitions
-                .insert(child.name.clone(), fingerprint.clone());
-        })
-        .with_context(|| format!("partition {child_name}"))?;
+        send_partition(ctx, txn, &child, info, &tb.primary_key, read_at)?;
     }
     Ok(())
+}
+
+/// Reads one child partition into its spill file and records it with its fingerprint.
+fn send_partition(
+    ctx: &Ctx,
+    txn: &mut Transaction<'_>,
+    child: &Child,
+    info: PartitionInfo,
+    parent_pk: &[String],
+    read_at: &str,
+) -> anyhow::Result<()> {
+    let child_name = format!("{}.{}", child.schema, child.name);
+    let columns = catalog::columns(txn, child.oid)?;
+    let mut key = catalog::primary_key(txn, child.oid)?;
+    if key.is_empty() {
+        key = parent_pk.to_vec();
+    }
+    let object = ObjectName::Partition {
+        parent: info.parent.clone(),
+        child: child.name.clone(),
+        fingerprint: info.fingerprint.clone(),
+    };
+    let (parent, fingerprint) = (info.parent.clone(), info.fingerprint.clone());
+    let header = TableHeader {
+        version: VERSION,
+        kind: TableKind::Partition,
+        table: child_name.clone(),
+        id: format!("partition:{child_name}:{fingerprint}"),
+        batch: 0,
+        columns: columns.clone(),
+        key,
+        partition: Some(info),
+        watermark: None,
+        read_at: read_at.to_owned(),
+    };
+    let sql = format!(
+        "COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT binary)",
+        select_list(&columns),
+        quote(&child.schema),
+        quote(&child.name)
+    );
+    let mut rows = txn.copy_out(&sql)?;
+    ctx.publish(&parent, &object.key(), &header, &mut rows, |rec, _| {
+        rec.partitions.insert(child.name.clone(), fingerprint);
+    })
+    .with_context(|| format!("partition {child_name}"))
 }
 
 /// Whether a range partition's upper bound plus `after` is at or before the database's now().
