@@ -23,10 +23,11 @@ pub mod spill;
 pub mod state;
 pub mod worker;
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -84,45 +85,21 @@ impl PostgresSource {
 
 impl Source for PostgresSource {
     fn start(&mut self, tx: mpsc::Sender<SourceEvent>) -> io::Result<()> {
-        let state = StateFile::open(&self.s.pipe_state)?;
-        let dir = self.dir();
-        let found = recover(&self.pipe, &dir, &state.state)?;
-        let ctx = Arc::new(Ctx::new(
-            self.pipe.clone(),
-            self.s.clone(),
-            dir,
-            state,
-            tx,
-            self.stats.clone(),
-        ));
-        let trigger = self.trigger.clone();
+        // Read now, so that a damaged state file stops the pipe's start with its name.
+        StateFile::open(&self.s.pipe_state)?;
         if self.run_at_start {
-            trigger.fire();
+            self.trigger.fire();
         }
-        let incremental =
-            (self.s.tables.iter()).any(|t| matches!(t.mode, TableMode::Incremental { .. }));
-        let runs = (self.s.tables.iter()).any(|t| !matches!(t.mode, TableMode::Incremental { .. }));
+        let job = Job {
+            pipe: self.pipe.clone(),
+            s: self.s.clone(),
+            dir: self.dir(),
+            stats: self.stats.clone(),
+            trigger: self.trigger.clone(),
+        };
         std::thread::Builder::new()
             .name(format!("pg-{}", self.pipe))
-            .spawn(move || {
-                for ev in found {
-                    if ctx.tx.blocking_send(ev).is_err() {
-                        return;
-                    }
-                }
-                if incremental {
-                    let c = ctx.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("pg-incr-{}", ctx.pipe))
-                        .spawn(move || worker::incremental_loop(&c));
-                    if let Err(e) = spawned {
-                        tracing::error!(pipe = %ctx.pipe, error = %e, "cannot start the incremental thread");
-                    }
-                }
-                if runs {
-                    worker::runs_loop(&ctx, &trigger);
-                }
-            })
+            .spawn(move || job.run(tx))
             .map(drop)
     }
 
@@ -203,6 +180,72 @@ impl Source for PostgresSource {
         let runs = (self.s.tables.iter()).any(|t| !matches!(t.mode, TableMode::Incremental { .. }));
         runs.then(|| self.trigger.clone())
     }
+}
+
+/// What the source's main thread needs.
+struct Job {
+    pipe: String,
+    s: PostgresSettings,
+    dir: PathBuf,
+    stats: Arc<PipeStats>,
+    trigger: RunTrigger,
+}
+
+impl Job {
+    /// Takes the pipe's lock (a pipe restarted by a reload waits until the threads of its
+    /// previous source have ended), recovers, reports what was recorded, then runs.
+    fn run(self, tx: mpsc::Sender<SourceEvent>) {
+        let lock = pipe_lock(&self.s.pipe_state);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (found, state) = match StateFile::open(&self.s.pipe_state)
+            .and_then(|state| Ok((recover(&self.pipe, &self.dir, &state.state)?, state)))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(pipe = %self.pipe, error = %e, "postgres source: cannot read its state or spill files; the pipe reads no table until this is fixed and the pipe restarted");
+                self.stats.failed(format!("postgres source: {e}"));
+                return;
+            }
+        };
+        let ctx = Arc::new(Ctx::new(self.pipe, self.s, self.dir, state, tx, self.stats));
+        for ev in found {
+            if ctx.tx.blocking_send(ev).is_err() {
+                return;
+            }
+        }
+        let tables = &ctx.s.tables;
+        let incremental = tables
+            .iter()
+            .any(|t| matches!(t.mode, TableMode::Incremental { .. }));
+        let runs = tables
+            .iter()
+            .any(|t| !matches!(t.mode, TableMode::Incremental { .. }));
+        let incr = incremental.then(|| {
+            let c = ctx.clone();
+            std::thread::Builder::new()
+                .name(format!("pg-incr-{}", ctx.pipe))
+                .spawn(move || worker::incremental_loop(&c))
+        });
+        if runs {
+            worker::runs_loop(&ctx, &self.trigger);
+        }
+        match incr {
+            Some(Ok(handle)) => {
+                let _ = handle.join();
+            }
+            Some(Err(e)) => {
+                tracing::error!(pipe = %ctx.pipe, error = %e, "cannot start the incremental thread")
+            }
+            None => {}
+        }
+    }
+}
+
+/// One lock per pipe state folder in this process.
+fn pipe_lock(pipe_state: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = (LOCKS.get_or_init(Default::default).lock()).unwrap_or_else(|e| e.into_inner());
+    locks.entry(pipe_state.to_path_buf()).or_default().clone()
 }
 
 /// The spill files under `dir` (`<table>/<file>.gst`), by key.
