@@ -4,19 +4,24 @@
 //! The late-commit rule. A writer's watermark value (a sequence's nextval, now(),
 //! clock_timestamp()) is assigned before its transaction commits, so a row with a value
 //! below one already read can still appear. Each batch therefore:
-//! 1. takes, in ONE statement, its upper bound M (the largest watermark past W visible now,
-//!    or the `batch_rows`-th one when more are pending) and that statement's time T;
+//! 1. takes, in one statement, its upper bound M (the largest watermark past W visible now,
+//!    or the `batch_rows`-th one when more are pending), then the database's clock T in the
+//!    next statement (so T is after the snapshot M was read in: a transaction that started
+//!    between that statement's start and its snapshot, and committed a row above M's
+//!    neighbours, is waited for too);
 //! 2. waits until every client transaction of this database that started before T has ended
 //!    (`pg_stat_activity.xact_start < T`; our own sessions, named `gapsync-sender`, are not
 //!    waited for);
 //! 3. reads `W < watermark <= M` ordered by the watermark, streamed into the spill file.
 //!
-//! A transaction that starts after T gets sequence values above M and now() /
-//! clock_timestamp() values at or after T, hence above every committed M: nothing at or
-//! below M can commit after step 2. This needs the watermark to be assigned by the
-//! database at insert, and the role to see other sessions (`pg_read_all_stats` or
-//! superuser; [`super::probe`] checks it). Rows sharing M's value are all in the batch
-//! (`<= M`); the receiver upserts by key, so a row read twice is harmless.
+//! Every transaction still open when M's snapshot was taken started before T and is waited
+//! for. A transaction that starts after T gets sequence values above M (M's row took its
+//! value before that snapshot) and now() / clock_timestamp() values at or after T, above
+//! every committed M: nothing at or below M can commit after step 2. This needs the
+//! watermark to be assigned by the database at insert, and the role to see other sessions
+//! (`pg_read_all_stats` or superuser; [`super::probe`] checks it). Rows sharing M's value
+//! are all in the batch (`<= M`); the receiver upserts by key, so a row read twice is
+//! harmless.
 
 use std::time::{Duration, Instant};
 
@@ -73,21 +78,24 @@ pub fn poll(ctx: &Ctx, client: &mut Client, t: &TableSettings) -> anyhow::Result
     };
     let cap = row_cap(ctx, rec.bytes_per_row);
     let ident = t.ident();
-    // Step 1: M and T in one statement.
+    // Step 1: M, then T.
     let bound = client.query_one(
         &format!(
-            "SELECT statement_timestamp()::text, {NOW_RFC3339}, \
+            "SELECT {NOW_RFC3339}, \
              (SELECT {wm}::text FROM {ident} WHERE {cond} ORDER BY {wm} OFFSET {} LIMIT 1), \
              (SELECT max({wm})::text FROM {ident} WHERE {cond})",
             cap - 1
         ),
         &[],
     )?;
-    let (t0, read_at): (String, String) = (bound.get(0), bound.get(1));
-    let (nth, max): (Option<String>, Option<String>) = (bound.get(2), bound.get(3));
+    let read_at: String = bound.get(0);
+    let (nth, max): (Option<String>, Option<String>) = (bound.get(1), bound.get(2));
     let Some(m) = nth.clone().or(max.clone()) else {
         return Ok(false);
     };
+    let t0: String = client
+        .query_one("SELECT clock_timestamp()::text", &[])?
+        .get(0);
     let more = nth.is_some() && nth != max;
     // Step 2.
     wait_older(ctx, client, &t0, &name)?;
