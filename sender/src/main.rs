@@ -85,27 +85,30 @@ fn main() -> std::process::ExitCode {
         "gapsync-sender",
         command,
         |path| {
-            Config::load(path).map(|c| {
-                let profiles: Vec<String> = (c.pipes.iter())
-                    .map(|p| {
-                        format!(
-                            "{} ({} over {})",
-                            p.name,
-                            p.profile.name,
-                            link::kind_name(p.profile.link)
-                        )
-                    })
-                    .collect();
-                format!(
-                    "node {}, {} pipe(s): {}",
-                    c.node,
-                    c.pipes.len(),
-                    profiles.join(", ")
-                )
-            })
+            Config::load(path)
+                .and_then(|c| source::postgres::probe::all(&c).map(|()| c))
+                .map(|c| {
+                    let profiles: Vec<String> = (c.pipes.iter())
+                        .map(|p| {
+                            format!(
+                                "{} ({} over {})",
+                                p.name,
+                                p.profile.name,
+                                link::kind_name(p.profile.link)
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "node {}, {} pipe(s): {}",
+                        c.node,
+                        c.pipes.len(),
+                        profiles.join(", ")
+                    )
+                })
         },
         |path| {
             let config = Config::load(path)?;
+            source::postgres::probe::all(&config)?;
             let settings = config.log_settings();
             gapsync_daemon::cli::start("gapsync-sender", &settings, serve(path.into(), config))
         },

@@ -51,7 +51,10 @@ pub struct CronTask {
     pub pipe: String,
     pub schedule: Schedule,
     pub state: CronState,
-    pub gate: Arc<CronGate>,
+    /// A spool's gate: a run admits what was found by then (`None`: the source runs jobs).
+    pub gate: Option<Arc<CronGate>>,
+    /// A source that runs jobs (a table snapshot): a run asks it for one.
+    pub trigger: Option<crate::source::RunTrigger>,
     /// How long after start a missed run waits for the source's first scan.
     pub first_scan: Duration,
     /// Wakes the pipe's link after a run.
@@ -87,10 +90,16 @@ impl CronTask {
 
     /// One run at `at`: admits what was found by now.
     fn run_now(&mut self, at: DateTime<Utc>) {
-        self.gate.admit(Instant::now());
         let cron = self.schedule.cron().map_or("", |c| c.as_str());
         let timezone = self.schedule.timezone();
-        tracing::info!(pipe = %self.pipe, run = %at.to_rfc3339(), cron, %timezone, "cron run: sending what the pipe has found; objects found later wait for the next run");
+        if let Some(gate) = &self.gate {
+            gate.admit(Instant::now());
+            tracing::info!(pipe = %self.pipe, run = %at.to_rfc3339(), cron, %timezone, "cron run: sending what the pipe has found; objects found later wait for the next run");
+        }
+        if let Some(trigger) = &self.trigger {
+            trigger.fire();
+            tracing::info!(pipe = %self.pipe, run = %at.to_rfc3339(), cron, %timezone, "cron run: the source reads its snapshot and partitions tables");
+        }
         (self.wake)();
         self.record(at);
     }

@@ -3,12 +3,13 @@
 //! the pipe policy and the links do not change.
 
 pub mod identity;
+pub mod postgres;
 pub mod spool;
 
 use std::fs::{File, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use gapsync_protocol::OriginChain;
@@ -16,6 +17,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use self::identity::Identity;
+use self::postgres::PostgresSource;
+use self::postgres::config::{PostgresSettings, RawPostgres};
 use self::spool::SpoolSource;
 use self::spool::config::{RawSpool, SpoolSettings};
 use crate::config::PipeConfig;
@@ -51,6 +54,39 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// created). A source that cannot list its objects returns an empty list (see
     /// [`crate::process::history`]).
     fn list(&self) -> io::Result<Vec<Present>>;
+    /// A source whose objects come from runs (a table snapshot) rather than as they appear:
+    /// what starts a run (the cron, `pipe start`). `None`: objects come by themselves, and a
+    /// cron holds them back until its run instead.
+    fn run_trigger(&self) -> Option<RunTrigger> {
+        None
+    }
+}
+
+/// Asks a source for a run; the source's thread waits on it.
+#[derive(Debug, Clone, Default)]
+pub struct RunTrigger {
+    inner: Arc<(Mutex<u64>, Condvar)>,
+}
+
+impl RunTrigger {
+    /// Asks for one run (several asked before it starts make one).
+    pub fn fire(&self) {
+        let (count, cv) = &*self.inner;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        cv.notify_all();
+    }
+
+    /// Waits up to `timeout` for a run asked after `seen` (updated); true if one was.
+    pub fn wait(&self, seen: &mut u64, timeout: Duration) -> bool {
+        let (count, cv) = &*self.inner;
+        let guard = count.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = cv
+            .wait_timeout_while(guard, timeout, |c| *c == *seen)
+            .unwrap_or_else(|e| e.into_inner());
+        let fired = *guard != *seen;
+        *seen = *guard;
+        fired
+    }
 }
 
 /// An object opened to be sent.
@@ -95,6 +131,7 @@ pub enum Disposal {
 pub fn build(pc: &PipeConfig, stats: Arc<PipeStats>) -> Box<dyn Source> {
     match &pc.source {
         SourceSettings::Spool(s) => Box::new(SpoolSource::new(pc, s.clone(), stats)),
+        SourceSettings::Postgres(s) => Box::new(PostgresSource::new(pc, (**s).clone(), stats)),
     }
 }
 
@@ -117,12 +154,14 @@ pub enum SourceEvent {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     Spool(RawSpool),
+    Postgres(RawPostgres),
 }
 
 /// A checked source.
 #[derive(Debug, Clone)]
 pub enum SourceSettings {
     Spool(SpoolSettings),
+    Postgres(Box<PostgresSettings>),
 }
 
 impl SourceSettings {
@@ -130,6 +169,7 @@ impl SourceSettings {
     pub fn spool(&self) -> Option<&SpoolSettings> {
         match self {
             SourceSettings::Spool(s) => Some(s),
+            SourceSettings::Postgres(_) => None,
         }
     }
 }
@@ -144,6 +184,9 @@ impl SourceConfig {
     ) -> Option<SourceSettings> {
         match self {
             SourceConfig::Spool(raw) => raw.check(p, label, cx).map(SourceSettings::Spool),
+            SourceConfig::Postgres(raw) => raw
+                .check(p, label, cx)
+                .map(|s| SourceSettings::Postgres(Box::new(s))),
         }
     }
 }
@@ -155,4 +198,34 @@ pub struct SourceContext<'a> {
     pub pipe_state: Option<&'a Path>,
     /// The pipe's link is the diode: nothing confirms arrival.
     pub diode: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trigger_wakes_its_waiter_once_and_runs_asked_together_make_one() {
+        let t = RunTrigger::default();
+        let mut seen = 0;
+        assert!(
+            !t.wait(&mut seen, Duration::from_millis(10)),
+            "nothing asked"
+        );
+        t.fire();
+        t.fire();
+        assert!(t.wait(&mut seen, Duration::from_millis(10)));
+        assert!(!t.wait(&mut seen, Duration::from_millis(10)), "both seen");
+        let other = t.clone();
+        let waiter = std::thread::spawn(move || {
+            let mut seen = 2;
+            other.wait(&mut seen, Duration::from_secs(10))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        t.fire();
+        assert!(
+            waiter.join().expect("joined"),
+            "woken by a fire from another thread"
+        );
+    }
 }

@@ -49,6 +49,8 @@ struct Running {
     /// The window watcher and the cron task, if the pipe has a schedule.
     timers: Vec<JoinHandle<()>>,
     rate: Rate,
+    /// What `pipe start` asks a run of (a postgres source's snapshot and partitions tables).
+    trigger: Option<crate::source::RunTrigger>,
 }
 
 /// The sender's pipes and what steers them.
@@ -101,6 +103,8 @@ impl Steer {
     fn start_pipe(&mut self, pc: PipeConfig) -> anyhow::Result<Running> {
         let stats = Arc::new(PipeStats::default());
         let source = crate::source::build(&pc, stats.clone());
+        // A source that runs jobs (postgres) is triggered by the cron; a spool is held back.
+        let trigger = source.run_trigger();
         let mut pipe = Pipe::new(pc.clone(), source, self.ids.clone(), stats.clone())
             .with_context(|| {
                 format!(
@@ -109,17 +113,18 @@ impl Steer {
                     pc.state_dir.display()
                 )
             })?;
-        let cron = pc.schedule.as_ref().and_then(|s| s.cron()).map(|_| {
+        let has_cron = pc.schedule.as_ref().and_then(|s| s.cron()).is_some();
+        let cron = (has_cron && trigger.is_none()).then(|| {
             let gate = Arc::new(CronGate::default());
             pipe.gate_by_cron(gate.clone());
             gate
         });
-        let cron_state = match cron {
-            Some(_) => Some(
+        let cron_state = match has_cron {
+            true => Some(
                 CronState::open(&pc.state_dir)
                     .with_context(|| format!("pipe {}: cannot read its last cron run", pc.name))?,
             ),
-            None => None,
+            false => None,
         };
         let rx = pipe
             .start_source()
@@ -138,10 +143,10 @@ impl Steer {
                 s.clone(),
             ));
         }
-        if let (Some(gate), Some(state), Some(schedule)) = (cron, cron_state, &pc.schedule) {
-            timers.push(tokio::spawn(
-                cron_task(&pc, schedule, state, gate, &flag).run(),
-            ));
+        if let (Some(state), Some(schedule)) = (cron_state, &pc.schedule) {
+            let mut task = cron_task(&pc, schedule, state, cron, &flag);
+            task.trigger = trigger.clone();
+            timers.push(tokio::spawn(task.run()));
         }
         self.summary.add(&pc.name, stats, &pc.state_dir);
         log_pipe_started(&pc, stopped);
@@ -153,6 +158,7 @@ impl Steer {
             task,
             timers,
             rate: Rate::default(),
+            trigger,
         })
     }
 
@@ -212,9 +218,18 @@ impl Steer {
             Err(e) => return Response::failed(format!("pipe {name}: {e}; nothing changed")),
         };
         r.flag.set_stopped(stop);
+        // `pipe start` also asks a source that runs jobs for a run (README "Tables").
+        let run = match (&r.trigger, stop) {
+            (Some(t), false) => {
+                t.fire();
+                tracing::info!(pipe = %name, "pipe start: the source reads its snapshot and partitions tables now");
+                " (its snapshot and partitions tables are read now)"
+            }
+            _ => "",
+        };
         let word = if stop { "stopped" } else { "started" };
         if !changed {
-            return Response::done(format!("pipe {name} was already {word}"));
+            return Response::done(format!("pipe {name} was already {word}{run}"));
         }
         tracing::info!(pipe = %name, "pipe {word} by the operator");
         let note = if stop {
@@ -222,7 +237,7 @@ impl Steer {
         } else {
             ""
         };
-        Response::done(format!("pipe {name} {word}{note}"))
+        Response::done(format!("pipe {name} {word}{note}{run}"))
     }
 
     /// Called every few seconds: rate samples, and the summary lines when due.
@@ -261,7 +276,7 @@ fn cron_task(
     pc: &PipeConfig,
     schedule: &Schedule,
     state: CronState,
-    gate: Arc<CronGate>,
+    gate: Option<Arc<CronGate>>,
     flag: &Arc<RunFlag>,
 ) -> CronTask {
     let first_scan = (pc.source.spool()).map_or(Duration::from_secs(2), |s| {
@@ -273,6 +288,7 @@ fn cron_task(
         schedule: schedule.clone(),
         state,
         gate,
+        trigger: None,
         first_scan,
         wake: Box::new(move || flag.poke()),
     }

@@ -1,0 +1,225 @@
+//! One run of the `snapshot` and `partitions` tables: all of them read in ONE REPEATABLE
+//! READ, READ ONLY transaction (one consistent snapshot of the database), each table or
+//! child partition streamed into its spill file.
+//!
+//! Partitions: a child partition is sent once; `tables.json` records it with its
+//! fingerprint. The fingerprint is cheap: blake3 of the child's oid, its relfilenode (new
+//! after TRUNCATE, VACUUM FULL, CLUSTER) and the tuples inserted, updated and deleted in it
+//! (`pg_stat_all_tables.n_tup_ins + n_tup_upd + n_tup_del`), never a scan of its rows. A
+//! change of any of them after the partition was synced marks it changed: with
+//! `resync_changed = true` it is read and sent again (the receiver truncates and reloads
+//! it); with false it is only named at INFO, once. The statistics counters are reset by
+//! `pg_stat_reset()` and lost after a crash of the database: a synced partition then looks
+//! changed once (sent again with `resync_changed = true`, which is harmless: it is reloaded
+//! whole; only logged otherwise).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use gapsync_protocol::table::{PartitionInfo, TableHeader, TableKind, VERSION};
+use postgres::{Client, IsolationLevel, Transaction};
+
+use super::catalog::{self, Child, NOW_RFC3339, literal, select_list};
+use super::config::{TableMode, TableSettings, quote};
+use super::objects::ObjectName;
+use super::worker::Ctx;
+
+/// Changed partitions already named (child, fingerprint), so each is said once.
+pub type Logged = HashSet<(String, String)>;
+
+/// Reads every snapshot and partitions table once.
+pub fn run(ctx: &Ctx, client: &mut Client, logged: &mut Logged) -> anyhow::Result<()> {
+    let tables: Vec<&TableSettings> = (ctx.s.tables.iter())
+        .filter(|t| !matches!(t.mode, TableMode::Incremental { .. }))
+        .collect();
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let mut txn = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .context("cannot start the run's transaction")?;
+    let read_at: String = txn.query_one(&format!("SELECT {NOW_RFC3339}"), &[])?.get(0);
+    tracing::info!(pipe = %ctx.pipe, tables = tables.len(), read_at = %read_at, "table run: reading the snapshot and partitions tables in one consistent snapshot");
+    for t in tables {
+        let name = t.name();
+        let done = match &t.mode {
+            TableMode::Snapshot => snapshot(ctx, &mut txn, t, &read_at),
+            TableMode::Partitions {
+                closed_after,
+                resync_changed,
+            } => partitions(
+                ctx,
+                &mut txn,
+                t,
+                &read_at,
+                *closed_after,
+                *resync_changed,
+                logged,
+            ),
+            TableMode::Incremental { .. } => Ok(()),
+        };
+        done.with_context(|| format!("table {name}"))?;
+    }
+    txn.commit().context("cannot end the run's transaction")?;
+    Ok(())
+}
+
+/// The whole table.
+fn snapshot(
+    ctx: &Ctx,
+    txn: &mut Transaction<'_>,
+    t: &TableSettings,
+    read_at: &str,
+) -> anyhow::Result<()> {
+    let name = t.name();
+    let tb = catalog::table(txn, t)?
+        .ok_or_else(|| anyhow!("does not exist (or the role cannot see it)"))?;
+    let run = ctx.table_state(&name).batch + 1;
+    let key = ObjectName::Snapshot {
+        table: name.clone(),
+        run,
+    }
+    .key();
+    let header = TableHeader {
+        version: VERSION,
+        kind: TableKind::Snapshot,
+        table: name.clone(),
+        id: format!("snapshot:{name}:{run}"),
+        batch: run,
+        columns: tb.columns.clone(),
+        key: tb.primary_key,
+        partition: None,
+        watermark: None,
+        read_at: read_at.to_owned(),
+    };
+    let sql = format!(
+        "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
+        select_list(&tb.columns),
+        t.ident()
+    );
+    let mut rows = txn.copy_out(&sql)?;
+    ctx.publish(&name, &key, &header, &mut rows, |rec, _| rec.batch = run)
+}
+
+/// Each closed child partition not synced yet (or changed, with `resync_changed`).
+fn partitions(
+    ctx: &Ctx,
+    txn: &mut Transaction<'_>,
+    t: &TableSettings,
+    read_at: &str,
+    closed_after: Option<Duration>,
+    resync_changed: bool,
+    logged: &mut Logged,
+) -> anyhow::Result<()> {
+    let name = t.name();
+    let tb = catalog::table(txn, t)?
+        .ok_or_else(|| anyhow!("does not exist (or the role cannot see it)"))?;
+    if tb.relkind != "p" {
+        bail!(
+            "is not a partitioned table: use mode = \"snapshot\", or name its partitioned parent"
+        );
+    }
+    let (parent_key, _, key_type) = catalog::partition_key(txn, tb.oid)?;
+    for child in catalog::children(txn, tb.oid)? {
+        if child.relkind == "p" {
+            if logged.insert((child.name.clone(), String::new())) {
+                tracing::warn!(pipe = %ctx.pipe, table = %name, partition = %child.name, "a child partition that is itself partitioned is not sent (only one level of partitions)");
+            }
+            continue;
+        }
+        let fingerprint = blake3::hash(format!("{}:{}", child.oid, child.version).as_bytes())
+            .to_hex()
+            .to_string();
+        match ctx.table_state(&name).partitions.get(&child.name) {
+            Some(fp) if *fp == fingerprint => continue,
+            Some(_) if !resync_changed => {
+                if logged.insert((child.name.clone(), fingerprint)) {
+                    tracing::info!(pipe = %ctx.pipe, table = %name, partition = %child.name, "a synced partition changed since it was sent (its relfilenode or its insert/update/delete counts); not sent again: resync_changed = false");
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(after) = closed_after {
+            if !closed(txn, &child.bound, key_type.as_deref(), after)? {
+                continue;
+            }
+        }
+        let info = PartitionInfo {
+            parent: name.clone(),
+            parent_key: parent_key.clone(),
+            bound: child.bound.clone(),
+            fingerprint,
+        };
+        send_partition(ctx, txn, &child, info, &tb.primary_key, read_at)?;
+    }
+    Ok(())
+}
+
+/// Reads one child partition into its spill file and records it with its fingerprint.
+fn send_partition(
+    ctx: &Ctx,
+    txn: &mut Transaction<'_>,
+    child: &Child,
+    info: PartitionInfo,
+    parent_pk: &[String],
+    read_at: &str,
+) -> anyhow::Result<()> {
+    let child_name = format!("{}.{}", child.schema, child.name);
+    let columns = catalog::columns(txn, child.oid)?;
+    let mut key = catalog::primary_key(txn, child.oid)?;
+    if key.is_empty() {
+        key = parent_pk.to_vec();
+    }
+    let object = ObjectName::Partition {
+        parent: info.parent.clone(),
+        child: child.name.clone(),
+        fingerprint: info.fingerprint.clone(),
+    };
+    let (parent, fingerprint) = (info.parent.clone(), info.fingerprint.clone());
+    let header = TableHeader {
+        version: VERSION,
+        kind: TableKind::Partition,
+        table: child_name.clone(),
+        id: format!("partition:{child_name}:{fingerprint}"),
+        batch: 0,
+        columns: columns.clone(),
+        key,
+        partition: Some(info),
+        watermark: None,
+        read_at: read_at.to_owned(),
+    };
+    let sql = format!(
+        "COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT binary)",
+        select_list(&columns),
+        quote(&child.schema),
+        quote(&child.name)
+    );
+    let mut rows = txn.copy_out(&sql)?;
+    ctx.publish(&parent, &object.key(), &header, &mut rows, |rec, _| {
+        rec.partitions.insert(child.name.clone(), fingerprint);
+    })
+    .with_context(|| format!("partition {child_name}"))
+}
+
+/// Whether a range partition's upper bound plus `after` is at or before the database's now().
+fn closed(
+    txn: &mut Transaction<'_>,
+    bound: &str,
+    key_type: Option<&str>,
+    after: Duration,
+) -> anyhow::Result<bool> {
+    let (Some(upper), Some(ty)) = (catalog::upper_bound(bound), key_type) else {
+        return Ok(false);
+    };
+    let sql = format!(
+        "SELECT ({}::{ty} + {}::interval) <= now()",
+        literal(&upper),
+        literal(&format!("{} milliseconds", after.as_millis()))
+    );
+    Ok(txn.query_one(&sql, &[])?.get(0))
+}

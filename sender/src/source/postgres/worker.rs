@@ -1,0 +1,218 @@
+//! The source's threads (the sync `postgres` client never runs on the tokio runtime): one
+//! for the runs of the snapshot and partitions tables (at start without a cron, on `pipe
+//! start`, at each cron time: [`crate::source::RunTrigger`]), one polling the incremental
+//! tables every `poll_interval`. Each keeps its own connection, made again after a failure.
+//!
+//! [`Ctx::publish`] is the exactly-once step: the spill file is written, fsynced and
+//! renamed into place, THEN the state file records its number (or watermark, or partition
+//! fingerprint), THEN it is reported to the pipe.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use gapsync_protocol::table::TableHeader;
+use postgres::{Client, NoTls};
+use tokio::sync::mpsc;
+
+use super::config::{PostgresSettings, TableMode};
+use super::incremental;
+use super::runs::{self, Logged};
+use super::spill::{Spilled, spill};
+use super::state::{StateFile, TableState};
+use crate::pipe::PipeStats;
+use crate::source::{RunTrigger, SourceEvent};
+
+/// How long after a failure the source tries again.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// What both threads share.
+#[derive(Debug)]
+pub struct Ctx {
+    pub pipe: String,
+    pub s: PostgresSettings,
+    /// `<pipe state>/tables`: the spill files.
+    pub dir: PathBuf,
+    pub state: Mutex<StateFile>,
+    pub tx: mpsc::Sender<SourceEvent>,
+    pub stats: Arc<PipeStats>,
+    /// The last error said, so that each is said once.
+    said: Mutex<Option<String>>,
+}
+
+impl Ctx {
+    pub fn new(
+        pipe: String,
+        s: PostgresSettings,
+        dir: PathBuf,
+        state: StateFile,
+        tx: mpsc::Sender<SourceEvent>,
+        stats: Arc<PipeStats>,
+    ) -> Self {
+        Self {
+            pipe,
+            s,
+            dir,
+            state: Mutex::new(state),
+            tx,
+            stats,
+            said: Mutex::new(None),
+        }
+    }
+
+    /// One table's record now.
+    pub fn table_state(&self, name: &str) -> TableState {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .table(name)
+    }
+
+    /// Spills one object, records it with `record`, then reports it.
+    pub fn publish(
+        &self,
+        table: &str,
+        key: &str,
+        header: &TableHeader,
+        rows: &mut dyn Read,
+        record: impl FnOnce(&mut TableState, &Spilled),
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let spilled = spill(&self.dir, key, header, rows).with_context(|| {
+            format!(
+                "cannot write the spill file {}",
+                self.dir.join(key).display()
+            )
+        })?;
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rec = state.table(table);
+            record(&mut rec, &spilled);
+            if let Err(e) = state.set(table, rec) {
+                // Not recorded: never reported; read again.
+                let _ = std::fs::remove_file(self.dir.join(key));
+                return Err(e).context("cannot record the object in tables.json");
+            }
+        }
+        let ms = started.elapsed().as_millis();
+        tracing::info!(pipe = %self.pipe, table = %header.table, object = %header.id, path = %key, rows = spilled.rows, bytes = spilled.bytes, ms, "table object ready");
+        let _ = self.tx.blocking_send(SourceEvent::Found {
+            rel: key.to_owned(),
+            size: spilled.bytes,
+            time: SystemTime::now(),
+        });
+        Ok(())
+    }
+
+    fn connect(&self) -> anyhow::Result<Client> {
+        self.s
+            .connection
+            .connect(NoTls)
+            .with_context(|| format!("cannot connect to the database ({})", self.s.shown))
+    }
+
+    /// Says a failure at ERROR once per distinct message, and in the pipe's status.
+    fn failed(&self, e: &anyhow::Error) {
+        let message = format!("{e:#}");
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        if said.as_deref() != Some(message.as_str()) {
+            tracing::error!(pipe = %self.pipe, error = %message, "postgres source: cannot read the tables; retrying every {}s", RETRY.as_secs());
+            self.stats.failed(format!("postgres source: {message}"));
+            *said = Some(message);
+        }
+    }
+
+    fn recovered(&self) {
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        if said.take().is_some() {
+            tracing::info!(pipe = %self.pipe, "postgres source: reading the tables again");
+        }
+    }
+
+    /// Sleeps `d` in steps, false once the pipe is gone.
+    fn sleep(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if self.tx.is_closed() {
+                return false;
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(200)));
+        }
+        !self.tx.is_closed()
+    }
+}
+
+/// The runs thread: waits for a trigger, runs every snapshot and partitions table, again
+/// every [`RETRY`] until a run succeeds.
+pub fn runs_loop(ctx: &Ctx, trigger: &RunTrigger) {
+    let mut seen = 0;
+    let mut pending = false;
+    let mut next_try = Instant::now();
+    let mut client: Option<Client> = None;
+    let mut logged = Logged::default();
+    while !ctx.tx.is_closed() {
+        pending |= trigger.wait(&mut seen, Duration::from_millis(500));
+        if !pending || Instant::now() < next_try {
+            continue;
+        }
+        let result = match client.as_mut() {
+            Some(c) => runs::run(ctx, c, &mut logged),
+            None => ctx
+                .connect()
+                .and_then(|c| runs::run(ctx, client.insert(c), &mut logged)),
+        };
+        match result {
+            Ok(()) => {
+                pending = false;
+                ctx.recovered();
+            }
+            Err(e) => {
+                client = None;
+                next_try = Instant::now() + RETRY;
+                if !ctx.tx.is_closed() {
+                    ctx.failed(&e);
+                }
+            }
+        }
+    }
+}
+
+/// The incremental thread: each table polled in turn; at once again while batches are
+/// full, else after `poll_interval`.
+pub fn incremental_loop(ctx: &Ctx) {
+    let mut client: Option<Client> = None;
+    loop {
+        let result = poll_all(ctx, &mut client);
+        let wait = match result {
+            Ok(true) => Duration::ZERO,
+            Ok(false) => ctx.s.poll_interval,
+            Err(e) => {
+                client = None;
+                if !ctx.tx.is_closed() {
+                    ctx.failed(&e);
+                }
+                RETRY
+            }
+        };
+        if !ctx.sleep(wait) {
+            return;
+        }
+    }
+}
+
+fn poll_all(ctx: &Ctx, client: &mut Option<Client>) -> anyhow::Result<bool> {
+    let c = match client {
+        Some(c) => c,
+        None => client.insert(ctx.connect()?),
+    };
+    let mut more = false;
+    for t in &ctx.s.tables {
+        if let TableMode::Incremental { .. } = t.mode {
+            more |= incremental::poll(ctx, c, t).with_context(|| format!("table {}", t.name()))?;
+        }
+    }
+    ctx.recovered();
+    Ok(more)
+}
