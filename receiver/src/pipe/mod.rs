@@ -27,6 +27,7 @@ use gapsync_protocol::{LinkKind, Profile};
 
 use crate::config::{Config, PipeConfig, link_name};
 use crate::sink::directory::{self, DirectorySink};
+use crate::sink::postgres::{self, PostgresSink};
 use crate::sink::{Delivered, Flushed, Sink, SinkSettings};
 use status::{Activity, ReceiverPipeStatus, Severity};
 
@@ -313,6 +314,20 @@ fn open_sink(
                 })?;
             let sink = DirectorySink::open(&d.dest, &d.staging, done, config.stale_partial_after)?;
             Ok((Box::new(sink), d.staging.join("last-connection")))
+        }
+        SinkSettings::Postgres(pg) => {
+            let tables = postgres::tables_dir(state);
+            let done = replay::open_done_log(state, None, config.done_retention).map_err(|e| {
+                anyhow::anyhow!("cannot open the done log in {}: {e}", state.display())
+            })?;
+            let sink = PostgresSink::open(
+                pg,
+                state,
+                (&p.from, &p.name),
+                done,
+                config.stale_partial_after,
+            )?;
+            Ok((Box::new(sink), tables.join("last-connection")))
         }
     }
 }
