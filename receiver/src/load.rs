@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use crate::config::{Config, PipeConfig};
 use crate::sink::SinkSettings;
-use crate::sink::postgres::apply::Outcome;
 use crate::sink::postgres::db::{Db, DbThread};
 
 /// Applies `files` in the order given; one line per file. Exit 0 when every file was applied
@@ -49,17 +48,7 @@ pub fn run(config: &Path, pipe: &str, from: Option<&str>, files: &[PathBuf]) -> 
         let path = f.clone();
         let r = db.run(move |db| db.apply_file(&path));
         match r {
-            Some(Ok(Outcome::Applied { target, rows, ms })) => println!(
-                "{}: applied table={target} rows={rows} ms={ms}",
-                f.display()
-            ),
-            Some(Ok(Outcome::AlreadyApplied { target })) => {
-                println!("{}: already applied table={target}", f.display());
-            }
-            Some(Ok(Outcome::OlderSnapshot { target, newest })) => println!(
-                "{}: already applied table={target} (a newer snapshot, run {newest}, was applied; this one is skipped)",
-                f.display()
-            ),
+            Some(Ok(outcome)) => println!("{}: {outcome}", f.display()),
             Some(Err(e)) => {
                 failed += 1;
                 println!("{}: not applied: {e}", f.display());

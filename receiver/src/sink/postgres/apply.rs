@@ -20,23 +20,40 @@ use super::names::{QualName, expr_is_plain};
 use super::object::ObjectFile;
 use super::schema::{self, idents};
 
-/// What applying an object did.
+/// What applying an object did, to which target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Applied {
-        target: String,
-        rows: u64,
-        ms: u64,
-    },
+pub struct Outcome {
+    pub target: String,
+    /// The header's `id`.
+    pub object: String,
+    pub kind: &'static str,
+    pub done: Done,
+}
+
+/// What was done with an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    Applied { rows: u64, ms: u64 },
     /// Recorded in `gapsync.applied` already: nothing done.
-    AlreadyApplied {
-        target: String,
-    },
+    AlreadyApplied,
     /// A snapshot older than (or as old as) the newest applied to its target: nothing done.
-    OlderSnapshot {
-        target: String,
-        newest: i64,
-    },
+    OlderSnapshot { newest: i64 },
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (t, o, k) = (&self.target, &self.object, self.kind);
+        match &self.done {
+            Done::Applied { rows, ms } => {
+                write!(f, "applied table={t} object={o} kind={k} rows={rows} ms={ms}")
+            }
+            Done::AlreadyApplied => write!(f, "already applied table={t} object={o} kind={k}"),
+            Done::OlderSnapshot { newest } => write!(
+                f,
+                "already applied table={t} object={o} kind={k} (a newer snapshot, run {newest}, was applied; this one is skipped)"
+            ),
+        }
+    }
 }
 
 /// Why an object was not applied.
@@ -99,6 +116,12 @@ pub fn apply(
     schema::check_types(&h)?;
     let target = target_of(&h, s)?;
     let tname = target.to_string();
+    let outcome = |done| Outcome {
+        target: tname.clone(),
+        object: h.id.clone(),
+        kind: kind_name(h.kind),
+        done,
+    };
     let mut tx = client.transaction().map_err(db_err)?;
     let done = tx
         .query_opt(
@@ -107,7 +130,7 @@ pub fn apply(
         )
         .map_err(db_err)?;
     if done.is_some() {
-        return Ok(Outcome::AlreadyApplied { target: tname });
+        return Ok(outcome(Done::AlreadyApplied));
     }
     let batch = i64::try_from(h.batch).unwrap_or(i64::MAX);
     if h.kind == TableKind::Snapshot {
@@ -119,10 +142,7 @@ pub fn apply(
             .map_err(db_err)?
             .get(0);
         if let Some(newest) = newest.filter(|n| *n >= batch) {
-            return Ok(Outcome::OlderSnapshot {
-                target: tname,
-                newest,
-            });
+            return Ok(outcome(Done::OlderSnapshot { newest }));
         }
     }
     let rows = match h.kind {
@@ -136,11 +156,10 @@ pub fn apply(
     )
     .map_err(db_err)?;
     tx.commit().map_err(db_err)?;
-    Ok(Outcome::Applied {
-        target: tname,
+    Ok(outcome(Done::Applied {
         rows,
         ms: t0.elapsed().as_millis() as u64,
-    })
+    }))
 }
 
 /// Streams the object's COPY stream into `table` (the header's columns, in its order).

@@ -34,7 +34,7 @@ use gapsync_protocol::{Commit, ObjectAttrs, OpenFile, OriginChain};
 use super::directory::DirectorySink;
 use super::{Applied, Delivered, Flushed, Sink, SinkError};
 use crate::pipe::replay::DoneLog;
-use apply::{ApplyError, Outcome};
+use apply::{ApplyError, Done, Outcome};
 use config::PostgresSettings;
 use db::{Db, DbThread};
 
@@ -49,7 +49,7 @@ pub struct PostgresSink {
     inbox: PathBuf,
     rejected: PathBuf,
     db: DbThread,
-    /// `pipe ... from ...`, for logs.
+    /// The pipe's name, for logs.
     label: String,
     /// Inbox files not yet applied, by wire path, with their delivery line.
     pending: BTreeMap<String, Delivered>,
@@ -85,7 +85,7 @@ impl PostgresSink {
             (dir.join("inbox"), dir.join("staging"), dir.join("rejected"));
         let inner = DirectorySink::open(&inbox, &staging, done, stale_after)?;
         let db = DbThread::spawn(Db::new(settings.clone(), from, name), name)?;
-        let label = format!("pipe {name} from {from}");
+        let label = name.to_owned();
         match db.run(|db| db.client().map(|_| ()).map_err(|e| (e.refused, e.message))) {
             Some(Err((true, m))) => anyhow::bail!("{m}"),
             Some(Err((false, m))) => {
@@ -242,15 +242,16 @@ impl PostgresSink {
 }
 
 fn log_outcome(label: &str, rel: &str, o: &Outcome) {
-    match o {
-        Outcome::Applied { target, rows, ms } => {
-            tracing::info!(pipe = %label, table = %target, object = %rel, rows, ms, "applied");
+    let (t, obj, kind) = (&o.target, &o.object, o.kind);
+    match &o.done {
+        Done::Applied { rows, ms } => {
+            tracing::info!(table = %t, object = %obj, kind, rows, ms, pipe = %label, file = %rel, "applied");
         }
-        Outcome::AlreadyApplied { target } => {
-            tracing::info!(pipe = %label, table = %target, object = %rel, "already applied");
+        Done::AlreadyApplied => {
+            tracing::info!(table = %t, object = %obj, kind, pipe = %label, file = %rel, "already applied");
         }
-        Outcome::OlderSnapshot { target, newest } => {
-            tracing::info!(pipe = %label, table = %target, object = %rel, newest, "already applied: a newer snapshot of this table was applied; this older one is skipped");
+        Done::OlderSnapshot { newest } => {
+            tracing::info!(table = %t, object = %obj, kind, newest, pipe = %label, file = %rel, "already applied: a newer snapshot of this table was applied; this older one is skipped");
         }
     }
 }

@@ -6,7 +6,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use gapsync_protocol::table::{PREFIX_LEN, TableHeader, decode_header, header_len};
+use gapsync_protocol::table::{
+    MAGIC, PREFIX_LEN, TableError, TableHeader, decode_header, header_len,
+};
 
 /// The signature that starts every binary COPY stream.
 const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -28,7 +30,16 @@ pub fn open(path: &Path) -> Result<ObjectFile, ObjectError> {
     let mut file = File::open(path).map_err(ObjectError::Io)?;
     let size = file.metadata().map_err(ObjectError::Io)?.len();
     let mut prefix = [0u8; PREFIX_LEN];
-    read_exact(&mut file, &mut prefix, "its 12-byte prefix")?;
+    let n = (size as usize).min(PREFIX_LEN);
+    read_exact(&mut file, &mut prefix[..n], "its 12-byte prefix")?;
+    if !prefix[..n.min(8)].iter().zip(MAGIC).all(|(a, b)| a == b) {
+        return Err(ObjectError::Bad(TableError::Magic.to_string()));
+    }
+    if n < PREFIX_LEN {
+        return Err(ObjectError::Bad(
+            "truncated: the file ends inside its 12-byte prefix".into(),
+        ));
+    }
     let len = header_len(&prefix).map_err(|e| ObjectError::Bad(e.to_string()))?;
     if PREFIX_LEN as u64 + u64::from(len) > size {
         return Err(ObjectError::Bad(format!(
@@ -163,7 +174,8 @@ mod tests {
         let mut long = b"GSTABLE1".to_vec();
         long.extend_from_slice(&1000u32.to_be_bytes());
         assert!(err(&long).contains("goes past the end"));
-        assert!(err(&bytes[..5]).contains("ends inside its 12-byte prefix"));
+        assert!(err(&bytes[..10]).contains("ends inside its 12-byte prefix"));
+        assert!(err(b"hello\n").contains("not a gapsync table object"));
         assert!(err(&bytes[..bytes.len() - 1]).contains("truncated"));
         let mut no_sig = bytes.clone();
         let at = bytes.len() - COPY_MIN as usize;
