@@ -73,6 +73,8 @@ pub struct Pipe {
     looped: origin::Looped,
     /// Link objects refused (target outside dest): acknowledged, never written.
     refused_links: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// The last landing retry's error, said once.
+    landing_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Pipe {
@@ -167,12 +169,24 @@ impl Pipe {
         for d in &delivered {
             self.log_delivered(d);
         }
-        if let Err(e) = result {
-            let waiting = self.with_sink(|s| s.unlanded());
-            self.error(format!(
-                "{waiting} file(s) received but not renamed into place: {e}"
-            ));
-            tracing::error!(pipe = %self.name, from = %self.from, waiting, error = %e, "files received and recorded could not be renamed into place; they stay staged, are not confirmed to the sender, and landing is retried at every summary_interval: fix the cause");
+        let mut last = lock(&self.landing_error);
+        match result {
+            Err(e) => {
+                let waiting = self.with_sink(|s| s.unlanded());
+                let what = match self.sink_kind {
+                    "postgres" => "applied to the target database",
+                    _ => "renamed into place",
+                };
+                self.error(format!("{waiting} object(s) received but not {what}: {e}"));
+                // Said once per distinct cause (the postgres sink says its own); the status
+                // row keeps it current.
+                let cause = e.to_string();
+                if self.sink_kind != "postgres" && last.as_deref() != Some(cause.as_str()) {
+                    tracing::error!(pipe = %self.name, from = %self.from, waiting, error = %e, "objects received and recorded could not be {what}; they stay kept, are not confirmed to the sender, and landing is retried at every summary_interval: fix the cause");
+                    *last = Some(cause);
+                }
+            }
+            Ok(()) => *last = None,
         }
     }
 
@@ -285,6 +299,7 @@ impl Pipe {
             }),
             looped: origin::Looped::default(),
             refused_links: Default::default(),
+            landing_error: Mutex::new(None),
         })
     }
 }

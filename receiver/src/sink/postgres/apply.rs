@@ -33,11 +33,16 @@ pub struct Outcome {
 /// What was done with an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {
-    Applied { rows: u64, ms: u64 },
+    Applied {
+        rows: u64,
+        ms: u64,
+    },
     /// Recorded in `gapsync.applied` already: nothing done.
     AlreadyApplied,
     /// A snapshot older than (or as old as) the newest applied to its target: nothing done.
-    OlderSnapshot { newest: i64 },
+    OlderSnapshot {
+        newest: i64,
+    },
 }
 
 impl std::fmt::Display for Outcome {
@@ -45,7 +50,10 @@ impl std::fmt::Display for Outcome {
         let (t, o, k) = (&self.target, &self.object, self.kind);
         match &self.done {
             Done::Applied { rows, ms } => {
-                write!(f, "applied table={t} object={o} kind={k} rows={rows} ms={ms}")
+                write!(
+                    f,
+                    "applied table={t} object={o} kind={k} rows={rows} ms={ms}"
+                )
             }
             Done::AlreadyApplied => write!(f, "already applied table={t} object={o} kind={k}"),
             Done::OlderSnapshot { newest } => write!(

@@ -54,7 +54,15 @@ pub fn describe(e: &postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        None => {
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                s.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            s
+        }
     }
 }
 
@@ -91,7 +99,14 @@ impl Db {
                 refused: e
                     .code()
                     .is_some_and(|c| c.code().starts_with("28") || c.code() == "3D000"),
-                message: format!("cannot connect to the target database: {}", describe(&e)),
+                message: match e.code() {
+                    Some(_) => format!("cannot connect to the target database: {}", describe(&e)),
+                    None => format!(
+                        "cannot connect to the target database at {}: {} (is PostgreSQL running and listening there?)",
+                        place(&config),
+                        describe(&e)
+                    ),
+                },
             })?;
             ensure_state_table(&mut client).map_err(|e| ConnectError {
                 message: format!(
@@ -121,6 +136,29 @@ impl Db {
             self.client = None;
         }
         r
+    }
+}
+
+/// Where the client connects: `host:port` (or the socket folder and port), each one tried.
+fn place(c: &postgres::Config) -> String {
+    use postgres::config::Host;
+    let ports = c.get_ports();
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                Host::Tcp(h) => format!("{h}:{port}"),
+                Host::Unix(p) => format!("{}/.s.PGSQL.{port}", p.display()),
+            }
+        })
+        .collect();
+    if hosts.is_empty() {
+        "the default host".into()
+    } else {
+        hosts.join(", ")
     }
 }
 

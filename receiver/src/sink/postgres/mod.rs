@@ -245,13 +245,13 @@ fn log_outcome(label: &str, rel: &str, o: &Outcome) {
     let (t, obj, kind) = (&o.target, &o.object, o.kind);
     match &o.done {
         Done::Applied { rows, ms } => {
-            tracing::info!(table = %t, object = %obj, kind, rows, ms, pipe = %label, file = %rel, "applied");
+            tracing::info!(table = %t, object = %obj, kind = %kind, rows, ms, pipe = %label, file = %rel, "applied");
         }
         Done::AlreadyApplied => {
-            tracing::info!(table = %t, object = %obj, kind, pipe = %label, file = %rel, "already applied");
+            tracing::info!(table = %t, object = %obj, kind = %kind, pipe = %label, file = %rel, "already applied");
         }
         Done::OlderSnapshot { newest } => {
-            tracing::info!(table = %t, object = %obj, kind, newest, pipe = %label, file = %rel, "already applied: a newer snapshot of this table was applied; this older one is skipped");
+            tracing::info!(table = %t, object = %obj, kind = %kind, newest, pipe = %label, file = %rel, "already applied: a newer snapshot of this table was applied; this older one is skipped");
         }
     }
 }
