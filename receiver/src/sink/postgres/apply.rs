@@ -235,6 +235,7 @@ fn snapshot(
             super::names::quote_ident(&target.name)
         ),
     )?;
+    schema::rename_indexes(tx, target, &new.name)?;
     Ok(rows)
 }
 

@@ -212,3 +212,56 @@ pub fn move_owned_sequences(
     }
     Ok(())
 }
+
+/// Gives the indexes a snapshot's new table got (named after `<target>__gapsync_new`, with a
+/// counter when the old table still held the name) the names they would have on `target`:
+/// `assets__gapsync_new_pkey1` becomes `assets_pkey` again, so names do not drift run by run.
+pub fn rename_indexes(
+    tx: &mut Transaction<'_>,
+    target: &QualName,
+    new_name: &str,
+) -> Result<(), ApplyError> {
+    let rows = tx
+        .query(
+            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relname = $2",
+            &[&target.schema, &target.name],
+        )
+        .map_err(db_err)?;
+    for r in rows {
+        let name: String = r.get(0);
+        let Some(rest) = name.strip_prefix(new_name) else {
+            continue;
+        };
+        let wanted = format!(
+            "{}{}",
+            target.name,
+            rest.trim_end_matches(|c: char| c.is_ascii_digit())
+        );
+        if wanted.len() > 63
+            || relation(
+                tx,
+                &QualName {
+                    schema: target.schema.clone(),
+                    name: wanted.clone(),
+                },
+            )?
+            .is_some()
+        {
+            continue;
+        }
+        let from = QualName {
+            schema: target.schema.clone(),
+            name,
+        };
+        tx.execute(
+            &format!(
+                "ALTER INDEX {} RENAME TO {}",
+                from.sql(),
+                quote_ident(&wanted)
+            ),
+            &[],
+        )
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
