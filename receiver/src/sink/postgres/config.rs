@@ -131,7 +131,7 @@ mod tests {
     use super::*;
 
     fn parse(toml_text: &str) -> (Option<PostgresSettings>, Vec<String>) {
-        let c: PostgresConfig = toml::from_str(toml_text).unwrap();
+        let c: PostgresConfig = toml::from_str(toml_text).expect("test value");
         let mut p = Vec::new();
         let s = c.check(&mut p, "[[pipe]] #1 (db)", Path::new("/etc/gapsync"));
         (s, p)
@@ -143,13 +143,18 @@ mod tests {
             "connection = \"host=/run/postgresql dbname=mirror user=gapsync\"\ncreate_tables = false\nrename = { \"public.events\" = \"plant_a.events\" }\n",
         );
         assert!(p.is_empty(), "{p:?}");
-        let s = s.unwrap();
+        let s = s.expect("test value");
         assert!(!s.create_tables);
-        let src = QualName::parse("public.events").unwrap();
+        let src = QualName::parse("public.events").expect("test value");
         assert_eq!(s.target(&src).to_string(), "plant_a.events");
-        let other = QualName::parse("public.assets").unwrap();
+        let other = QualName::parse("public.assets").expect("test value");
         assert_eq!(s.target(&other), other);
-        assert!(s.client_config().unwrap().get_connect_timeout().is_some());
+        assert!(
+            s.client_config()
+                .expect("test value")
+                .get_connect_timeout()
+                .is_some()
+        );
     }
 
     #[test]

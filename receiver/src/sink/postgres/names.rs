@@ -83,16 +83,16 @@ mod tests {
             quote_ident("Weird \"x\"; drop"),
             "\"Weird \"\"x\"\"; drop\""
         );
-        let q = QualName::parse("plant_a.Events").unwrap();
+        let q = QualName::parse("plant_a.Events").expect("test value");
         assert_eq!(q.sql(), "\"plant_a\".\"Events\"");
-        assert_eq!(QualName::parse("t").unwrap().schema, "public");
+        assert_eq!(QualName::parse("t").expect("test value").schema, "public");
         assert!(QualName::parse(".t").is_none());
         assert!(QualName::parse("s.").is_none());
     }
 
     #[test]
     fn a_name_beside_stays_within_63_bytes() {
-        let q = QualName::parse(&format!("s.{}", "x".repeat(70))).unwrap();
+        let q = QualName::parse(&format!("s.{}", "x".repeat(70))).expect("test value");
         let b = q.beside("__gapsync_new");
         assert_eq!(b.name.len(), 63);
         assert!(b.name.ends_with("__gapsync_new"));

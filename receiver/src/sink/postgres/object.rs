@@ -144,29 +144,29 @@ mod tests {
     }
 
     fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(bytes).unwrap();
+        let mut f = tempfile::NamedTempFile::new().expect("test value");
+        f.write_all(bytes).expect("test value");
         f
     }
 
     #[test]
     fn a_whole_object_is_read_and_positioned_at_its_rows() {
-        let mut bytes = encode_header(&header()).unwrap();
+        let mut bytes = encode_header(&header()).expect("test value");
         bytes.extend_from_slice(&empty_copy());
         let f = file_with(&bytes);
-        let mut o = open(f.path()).unwrap();
+        let mut o = open(f.path()).expect("test value");
         assert_eq!(o.header, header());
         assert_eq!(o.copy_len, COPY_MIN);
         let mut rest = Vec::new();
-        o.file.read_to_end(&mut rest).unwrap();
+        o.file.read_to_end(&mut rest).expect("test value");
         assert_eq!(rest, empty_copy());
     }
 
     #[test]
     fn bad_files_say_what_is_wrong() {
-        let mut bytes = encode_header(&header()).unwrap();
+        let mut bytes = encode_header(&header()).expect("test value");
         bytes.extend_from_slice(&empty_copy());
-        let err = |b: &[u8]| open(file_with(b).path()).unwrap_err().to_string();
+        let err = |b: &[u8]| open(file_with(b).path()).expect_err("an error").to_string();
         assert!(err(b"GSTABLE2xxxxxxxxxxx").contains("not a gapsync table object"));
         let mut big = b"GSTABLE1".to_vec();
         big.extend_from_slice(&(2u32 << 20).to_be_bytes());
