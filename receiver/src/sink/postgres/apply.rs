@@ -73,9 +73,12 @@ pub enum ApplyError {
     /// The target table does not fit the object: the operator must act.
     #[error("table {table}: {problem}")]
     Schema { table: String, problem: String },
-    /// The database is down, refused a statement, or the connection broke.
+    /// The database refused a statement.
     #[error("{0}")]
     Database(String),
+    /// The database cannot be reached, or the connection broke.
+    #[error("{0}")]
+    Connection(String),
     #[error("{0}")]
     Io(String),
 }

@@ -128,12 +128,15 @@ impl Db {
         })?;
         let settings = self.settings.clone();
         let who = self.who.clone();
-        let client = self.client().map_err(|e| ApplyError::Database(e.message))?;
+        let client = self
+            .client()
+            .map_err(|e| ApplyError::Connection(e.message))?;
         let r = apply::apply(client, &settings, (&who.0, &who.1), obj);
-        if matches!(r, Err(ApplyError::Database(_)))
-            && self.client.as_ref().is_some_and(Client::is_closed)
-        {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
+            if let Err(ApplyError::Database(m)) = r {
+                return Err(ApplyError::Connection(m));
+            }
         }
         r
     }
@@ -195,6 +198,13 @@ impl DbThread {
             jobs: Some(tx),
             thread: Some(thread),
         })
+    }
+
+    /// Queues `f` on the database thread; false if the thread is gone.
+    pub fn submit(&self, f: impl FnOnce(&mut Db) + Send + 'static) -> bool {
+        self.jobs
+            .as_ref()
+            .is_some_and(|j| j.send(Box::new(f)).is_ok())
     }
 
     /// Runs `f` on the database thread and waits for its result; `None` if the thread is gone

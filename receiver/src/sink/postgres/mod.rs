@@ -27,7 +27,8 @@ mod schema;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use gapsync_protocol::{Commit, ObjectAttrs, OpenFile, OriginChain};
 
@@ -59,7 +60,19 @@ pub struct PostgresSink {
     wanted: Vec<String>,
     /// The last error said at ERROR: the same one is not said again.
     last_error: Option<String>,
+    /// Paths the database thread is applying (a run under way), and where it says how each
+    /// went (`None`: not tried, its table or the database stopped the run).
+    in_flight: HashSet<String>,
+    results: mpsc::Receiver<ApplyResult>,
+    results_tx: mpsc::Sender<ApplyResult>,
 }
+
+type ApplyResult = (String, Option<Result<Outcome, ApplyError>>);
+
+/// How long a frame's reply waits for its objects to be applied. An object that takes longer
+/// (a big snapshot) is durable in the inbox already: the frame is answered and the object
+/// finishes in the background, so the sender's `ack_timeout` is not hit.
+const REPLY_WAIT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for PostgresSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,6 +106,7 @@ impl PostgresSink {
             }
             _ => {}
         }
+        let (results_tx, results) = mpsc::channel();
         let mut sink = Self {
             inner,
             inbox,
@@ -103,6 +117,9 @@ impl PostgresSink {
             opened: HashMap::new(),
             wanted: Vec::new(),
             last_error: None,
+            in_flight: HashSet::new(),
+            results,
+            results_tx,
         };
         sink.scan_inbox()?;
         Ok(sink)
@@ -137,48 +154,89 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Applies the inbox's objects in order. A table whose object fails waits (its later
-    /// objects too); other tables go on, unless the database itself is unreachable. Returns
-    /// what was applied, and the first error.
-    fn apply_pending(&mut self) -> (Vec<Delivered>, Option<SinkError>) {
+    /// Starts applying the inbox's objects in order on the database thread, unless a run is
+    /// under way. A table whose object fails waits (its later objects too); other tables go
+    /// on, unless the database itself cannot be reached. Each object's `applied` line is
+    /// logged and its file removed there, as soon as its transaction committed.
+    fn start_applying(&mut self) {
+        if !self.in_flight.is_empty() || self.pending.is_empty() {
+            return;
+        }
+        let paths: Vec<String> = self.pending.keys().cloned().collect();
+        self.in_flight = paths.iter().cloned().collect();
+        let (tx, inbox, label) = (
+            self.results_tx.clone(),
+            self.inbox.clone(),
+            self.label.clone(),
+        );
+        let sent = self.db.submit(move |db| {
+            let mut stopped: HashSet<String> = HashSet::new();
+            let mut unreachable = false;
+            for rel in paths {
+                let table = rel.split('/').next().unwrap_or("").to_owned();
+                if unreachable || stopped.contains(&table) {
+                    let _ = tx.send((rel, None));
+                    continue;
+                }
+                let file = inbox.join(&rel);
+                let r = db.apply_file(&file);
+                match &r {
+                    Ok(outcome) => {
+                        log_outcome(&label, &rel, outcome);
+                        if let Err(e) = fs::remove_file(&file) {
+                            tracing::warn!(file = %file.display(), error = %e, "cannot remove an applied object from the inbox; it is skipped as already applied next time");
+                        }
+                    }
+                    Err(ApplyError::Bad(_)) => {}
+                    Err(e) => {
+                        unreachable = matches!(e, ApplyError::Connection(_));
+                        stopped.insert(table);
+                    }
+                }
+                let _ = tx.send((rel, Some(r)));
+            }
+        });
+        if !sent {
+            self.in_flight.clear();
+        }
+    }
+
+    /// Takes the results of the run under way until it ended or `wait` passed. Returns what
+    /// was applied, and the first error.
+    fn collect(&mut self, wait: Duration) -> (Vec<Delivered>, Option<SinkError>) {
+        let deadline = Instant::now() + wait;
         let mut delivered = Vec::new();
         let mut first: Option<SinkError> = None;
-        let mut stopped: HashSet<String> = HashSet::new();
-        let paths: Vec<String> = self.pending.keys().cloned().collect();
-        for rel in paths {
-            let table = rel.split('/').next().unwrap_or("").to_owned();
-            if stopped.contains(&table) {
-                continue;
-            }
-            let file = self.inbox.join(&rel);
-            let f2 = file.clone();
-            let r = self
-                .db
-                .run(move |db| db.apply_file(&f2))
-                .unwrap_or_else(|| Err(ApplyError::Database("the database thread stopped".into())));
+        while !self.in_flight.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (rel, r) = match self.results.recv_timeout(left) {
+                Ok(x) => x,
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.in_flight.clear();
+                    first.get_or_insert(SinkError::Database {
+                        object: "-".into(),
+                        message: "the database thread stopped".into(),
+                    });
+                    break;
+                }
+            };
+            self.in_flight.remove(&rel);
             match r {
-                Ok(outcome) => {
-                    log_outcome(&self.label, &rel, &outcome);
-                    if let Err(e) = fs::remove_file(&file) {
-                        tracing::warn!(file = %file.display(), error = %e, "cannot remove an applied object from the inbox; it is skipped as already applied next time");
-                    }
+                None => {}
+                Some(Ok(_)) => {
                     if let Some(d) = self.pending.remove(&rel) {
                         delivered.push(d);
                     }
                     self.opened.retain(|_, p| p != &rel);
                 }
-                Err(ApplyError::Bad(m)) => {
+                Some(Err(ApplyError::Bad(m))) => {
+                    let file = self.inbox.join(&rel);
                     let e = self.reject(&rel, &file, &m);
                     first.get_or_insert(e);
                 }
-                Err(e) => {
-                    let unreachable = matches!(e, ApplyError::Database(_));
-                    let e = to_sink_error(&rel, e);
-                    first.get_or_insert(e);
-                    stopped.insert(table);
-                    if unreachable {
-                        break;
-                    }
+                Some(Err(e)) => {
+                    first.get_or_insert(to_sink_error(&rel, e));
                 }
             }
         }
@@ -219,20 +277,26 @@ impl PostgresSink {
         }
     }
 
-    /// Applies after a flush or a retry: the result is an error when any of `must` (paths
-    /// committed in this frame) was not applied.
+    /// Applies after a flush or a retry, waiting at most [`REPLY_WAIT`]. The result is an
+    /// error when one of `must` (paths committed in this frame; for a retry, any) failed, or
+    /// is still waiting behind a failure; an object still being applied when the wait ends
+    /// is durable in the inbox and finishes in the background.
     fn apply_after(&mut self, mut out: Flushed, must: &[String]) -> Flushed {
         for d in std::mem::take(&mut out.delivered) {
             self.pending.insert(d.path.clone(), d);
         }
-        let (delivered, err) = self.apply_pending();
+        // Results of an earlier run first, then a run over everything waiting.
+        let (mut delivered, mut err) = self.collect(Duration::ZERO);
+        self.start_applying();
+        let (more, e2) = self.collect(REPLY_WAIT);
+        delivered.extend(more);
+        err = err.or(e2);
         out.delivered = delivered;
         if out.result.is_ok() {
             if let Some(e) = err {
-                if must.is_empty()
-                    || must.iter().any(|p| self.pending.contains_key(p))
-                    || !e.is_local()
-                {
+                let waiting =
+                    |p: &String| self.pending.contains_key(p) && !self.in_flight.contains(p);
+                if must.is_empty() || must.iter().any(waiting) || !e.is_local() {
                     out.result = Err(e);
                 }
             }
@@ -264,7 +328,9 @@ pub fn to_sink_error(rel: &str, e: ApplyError) -> SinkError {
             reason,
         },
         ApplyError::Schema { table, problem } => SinkError::Schema { table, problem },
-        ApplyError::Database(message) | ApplyError::Io(message) => SinkError::Database {
+        ApplyError::Database(message)
+        | ApplyError::Connection(message)
+        | ApplyError::Io(message) => SinkError::Database {
             object: rel.to_owned(),
             message,
         },
