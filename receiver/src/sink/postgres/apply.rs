@@ -212,7 +212,10 @@ fn snapshot(
     match &old {
         Some(rel) => {
             schema::reconcile(tx, target, rel.oid, &h)?;
-            exec(tx, &format!("DROP TABLE IF EXISTS {}", new.sql()))?;
+            // A table of that name left by hand (a crashed load left none: it was rolled back).
+            if schema::relation(tx, &new)?.is_some() {
+                exec(tx, &format!("DROP TABLE {}", new.sql()))?;
+            }
             exec(
                 tx,
                 &format!(
@@ -308,7 +311,7 @@ fn incremental(
     }
     let names: Vec<String> = h.columns.iter().map(|c| c.name.clone()).collect();
     let cols = idents(&names);
-    exec(tx, "DROP TABLE IF EXISTS pg_temp.gapsync_stage")?;
+    // No stage table is left from before: it is dropped at commit and with a rollback.
     exec(
         tx,
         &format!(
