@@ -278,13 +278,17 @@ impl Pipe {
             }
         }
         let today = config.log_time.day(std::time::SystemTime::now());
+        let activity = Arc::<Activity>::default();
+        if let Some(m) = sink.problem_at_open() {
+            activity.problem(Severity::Error, m);
+        }
         Ok(Pipe {
             name: p.name.clone(),
             from: p.from.clone(),
             profile: p.profile.clone(),
             sink: Mutex::new(sink),
             sink_kind: p.sink.kind(),
-            activity: Arc::default(),
+            activity,
             session: AtomicU64::new(0),
             stats: PipeStats::default(),
             keys: p.keys.clone(),

@@ -283,4 +283,9 @@ pub trait Sink: Send {
     fn partials(&self) -> usize;
     /// Removes partial transfers untouched for longer than `stale_after`; returns how many.
     fn housekeeping(&mut self, stale_after: std::time::Duration) -> std::io::Result<usize>;
+    /// A problem found when the sink opened that does not stop the daemon (a target database
+    /// that is down), for the pipe's status row.
+    fn problem_at_open(&self) -> Option<String> {
+        None
+    }
 }

@@ -65,6 +65,8 @@ pub struct PostgresSink {
     in_flight: HashSet<String>,
     results: mpsc::Receiver<ApplyResult>,
     results_tx: mpsc::Sender<ApplyResult>,
+    /// The database could not be reached at start.
+    down: Option<String>,
 }
 
 type ApplyResult = (String, Option<Result<Outcome, ApplyError>>);
@@ -99,9 +101,11 @@ impl PostgresSink {
         let inner = DirectorySink::open(&inbox, &staging, done, stale_after)?;
         let db = DbThread::spawn(Db::new(settings.clone(), from, name), name)?;
         let label = name.to_owned();
+        let mut down = None;
         match db.run(|db| db.client().map(|_| ()).map_err(|e| (e.refused, e.message))) {
             Some(Err((true, m))) => anyhow::bail!("{m}"),
             Some(Err((false, m))) => {
+                down = Some(m.clone());
                 tracing::warn!(pipe = %name, from = %from, error = %m, "the target database cannot be reached now; the receiver starts all the same and applies table objects once it is back (they wait in {})", inbox.display());
             }
             _ => {}
@@ -120,6 +124,7 @@ impl PostgresSink {
             in_flight: HashSet::new(),
             results,
             results_tx,
+            down,
         };
         sink.scan_inbox()?;
         Ok(sink)
@@ -415,6 +420,10 @@ impl Sink for PostgresSink {
 
     fn partials(&self) -> usize {
         self.inner.partials()
+    }
+
+    fn problem_at_open(&self) -> Option<String> {
+        self.down.clone()
     }
 
     fn housekeeping(&mut self, stale_after: Duration) -> std::io::Result<usize> {
