@@ -436,3 +436,6 @@ impl Sink for PostgresSink {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests;
