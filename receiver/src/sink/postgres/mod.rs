@@ -162,10 +162,11 @@ impl PostgresSink {
     /// Starts applying the inbox's objects in order on the database thread, unless a run is
     /// under way. A table whose object fails waits (its later objects too); other tables go
     /// on, unless the database itself cannot be reached. Each object's `applied` line is
-    /// logged and its file removed there, as soon as its transaction committed.
-    fn start_applying(&mut self) {
+    /// logged and its file removed there, as soon as its transaction committed. True when a
+    /// run started.
+    fn start_applying(&mut self) -> bool {
         if !self.in_flight.is_empty() || self.pending.is_empty() {
-            return;
+            return false;
         }
         let paths: Vec<String> = self.pending.keys().cloned().collect();
         self.in_flight = paths.iter().cloned().collect();
@@ -204,6 +205,7 @@ impl PostgresSink {
         if !sent {
             self.in_flight.clear();
         }
+        sent
     }
 
     /// Takes the results of the run under way until it ended or `wait` passed. Returns what
@@ -290,12 +292,20 @@ impl PostgresSink {
         for d in std::mem::take(&mut out.delivered) {
             self.pending.insert(d.path.clone(), d);
         }
-        // Results of an earlier run first, then a run over everything waiting.
+        // Results of an earlier run first, then runs over everything waiting (objects that
+        // arrived during a run get the next one) until the wait ends or something failed.
+        let deadline = Instant::now() + REPLY_WAIT;
         let (mut delivered, mut err) = self.collect(Duration::ZERO);
-        self.start_applying();
-        let (more, e2) = self.collect(REPLY_WAIT);
-        delivered.extend(more);
-        err = err.or(e2);
+        loop {
+            let started = self.start_applying();
+            let (more, e2) = self.collect(deadline.saturating_duration_since(Instant::now()));
+            delivered.extend(more);
+            err = err.or(e2);
+            if !started || err.is_some() || !self.in_flight.is_empty() || Instant::now() >= deadline
+            {
+                break;
+            }
+        }
         out.delivered = delivered;
         if out.result.is_ok() {
             if let Some(e) = err {
