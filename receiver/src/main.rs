@@ -16,6 +16,7 @@
 
 mod config;
 mod link;
+mod load;
 mod pipe;
 mod sink;
 
@@ -41,25 +42,65 @@ pub(crate) const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 )]
 struct Cli {
     #[command(subcommand)]
-    command: gapsync_daemon::cli::Command,
+    command: Cmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    #[command(flatten)]
+    Daemon(gapsync_daemon::cli::Command),
+    /// Apply table object files (e.g. landed by a directory sink) to the target database of
+    /// pipe NAME's postgres sink, each exactly once; one line per file. Exit 0 when every file
+    /// was applied or applied already, 1 otherwise.
+    Load {
+        /// Config file (TOML) holding the pipe.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The pipe whose postgres sink settings are used.
+        #[arg(long)]
+        pipe: String,
+        /// The pipe's sender node, when several senders have a pipe of that name.
+        #[arg(long)]
+        from: Option<String>,
+        /// Table object files (`*.gst`), applied in the order given.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
+    let command = match Cli::parse().command {
+        Cmd::Daemon(c) => c,
+        Cmd::Load {
+            config,
+            pipe,
+            from,
+            files,
+        } => return load::run(&config, &pipe, from.as_deref(), &files),
+    };
     gapsync_daemon::cli::dispatch(
         "gapsync-receiver",
-        Cli::parse().command,
+        command,
         |path| {
-            Config::load(path).map(|c| {
+            Config::load(path).and_then(|c| {
                 for w in &c.warnings {
                     eprintln!("warning: {w}");
                 }
-                format!(
+                let problems = load::check_databases(&c);
+                if !problems.is_empty() {
+                    return Err(gapsync_daemon::config::ConfigError::Problems {
+                        path: path.to_path_buf(),
+                        problems,
+                    }
+                    .into());
+                }
+                Ok(format!(
                     "node {}, profile {}, {} pipe(s), listen {}",
                     c.node,
                     c.profile.name,
                     c.pipes.len(),
                     c.listen
-                )
+                ))
             })
         },
         |path| {

@@ -140,9 +140,13 @@ fn check_pipes(
         pipes.extend(pipe::check_pipe(p, &label, &defaults, rp));
     }
     for (i, a) in pipes.iter().enumerate() {
-        let SinkSettings::Directory(da) = &a.sink;
+        let SinkSettings::Directory(da) = &a.sink else {
+            continue;
+        };
         for b in &pipes[..i] {
-            let SinkSettings::Directory(db) = &b.sink;
+            let SinkSettings::Directory(db) = &b.sink else {
+                continue;
+            };
             if da.staging == db.staging {
                 p.push(format!(
                     "pipes {} from {} and {} from {} share the staging folder {}: give each its own `staging` (or leave it unset: the default is one per pipe)",

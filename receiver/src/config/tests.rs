@@ -37,14 +37,18 @@ fn the_sink_table_and_the_dest_shorthand_give_the_same_sink() {
         "[[pipe]]\nname = \"a\"\nfrom = \"p\"\ndest = \"in-a\"\n",
     );
     let (new, old) = (new.expect("new form"), old.expect("shorthand"));
-    let SinkSettings::Directory(d) = &new.pipes[0].sink;
+    let SinkSettings::Directory(d) = &new.pipes[0].sink else {
+        panic!("a directory sink")
+    };
     assert_eq!(d.dest, dir.path().join("in-a"));
     assert!(
         d.staging
             .starts_with(dir.path().join("in-a/.gapsync-staging"))
     );
     // Same relative folder, other temporary root: compare what lies below each root.
-    let SinkSettings::Directory(o) = &old.pipes[0].sink;
+    let SinkSettings::Directory(o) = &old.pipes[0].sink else {
+        panic!("a directory sink")
+    };
     assert_eq!(o.dest.file_name(), d.dest.file_name());
     assert_eq!(
         o.staging.strip_prefix(&o.dest).ok(),
@@ -122,4 +126,30 @@ fn tcp_and_udp_pipes_share_a_receiver_but_tcp_and_tls_pipes_do_not() {
     );
     let out = problems(r);
     assert!(out.contains("frame differently"), "{out}");
+}
+
+#[test]
+fn a_postgres_sink_is_read_and_its_problems_are_all_reported() {
+    let (_dir, r) = load(
+        "",
+        "[[pipe]]\nname = \"db\"\nfrom = \"p\"\n[pipe.sink]\ntype = \"postgres\"\nconnection = \"host=/run/postgresql dbname=mirror\"\nrename = { \"public.events\" = \"plant_a.events\" }\n",
+    );
+    let c = r.expect("a valid postgres sink");
+    let SinkSettings::Postgres(s) = &c.pipes[0].sink else {
+        panic!("a postgres sink")
+    };
+    assert!(s.create_tables, "create_tables defaults to true");
+    assert_eq!(c.pipes[0].sink.kind(), "postgres");
+    let (_dir, r) = load(
+        "",
+        "[[pipe]]\nname = \"db\"\nfrom = \"p\"\n[pipe.sink]\ntype = \"postgres\"\nconection = \"x\"\nrename = { \"events\" = \"plant_a.events\" }\n",
+    );
+    let out = problems(r);
+    for needle in [
+        "unknown key `sink.conection` in [[pipe]] #1 (db)",
+        "[[pipe]] #1 (db): `sink.connection` is missing",
+        "`sink.rename` entry \"events\" = \"plant_a.events\": both sides must be schema.table",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
 }

@@ -27,6 +27,7 @@ use gapsync_protocol::{LinkKind, Profile};
 
 use crate::config::{Config, PipeConfig, link_name};
 use crate::sink::directory::{self, DirectorySink};
+use crate::sink::postgres::{self, PostgresSink};
 use crate::sink::{Delivered, Flushed, Sink, SinkSettings};
 use status::{Activity, ReceiverPipeStatus, Severity};
 
@@ -72,6 +73,8 @@ pub struct Pipe {
     looped: origin::Looped,
     /// Link objects refused (target outside dest): acknowledged, never written.
     refused_links: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// The last landing retry's error, said once.
+    landing_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Pipe {
@@ -166,12 +169,24 @@ impl Pipe {
         for d in &delivered {
             self.log_delivered(d);
         }
-        if let Err(e) = result {
-            let waiting = self.with_sink(|s| s.unlanded());
-            self.error(format!(
-                "{waiting} file(s) received but not renamed into place: {e}"
-            ));
-            tracing::error!(pipe = %self.name, from = %self.from, waiting, error = %e, "files received and recorded could not be renamed into place; they stay staged, are not confirmed to the sender, and landing is retried at every summary_interval: fix the cause");
+        let mut last = lock(&self.landing_error);
+        match result {
+            Err(e) => {
+                let waiting = self.with_sink(|s| s.unlanded());
+                let what = match self.sink_kind {
+                    "postgres" => "applied to the target database",
+                    _ => "renamed into place",
+                };
+                self.error(format!("{waiting} object(s) received but not {what}: {e}"));
+                // Said once per distinct cause (the postgres sink says its own); the status
+                // row keeps it current.
+                let cause = e.to_string();
+                if self.sink_kind != "postgres" && last.as_deref() != Some(cause.as_str()) {
+                    tracing::error!(pipe = %self.name, from = %self.from, waiting, error = %e, "objects received and recorded could not be {what}; they stay kept, are not confirmed to the sender, and landing is retried at every summary_interval: fix the cause");
+                    *last = Some(cause);
+                }
+            }
+            Ok(()) => *last = None,
         }
     }
 
@@ -263,13 +278,17 @@ impl Pipe {
             }
         }
         let today = config.log_time.day(std::time::SystemTime::now());
+        let activity = Arc::<Activity>::default();
+        if let Some(m) = sink.problem_at_open() {
+            activity.problem(Severity::Error, m);
+        }
         Ok(Pipe {
             name: p.name.clone(),
             from: p.from.clone(),
             profile: p.profile.clone(),
             sink: Mutex::new(sink),
             sink_kind: p.sink.kind(),
-            activity: Arc::default(),
+            activity,
             session: AtomicU64::new(0),
             stats: PipeStats::default(),
             keys: p.keys.clone(),
@@ -284,6 +303,7 @@ impl Pipe {
             }),
             looped: origin::Looped::default(),
             refused_links: Default::default(),
+            landing_error: Mutex::new(None),
         })
     }
 }
@@ -313,6 +333,20 @@ fn open_sink(
                 })?;
             let sink = DirectorySink::open(&d.dest, &d.staging, done, config.stale_partial_after)?;
             Ok((Box::new(sink), d.staging.join("last-connection")))
+        }
+        SinkSettings::Postgres(pg) => {
+            let tables = postgres::tables_dir(state);
+            let done = replay::open_done_log(state, None, config.done_retention).map_err(|e| {
+                anyhow::anyhow!("cannot open the done log in {}: {e}", state.display())
+            })?;
+            let sink = PostgresSink::open(
+                pg,
+                state,
+                (&p.from, &p.name),
+                done,
+                config.stale_partial_after,
+            )?;
+            Ok((Box::new(sink), tables.join("last-connection")))
         }
     }
 }

@@ -4,12 +4,14 @@
 
 pub mod directory;
 pub mod land;
+pub mod postgres;
 
 use std::path::Path;
 
 use gapsync_protocol::{Commit, OpenFile, OriginChain, PathError};
 use serde::Deserialize;
 
+use self::postgres::config::{PostgresConfig, PostgresSettings};
 use directory::config::{DirectoryConfig, DirectorySettings};
 
 /// A pipe's `sink` as written; `type` selects the kind.
@@ -17,12 +19,14 @@ use directory::config::{DirectoryConfig, DirectorySettings};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SinkConfig {
     Directory(DirectoryConfig),
+    Postgres(PostgresConfig),
 }
 
 /// A checked sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkSettings {
     Directory(DirectorySettings),
+    Postgres(PostgresSettings),
 }
 
 impl SinkConfig {
@@ -52,6 +56,8 @@ impl SinkConfig {
                 serde_ignored::deserialize(toml::Value::Table(rest), record)
                     .map(|_: DirectoryConfig| ())
             }
+            SinkConfig::Postgres(_) => serde_ignored::deserialize(toml::Value::Table(rest), record)
+                .map(|_: PostgresConfig| ()),
         };
         for k in unknown {
             p.push(format!(
@@ -73,6 +79,7 @@ impl SinkConfig {
             SinkConfig::Directory(d) => d
                 .check(p, label, "sink.path", base, names)
                 .map(SinkSettings::Directory),
+            SinkConfig::Postgres(c) => c.check(p, label, base).map(SinkSettings::Postgres),
         }
     }
 }
@@ -82,6 +89,7 @@ impl SinkSettings {
     pub fn kind(&self) -> &'static str {
         match self {
             SinkSettings::Directory(_) => "directory",
+            SinkSettings::Postgres(_) => "postgres",
         }
     }
 }
@@ -178,6 +186,12 @@ pub enum SinkError {
         "{path:?} came from this node before (origin chain {origin}): refused so that it does not go round; the sender keeps it (retries, then quarantines it). Set forward_received = false on the sending pipe to leave such objects in place"
     )]
     Looped { path: String, origin: String },
+    #[error("table object {object}: not applied to the target database: {message}")]
+    Database { object: String, message: String },
+    #[error("target table {table}: {problem}")]
+    Schema { table: String, problem: String },
+    #[error("{path:?} is not a usable table object: {reason}")]
+    BadObject { path: String, reason: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -191,14 +205,24 @@ impl SinkError {
     /// error): the connection is closed without a byte, so the sender retries later without
     /// counting it against the file. Everything else is answered FAIL.
     pub fn is_local(&self) -> bool {
-        matches!(self, SinkError::Io { .. } | SinkError::NoSpace { .. })
+        matches!(
+            self,
+            SinkError::Io { .. }
+                | SinkError::NoSpace { .. }
+                | SinkError::Database { .. }
+                | SinkError::Schema { .. }
+        )
     }
 
     /// True when the sender is at fault (bad names, protocol misuse) rather than this host.
     pub fn is_peer_fault(&self) -> bool {
         !matches!(
             self,
-            SinkError::Io { .. } | SinkError::DigestMismatch { .. } | SinkError::NoSpace { .. }
+            SinkError::Io { .. }
+                | SinkError::DigestMismatch { .. }
+                | SinkError::NoSpace { .. }
+                | SinkError::Database { .. }
+                | SinkError::Schema { .. }
         )
     }
 }
@@ -259,4 +283,9 @@ pub trait Sink: Send {
     fn partials(&self) -> usize;
     /// Removes partial transfers untouched for longer than `stale_after`; returns how many.
     fn housekeeping(&mut self, stale_after: std::time::Duration) -> std::io::Result<usize>;
+    /// A problem found when the sink opened that does not stop the daemon (a target database
+    /// that is down), for the pipe's status row.
+    fn problem_at_open(&self) -> Option<String> {
+        None
+    }
 }
