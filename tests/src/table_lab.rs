@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::{PgCluster, Proc, bin, profile, profiles_dir, read_logs, wait_until};
@@ -426,6 +429,68 @@ pub fn applied_ids(log: &str) -> Vec<String> {
         .filter_map(|v| v.split_whitespace().next())
         .map(|v| v.trim_matches('"').to_owned())
         .collect()
+}
+
+/// An incremental table: ids from a sequence and `ts` from clock_timestamp(), both assigned
+/// at insert, before commit.
+pub const EVENTS: &str = "CREATE TABLE public.events (
+  id bigserial PRIMARY KEY,
+  ts timestamptz NOT NULL DEFAULT clock_timestamp(),
+  writer int NOT NULL,
+  payload text)";
+
+/// Concurrent writers inserting into public.events until stopped.
+#[derive(Debug)]
+pub struct Writers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<u64>>,
+}
+
+impl Writers {
+    /// `n` connections, each inserting 1-5 rows per transaction every few milliseconds; one
+    /// transaction in 12 is held open for a second before it commits (its rows' `ts` and ids
+    /// are then older than rows other writers committed meanwhile).
+    pub fn start(conninfo: &str, n: i32) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0..n)
+            .map(|w| {
+                let (stop, conninfo) = (stop.clone(), conninfo.to_owned());
+                std::thread::spawn(move || {
+                    let mut client = postgres::Client::connect(&conninfo, postgres::NoTls)
+                        .unwrap_or_else(|e| panic!("writer {w} cannot connect: {e}"));
+                    let (mut rows, mut i) = (0u64, 0i32);
+                    while !stop.load(Ordering::SeqCst) {
+                        i += 1;
+                        let mut tx = client.transaction().expect("begin");
+                        for r in 0..=(i + w) % 5 {
+                            tx.execute(
+                                "INSERT INTO public.events (writer, payload) VALUES ($1, $2)",
+                                &[&w, &format!("writer {w} txn {i} row {r} ✓")],
+                            )
+                            .expect("insert");
+                            rows += 1;
+                        }
+                        if (i + w) % 12 == 0 {
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                        tx.commit().expect("commit");
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    rows
+                })
+            })
+            .collect();
+        Writers { stop, handles }
+    }
+
+    /// Stops them; the rows they inserted.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handles
+            .into_iter()
+            .map(|h| h.join().expect("a writer failed"))
+            .sum()
+    }
 }
 
 /// The ids that occur more than once in `ids`, with their counts.
