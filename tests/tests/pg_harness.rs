@@ -184,3 +184,56 @@ fn the_concurrent_writers_commit_rows_below_a_watermark_already_seen() {
         seen.len()
     );
 }
+
+/// The table lab's comparison fails on a missing table, a missing row and a changed value,
+/// and passes once the target equals the source.
+#[test]
+fn the_table_labs_comparison_sees_every_difference() {
+    let lab = gapsync_tests::TableLab::new("loopback");
+    let t = [("public.t", "id")];
+    lab.src("CREATE TABLE public.t (id int PRIMARY KEY, v float8, s text); INSERT INTO public.t VALUES (1, 'NaN', 'a'), (2, 0.1, NULL)");
+    let diff = lab.differences(&t);
+    assert!(
+        diff.len() == 1 && diff[0].contains("(no table)"),
+        "{diff:?}"
+    );
+    lab.dst("CREATE TABLE public.t (id int PRIMARY KEY, v float8, s text); INSERT INTO public.t VALUES (1, 'NaN', 'a')");
+    let diff = lab.differences(&t);
+    assert!(
+        diff.len() == 1 && diff[0].contains("source 2 rows") && diff[0].contains("target 1 rows"),
+        "{diff:?}"
+    );
+    lab.dst("INSERT INTO public.t VALUES (2, 0.1000000000000001, NULL)");
+    assert_eq!(lab.differences(&t).len(), 1, "a float one ulp off differs");
+    lab.dst("UPDATE public.t SET v = 0.1 WHERE id = 2");
+    assert!(lab.differences(&t).is_empty());
+    lab.wait_equal(&t, std::time::Duration::from_secs(1));
+    lab.dst("UPDATE public.t SET s = '' WHERE id = 2");
+    assert_eq!(
+        lab.differences(&t).len(),
+        1,
+        "NULL and the empty string differ"
+    );
+}
+
+#[test]
+fn applied_lines_are_read_from_a_receiver_log() {
+    use gapsync_tests::table_lab::{applied_ids, duplicates};
+    let log = "2026-12-03T19:00:00.1Z  INFO gapsync_receiver::sink::postgres: applied table=public.events object=incremental:public.events:1 kind=incremental rows=10 ms=3 pipe=plant-db\n\
+               2026-12-03T19:00:00.2Z  INFO gapsync_receiver::sink::postgres: already applied object=incremental:public.events:1 pipe=plant-db\n\
+               2026-12-03T19:00:00.3Z  INFO gapsync_receiver::sink::postgres: applied table=public.events object=\"incremental:public.events:2\" kind=incremental rows=1 ms=1\n\
+               2026-12-03T19:00:00.4Z  INFO gapsync_receiver::sink::postgres: applied table=public.events object=incremental:public.events:1 kind=incremental rows=10 ms=3\n";
+    let ids = applied_ids(log);
+    assert_eq!(
+        ids,
+        [
+            "incremental:public.events:1",
+            "incremental:public.events:2",
+            "incremental:public.events:1"
+        ]
+    );
+    assert_eq!(
+        duplicates(&ids).into_iter().collect::<Vec<_>>(),
+        [("incremental:public.events:1".to_owned(), 2)]
+    );
+}
