@@ -355,6 +355,29 @@ impl TableLab {
         out.lines().map(str::to_owned).collect()
     }
 
+    /// Panics with the logs when the sender or the receiver (started and not killed by the
+    /// test) has exited: waiting on would only time out.
+    pub fn assert_daemons_alive(&self) {
+        for p in [&self.receiver, &self.sender].into_iter().flatten() {
+            assert!(!exited(p), "the {} exited:\n{}", p.name, self.diagnostics());
+        }
+    }
+
+    /// Polls `cond` every 100 ms until it holds; panics with `what` and the logs after
+    /// `timeout`, or at once when a daemon exited.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            self.assert_daemons_alive();
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until every `(table, order_by)` has the same digest (and row count) on the
     /// target as on the source; panics with both digests, counts and the logs.
     pub fn wait_equal(&self, tables: &[(&str, &str)], timeout: Duration) {
@@ -364,6 +387,7 @@ impl TableLab {
             if diffs.is_empty() {
                 return;
             }
+            self.assert_daemons_alive();
             if start.elapsed() > timeout {
                 panic!(
                     "after {timeout:?} the target still differs from the source:\n{}\n{}",
@@ -419,6 +443,14 @@ impl TableLab {
             stderr(&self.sim),
         )
     }
+}
+
+/// True when the process has ended (a zombie not yet reaped, or gone).
+fn exited(p: &Proc) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", p.pid()))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(true)
 }
 
 /// The object ids of the `applied` lines of a receiver log (not the `already applied` ones).

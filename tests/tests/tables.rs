@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use gapsync_tests::table_lab::{PIPE, SOURCE_DB, TARGET_DB};
-use gapsync_tests::{TableLab, bin, check_config_code, tree_sizes, wait_until};
+use gapsync_tests::{TableLab, bin, check_config_code, tree_sizes};
 
 /// `(name, mode)` tables as `[[pipe.source.table]]` TOML, with extra keys per table.
 fn tables(list: &[(&str, &str, &str)]) -> String {
@@ -220,7 +220,7 @@ fn closed_partitions_move_once_and_changed_ones_only_with_resync_changed() {
         lab.wait_equal(&refs, Duration::from_secs(90));
     };
     equal(&lab, 0..20);
-    wait_until(
+    lab.wait_for(
         "20 partitions in gapsync.applied",
         Duration::from_secs(20),
         || lab.applied_table().len() >= 20,
@@ -473,7 +473,7 @@ fn objects_landed_by_a_directory_sink_are_loaded_later_exactly_once() {
         ("public.events", "incremental", "watermark = \"ts\"\n"),
     ]);
     lab.start_all();
-    wait_until(
+    lab.wait_for(
         "a snapshot and an incremental object landed",
         Duration::from_secs(60),
         || {

@@ -12,8 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+use gapsync_tests::TableLab;
 use gapsync_tests::table_lab::{EVENTS, PIPE, TARGET_DB, Writers, duplicates};
-use gapsync_tests::{TableLab, wait_until};
 
 /// The incremental table as the sender's config names it.
 fn events_table() -> String {
@@ -64,7 +64,7 @@ fn incremental_with_concurrent_writers_survives_kills_and_cuts() {
             std::thread::sleep(left);
         }
     };
-    wait_until(
+    lab.wait_for(
         "the first rows on the target",
         Duration::from_secs(30),
         || {
@@ -104,7 +104,7 @@ fn the_target_cluster_down_for_20_s_loses_nothing() {
     lab.tables = events_table();
     lab.start_all();
     let writers = Writers::start(&lab.source.conninfo(gapsync_tests::table_lab::SOURCE_DB), 2);
-    wait_until(
+    lab.wait_for(
         "the first rows on the target",
         Duration::from_secs(30),
         || {
@@ -147,7 +147,7 @@ fn the_target_cluster_down_for_20_s_loses_nothing() {
         lab.diagnostics()
     );
     assert_applied_once(&lab);
-    wait_until(
+    lab.wait_for(
         "the pipe out of ERROR once the target is back",
         Duration::from_secs(30),
         || lab.receiver_row().is_some_and(|r| r["state"] != "ERROR"),
@@ -180,7 +180,7 @@ fn an_added_column_appears_and_a_dropped_one_stops_the_pipe_until_fixed() {
     lab.src("ALTER TABLE public.events DROP COLUMN payload");
     insert(&lab, 10, "extra", "g");
     let mut log = String::new();
-    wait_until(
+    lab.wait_for(
         "an ERROR naming public.events and payload in the receiver's log",
         Duration::from_secs(60),
         || {
@@ -210,7 +210,7 @@ fn an_added_column_appears_and_a_dropped_one_stops_the_pipe_until_fixed() {
     lab.dst("ALTER TABLE public.events DROP COLUMN payload");
     lab.wait_equal(&[("public.events", "id")], Duration::from_secs(60));
     assert_eq!(lab.target.row_count(TARGET_DB, "public.events"), 30);
-    wait_until("the pipe out of ERROR", Duration::from_secs(30), || {
+    lab.wait_for("the pipe out of ERROR", Duration::from_secs(30), || {
         lab.receiver_row().is_some_and(|r| r["state"] != "ERROR")
     });
     assert_applied_once(&lab);
