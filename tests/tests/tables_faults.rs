@@ -129,6 +129,7 @@ fn the_target_cluster_down_for_20_s_loses_nothing() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let log_while_down = lab.receiver_log();
+    eprintln!("the receiver's pipe while the target was down: {states:?}");
     lab.target.start_again();
     std::thread::sleep(Duration::from_secs(3));
     let rows = writers.finish();
