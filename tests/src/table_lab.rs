@@ -39,6 +39,8 @@ pub struct TableLab {
     pub sink_extra: String,
     /// A whole `[pipe.sink]` table instead of the postgres sink (e.g. a directory sink).
     pub sink_toml: Option<String>,
+    /// Fault arguments of the gate simulator (each start; e.g. `--drop-ack N`).
+    pub sim_extra: Vec<String>,
     pub receiver: Option<Proc>,
     pub receiver_addr: Option<SocketAddr>,
     pub sim: Option<Proc>,
@@ -66,6 +68,7 @@ impl TableLab {
             source_extra: "poll_interval = \"200ms\"\n".into(),
             sink_extra: String::new(),
             sink_toml: None,
+            sim_extra: Vec::new(),
             receiver: None,
             receiver_addr: None,
             sim: None,
@@ -225,6 +228,7 @@ impl TableLab {
         if profile(&self.profile).envelope == gapsync_protocol::Envelope::ELanguage {
             args.extend(["--envelope".to_owned(), "e-language".to_owned()]);
         }
+        args.extend(self.sim_extra.iter().cloned());
         let marker = "listening on ";
         let sim_err = self.path("gate-sim.stderr");
         let before = std::fs::read_to_string(&sim_err)

@@ -2,8 +2,8 @@
 //!
 //! - An incremental table written by concurrent writers for 30 s (some transactions held
 //!   open a second, so rows commit late with watermark values below rows already read),
-//!   while the sender and the receiver are each killed with -9 and restarted and the gate is
-//!   cut: the tables end identical, each batch applied once.
+//!   while the sender and the receiver are each killed with -9 and restarted, the gate is
+//!   cut and swallows a few reply bytes: the tables end identical, each batch applied once.
 //! - The target cluster stopped for 20 s mid-run: the receiver's pipe shows ERROR (or its log
 //!   says why) meanwhile; nothing is lost.
 //! - A column added at the source appears on the target; a dropped one stops the pipe with an
@@ -55,6 +55,12 @@ fn incremental_with_concurrent_writers_survives_kills_and_cuts() {
     lab.src(EVENTS);
     lab.tables = events_table();
     lab.source_extra = "poll_interval = \"300ms\"\nbatch_rows = 2000\n".into();
+    // The gate also swallows a few reply bytes (and cuts the connection there): the sender
+    // sends again what the receiver may already have applied.
+    lab.sim_extra = ["3", "25", "60", "110"]
+        .iter()
+        .flat_map(|n| ["--drop-ack".to_owned(), (*n).to_owned()])
+        .collect();
     lab.start_all();
     let writers = Writers::start(&lab.source.conninfo(gapsync_tests::table_lab::SOURCE_DB), 4);
     let start = Instant::now();
@@ -95,6 +101,11 @@ fn incremental_with_concurrent_writers_survives_kills_and_cuts() {
         "every row the writers committed"
     );
     assert_applied_once(&lab);
+    let stats = std::fs::read_to_string(lab.path("sim.stats")).unwrap_or_default();
+    assert!(
+        !stats.contains("dropped_acks=0") && stats.contains("dropped_acks="),
+        "the (restarted) gate swallowed reply bytes:\n{stats}"
+    );
 }
 
 #[test]
