@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 use gapsync_protocol::{Profile, RawProfile};
 
 mod lab;
+pub mod pg;
+pub mod table_lab;
 pub use lab::Lab;
+pub use pg::PgCluster;
+pub use table_lab::TableLab;
 
 /// The folder holding the workspace's binaries (the one this test binary was built into).
 pub fn bin_dir() -> PathBuf {
