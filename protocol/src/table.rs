@@ -206,7 +206,10 @@ mod tests {
         let prefix: [u8; PREFIX_LEN] = bytes[..PREFIX_LEN].try_into().expect("test data");
         let len = header_len(&prefix).expect("test data") as usize;
         assert_eq!(len, bytes.len() - PREFIX_LEN);
-        assert_eq!(decode_header(&bytes[PREFIX_LEN..]).expect("test data"), header());
+        assert_eq!(
+            decode_header(&bytes[PREFIX_LEN..]).expect("test data"),
+            header()
+        );
     }
 
     #[test]
