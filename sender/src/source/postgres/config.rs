@@ -266,9 +266,11 @@ impl RawPostgres {
         }
         config.application_name(super::APPLICATION_NAME);
         // Watermarks and partition bounds are kept as text and cast back: one date style,
-        // whatever the server's default (the time zone stays the database's own).
+        // whatever the server's default (the time zone stays the database's own), and floats
+        // in their exact shortest form (PostgreSQL 10 and 11 round to 15 digits without
+        // extra_float_digits = 3: a float watermark read back would not be the one stored).
         let options = format!(
-            "{} -c DateStyle=ISO,YMD -c IntervalStyle=postgres",
+            "{} -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3",
             config.get_options().unwrap_or_default()
         );
         config.options(options.trim());

@@ -105,7 +105,7 @@ pub fn poll(ctx: &Ctx, client: &mut Client, t: &TableSettings) -> anyhow::Result
         version: VERSION,
         kind: TableKind::Incremental,
         table: name.clone(),
-        id: format!("incremental:{name}:{batch}"),
+        id: format!("incremental:{name}:{}:{batch}", ctx.epoch()),
         batch,
         columns: tb.columns.clone(),
         key,

@@ -11,9 +11,11 @@
 //! it); with false it is only named at INFO, once. The statistics counters are reset by
 //! `pg_stat_reset()` and lost after a crash of the database: a synced partition then looks
 //! changed once (sent again with `resync_changed = true`, which is harmless: it is reloaded
-//! whole; only logged otherwise).
+//! whole; only logged otherwise). The fingerprints are read just BEFORE the run's snapshot
+//! (see [`fingerprints`] for why), and a table that fails does not stop the others (each
+//! under a savepoint); the runs thread tries the failed ones again, backing off.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -28,13 +30,34 @@ use super::worker::Ctx;
 /// Changed partitions already named (child, fingerprint), so each is said once.
 pub type Logged = HashSet<(String, String)>;
 
-/// Reads every snapshot and partitions table once.
-pub fn run(ctx: &Ctx, client: &mut Client, logged: &mut Logged) -> anyhow::Result<()> {
+/// The tables of a run that failed, each with its error; the others were read.
+pub type Failed = Vec<(String, anyhow::Error)>;
+
+/// Reads every snapshot and partitions table once (`only`: just these, the ones a previous
+/// run failed on). One table failing does not stop the others: each is read under a
+/// savepoint of the run's transaction (the same snapshot) and rolled back to it on error.
+/// `Err` is a failure of the run itself (connection, transaction).
+pub fn run(
+    ctx: &Ctx,
+    client: &mut Client,
+    logged: &mut Logged,
+    only: Option<&HashSet<String>>,
+) -> anyhow::Result<Failed> {
     let tables: Vec<&TableSettings> = (ctx.s.tables.iter())
         .filter(|t| !matches!(t.mode, TableMode::Incremental { .. }))
+        .filter(|t| only.is_none_or(|o| o.contains(&t.name())))
         .collect();
+    let mut failed = Failed::new();
     if tables.is_empty() {
-        return Ok(());
+        return Ok(failed);
+    }
+    // Before the snapshot: see `fingerprints`.
+    let mut children = HashMap::new();
+    for t in tables.iter().filter(|t| is_partitions(t)) {
+        match fingerprints(client, t) {
+            Ok(c) => drop(children.insert(t.name(), c)),
+            Err(e) => failed.push((t.name(), e.context(format!("table {}", t.name())))),
+        }
     }
     let mut txn = client
         .build_transaction()
@@ -46,26 +69,53 @@ pub fn run(ctx: &Ctx, client: &mut Client, logged: &mut Logged) -> anyhow::Resul
     tracing::info!(pipe = %ctx.pipe, tables = tables.len(), read_at = %read_at, "table run: reading the snapshot and partitions tables in one consistent snapshot");
     for t in tables {
         let name = t.name();
+        if failed.iter().any(|(f, _)| *f == name) {
+            continue;
+        }
+        let mut sp = txn.transaction().context("cannot set a savepoint")?;
         let done = match &t.mode {
-            TableMode::Snapshot => snapshot(ctx, &mut txn, t, &read_at),
+            TableMode::Snapshot => snapshot(ctx, &mut sp, t, &read_at),
             TableMode::Partitions {
                 closed_after,
                 resync_changed,
-            } => partitions(
-                ctx,
-                &mut txn,
-                t,
-                &read_at,
-                *closed_after,
-                *resync_changed,
-                logged,
-            ),
+            } => {
+                let kids = children.remove(&name).unwrap_or_default();
+                let how = (*closed_after, *resync_changed);
+                partitions(ctx, &mut sp, t, &read_at, kids, how, logged)
+            }
             TableMode::Incremental { .. } => Ok(()),
         };
-        done.with_context(|| format!("table {name}"))?;
+        match done {
+            Ok(()) => sp.commit().context("cannot release a savepoint")?,
+            Err(e) => {
+                sp.rollback().context("cannot roll back to a savepoint")?;
+                failed.push((name.clone(), e.context(format!("table {name}"))));
+            }
+        }
     }
     txn.commit().context("cannot end the run's transaction")?;
-    Ok(())
+    Ok(failed)
+}
+
+fn is_partitions(t: &TableSettings) -> bool {
+    matches!(t.mode, TableMode::Partitions { .. })
+}
+
+/// The children of a partitions table with their fingerprints, read BEFORE the run's
+/// transaction takes its snapshot, in a statement of their own. The statistics counters are
+/// not MVCC: read inside the snapshot they would count a row committed after it, which the
+/// snapshot does not show, and the partition, recorded with that fingerprint, would never
+/// be sent again (not even with `resync_changed`). A backend reports its counts only after
+/// its transaction ended, so every row counted here committed before the snapshot and is
+/// read; a row committing between this read and the snapshot is read but not counted: the
+/// next run sees the fingerprint move and, with `resync_changed`, sends the partition again
+/// (harmless: it is reloaded whole).
+fn fingerprints(client: &mut Client, t: &TableSettings) -> anyhow::Result<Vec<Child>> {
+    match catalog::table(client, t)? {
+        Some(tb) if tb.relkind == "p" => Ok(catalog::children(client, tb.oid)?),
+        // Named by the run's own check, in its transaction.
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// The whole table.
@@ -88,7 +138,7 @@ fn snapshot(
         version: VERSION,
         kind: TableKind::Snapshot,
         table: name.clone(),
-        id: format!("snapshot:{name}:{run}"),
+        id: format!("snapshot:{name}:{}:{run}", ctx.epoch()),
         batch: run,
         columns: tb.columns.clone(),
         key: tb.primary_key,
@@ -111,8 +161,8 @@ fn partitions(
     txn: &mut Transaction<'_>,
     t: &TableSettings,
     read_at: &str,
-    closed_after: Option<Duration>,
-    resync_changed: bool,
+    children: Vec<Child>,
+    (closed_after, resync_changed): (Option<Duration>, bool),
     logged: &mut Logged,
 ) -> anyhow::Result<()> {
     let name = t.name();
@@ -124,7 +174,7 @@ fn partitions(
         );
     }
     let (parent_key, _, key_type) = catalog::partition_key(txn, tb.oid)?;
-    for child in catalog::children(txn, tb.oid)? {
+    for child in children {
         if child.relkind == "p" {
             if logged.insert((child.name.clone(), String::new())) {
                 tracing::warn!(pipe = %ctx.pipe, table = %name, partition = %child.name, "a child partition that is itself partitioned is not sent (only one level of partitions)");
@@ -185,7 +235,7 @@ fn send_partition(
         version: VERSION,
         kind: TableKind::Partition,
         table: child_name.clone(),
-        id: format!("partition:{child_name}:{fingerprint}"),
+        id: format!("partition:{child_name}:{}:{fingerprint}", ctx.epoch()),
         batch: 0,
         columns: columns.clone(),
         key,

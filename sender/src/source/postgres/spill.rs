@@ -28,7 +28,14 @@ pub fn spill(
 ) -> io::Result<Spilled> {
     let path = dir.join(key);
     let parent = path.parent().unwrap_or(dir).to_path_buf();
-    fs::create_dir_all(&parent)?;
+    if !parent.is_dir() {
+        fs::create_dir_all(&parent)?;
+        // The table's new folder must survive a crash with the file renamed into it: its
+        // entry in `tables/` is made durable too.
+        if let Some(up) = parent.parent() {
+            fs::File::open(up)?.sync_all()?;
+        }
+    }
     let tmp = tmp_path(&path);
     let result = write_all(&tmp, header, rows);
     let spilled = match result {

@@ -34,6 +34,12 @@ pub struct TableState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TablesState {
+    /// 16 hex digits from the OS random generator, made with the file: part of every object
+    /// id (`incremental:<table>:<epoch>:<batch>`...). A file lost or deleted starts numbering
+    /// at 1 again under a new epoch, so the receiver never takes a new batch for one it
+    /// already applied. Empty only in a file written before epochs (one is made then).
+    #[serde(default)]
+    pub epoch: String,
     #[serde(default)]
     pub tables: BTreeMap<String, TableState>,
 }
@@ -49,20 +55,31 @@ impl StateFile {
     /// The file's name in the pipe's state folder.
     pub const FILE: &'static str = "tables.json";
 
-    /// Reads the state (absent: nothing synced yet). A damaged file is an error naming it.
+    /// Reads the state (absent: nothing synced yet; a new epoch is made and written at once).
+    /// A damaged file is an error naming it.
     pub fn open(pipe_state: &Path) -> io::Result<Self> {
         let path = pipe_state.join(Self::FILE);
         let state = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: not a valid tables state ({e}); restore it, or delete it to sync every table afresh", path.display()),
+                    format!("{}: not a valid tables state ({e}); restore it from a backup if you can. Deleting it makes every table read afresh under a new epoch: snapshot tables and every partition are sent again whole, incremental tables again from their start_time (or their first row); the receiver applies them as new objects", path.display()),
                 )
             })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => TablesState::default(),
             Err(e) => return Err(e),
         };
-        Ok(Self { path, state })
+        let mut file = Self { path, state };
+        if file.state.epoch.is_empty() {
+            file.state.epoch = new_epoch()?;
+            file.save()?;
+        }
+        Ok(file)
+    }
+
+    /// This state's epoch (in every object id).
+    pub fn epoch(&self) -> &str {
+        &self.state.epoch
     }
 
     /// One table's record (a new one is empty).
@@ -94,6 +111,14 @@ impl StateFile {
     }
 }
 
+/// 16 hex digits from the OS random generator.
+fn new_epoch() -> io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +137,9 @@ mod tests {
         s.set("public.events", t.clone()).expect("saved");
         let again = StateFile::open(dir.path()).expect("reopened");
         assert_eq!(again.table("public.events"), t);
+        assert_eq!(again.epoch(), s.epoch(), "the epoch is kept");
+        assert_eq!(s.epoch().len(), 16);
+        assert!(s.epoch().bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(!dir.path().join(".tables.json.tmp").exists());
 
         fs::write(dir.path().join(StateFile::FILE), b"{\"tables\": 3").expect("damage");
@@ -120,6 +148,32 @@ mod tests {
             e.to_string()
                 .contains("tables.json: not a valid tables state"),
             "{e}"
+        );
+        assert!(e.to_string().contains("under a new epoch"), "{e}");
+    }
+
+    #[test]
+    fn a_lost_state_file_starts_a_new_epoch() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let first = StateFile::open(dir.path()).expect("new");
+        assert!(
+            dir.path().join(StateFile::FILE).is_file(),
+            "the epoch is written at once"
+        );
+        assert_eq!(
+            StateFile::open(dir.path()).expect("again").epoch(),
+            first.epoch()
+        );
+        fs::remove_file(dir.path().join(StateFile::FILE)).expect("lose it");
+        let second = StateFile::open(dir.path()).expect("afresh");
+        assert_ne!(second.epoch(), first.epoch());
+        // A file written before epochs gets one, written back.
+        fs::write(dir.path().join(StateFile::FILE), b"{\"tables\": {}}").expect("old");
+        let old = StateFile::open(dir.path()).expect("old file");
+        assert_eq!(old.epoch().len(), 16);
+        assert_eq!(
+            StateFile::open(dir.path()).expect("reread").epoch(),
+            old.epoch()
         );
     }
 }

@@ -7,6 +7,7 @@
 //! renamed into place, THEN the state file records its number (or watermark, or partition
 //! fingerprint), THEN it is reported to the pipe.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ use crate::source::{RunTrigger, SourceEvent};
 
 /// How long after a failure the source tries again.
 const RETRY: Duration = Duration::from_secs(5);
+/// The longest wait between two tries of a failed run (doubling from [`RETRY`]).
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// What both threads share.
 #[derive(Debug)]
@@ -68,6 +71,12 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .table(name)
+    }
+
+    /// The state's epoch (part of every object id: [`super::state::TablesState::epoch`]).
+    pub fn epoch(&self) -> String {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.epoch().to_owned()
     }
 
     /// Spills one object, records it with `record`, then reports it.
@@ -114,11 +123,12 @@ impl Ctx {
     }
 
     /// Says a failure at ERROR once per distinct message, and in the pipe's status.
-    fn failed(&self, e: &anyhow::Error) {
+    fn failed(&self, e: &anyhow::Error, retry: Duration) {
         let message = format!("{e:#}");
         let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
         if said.as_deref() != Some(message.as_str()) {
-            tracing::error!(pipe = %self.pipe, error = %message, "postgres source: cannot read the tables; retrying every {}s", RETRY.as_secs());
+            let retry_s = retry.as_secs();
+            tracing::error!(pipe = %self.pipe, error = %message, retry_s, "postgres source: cannot read the tables; trying again");
             self.stats.failed(format!("postgres source: {message}"));
             *said = Some(message);
         }
@@ -144,38 +154,53 @@ impl Ctx {
     }
 }
 
-/// The runs thread: waits for a trigger, runs every snapshot and partitions table, again
-/// every [`RETRY`] until a run succeeds.
+/// The runs thread: waits for a trigger, runs every snapshot and partitions table; after a
+/// failure tries again, [`RETRY`] later and twice as long each time up to [`RETRY_MAX`], only
+/// the tables that failed (a new trigger asks for all of them again).
 pub fn runs_loop(ctx: &Ctx, trigger: &RunTrigger) {
     let mut seen = 0;
     let mut pending = false;
+    // `None`: every table; else the ones the last run failed on.
+    let mut only: Option<HashSet<String>> = None;
     let mut next_try = Instant::now();
+    let mut backoff = RETRY;
     let mut client: Option<Client> = None;
     let mut logged = Logged::default();
     while !ctx.tx.is_closed() {
-        pending |= trigger.wait(&mut seen, Duration::from_millis(500));
+        if trigger.wait(&mut seen, Duration::from_millis(500)) {
+            pending = true;
+            only = None;
+        }
         if !pending || Instant::now() < next_try {
             continue;
         }
         let result = match client.as_mut() {
-            Some(c) => runs::run(ctx, c, &mut logged),
+            Some(c) => runs::run(ctx, c, &mut logged, only.as_ref()),
             None => ctx
                 .connect()
-                .and_then(|c| runs::run(ctx, client.insert(c), &mut logged)),
+                .and_then(|c| runs::run(ctx, client.insert(c), &mut logged, only.as_ref())),
         };
-        match result {
-            Ok(()) => {
-                pending = false;
+        let error = match result {
+            Ok(failed) if failed.is_empty() => {
+                (pending, only, backoff) = (false, None, RETRY);
                 ctx.recovered();
+                continue;
+            }
+            Ok(failed) => {
+                let text: Vec<String> = failed.iter().map(|(_, e)| format!("{e:#}")).collect();
+                only = Some(failed.into_iter().map(|(name, _)| name).collect());
+                anyhow::anyhow!("{}", text.join("; "))
             }
             Err(e) => {
                 client = None;
-                next_try = Instant::now() + RETRY;
-                if !ctx.tx.is_closed() {
-                    ctx.failed(&e);
-                }
+                e
             }
+        };
+        next_try = Instant::now() + backoff;
+        if !ctx.tx.is_closed() {
+            ctx.failed(&error, backoff);
         }
+        backoff = (backoff * 2).min(RETRY_MAX);
     }
 }
 
@@ -191,7 +216,7 @@ pub fn incremental_loop(ctx: &Ctx) {
             Err(e) => {
                 client = None;
                 if !ctx.tx.is_closed() {
-                    ctx.failed(&e);
+                    ctx.failed(&e, RETRY);
                 }
                 RETRY
             }
