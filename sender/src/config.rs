@@ -398,6 +398,20 @@ fn processors(
     Some(checked)
 }
 
+/// A postgres source's objects must all be sent: the state moves past each one as it is
+/// read, so one held back is never read again.
+fn table_pipe_rules(p: &mut Vec<String>, name: &str, rp: &RawPipe) {
+    let why = "the postgres source records each table object as read when it spills it, so an object not sent is never read again and its rows are lost";
+    if (rp.processors.iter().flatten()).any(|r| matches!(r, RawProcessor::Filter(_))) {
+        p.push(format!("pipe {name}: a `filter` processor cannot be used with a postgres source ({why}); choose the tables in [[pipe.source.table]] instead (compress and rate_limit are fine)"));
+    }
+    for (key, off) in [("realtime", rp.realtime), ("history", rp.history)] {
+        if off == Some(false) {
+            p.push(format!("pipe {name}: `{key} = false` cannot be used with a postgres source ({why}); remove it"));
+        }
+    }
+}
+
 /// What every pipe's check needs from the rest of the config.
 struct PipeContext<'a> {
     base: &'a Path,
@@ -454,6 +468,9 @@ impl PipeContext<'_> {
             diode: profile.is_some_and(|pr| pr.link == LinkKind::Udp),
         };
         let source = source(p, label, &mut rp, &cx);
+        if let Some(SourceSettings::Postgres(_)) = &source {
+            table_pipe_rules(p, &name, &rp);
+        }
         let processors = processors(p, &name, rp.processors.take(), profile);
         let auth = self.auth(p, label, rp.key_file, rp.key_id, rp.protection);
         let tls = match profile {
@@ -625,6 +642,31 @@ mod tests {
             "a diode keeps what it sent"
         );
         assert!(!u.forward_received && u.processors.filter().is_some() && u.schedule.is_some());
+    }
+
+    #[test]
+    fn a_postgres_pipe_refuses_what_would_drop_table_objects() {
+        let src = "source = { type = \"postgres\", connection = \"host=/tmp dbname=x\", table = [{ name = \"public.a\", mode = \"snapshot\" }] }";
+        let (_d, r) = load(
+            "",
+            &format!(
+                "[[pipe]]\nname = \"pg\"\ngate = \"h:1\"\nrealtime = false\nhistory = false\n\
+             processors = [{{ type = \"filter\", include = [\"*\"] }}, {{ type = \"compress\" }}]\n{src}\n\
+             [[pipe]]\nname = \"ok\"\ngate = \"h:1\"\nprocessors = [{{ type = \"compress\" }}, {{ type = \"rate_limit\", bytes_per_second = 1000 }}]\n{src}\n"
+            ),
+        );
+        let e = r.expect_err("refused");
+        for want in [
+            "pipe pg: a `filter` processor cannot be used with a postgres source",
+            "pipe pg: `realtime = false` cannot be used with a postgres source",
+            "pipe pg: `history = false` cannot be used with a postgres source",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in {e}");
+        }
+        assert!(
+            !e.contains("pipe ok"),
+            "compress and rate_limit are fine: {e}"
+        );
     }
 
     #[test]

@@ -86,7 +86,13 @@ fn main() -> std::process::ExitCode {
         command,
         |path| {
             Config::load(path)
-                .and_then(|c| source::postgres::probe::all(&c).map(|()| c))
+                .and_then(|c| {
+                    let report = source::postgres::probe::report(&c);
+                    for w in &report.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    report.for_check().map(|()| c)
+                })
                 .map(|c| {
                     let profiles: Vec<String> = (c.pipes.iter())
                         .map(|p| {
@@ -108,14 +114,22 @@ fn main() -> std::process::ExitCode {
         },
         |path| {
             let config = Config::load(path)?;
-            source::postgres::probe::all(&config)?;
+            // Permanent faults stop the start; a database not up yet does not (its pipe
+            // starts and keeps trying, saying why in its status).
+            let report = source::postgres::probe::report(&config);
+            report.for_start()?;
             let settings = config.log_settings();
-            gapsync_daemon::cli::start("gapsync-sender", &settings, serve(path.into(), config))
+            let serving = serve(path.into(), config, report);
+            gapsync_daemon::cli::start("gapsync-sender", &settings, serving)
         },
     )
 }
 
-async fn serve(path: std::path::PathBuf, config: Config) -> anyhow::Result<()> {
+async fn serve(
+    path: std::path::PathBuf,
+    config: Config,
+    probed: source::postgres::probe::Report,
+) -> anyhow::Result<()> {
     let (mut control, requests) = control::serve(&config.control_socket).with_context(|| {
         format!(
             "cannot open the control socket {} (set control_socket in the config)",
@@ -124,6 +138,12 @@ async fn serve(path: std::path::PathBuf, config: Config) -> anyhow::Result<()> {
     })?;
     control.reload_on_hangup()?;
     log_started(&config);
+    for problem in &probed.unreachable {
+        tracing::warn!(problem = %problem, "postgres source: the database does not answer yet; the pipe starts and keeps trying");
+    }
+    for warning in &probed.warnings {
+        tracing::warn!(warning = %warning, "postgres source");
+    }
     let steer = std::cell::RefCell::new(steer::Steer::start(path, config)?);
     tracing::info!(session = steer.borrow().session(), "all pipes started");
     gapsync_daemon::notify_ready();

@@ -451,6 +451,8 @@ mod tests {
             s.shown,
             "host=/run/postgresql port=5432 dbname=plant user=gapsync"
         );
+        let options = s.connection.get_options().unwrap_or_default();
+        assert!(options.contains("-c extra_float_digits=3"), "{options}");
     }
 
     #[test]

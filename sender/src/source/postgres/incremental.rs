@@ -9,9 +9,11 @@
 //!    next statement (so T is after the snapshot M was read in: a transaction that started
 //!    between that statement's start and its snapshot, and committed a row above M's
 //!    neighbours, is waited for too);
-//! 2. waits until every client transaction of this database that started before T has ended
-//!    (`pg_stat_activity.xact_start < T`; our own sessions, named `gapsync-sender`, are not
-//!    waited for);
+//! 2. waits until every transaction of this database that started before T has ended
+//!    (`pg_stat_activity.xact_start < T`: client backends and background workers such as
+//!    pg_cron's, not autovacuum, walsenders and the like; our own sessions, named
+//!    `gapsync-sender`, are not waited for), then until every prepared transaction
+//!    (`pg_prepared_xacts`) prepared before that moment has been committed or rolled back;
 //! 3. reads `W < watermark <= M` ordered by the watermark, streamed into the spill file.
 //!
 //! Every transaction still open when M's snapshot was taken started before T and is waited
@@ -19,7 +21,12 @@
 //! value before that snapshot) and now() / clock_timestamp() values at or after T, above
 //! every committed M: nothing at or below M can commit after step 2. This needs the
 //! watermark to be assigned by the database at insert, and the role to see other sessions
-//! (`pg_read_all_stats` or superuser; [`super::probe`] checks it). Rows sharing M's value
+//! (`pg_read_all_stats` or superuser; [`super::probe`] checks it). [`super::probe`] also
+//! refuses what breaks the rule: a sequence with `CACHE` > 1 behind the watermark (a session
+//! hands out its cached values long after others passed them) and a hot standby (the
+//! primary's open transactions are not in its `pg_stat_activity`); and warns of a
+//! `timestamp without time zone` watermark in a time zone with daylight saving time (its
+//! values go back an hour in autumn). Rows sharing M's value
 //! are all in the batch (`<= M`); the receiver upserts by key, so a row read twice is
 //! harmless.
 
@@ -76,7 +83,12 @@ pub fn poll(ctx: &Ctx, client: &mut Client, t: &TableSettings) -> anyhow::Result
     } else {
         cond.join(" AND ")
     };
-    let cap = row_cap(ctx, rec.bytes_per_row);
+    let per_row = match rec.bytes_per_row {
+        Some(b) => Some(b),
+        // The first batch: the table's own size per row, when it has been analyzed.
+        None => estimate_bytes_per_row(client, tb.oid)?,
+    };
+    let cap = row_cap(ctx, per_row);
     let ident = t.ident();
     // Step 1: M, then T.
     let bound = client.query_one(
@@ -146,34 +158,131 @@ fn row_cap(ctx: &Ctx, bytes_per_row: Option<u64>) -> u64 {
     by_rows.min(by_bytes).max(1)
 }
 
-/// Waits until no client transaction of this database that started before `t0` is open.
+/// The bytes per row of a table by PostgreSQL's statistics (`pg_relation_size / reltuples`),
+/// `None` before it was analyzed (or when it is empty or partitioned).
+fn estimate_bytes_per_row(client: &mut Client, oid: u32) -> anyhow::Result<Option<u64>> {
+    let row = client
+        .query_one(
+            "SELECT CASE WHEN reltuples > 0 THEN (pg_relation_size(oid) / reltuples)::float8 END \
+             FROM pg_class WHERE oid = $1",
+            &[&oid],
+        )
+        .context("cannot read the table's size")?;
+    let per_row: Option<f64> = row.get(0);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(per_row
+        .filter(|b| b.is_finite() && *b >= 1.0)
+        .map(|b| b.ceil() as u64))
+}
+
+/// Sessions that never write rows an incremental table reads: not waited for. Everything
+/// else is, client backends and background workers alike (pg_cron and extensions' jobs
+/// write too; a background worker's backend_type is its own name from PostgreSQL 13 on).
+const NON_WRITERS: &str = "'autovacuum launcher', 'autovacuum worker', 'walsender', \
+    'walreceiver', 'checkpointer', 'background writer', 'walwriter', 'startup', 'archiver', \
+    'stats collector', 'logical replication launcher', 'io worker', 'walsummarizer', \
+    'slotsync worker'";
+
+/// Waits until no transaction of this database that started before `t0` can still commit:
+/// first the sessions (`pg_stat_activity.xact_start < t0`), then the prepared transactions
+/// (a transaction started before `t0` may have been prepared since, leaving its session:
+/// every one prepared before the moment the sessions were seen clear is waited for).
 fn wait_older(ctx: &Ctx, client: &mut Client, t0: &str, table: &str) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut warned = false;
+    let sessions = format!(
+        "SELECT count(*), min(pid)::text, min(xact_start)::text FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND backend_type NOT IN ({NON_WRITERS}) \
+         AND application_name IS DISTINCT FROM $2 \
+         AND xact_start < $1::text::timestamptz"
+    );
+    let mut waiting = Waiting::new(ctx, table, "transactions");
+    loop {
+        let row = (client.query_one(&sessions, &[&t0, &APPLICATION_NAME]))
+            .context("cannot read pg_stat_activity")?;
+        if !waiting.open(row.get(0), row.get(1), row.get(2))? {
+            break;
+        }
+    }
+    let t1: String = client
+        .query_one("SELECT clock_timestamp()::text", &[])?
+        .get(0);
+    let mut waiting = Waiting::new(ctx, table, "prepared transactions");
     loop {
         let row = client
             .query_one(
-                "SELECT count(*), min(pid), min(xact_start)::text FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                 AND backend_type = 'client backend' \
-                 AND application_name IS DISTINCT FROM $2 \
-                 AND xact_start < $1::text::timestamptz",
-                &[&t0, &APPLICATION_NAME],
+                "SELECT count(*), min(gid), min(prepared)::text FROM pg_prepared_xacts \
+                 WHERE database = current_database() AND prepared < $1::text::timestamptz",
+                &[&t1],
             )
-            .context("cannot read pg_stat_activity")?;
-        let open: i64 = row.get(0);
-        if open == 0 {
+            .context("cannot read pg_prepared_xacts")?;
+        if !waiting.open(row.get(0), row.get(1), row.get(2))? {
             return Ok(());
         }
-        if ctx.tx.is_closed() {
+    }
+}
+
+/// One wait of [`wait_older`]: polls backing off from 20 ms to 1 s, named at WARN after
+/// [`WAIT_WARN`].
+struct Waiting<'a> {
+    ctx: &'a Ctx,
+    table: &'a str,
+    what: &'static str,
+    started: Instant,
+    pause: Duration,
+    warned: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(ctx: &'a Ctx, table: &'a str, what: &'static str) -> Self {
+        Self {
+            ctx,
+            table,
+            what,
+            started: Instant::now(),
+            pause: Duration::from_millis(20),
+            warned: false,
+        }
+    }
+
+    /// True (after a pause) while `open` older ones are left.
+    fn open(
+        &mut self,
+        open: i64,
+        first: Option<String>,
+        since: Option<String>,
+    ) -> anyhow::Result<bool> {
+        if open == 0 {
+            return Ok(false);
+        }
+        if self.ctx.tx.is_closed() {
             bail!("the pipe stopped");
         }
-        if !warned && started.elapsed() >= WAIT_WARN {
-            warned = true;
-            let pid: Option<i32> = row.get(1);
-            let since: Option<String> = row.get(2);
-            tracing::warn!(pipe = %ctx.pipe, table = %table, transactions = open, pid, since, "incremental: waiting for older transactions of the database to end before reading the next batch (a transaction left open delays every incremental table; end it or it holds the batch)");
+        if !self.warned && self.started.elapsed() >= WAIT_WARN {
+            self.warned = true;
+            let (pipe, table, what) = (&self.ctx.pipe, self.table, self.what);
+            tracing::warn!(pipe = %pipe, table = %table, what, open, first, since, "incremental: waiting for older transactions of the database to end before reading the next batch (a transaction left open, or prepared and never committed, delays every incremental table; end it or it holds the batch)");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(self.pause);
+        self.pause = (self.pause * 2).min(Duration::from_secs(1));
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_non_writers_are_a_valid_sql_list() {
+        let names: Vec<&str> = super::NON_WRITERS.split(',').map(str::trim).collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with('\'') && n.ends_with('\''))
+        );
+        assert!(names.contains(&"'autovacuum worker'"));
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains("client backend") || n.contains("background worker"))
+        );
     }
 }

@@ -18,46 +18,96 @@ const DATE_TYPES: [&str; 3] = [
     "timestamp with time zone",
 ];
 
-/// Checks every postgres source of `config` against its database.
-pub fn all(config: &Config) -> anyhow::Result<()> {
-    let mut problems = Vec::new();
-    for pc in &config.pipes {
-        if let SourceSettings::Postgres(s) = &pc.source {
-            problems.extend(pipe(&pc.name, s));
-        }
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    anyhow::bail!("{}", problems.join("\n"))
+/// What the database check of the postgres sources found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Faults the operator must fix (wrong password, missing table, a rule the table breaks):
+    /// check-config and the daemon's start refuse them.
+    pub problems: Vec<String>,
+    /// Databases that did not answer: check-config refuses them; the daemon starts anyway
+    /// (PostgreSQL may come up after it) and the pipe keeps trying, its status saying why.
+    pub unreachable: Vec<String>,
+    /// Said at WARN at start, printed by check-config.
+    pub warnings: Vec<String>,
 }
 
-/// The problems of one pipe's postgres source.
-pub fn pipe(name: &str, s: &PostgresSettings) -> Vec<String> {
+impl Report {
+    /// Everything that is wrong, for check-config.
+    pub fn for_check(&self) -> anyhow::Result<()> {
+        let all: Vec<&String> = self.problems.iter().chain(&self.unreachable).collect();
+        if all.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "{}",
+            all.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }
+
+    /// The permanent faults only, for the daemon's start.
+    pub fn for_start(&self) -> anyhow::Result<()> {
+        if self.problems.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!("{}", self.problems.join("\n"))
+    }
+}
+
+/// Checks every postgres source of `config` against its database.
+pub fn report(config: &Config) -> Report {
+    let mut all = Report::default();
+    for pc in &config.pipes {
+        if let SourceSettings::Postgres(s) = &pc.source {
+            let r = pipe_report(&pc.name, s);
+            all.problems.extend(r.problems);
+            all.unreachable.extend(r.unreachable);
+            all.warnings.extend(r.warnings);
+        }
+    }
+    all
+}
+
+/// What the check of one pipe's postgres source found.
+pub fn pipe_report(name: &str, s: &PostgresSettings) -> Report {
     // The sync client must not run on a tokio runtime's thread: a thread of its own.
     let (name, s) = (name.to_owned(), s.clone());
     std::thread::spawn(move || probe(&name, &s))
         .join()
-        .unwrap_or_else(|_| vec!["the database check panicked".to_owned()])
+        .unwrap_or_else(|_| Report {
+            problems: vec!["the database check panicked".to_owned()],
+            ..Report::default()
+        })
 }
 
-fn probe(name: &str, s: &PostgresSettings) -> Vec<String> {
+fn probe(name: &str, s: &PostgresSettings) -> Report {
+    let mut r = Report::default();
     let mut c = match s.connection.connect(NoTls) {
         Ok(c) => c,
         Err(e) => {
-            let e = chain(&e);
-            let hint = if e.contains("password") {
+            let text = chain(&e);
+            let hint = if text.contains("password") {
                 "; check the password (password_file) and the role's pg_hba.conf entry"
             } else {
                 "; check that the database runs and that `connection` names it"
             };
-            return vec![format!(
-                "pipe {name}: postgres source: cannot connect to the database ({}): {e}{hint}",
+            let line = format!(
+                "pipe {name}: postgres source: cannot connect to the database ({}): {text}{hint}",
                 s.shown
-            )];
+            );
+            // The server answered (wrong password, no such database or role), or the
+            // config lacks something: the operator must act. Else it is not up (yet).
+            if e.as_db_error().is_some() || text.contains("password") {
+                r.problems.push(line);
+            } else {
+                r.unreachable.push(line);
+            }
+            return r;
         }
     };
-    let mut p = Vec::new();
+    let p = &mut r.problems;
     let role: String = c
         .query_one("SELECT current_user::text", &[])
         .map_or_else(|_| "<role>".to_owned(), |r| r.get(0));
@@ -70,19 +120,105 @@ fn probe(name: &str, s: &PostgresSettings) -> Vec<String> {
                 s.shown
             )),
             Ok(Some(tb)) => {
-                if let Err(e) = table(&mut c, t, &tb, &mut p, (&label, &role)) {
+                if let Err(e) = table(&mut c, t, &tb, p, (&label, &role)) {
                     p.push(format!("{label}: {}", chain(&e)));
+                }
+                match watermark_rules(&mut c, t, &tb) {
+                    Ok((problems, warnings)) => {
+                        p.extend(problems.into_iter().map(|m| format!("{label}: {m}")));
+                        (r.warnings).extend(warnings.into_iter().map(|m| format!("{label}: {m}")));
+                    }
+                    Err(e) => p.push(format!("{label}: {}", chain(&e))),
                 }
             }
         }
     }
     let incremental = (s.tables.iter()).any(|t| matches!(t.mode, TableMode::Incremental { .. }));
     if incremental {
-        if let Err(e) = sees_sessions(&mut c, name, &mut p) {
+        if let Err(e) = sees_sessions(&mut c, name, p) {
             p.push(format!("pipe {name}: {}", chain(&e)));
         }
+        match standby(&mut c) {
+            Ok(Some(m)) => p.push(format!("pipe {name}: {m}")),
+            Ok(None) => {}
+            Err(e) => p.push(format!("pipe {name}: {}", chain(&e))),
+        }
     }
-    p
+    r
+}
+
+/// The same rules at each connection of the incremental thread (the database may have been
+/// unreachable at start, or changed since): an error naming every broken rule; the warnings
+/// are logged.
+pub fn incremental_rules(
+    c: &mut Client,
+    ctx_pipe: &str,
+    tables: &[TableSettings],
+) -> anyhow::Result<()> {
+    let mut problems: Vec<String> = standby(c)?.into_iter().collect();
+    for t in tables {
+        let Some(tb) = catalog::table(c, t)? else {
+            continue;
+        };
+        let (p, w) = watermark_rules(c, t, &tb)?;
+        problems.extend(p.into_iter().map(|m| format!("table {}: {m}", t.name())));
+        for m in w {
+            tracing::warn!(pipe = %ctx_pipe, table = %t.name(), "{m}");
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!("{}", problems.join("; "))
+}
+
+/// An incremental table on a hot standby: refused.
+fn standby(c: &mut Client) -> Result<Option<String>, postgres::Error> {
+    let recovering: bool = c.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+    Ok(recovering.then(|| "incremental tables cannot be read from a hot standby: its pg_stat_activity does not show the primary's open transactions, so rows committing late would be missed; connect to the primary (snapshot and partitions tables may stay on the standby, in a pipe of their own)".to_owned()))
+}
+
+/// The late-commit rule's conditions on an incremental table's watermark: problems (a
+/// sequence with CACHE > 1 behind it) and warnings (a `timestamp without time zone` in a
+/// time zone with daylight saving time).
+fn watermark_rules(
+    c: &mut Client,
+    t: &TableSettings,
+    tb: &Table,
+) -> Result<(Vec<String>, Vec<String>), postgres::Error> {
+    let (mut problems, mut warnings) = (Vec::new(), Vec::new());
+    let TableMode::Incremental { watermark, .. } = &t.mode else {
+        return Ok((problems, warnings));
+    };
+    let Some(col) = tb.columns.iter().find(|c| c.name == *watermark) else {
+        return Ok((problems, warnings));
+    };
+    for row in c.query(
+        "SELECT s.seqrelid::regclass::text, s.seqcache FROM pg_sequence s \
+         WHERE s.seqcache > 1 AND (s.seqrelid = to_regclass(pg_get_serial_sequence($1::text, $2::text)) \
+         OR s.seqrelid IN (SELECT d.refobjid FROM pg_attrdef ad \
+           JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
+           JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid \
+             AND d.refclassid = 'pg_class'::regclass \
+           WHERE ad.adrelid = $3 AND a.attname::text = $2::text))",
+        &[&t.ident(), watermark, &tb.oid],
+    )? {
+        let (seq, cache): (String, i64) = (row.get(0), row.get(1));
+        problems.push(format!("its watermark {watermark:?} comes from the sequence {seq} with CACHE {cache}: a session hands out its cached values long after other sessions passed them, so rows would be missed; run ALTER SEQUENCE {seq} CACHE 1;"));
+    }
+    let ty = &col.type_name;
+    if ty.starts_with("timestamp") && ty.ends_with("without time zone") {
+        let row = c.query_one(
+            "SELECT current_setting('TimeZone'), (SELECT count(DISTINCT extract(timezone FROM g)) \
+             FROM generate_series(now() - interval '1 year', now() + interval '1 year', interval '1 week') g) > 1",
+            &[],
+        )?;
+        let (zone, shifts): (String, bool) = (row.get(0), row.get(1));
+        if shifts {
+            warnings.push(format!("its watermark {watermark:?} is a timestamp without time zone and the database's TimeZone {zone} has daylight saving time: now() values go back an hour when it ends, and rows written in that hour are missed; make the column timestamptz (ALTER TABLE {} ALTER COLUMN {} TYPE timestamptz)", t.ident(), super::config::quote(watermark)));
+        }
+    }
+    Ok((problems, warnings))
 }
 
 fn table(

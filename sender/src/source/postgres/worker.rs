@@ -230,7 +230,14 @@ pub fn incremental_loop(ctx: &Ctx) {
 fn poll_all(ctx: &Ctx, client: &mut Option<Client>) -> anyhow::Result<bool> {
     let c = match client {
         Some(c) => c,
-        None => client.insert(ctx.connect()?),
+        None => {
+            let mut c = ctx.connect()?;
+            let incr: Vec<_> = (ctx.s.tables.iter().cloned())
+                .filter(|t| matches!(t.mode, TableMode::Incremental { .. }))
+                .collect();
+            super::probe::incremental_rules(&mut c, &ctx.pipe, &incr)?;
+            client.insert(c)
+        }
     };
     let mut more = false;
     for t in &ctx.s.tables {
