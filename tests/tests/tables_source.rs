@@ -79,7 +79,11 @@ fn a_changed_partition_moves_with_its_new_row_and_a_failing_table_holds_back_no_
     lab.src("INSERT INTO public.a VALUES (51, 'a51')");
     lab.trigger_run();
     lab.wait_equal(
-        &[("public.m_a", "id"), ("public.m_b", "id"), ("public.a", "id")],
+        &[
+            ("public.m_a", "id"),
+            ("public.m_b", "id"),
+            ("public.a", "id"),
+        ],
         Duration::from_secs(60),
     );
     assert_eq!(

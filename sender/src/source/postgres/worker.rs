@@ -232,8 +232,9 @@ fn poll_all(ctx: &Ctx, client: &mut Option<Client>) -> anyhow::Result<bool> {
         Some(c) => c,
         None => {
             let mut c = ctx.connect()?;
-            let incr: Vec<_> = (ctx.s.tables.iter().cloned())
+            let incr: Vec<_> = (ctx.s.tables.iter())
                 .filter(|t| matches!(t.mode, TableMode::Incremental { .. }))
+                .cloned()
                 .collect();
             super::probe::incremental_rules(&mut c, &ctx.pipe, &incr)?;
             client.insert(c)
