@@ -175,8 +175,8 @@ fn fill_source(lab: &TableLab) {
 fn summary(lab: &TableLab, tables: &[(String, &str, &str)], bulk_secs: f64, lag: f64) -> bool {
     println!();
     println!(
-        "  {:<30} {:>11} {:>9} {:>9}  {:<32} {}",
-        "table", "mode", "source", "target", "md5 of every row, ordered", "equal"
+        "  {:<30} {:>11} {:>9} {:>9}  {:<32} equal",
+        "table", "mode", "source", "target", "md5 of every row, ordered"
     );
     let (mut all_equal, mut bulk_rows, mut event_rows) = (true, 0i64, 0i64);
     for (t, order, mode) in tables {
