@@ -18,8 +18,22 @@ pub const PASSWORD_ROLE: &str = "gapsync_pw";
 /// Its password.
 pub const PASSWORD: &str = "secret";
 
+/// Where [`find_pg_bindir`] looks, for messages.
+pub const PG_BINDIR_SEARCH: &str =
+    "/usr/lib/postgresql/*/bin (the newest version first), `pg_config --bindir` and the PATH";
+
 /// The folder holding initdb, pg_ctl, postgres, psql and pgbench; panics naming what to install.
 pub fn pg_bindir() -> PathBuf {
+    find_pg_bindir().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL is not installed (no initdb, pg_ctl, postgres and psql under {PG_BINDIR_SEARCH}): \
+             run tests/run.sh as root, or `apt-get install -y postgresql`"
+        )
+    })
+}
+
+/// The first folder of [`PG_BINDIR_SEARCH`] holding initdb, pg_ctl, postgres and psql.
+pub fn find_pg_bindir() -> Option<PathBuf> {
     let has_all = |d: &Path| {
         ["initdb", "pg_ctl", "postgres", "psql"]
             .iter()
@@ -38,23 +52,20 @@ pub fn pg_bindir() -> PathBuf {
         .unwrap_or_default();
     debian.sort();
     if let Some((_, d)) = debian.into_iter().rev().find(|(_, d)| has_all(d)) {
-        return d;
+        return Some(d);
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && has_all(&d) {
-            return d;
+            return Some(d);
         }
     }
     if let Some(path) = std::env::var_os("PATH") {
         if let Some(d) = std::env::split_paths(&path).find(|d| has_all(d)) {
-            return d;
+            return Some(d);
         }
     }
-    panic!(
-        "PostgreSQL is not installed (no initdb, pg_ctl, postgres and psql under /usr/lib/postgresql/*/bin, \
-         pg_config --bindir or the PATH): run tests/run.sh as root, or `apt-get install -y postgresql`"
-    )
+    None
 }
 
 /// True when this process runs as root (the cluster then runs as `nobody`).

@@ -349,9 +349,10 @@ fn the_commands_say_when_the_sender_is_not_running() {
 #[test]
 fn a_diode_pipe_stopped_mid_file_past_the_deadline_still_lands_the_file_when_started() {
     let mut lab = Lab::new("udp-loopback");
-    // 2 MB/s: the 12 MB file is still on its way when the pipe is stopped.
+    // 1 MB/s: the 12 MB file is still on its way when the pipe is stopped (at 2 MB/s a
+    // loaded machine's slow control calls let the whole file go before the stop).
     lab.sender_pipe_extra =
-        "processors = [{ type = \"rate_limit\", bytes_per_second = 2000000 }]".into();
+        "processors = [{ type = \"rate_limit\", bytes_per_second = 1000000 }]".into();
     lab.start_receiver();
     lab.start_sender();
     let config = lab.path("sender.toml");
@@ -367,6 +368,10 @@ fn a_diode_pipe_stopped_mid_file_past_the_deadline_still_lands_the_file_when_sta
     std::thread::sleep(Duration::from_secs(1));
     let (code, _, err) = ctl(&config, &["pipe", "stop", "scada"]);
     assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !lab.dest.join("big.bin").exists(),
+        "the whole file crossed before the stop: this test's premise failed (machine too slow?)"
+    );
     // Well past the receiver's deadline: it gives the object up while the pipe is stopped.
     wait_until(
         "the receiver to give the object up",

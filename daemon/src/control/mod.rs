@@ -207,6 +207,10 @@ pub struct PipeRow {
     /// Receiver: symlinks refused because their target leaves the destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_links: Option<u64>,
+    /// Sender: what the pipe's source holds back now (e.g. a postgres source's incremental
+    /// reading paused at `max_pending`), `None` when nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// The last WARN or ERROR about this pipe, `None` when there was none.
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
@@ -247,6 +251,7 @@ impl PipeRow {
             ignored: None,
             skipped_links: None,
             refused_links: None,
+            note: None,
             last_error: None,
             last_error_at: None,
             from: None,

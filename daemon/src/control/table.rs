@@ -172,6 +172,9 @@ fn details(side: Side, r: &PipeRow) -> Vec<String> {
             out.push(format!("peers: {}", list.join(", ")));
         }
     }
+    if let Some(note) = &r.note {
+        out.push(format!("note: {note}"));
+    }
     if let Some(error) = &r.last_error {
         let at = r.last_error_at.map(|t| format!(" {}", stamp(t)));
         out.push(format!("last error{}: {error}", at.unwrap_or_default()));

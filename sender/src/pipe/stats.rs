@@ -1,7 +1,7 @@
 //! A pipe's counters, shared with the summary and the status.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Counters of one pipe, for the periodic summary and [`super::status::PipeStatus`].
@@ -31,6 +31,11 @@ pub struct PipeStats {
     pub forwarded_skipped: AtomicU64,
     /// When the last object was delivered, in milliseconds since the Unix epoch (0: never).
     pub last_delivery_ms: AtomicU64,
+    /// Stopped by the operator (`pipe stop`), whatever the windows: a source that reads a
+    /// database (postgres incremental) does not while this is set.
+    pub stopped: AtomicBool,
+    /// What the source holds back now, for the status (`None`: nothing).
+    pub note: Mutex<Option<String>>,
     /// The last WARN or ERROR the pipe logged.
     pub last_problem: Mutex<Option<Problem>>,
 }
@@ -63,6 +68,13 @@ impl PipeStats {
     /// Keeps an ERROR the pipe logged, for its status.
     pub fn failed(&self, message: impl Into<String>) {
         self.note("ERROR", message.into());
+    }
+
+    /// Sets (or clears) what the source holds back now.
+    pub fn set_note(&self, note: Option<String>) {
+        if let Ok(mut n) = self.note.lock() {
+            *n = note;
+        }
     }
 
     fn note(&self, level: &'static str, message: String) {

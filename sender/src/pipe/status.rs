@@ -36,6 +36,8 @@ pub struct PipeStatus {
     pub filtered: u64,
     /// Objects left in the source because they arrived through gapsync (`forward_received`).
     pub forwarded_skipped: u64,
+    /// What the source holds back now.
+    pub note: Option<String>,
     /// The last WARN or ERROR the pipe logged, with its time.
     pub last_problem: Option<Problem>,
 }
@@ -90,6 +92,7 @@ impl PipeHandle {
             skipped_links: s.skipped_links.load(Relaxed),
             filtered: s.filtered.load(Relaxed),
             forwarded_skipped: s.forwarded_skipped.load(Relaxed),
+            note: s.note.lock().ok().and_then(|n| n.clone()),
             last_problem: s.last_problem.lock().ok().and_then(|p| p.clone()),
         }
     }

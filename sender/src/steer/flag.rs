@@ -80,6 +80,7 @@ impl RunFlag {
     }
 
     fn apply(&self, parts: Parts) {
+        (self.handle.stats.stopped).store(parts.stopped, std::sync::atomic::Ordering::Relaxed);
         let run = !parts.stopped && parts.open;
         if run != self.handle.is_running() {
             if run {

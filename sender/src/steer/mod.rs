@@ -126,12 +126,14 @@ impl Steer {
             ),
             false => None,
         };
+        // Before the source starts: a stopped pipe's source reads no database at all.
+        let stopped = self.states.is_stopped(&pc.name);
+        (stats.stopped).store(stopped, std::sync::atomic::Ordering::Relaxed);
         let rx = pipe
             .start_source()
             .with_context(|| format!("pipe {}: cannot start its source", pc.name))?;
         let handle = pipe.handle();
         let open = (pc.schedule.as_ref()).is_none_or(|s| s.is_open(chrono::Utc::now()));
-        let stopped = self.states.is_stopped(&pc.name);
         let flag = RunFlag::new(handle.clone(), stopped, open, cron.clone());
         let (stop, stop_rx) = watch::channel(false);
         let task = crate::link::start(pipe, &self.config.node, self.session, rx, stop_rx);

@@ -1,5 +1,6 @@
 //! `reload` (and SIGHUP): the config file is checked first (a bad one is refused with its
-//! problems and the running one kept); then, pipe by pipe, added pipes start, removed pipes
+//! problems and the running one kept; the database of each added or changed postgres pipe
+//! is asked what check-config asks it); then, pipe by pipe, added pipes start, removed pipes
 //! stop (DROP: their state folder stays where it is, `<state_dir>/sender/<pipe>`, and
 //! `pipe-states.json` records when), changed pipes restart, and the others are not touched.
 
@@ -7,6 +8,8 @@ use gapsync_daemon::control::Response;
 
 use super::{Running, Steer};
 use crate::config::{Config, PipeConfig};
+use crate::source::SourceSettings;
+use crate::source::postgres::probe;
 
 /// What a reload does to the pipes.
 #[derive(Debug, Default)]
@@ -40,6 +43,12 @@ impl Steer {
             return Response::failed(format!("reload refused: {why}"));
         }
         let plan = plan(&self.config, &new);
+        let problems = tokio::task::block_in_place(|| probe_databases(&plan, &new));
+        if !problems.is_empty() {
+            let why = problems.join("\n");
+            tracing::error!(config = %self.path.display(), error = %why, "the new config has problems and is not applied; the running config is kept");
+            return Response::failed(format!("reload refused, the running config is kept: {why}"));
+        }
         let errors = tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(self.apply(&plan, &new))
         });
@@ -122,6 +131,18 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// Which pipes are added, removed, changed (anything of theirs differs: their table as
 /// written, their profile with the overrides, `[tls]`, their key file's key) or unchanged.
+/// What check-config asks the database of each added or changed postgres pipe.
+fn probe_databases(plan: &Plan, new: &Config) -> Vec<String> {
+    let touched = |n: &String| plan.added.contains(n) || plan.changed.contains(n);
+    let mut problems = Vec::new();
+    for pc in new.pipes.iter().filter(|pc| touched(&pc.name)) {
+        if let SourceSettings::Postgres(s) = &pc.source {
+            problems.extend(probe::pipe(&pc.name, s));
+        }
+    }
+    problems
+}
+
 fn plan(old: &Config, new: &Config) -> Plan {
     let mut plan = Plan::default();
     for o in &old.pipes {

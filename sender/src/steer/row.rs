@@ -74,6 +74,7 @@ pub fn row(st: &PipeStatus, extras: RowExtras) -> PipeRow {
     row.filtered = Some(st.filtered);
     row.ignored = Some(st.ignored_files);
     row.skipped_links = Some(st.skipped_links);
+    row.note = st.note.clone();
     if let Some(p) = &st.last_problem {
         row.last_error = Some(format!("{}: {}", p.level, p.message));
         row.last_error_at = Some(DateTime::<Utc>::from(p.at));

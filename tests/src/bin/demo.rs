@@ -2,12 +2,15 @@
 //! with the `syskeeper-2000` profile, transfers a set of sample files, verifies every byte,
 //! and prints a summary. Its folder under the temporary directory is removed at the end unless
 //! `--keep` is given (or the demo failed). Run: `cargo run --release -p gapsync-tests --bin
-//! gapsync-demo` (the README's first command).
+//! gapsync-demo` (the README's first command). With `--tables`, the table job instead
+//! (demo/tables.rs): two PostgreSQL clusters of its own, tables instead of files.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+#[path = "demo/tables.rs"]
+mod demo_tables;
 use gapsync_tests::{Lab, count_files, count_lines, make_file, profiles_dir, wait_until};
 
 #[derive(Parser, Debug)]
@@ -25,10 +28,20 @@ struct Args {
     /// print where it is. A failed demo always keeps it.
     #[arg(long)]
     keep: bool,
+    /// The table job instead: two PostgreSQL clusters of its own (source and target), pgbench's
+    /// tables (snapshot), an events table with writers (incremental) and a table partitioned
+    /// by day (partitions), compared row by row on both sides. Needs PostgreSQL installed
+    /// (`apt-get install postgresql`), not running.
+    #[arg(long)]
+    tables: bool,
 }
 
 fn main() {
-    let Args { profile, keep } = Args::parse();
+    let Args {
+        profile,
+        keep,
+        tables,
+    } = Args::parse();
     if !profiles_dir().join(format!("{profile}.toml")).is_file() {
         let mut shipped: Vec<String> = std::fs::read_dir(profiles_dir())
             .into_iter()
@@ -49,6 +62,9 @@ fn main() {
         );
         std::process::exit(2);
     }
+    if tables {
+        demo_tables::require_postgres();
+    }
     // The first run from a fresh clone compiles the daemons here (a few minutes); later runs
     // find them up to date in a second.
     println!("gapsync demo: building the daemons (release; cargo shows its progress)...");
@@ -58,6 +74,10 @@ fn main() {
         "gapsync demo: daemons ready ({:.0} s)",
         build.elapsed().as_secs_f64()
     );
+    if tables {
+        demo_tables::run(&profile, keep);
+        return;
+    }
     let mut lab = Lab::new(&profile);
     // Kept if the demo fails anywhere (a panic included); removed at the end of a good run
     // unless --keep.

@@ -8,6 +8,7 @@
 //! poll_interval = "500ms"     # incremental: how often new rows are looked for
 //! batch_rows = 100000         # incremental: rows per batch at most
 //! batch_bytes = "64MiB"       # incremental: approximate bytes per batch at most
+//! max_pending = "1GiB"        # incremental: reading pauses above this many unsent bytes
 //! [[pipe.source.table]]
 //! name = "public.events"
 //! mode = "incremental"        # snapshot | partitions | incremental
@@ -33,6 +34,8 @@ pub const DEFAULT_POLL: Duration = Duration::from_millis(500);
 pub const DEFAULT_BATCH_ROWS: u64 = 100_000;
 /// Default for `batch_bytes`.
 pub const DEFAULT_BATCH_BYTES: u64 = 64 << 20;
+/// Default for `max_pending`.
+pub const DEFAULT_MAX_PENDING: u64 = 1 << 30;
 
 /// How a table is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -78,6 +81,8 @@ pub struct RawPostgres {
     pub poll_interval: Option<Duration>,
     pub batch_rows: Option<u64>,
     pub batch_bytes: Option<Size>,
+    /// incremental: bytes of spill files not yet sent above which reading pauses.
+    pub max_pending: Option<Size>,
     /// On the udp link: how long delivered spill files are kept for a resend.
     #[serde(default, with = "humantime_serde")]
     pub keep_sent_for: Option<Duration>,
@@ -134,6 +139,8 @@ pub struct PostgresSettings {
     pub poll_interval: Duration,
     pub batch_rows: NonZeroU64,
     pub batch_bytes: NonZeroU64,
+    /// incremental: reading pauses while the spill files not yet sent pass this.
+    pub max_pending: NonZeroU64,
     pub keep_sent_for: Option<Duration>,
     pub tables: Vec<TableSettings>,
     /// `<state_dir>/sender/<pipe>`: spill files under `tables/`, state in `tables.json`.
@@ -175,7 +182,7 @@ impl RawPostgres {
         cx: &SourceContext,
     ) -> Option<PostgresSettings> {
         for key in self.unknown.keys() {
-            p.push(format!("unknown key `{key}` in {label} `source`: a postgres source takes connection, password_file, poll_interval, batch_rows, batch_bytes, keep_sent_for, table"));
+            p.push(format!("unknown key `{key}` in {label} `source`: a postgres source takes connection, password_file, poll_interval, batch_rows, batch_bytes, max_pending, keep_sent_for, table"));
         }
         if self.keep_sent_for.is_some() && !cx.diode {
             p.push(format!("{label}: `keep_sent_for` is only for the udp link (on a gate link the receiver confirms every object)"));
@@ -185,17 +192,20 @@ impl RawPostgres {
         if batch_rows.is_none() {
             p.push(format!("{label}: `batch_rows` must be at least 1"));
         }
-        let batch_bytes = match &self.batch_bytes {
-            None => NonZeroU64::new(DEFAULT_BATCH_BYTES),
-            Some(Size::Number(n)) => NonZeroU64::new(*n).or_else(|| {
-                p.push(format!("{label}: `batch_bytes` must be above 0"));
-                None
-            }),
-            Some(Size::Text(t)) => parse_bytes(t).and_then(NonZeroU64::new).or_else(|| {
-                p.push(format!("{label}: `batch_bytes` {t:?} is not a size above 0 (e.g. \"64MiB\", \"500kB\", \"1000000\")"));
-                None
-            }),
-        };
+        let batch_bytes = size(
+            p,
+            label,
+            "batch_bytes",
+            &self.batch_bytes,
+            DEFAULT_BATCH_BYTES,
+        );
+        let max_pending = size(
+            p,
+            label,
+            "max_pending",
+            &self.max_pending,
+            DEFAULT_MAX_PENDING,
+        );
         if self.poll_interval.is_some_and(|d| d.is_zero()) {
             p.push(format!("{label}: `poll_interval` must be above 0"));
         }
@@ -220,6 +230,7 @@ impl RawPostgres {
             poll_interval: self.poll_interval.unwrap_or(DEFAULT_POLL),
             batch_rows: batch_rows?,
             batch_bytes: batch_bytes?,
+            max_pending: max_pending?,
             keep_sent_for: self.keep_sent_for,
             tables,
             pipe_state: cx.pipe_state?.to_path_buf(),
@@ -275,6 +286,27 @@ impl RawPostgres {
         );
         config.options(options.trim());
         Some(config)
+    }
+}
+
+/// A size key (`key`), `default` when absent; a problem pushed when not a size above 0.
+fn size(
+    p: &mut Vec<String>,
+    label: &str,
+    key: &str,
+    raw: &Option<Size>,
+    default: u64,
+) -> Option<NonZeroU64> {
+    match raw {
+        None => NonZeroU64::new(default),
+        Some(Size::Number(n)) => NonZeroU64::new(*n).or_else(|| {
+            p.push(format!("{label}: `{key}` must be above 0"));
+            None
+        }),
+        Some(Size::Text(t)) => parse_bytes(t).and_then(NonZeroU64::new).or_else(|| {
+            p.push(format!("{label}: `{key}` {t:?} is not a size above 0 (e.g. \"64MiB\", \"500kB\", \"1000000\")"));
+            None
+        }),
     }
 }
 
@@ -438,6 +470,7 @@ mod tests {
         assert_eq!(s.poll_interval, DEFAULT_POLL);
         assert_eq!(s.batch_rows.get(), DEFAULT_BATCH_ROWS);
         assert_eq!(s.batch_bytes.get(), DEFAULT_BATCH_BYTES);
+        assert_eq!(s.max_pending.get(), 1 << 30);
         assert_eq!(s.tables.len(), 3);
         assert_eq!(s.tables[1].ident(), "\"public\".\"events\"");
         assert_eq!(
@@ -458,7 +491,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once_naming_the_table() {
         let (p, s) = check(
-            "connection = \"host=x port=notaport\"\nbatch_rows = 0\nbatch_bytes = \"12 parsecs\"\nkeep_sent_for = \"1d\"\nfoo = 1\n\
+            "connection = \"host=x port=notaport\"\nbatch_rows = 0\nbatch_bytes = \"12 parsecs\"\nmax_pending = 0\nkeep_sent_for = \"1d\"\nfoo = 1\n\
              [[table]]\nname = \"public.events\"\nmode = \"incremental\"\n\
              [[table]]\nname = \"assets\"\nmode = \"snapshot\"\n\
              [[table]]\nname = \"public.a\"\nmode = \"snapshot\"\nwatermark = \"ts\"\nclosed_after = \"1d\"\n\
@@ -473,6 +506,7 @@ mod tests {
             "`connection` is not valid",
             "`batch_rows` must be at least 1",
             "`batch_bytes` \"12 parsecs\" is not a size",
+            "`max_pending` must be above 0",
             "table #1 (public.events): incremental mode needs `watermark`",
             "table #2 (assets): `name` must be \"schema.table\"",
             "table #3 (public.a): `closed_after` is only for partitions mode",
@@ -481,7 +515,7 @@ mod tests {
         ] {
             assert!(all.contains(want), "missing {want:?} in\n{all}");
         }
-        assert_eq!(p.len(), 10, "{all}");
+        assert_eq!(p.len(), 11, "{all}");
     }
 
     #[test]

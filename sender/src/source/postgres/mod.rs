@@ -248,6 +248,25 @@ fn pipe_lock(pipe_state: &Path) -> Arc<Mutex<()>> {
     locks.entry(pipe_state.to_path_buf()).or_default().clone()
 }
 
+/// The bytes of the spill files under `dir` (written, not yet sent; 0 when unreadable).
+fn pending_bytes(dir: &Path) -> u64 {
+    spill_files(dir).map_or(0, |files| {
+        (files.iter())
+            .filter(|(key, _)| !key.contains("/."))
+            .map(|(_, meta)| meta.len())
+            .sum()
+    })
+}
+
+/// A spill file of a snapshot of `table` under `dir` (one not yet sent), by key.
+fn queued_snapshot(dir: &Path, table: &str) -> Option<String> {
+    let files = fs::read_dir(dir.join(table)).ok()?;
+    files.filter_map(Result::ok).find_map(|f| {
+        let name = f.file_name().into_string().ok()?;
+        (name.starts_with("snapshot-") && name.ends_with(".gst")).then(|| format!("{table}/{name}"))
+    })
+}
+
 /// The spill files under `dir` (`<table>/<file>.gst`), by key.
 fn spill_files(dir: &Path) -> io::Result<Vec<(String, fs::Metadata)>> {
     let mut out = Vec::new();

@@ -70,6 +70,13 @@ pub fn report(config: &Config) -> Report {
     all
 }
 
+/// The problems of one pipe's postgres source as check-config sees them (an unreachable
+/// database included; a reload refuses them).
+pub fn pipe(name: &str, s: &PostgresSettings) -> Vec<String> {
+    let r = pipe_report(name, s);
+    r.problems.into_iter().chain(r.unreachable).collect()
+}
+
 /// What the check of one pipe's postgres source found.
 pub fn pipe_report(name: &str, s: &PostgresSettings) -> Report {
     // The sync client must not run on a tokio runtime's thread: a thread of its own.

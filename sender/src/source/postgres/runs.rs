@@ -128,6 +128,11 @@ fn snapshot(
     let name = t.name();
     let tb = catalog::table(txn, t)?
         .ok_or_else(|| anyhow!("does not exist (or the role cannot see it)"))?;
+    if let Some(queued) = super::queued_snapshot(&ctx.dir, &name) {
+        // The receiver applies only the newest snapshot anyway: one waiting is enough.
+        tracing::info!(pipe = %ctx.pipe, table = %name, queued = %queued, "snapshot run: table skipped, its previous snapshot is not sent yet (it goes first; the next run after it was sent reads the table again)");
+        return Ok(());
+    }
     let run = ctx.table_state(&name).batch + 1;
     let key = ObjectName::Snapshot {
         table: name.clone(),

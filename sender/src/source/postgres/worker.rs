@@ -1,7 +1,8 @@
 //! The source's threads (the sync `postgres` client never runs on the tokio runtime): one
 //! for the runs of the snapshot and partitions tables (at start without a cron, on `pipe
 //! start`, at each cron time: [`crate::source::RunTrigger`]), one polling the incremental
-//! tables every `poll_interval`. Each keeps its own connection, made again after a failure.
+//! tables every `poll_interval`. The incremental one keeps its connection (made again after a
+//! failure, closed while the pipe is stopped); the runs one connects for each run.
 //!
 //! [`Ctx::publish`] is the exactly-once step: the spill file is written, fsynced and
 //! renamed into place, THEN the state file records its number (or watermark, or partition
@@ -10,6 +11,7 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -164,7 +166,6 @@ pub fn runs_loop(ctx: &Ctx, trigger: &RunTrigger) {
     let mut only: Option<HashSet<String>> = None;
     let mut next_try = Instant::now();
     let mut backoff = RETRY;
-    let mut client: Option<Client> = None;
     let mut logged = Logged::default();
     while !ctx.tx.is_closed() {
         if trigger.wait(&mut seen, Duration::from_millis(500)) {
@@ -174,12 +175,11 @@ pub fn runs_loop(ctx: &Ctx, trigger: &RunTrigger) {
         if !pending || Instant::now() < next_try {
             continue;
         }
-        let result = match client.as_mut() {
-            Some(c) => runs::run(ctx, c, &mut logged, only.as_ref()),
-            None => ctx
-                .connect()
-                .and_then(|c| runs::run(ctx, client.insert(c), &mut logged, only.as_ref())),
-        };
+        // A connection per run: runs are rare, and no idle session stays in the database
+        // between them (nor while the pipe is stopped).
+        let result = ctx
+            .connect()
+            .and_then(|mut c| runs::run(ctx, &mut c, &mut logged, only.as_ref()));
         let error = match result {
             Ok(failed) if failed.is_empty() => {
                 (pending, only, backoff) = (false, None, RETRY);
@@ -191,10 +191,7 @@ pub fn runs_loop(ctx: &Ctx, trigger: &RunTrigger) {
                 only = Some(failed.into_iter().map(|(name, _)| name).collect());
                 anyhow::anyhow!("{}", text.join("; "))
             }
-            Err(e) => {
-                client = None;
-                e
-            }
+            Err(e) => e,
         };
         next_try = Instant::now() + backoff;
         if !ctx.tx.is_closed() {
@@ -205,10 +202,26 @@ pub fn runs_loop(ctx: &Ctx, trigger: &RunTrigger) {
 }
 
 /// The incremental thread: each table polled in turn; at once again while batches are
-/// full, else after `poll_interval`.
+/// full, else after `poll_interval`. It reads nothing while the pipe is stopped, nor while
+/// the spill files not yet sent reach `max_pending` (checked before each round of batches,
+/// so they pass it by a round's batches at most).
 pub fn incremental_loop(ctx: &Ctx) {
     let mut client: Option<Client> = None;
+    let mut held = None;
     loop {
+        let now = hold(ctx);
+        say_hold(ctx, held, now);
+        held = now;
+        if let Some(why) = now {
+            if why == Hold::Stopped {
+                // A stopped pipe keeps no session open in the database.
+                client = None;
+            }
+            if !ctx.sleep(ctx.s.poll_interval) {
+                return;
+            }
+            continue;
+        }
         let result = poll_all(ctx, &mut client);
         let wait = match result {
             Ok(true) => Duration::ZERO,
@@ -223,6 +236,50 @@ pub fn incremental_loop(ctx: &Ctx) {
         };
         if !ctx.sleep(wait) {
             return;
+        }
+    }
+}
+
+/// Why the incremental thread reads no batch now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// The operator stopped the pipe (`pipe stop`).
+    Stopped,
+    /// The spill files not yet sent (bytes) reached `max_pending`.
+    Pending(u64),
+}
+
+fn hold(ctx: &Ctx) -> Option<Hold> {
+    if ctx.stats.stopped.load(Relaxed) {
+        return Some(Hold::Stopped);
+    }
+    let pending = super::pending_bytes(&ctx.dir);
+    (pending >= ctx.s.max_pending.get()).then_some(Hold::Pending(pending))
+}
+
+/// One line when reading pauses (WARN, and in the pipe's status, for `max_pending`; INFO
+/// for a stopped pipe) and one INFO line when it resumes.
+fn say_hold(ctx: &Ctx, was: Option<Hold>, now: Option<Hold>) {
+    let kind = |h: Option<Hold>| h.map(|h| std::mem::discriminant(&h));
+    if kind(was) == kind(now) {
+        return;
+    }
+    let max = ctx.s.max_pending.get();
+    ctx.stats.set_note(match now {
+        Some(Hold::Pending(pending)) => Some(format!("incremental reading paused: {pending} bytes of table objects not yet sent (max_pending {max})")),
+        Some(Hold::Stopped) => Some("incremental reading paused: the pipe is stopped".to_owned()),
+        None => None,
+    });
+    match now {
+        Some(Hold::Pending(pending)) => {
+            tracing::warn!(pipe = %ctx.pipe, pending_bytes = pending, max_pending = max, "incremental reading paused: the table objects not yet sent reached max_pending; it resumes once sending brought them under (no row is lost: the watermark waits)");
+            ctx.stats.warned(format!("postgres source: incremental reading paused: {pending} bytes of table objects not yet sent (max_pending {max})"));
+        }
+        Some(Hold::Stopped) => {
+            tracing::info!(pipe = %ctx.pipe, "incremental reading paused: the pipe is stopped (pipe start resumes it)");
+        }
+        None => {
+            tracing::info!(pipe = %ctx.pipe, pending_bytes = super::pending_bytes(&ctx.dir), max_pending = max, "incremental reading resumed");
         }
     }
 }
