@@ -10,6 +10,8 @@
 //!   `timestamp without time zone` watermark in a time zone with daylight saving time.
 //! - The sender starts while the source database is down, and reads once it is up.
 //! - The first incremental batch keeps to `batch_bytes` (sized from the table's statistics).
+//! - A prepared transaction (its session gone) holds the incremental batch until it is
+//!   committed: its row, below the rows committed after it, is not skipped.
 
 use std::time::Duration;
 
@@ -200,5 +202,39 @@ fn the_first_incremental_batch_keeps_to_batch_bytes() {
         (50..=400).contains(&rows),
         "the first batch has {rows} rows\n{}",
         lab.dst("SELECT object, rows FROM gapsync.applied ORDER BY batch")
+    );
+}
+
+#[test]
+fn a_prepared_transaction_holds_the_batch_until_it_is_committed() {
+    let mut lab = TableLab::new("loopback");
+    lab.src("ALTER SYSTEM SET max_prepared_transactions = 5");
+    lab.source.stop();
+    lab.source.start_again();
+    lab.src(EVENTS);
+    lab.src("INSERT INTO public.events (writer, payload) SELECT 1, 'before' FROM generate_series(1, 10)");
+    lab.tables = "[[pipe.source.table]]\nname = \"public.events\"\nmode = \"incremental\"\nwatermark = \"ts\"\n".into();
+    lab.start_all();
+    lab.wait_equal(&[("public.events", "id")], Duration::from_secs(60));
+    // A row gets its watermark, its transaction is prepared (its session gone), and rows
+    // committed after it pass its value.
+    lab.src(
+        "BEGIN; INSERT INTO public.events (writer, payload) VALUES (9, 'prepared'); PREPARE TRANSACTION 'p1';",
+    );
+    lab.src(
+        "INSERT INTO public.events (writer, payload) SELECT 2, 'after' FROM generate_series(1, 10)",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lab.dst("SELECT count(*) FROM public.events WHERE payload = 'after'"),
+        "0",
+        "the batch waits for the prepared transaction\n{}",
+        lab.diagnostics()
+    );
+    lab.src("COMMIT PREPARED 'p1'");
+    lab.wait_equal(&[("public.events", "id")], Duration::from_secs(60));
+    assert_eq!(
+        lab.dst("SELECT count(*) FROM public.events WHERE payload = 'prepared'"),
+        "1"
     );
 }
