@@ -11,6 +11,7 @@ fn settings(root: &Path) -> PostgresSettings {
         password_file: None,
         create_tables: true,
         rename: Default::default(),
+        tables: None,
     }
 }
 
