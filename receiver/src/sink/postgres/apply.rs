@@ -343,7 +343,10 @@ fn partition(
         None => return Err(schema::missing(&parent, &h)),
     }
     match schema::relation(tx, child)? {
-        Some(_) => exec(tx, &format!("TRUNCATE {}", child.sql()))?,
+        Some(rel) => {
+            swap::limit_lock_wait(tx)?;
+            swap::exec_locking(tx, &format!("TRUNCATE {}", child.sql()), child, rel.oid)?;
+        }
         None if s.create_tables => {
             exec(
                 tx,
