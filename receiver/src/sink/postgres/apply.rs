@@ -196,6 +196,11 @@ fn read_at(tx: &mut Transaction<'_>, h: &TableHeader) -> Result<String, ApplyErr
         })
 }
 
+/// Refuses an object whose target may not be written, before the database is asked.
+pub fn precheck(h: &TableHeader, s: &PostgresSettings) -> Result<(), ApplyError> {
+    check_allowed(h, s, &target_of(h, s)?)
+}
+
 /// Schemas no object may write to: the sink's own state and the system's.
 pub fn refused_schema(schema: &str) -> bool {
     schema == "gapsync" || schema == "information_schema" || schema.starts_with("pg_")

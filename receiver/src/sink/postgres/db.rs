@@ -128,6 +128,7 @@ impl Db {
             object::ObjectError::Io(e) => ApplyError::Io(format!("cannot read it: {e}")),
         })?;
         let settings = self.settings.clone();
+        apply::precheck(&obj.header, &settings)?;
         let who = self.who.clone();
         let client = self
             .client()
