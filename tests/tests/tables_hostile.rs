@@ -42,9 +42,16 @@ impl Fx {
             .prefix(&format!("gapsync-hostile-{label}-"))
             .tempdir()
             .expect("tempdir");
-        let q = |p: &Path| format!("{:?}", p.display().to_string());
-        let state = dir.path().join("rstate");
         let cfg = dir.path().join("receiver.toml");
+        let fx = Fx { pg, dir, cfg, n: 0 };
+        fx.configure(sink_extra);
+        fx
+    }
+
+    /// Writes the receiver config, the sink with `sink_extra`.
+    fn configure(&self, sink_extra: &str) {
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let state = self.dir.path().join("rstate");
         let text = format!(
             "node = \"outside-1\"\nprofile = \"loopback\"\nprofiles_dir = {}\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\n\
              state_dir = {}\ncontrol_socket = {}\nlog_dir = {}\n\n[[pipe]]\nname = {PIPE:?}\nfrom = \"plant-a\"\n\
@@ -52,11 +59,10 @@ impl Fx {
             q(&profiles_dir()),
             q(&state),
             q(&state.join("control.sock")),
-            q(&dir.path().join("rlogs")),
-            pg.conninfo(DB),
+            q(&self.dir.path().join("rlogs")),
+            self.pg.conninfo(DB),
         );
-        std::fs::write(&cfg, text).expect("write receiver config");
-        Fx { pg, dir, cfg, n: 0 }
+        std::fs::write(&self.cfg, text).expect("write receiver config");
     }
 
     fn sql(&self, sql: &str) -> String {
@@ -314,7 +320,7 @@ fn partition_bounds_and_keys_with_expressions_are_refused() {
 fn the_ledger_system_schemas_and_unlisted_tables_cannot_be_targeted() {
     let mut fx = Fx::new(
         "hostile-targets",
-        "rename = { \"public.sneaky\" = \"gapsync.applied\" }\ntables = [\"public.*\", \"plant_a.events\"]",
+        "rename = { \"public.sneaky\" = \"gapsync.applied\" }",
     );
     fx.sql("CREATE TABLE public.canary (x integer); INSERT INTO public.canary VALUES (7);");
     // One object applied, so the ledger has a row to lose.
@@ -357,6 +363,7 @@ fn the_ledger_system_schemas_and_unlisted_tables_cannot_be_targeted() {
     assert!(!fx.pg.table_exists(DB, "pg_catalog.pg_gapsync"));
 
     // Outside the allowlist: refused, naming the table; inside: applied.
+    fx.configure("tables = [\"public.*\", \"plant_a.events\"]");
     let h = header(
         TableKind::Snapshot,
         "plant_b.x",
