@@ -318,10 +318,7 @@ fn partition_bounds_and_keys_with_expressions_are_refused() {
 
 #[test]
 fn the_ledger_system_schemas_and_unlisted_tables_cannot_be_targeted() {
-    let mut fx = Fx::new(
-        "hostile-targets",
-        "rename = { \"public.sneaky\" = \"gapsync.applied\" }",
-    );
+    let mut fx = Fx::new("hostile-targets", "");
     fx.sql("CREATE TABLE public.canary (x integer); INSERT INTO public.canary VALUES (7);");
     // One object applied, so the ledger has a row to lose.
     let h = header(
@@ -351,7 +348,6 @@ fn the_ledger_system_schemas_and_unlisted_tables_cannot_be_targeted() {
     let empty = "SELECT 'a'::text, 'b'::text, 'c'::text, 'd'::text, 'e'::text, 1::bigint, 1::bigint, now(), now() WHERE false";
     for (table, id) in [
         ("gapsync.applied", "snapshot:gapsync.applied:9"),
-        ("public.sneaky", "snapshot:public.sneaky:9"),
         ("pg_catalog.pg_gapsync", "snapshot:pg_catalog.pg_gapsync:9"),
         ("information_schema.x", "snapshot:information_schema.x:9"),
     ] {
@@ -361,6 +357,20 @@ fn the_ledger_system_schemas_and_unlisted_tables_cannot_be_targeted() {
     }
     assert_eq!(ledger(&fx), before, "the ledger is untouched");
     assert!(!fx.pg.table_exists(DB, "pg_catalog.pg_gapsync"));
+
+    // A rename into the ledger is a config error.
+    fx.configure("rename = { \"public.sneaky\" = \"gapsync.applied\" }");
+    let h = header(
+        TableKind::Snapshot,
+        "public.sneaky",
+        "snapshot:public.sneaky:9",
+        &ledger_cols,
+    );
+    let f = fx.object(&h, empty);
+    let (code, out) = fx.load(&f);
+    assert_eq!(code, Some(2), "the config is refused: {out}");
+    assert!(out.contains("is never written to"), "{out}");
+    assert_eq!(ledger(&fx), before, "the ledger is untouched");
 
     // Outside the allowlist: refused, naming the table; inside: applied.
     fx.configure("tables = [\"public.*\", \"plant_a.events\"]");

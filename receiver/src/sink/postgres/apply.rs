@@ -17,7 +17,7 @@ use postgres::{Client, Transaction};
 
 use super::bounds;
 use super::config::PostgresSettings;
-use super::names::QualName;
+use super::names::{QualName, refused_schema};
 use super::object::ObjectFile;
 use super::schema::{self, idents};
 use super::swap;
@@ -199,11 +199,6 @@ fn read_at(tx: &mut Transaction<'_>, h: &TableHeader) -> Result<String, ApplyErr
 /// Refuses an object whose target may not be written, before the database is asked.
 pub fn precheck(h: &TableHeader, s: &PostgresSettings) -> Result<(), ApplyError> {
     check_allowed(h, s, &target_of(h, s)?)
-}
-
-/// Schemas no object may write to: the sink's own state and the system's.
-pub fn refused_schema(schema: &str) -> bool {
-    schema == "gapsync" || schema == "information_schema" || schema.starts_with("pg_")
 }
 
 /// An object whose target (for a partition: also its parent's target) is in a refused schema,

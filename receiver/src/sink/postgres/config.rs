@@ -10,7 +10,7 @@ use std::time::Duration;
 use gapsync_daemon::config::abs;
 use serde::Deserialize;
 
-use super::names::QualName;
+use super::names::{QualName, refused_schema};
 
 /// How long a connection attempt may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,6 +73,10 @@ impl PostgresConfig {
         let mut rename = BTreeMap::new();
         for (from, to) in &self.rename {
             match (QualName::parse_strict(from), QualName::parse_strict(to)) {
+                (Some(_), Some(t)) if refused_schema(&t.schema) => p.push(format!(
+                    "{label}: `sink.rename` entry {from:?} = {to:?}: schema {:?} is never written to (gapsync, information_schema and pg_* are refused)",
+                    t.schema
+                )),
                 (Some(f), Some(t)) => {
                     rename.insert(f, t);
                 }
@@ -202,6 +206,9 @@ mod tests {
         assert!(!s.allows(&q("publicx.a")));
         let (s, _) = parse("connection = \"host=x\"\n");
         assert!(s.expect("test value").allows(&q("any.thing")));
+        let (_, p) =
+            parse("connection = \"host=x\"\nrename = { \"public.a\" = \"gapsync.applied\" }\n");
+        assert!(p[0].contains("is never written to"), "{p:?}");
         let (_, p) = parse("connection = \"host=x\"\ntables = [\"events\"]\n");
         assert!(p[0].contains("`sink.tables` entry \"events\""), "{p:?}");
     }

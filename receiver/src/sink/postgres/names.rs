@@ -56,6 +56,11 @@ impl fmt::Display for QualName {
     }
 }
 
+/// Schemas no object may write to: the sink's own state (`gapsync`) and the system's.
+pub fn refused_schema(schema: &str) -> bool {
+    schema == "gapsync" || schema == "information_schema" || schema.starts_with("pg_")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
