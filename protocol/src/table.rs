@@ -92,8 +92,8 @@ pub struct TableHeader {
     /// is sent again (`incremental:public.events:42`, `snapshot:public.assets:7`,
     /// `partition:public.m_2026_11_01:<fingerprint>`).
     pub id: String,
-    /// Batch number (incremental) or run number (snapshot); 0 for a partition. A snapshot older
-    /// than one applied already is skipped.
+    /// Batch number (incremental) or run number (snapshot); 0 for a partition. Informational:
+    /// the receiver orders snapshots and partitions by `read_at`, never by this number.
     pub batch: u64,
     pub columns: Vec<Column>,
     /// The key columns (upserts of incremental batches; the primary key of a created table).

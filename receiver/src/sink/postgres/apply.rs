@@ -15,10 +15,12 @@ use std::time::Instant;
 use gapsync_protocol::table::{TableHeader, TableKind};
 use postgres::{Client, Transaction};
 
+use super::bounds;
 use super::config::PostgresSettings;
-use super::names::{QualName, expr_is_plain};
+use super::names::{QualName, refused_schema};
 use super::object::ObjectFile;
 use super::schema::{self, idents};
+use super::swap;
 
 /// What applying an object did, to which target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +41,10 @@ pub enum Done {
     },
     /// Recorded in `gapsync.applied` already: nothing done.
     AlreadyApplied,
-    /// A snapshot older than (or as old as) the newest applied to its target: nothing done.
-    OlderSnapshot {
-        newest: i64,
+    /// A snapshot or partition read earlier (by the source's clock) than the newest version
+    /// of its target applied already: nothing done.
+    Older {
+        newest: String,
     },
 }
 
@@ -56,9 +59,9 @@ impl std::fmt::Display for Outcome {
                 )
             }
             Done::AlreadyApplied => write!(f, "already applied table={t} object={o} kind={k}"),
-            Done::OlderSnapshot { newest } => write!(
+            Done::Older { newest } => write!(
                 f,
-                "already applied table={t} object={o} kind={k} (a newer snapshot, run {newest}, was applied; this one is skipped)"
+                "older than applied table={t} object={o} kind={k} (a version read at {newest} was applied; this one is skipped)"
             ),
         }
     }
@@ -70,6 +73,9 @@ pub enum ApplyError {
     /// The file is not a usable table object: applying it again cannot help.
     #[error("{0}")]
     Bad(String),
+    /// The object targets a table the sink may not write to: refused for good.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The target table does not fit the object: the operator must act.
     #[error("table {table}: {problem}")]
     Schema { table: String, problem: String },
@@ -123,9 +129,9 @@ pub fn apply(
     mut obj: ObjectFile,
 ) -> Result<Outcome, ApplyError> {
     let t0 = Instant::now();
+    let target = target_of(&obj.header, s)?;
+    check_allowed(&obj.header, s, &target)?;
     let h = obj.header.clone();
-    schema::check_types(&h)?;
-    let target = target_of(&h, s)?;
     let tname = target.to_string();
     let outcome = |done| Outcome {
         target: tname.clone(),
@@ -143,27 +149,31 @@ pub fn apply(
     if done.is_some() {
         return Ok(outcome(Done::AlreadyApplied));
     }
-    let batch = i64::try_from(h.batch).unwrap_or(i64::MAX);
-    if h.kind == TableKind::Snapshot {
-        let newest: Option<i64> = tx
-            .query_one(
-                "SELECT max(batch) FROM gapsync.applied WHERE origin = $1 AND pipe = $2 AND table_name = $3 AND kind = 'snapshot'",
-                &[&who.0, &who.1, &tname],
+    let read_at = read_at(&mut tx, &h)?;
+    if h.kind != TableKind::Incremental {
+        // The source database's clock orders versions of a table (or a partition): one read
+        // earlier than a version applied already is stale, whatever its id or path.
+        let newest: Option<String> = tx
+            .query_opt(
+                "SELECT max(read_at)::text FROM gapsync.applied WHERE origin = $1 AND pipe = $2 AND table_name = $3 AND kind = $4 HAVING max(read_at) > $5::text::timestamptz",
+                &[&who.0, &who.1, &tname, &kind_name(h.kind), &read_at],
             )
             .map_err(db_err)?
-            .get(0);
-        if let Some(newest) = newest.filter(|n| *n >= batch) {
-            return Ok(outcome(Done::OlderSnapshot { newest }));
+            .map(|r| r.get(0));
+        if let Some(newest) = newest {
+            return Ok(outcome(Done::Older { newest }));
         }
     }
+    schema::canonical_types(&mut tx, &target, &mut obj.header)?;
     let rows = match h.kind {
         TableKind::Snapshot => snapshot(&mut tx, s, &target, &mut obj)?,
         TableKind::Partition => partition(&mut tx, s, &target, &mut obj)?,
         TableKind::Incremental => incremental(&mut tx, s, &target, &mut obj)?,
     };
+    let batch = i64::try_from(h.batch).unwrap_or(i64::MAX);
     tx.execute(
-        "INSERT INTO gapsync.applied (origin, pipe, object, table_name, kind, batch, rows) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&who.0, &who.1, &h.id, &tname, &kind_name(h.kind), &batch, &i64::try_from(rows).unwrap_or(i64::MAX)],
+        "INSERT INTO gapsync.applied (origin, pipe, object, table_name, kind, batch, rows, read_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::timestamptz)",
+        &[&who.0, &who.1, &h.id, &tname, &kind_name(h.kind), &batch, &i64::try_from(rows).unwrap_or(i64::MAX), &read_at],
     )
     .map_err(db_err)?;
     tx.commit().map_err(db_err)?;
@@ -171,6 +181,54 @@ pub fn apply(
         rows,
         ms: t0.elapsed().as_millis() as u64,
     }))
+}
+
+/// The header's `read_at`, checked by the server as a timestamp with time zone.
+fn read_at(tx: &mut Transaction<'_>, h: &TableHeader) -> Result<String, ApplyError> {
+    tx.query_one("SELECT $1::text::timestamptz::text", &[&h.read_at])
+        .map(|r| r.get(0))
+        .map_err(|e| {
+            ApplyError::Bad(format!(
+                "its read_at {:?} is not a timestamp: {}",
+                h.read_at,
+                super::db::describe(&e)
+            ))
+        })
+}
+
+/// Refuses an object whose target may not be written, before the database is asked.
+pub fn precheck(h: &TableHeader, s: &PostgresSettings) -> Result<(), ApplyError> {
+    check_allowed(h, s, &target_of(h, s)?)
+}
+
+/// An object whose target (for a partition: also its parent's target) is in a refused schema,
+/// or outside the sink's `tables` allowlist, is refused.
+fn check_allowed(
+    h: &TableHeader,
+    s: &PostgresSettings,
+    target: &QualName,
+) -> Result<(), ApplyError> {
+    let mut names = vec![target.clone()];
+    let mut listed = target.clone();
+    if let (TableKind::Partition, Some(p)) = (h.kind, &h.partition) {
+        if let Some(parent) = QualName::parse(&p.parent) {
+            listed = s.target(&parent);
+            names.push(listed.clone());
+        }
+    }
+    if let Some(n) = names.iter().find(|n| refused_schema(&n.schema)) {
+        return Err(ApplyError::Refused(format!(
+            "object {} from {} targets table {n}, in a schema gapsync never writes to (gapsync, pg_*, information_schema)",
+            h.id, h.table
+        )));
+    }
+    if !s.allows(&listed) {
+        return Err(ApplyError::Refused(format!(
+            "object {} from {} targets table {listed}, which the sink's `tables` list does not allow",
+            h.id, h.table
+        )));
+    }
+    Ok(())
 }
 
 /// Streams the object's COPY stream into `table` (the header's columns, in its order).
@@ -208,6 +266,7 @@ fn snapshot(
 ) -> Result<u64, ApplyError> {
     let h = obj.header.clone();
     let new = target.beside("__gapsync_new");
+    swap::limit_lock_wait(tx)?;
     let old = schema::relation(tx, target)?;
     match &old {
         Some(rel) => {
@@ -229,9 +288,11 @@ fn snapshot(
         None => return Err(schema::missing(target, &h)),
     }
     let rows = copy_into(tx, &new.sql(), obj)?;
+    let mut access = None;
     if let Some(rel) = old {
+        access = Some(swap::access_of(tx, rel.oid)?);
         schema::move_owned_sequences(tx, rel.oid, &new)?;
-        exec(tx, &format!("DROP TABLE {}", target.sql()))?;
+        swap::exec_locking(tx, &format!("DROP TABLE {}", target.sql()), target, rel.oid)?;
     }
     exec(
         tx,
@@ -242,6 +303,9 @@ fn snapshot(
         ),
     )?;
     schema::rename_indexes(tx, target, &new.name)?;
+    if let Some(a) = access {
+        swap::restore(tx, target, &a)?;
+    }
     Ok(rows)
 }
 
@@ -256,12 +320,12 @@ fn partition(
         .partition
         .clone()
         .ok_or_else(|| ApplyError::Bad("a partition object without its `partition`".into()))?;
-    if !expr_is_plain(&p.parent_key) || !expr_is_plain(&p.bound) {
-        return Err(ApplyError::Bad(format!(
-            "partition key {:?} or bound {:?} is not a plain expression",
-            p.parent_key, p.bound
-        )));
-    }
+    let names: Vec<String> = h.columns.iter().map(|c| c.name.clone()).collect();
+    let key = bounds::partition_key(&p.parent_key, &names).map_err(|e| {
+        ApplyError::Bad(format!("partition key {:?} is refused: {e}", p.parent_key))
+    })?;
+    let bound = bounds::bound(&p.bound)
+        .map_err(|e| ApplyError::Bad(format!("partition bound {:?} is refused: {e}", p.bound)))?;
     let parent = QualName::parse(&p.parent)
         .map(|q| s.target(&q))
         .ok_or_else(|| {
@@ -275,11 +339,14 @@ fn partition(
             });
         }
         Some(rel) => schema::reconcile(tx, &parent, rel.oid, &h)?,
-        None if s.create_tables => schema::create_table(tx, &parent, &h, &[], Some(&p.parent_key))?,
+        None if s.create_tables => schema::create_table(tx, &parent, &h, &[], Some(&key))?,
         None => return Err(schema::missing(&parent, &h)),
     }
     match schema::relation(tx, child)? {
-        Some(_) => exec(tx, &format!("TRUNCATE {}", child.sql()))?,
+        Some(rel) => {
+            swap::limit_lock_wait(tx)?;
+            swap::exec_locking(tx, &format!("TRUNCATE {}", child.sql()), child, rel.oid)?;
+        }
         None if s.create_tables => {
             exec(
                 tx,
@@ -287,10 +354,10 @@ fn partition(
                     "CREATE TABLE {} PARTITION OF {} {}",
                     child.sql(),
                     parent.sql(),
-                    p.bound
+                    bound
                 ),
             )?;
-            tracing::info!(table = %child, parent = %parent, bound = %p.bound, "created a partition");
+            tracing::info!(table = %child, parent = %parent, bound = %bound, "created a partition");
         }
         None => return Err(schema::missing(child, &h)),
     }
@@ -328,13 +395,27 @@ fn incremental(
             format!("{q} = EXCLUDED.{q}")
         })
         .collect();
+    // A batch applied late (after a newer one) never overwrites a newer version of a row.
+    let newer_only = match &h.watermark {
+        Some(w) if names.contains(&w.column) => {
+            let q = super::names::quote_ident(&w.column);
+            format!(" WHERE gapsync_target.{q} IS NULL OR gapsync_target.{q} <= EXCLUDED.{q}")
+        }
+        Some(w) => {
+            return Err(ApplyError::Bad(format!(
+                "its watermark column {:?} is not one of its columns",
+                w.column
+            )));
+        }
+        None => String::new(),
+    };
     let action = if updates.is_empty() {
         "DO NOTHING".to_owned()
     } else {
-        format!("DO UPDATE SET {}", updates.join(", "))
+        format!("DO UPDATE SET {}{newer_only}", updates.join(", "))
     };
     let sql = format!(
-        "INSERT INTO {} ({cols}) SELECT {cols} FROM pg_temp.gapsync_stage ON CONFLICT ({}) {action}",
+        "INSERT INTO {} AS gapsync_target ({cols}) SELECT {cols} FROM pg_temp.gapsync_stage ON CONFLICT ({}) {action}",
         target.sql(),
         idents(&h.key)
     );

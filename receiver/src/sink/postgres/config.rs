@@ -1,6 +1,6 @@
 //! The postgres sink's config:
 //! `sink = { type = "postgres", connection = "...", password_file = "...", create_tables = true,
-//! rename = { "public.events" = "plant_a.events" } }`.
+//! rename = { "public.events" = "plant_a.events" }, tables = ["public.*"] }`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use gapsync_daemon::config::abs;
 use serde::Deserialize;
 
-use super::names::QualName;
+use super::names::{QualName, refused_schema};
 
 /// How long a connection attempt may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,6 +28,9 @@ pub struct PostgresConfig {
     /// Source `schema.table` -> target `schema.table`.
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
+    /// The target tables (after `rename`) objects may write to: `schema.table` globs
+    /// (`public.*`); absent, every table outside the refused schemas.
+    pub tables: Option<Vec<String>>,
 }
 
 /// A checked postgres sink.
@@ -37,6 +40,8 @@ pub struct PostgresSettings {
     pub password_file: Option<PathBuf>,
     pub create_tables: bool,
     pub rename: BTreeMap<QualName, QualName>,
+    /// `schema.table` globs of the targets allowed; `None`: all.
+    pub tables: Option<Vec<String>>,
 }
 
 impl PostgresConfig {
@@ -68,6 +73,10 @@ impl PostgresConfig {
         let mut rename = BTreeMap::new();
         for (from, to) in &self.rename {
             match (QualName::parse_strict(from), QualName::parse_strict(to)) {
+                (Some(_), Some(t)) if refused_schema(&t.schema) => p.push(format!(
+                    "{label}: `sink.rename` entry {from:?} = {to:?}: schema {:?} is never written to (gapsync, information_schema and pg_* are refused)",
+                    t.schema
+                )),
                 (Some(f), Some(t)) => {
                     rename.insert(f, t);
                 }
@@ -76,11 +85,19 @@ impl PostgresConfig {
                 )),
             }
         }
+        for t in self.tables.iter().flatten() {
+            if QualName::parse_strict(t).is_none() {
+                p.push(format!(
+                    "{label}: `sink.tables` entry {t:?} is not schema.table (a glob such as \"public.*\" or a name such as \"plant_a.events\")"
+                ));
+            }
+        }
         Some(PostgresSettings {
             connection: connection?,
             password_file,
             create_tables: self.create_tables.unwrap_or(true),
             rename,
+            tables: self.tables,
         })
     }
 }
@@ -117,12 +134,31 @@ impl PostgresSettings {
         Ok(c)
     }
 
+    /// Whether objects may write to target `t` (the `tables` allowlist).
+    pub fn allows(&self, t: &QualName) -> bool {
+        let name = t.to_string();
+        self.tables
+            .as_ref()
+            .is_none_or(|globs| globs.iter().any(|g| glob(g.as_bytes(), name.as_bytes())))
+    }
+
     /// The target of source table `source`: renamed, or the same name.
     pub fn target(&self, source: &QualName) -> QualName {
         self.rename
             .get(source)
             .cloned()
             .unwrap_or_else(|| source.clone())
+    }
+}
+
+/// `*` matches any run of characters, `?` one; everything else itself.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&p[1..], s) || (!s.is_empty() && glob(p, &s[1..])),
+        (Some(b'?'), Some(_)) => glob(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => glob(&p[1..], &s[1..]),
+        _ => false,
     }
 }
 
@@ -155,6 +191,26 @@ mod tests {
                 .get_connect_timeout()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn the_tables_allowlist_takes_globs() {
+        let (s, p) =
+            parse("connection = \"host=x\"\ntables = [\"public.*\", \"plant_a.events\"]\n");
+        assert!(p.is_empty(), "{p:?}");
+        let s = s.expect("test value");
+        let q = |n: &str| QualName::parse(n).expect("test value");
+        assert!(s.allows(&q("public.assets")));
+        assert!(s.allows(&q("plant_a.events")));
+        assert!(!s.allows(&q("plant_a.other")));
+        assert!(!s.allows(&q("publicx.a")));
+        let (s, _) = parse("connection = \"host=x\"\n");
+        assert!(s.expect("test value").allows(&q("any.thing")));
+        let (_, p) =
+            parse("connection = \"host=x\"\nrename = { \"public.a\" = \"gapsync.applied\" }\n");
+        assert!(p[0].contains("is never written to"), "{p:?}");
+        let (_, p) = parse("connection = \"host=x\"\ntables = [\"events\"]\n");
+        assert!(p[0].contains("`sink.tables` entry \"events\""), "{p:?}");
     }
 
     #[test]

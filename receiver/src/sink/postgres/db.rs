@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS gapsync.applied (
     batch bigint NOT NULL,
     rows bigint NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now(),
+    read_at timestamptz,
     PRIMARY KEY (origin, pipe, object)
 )";
 
@@ -127,6 +128,7 @@ impl Db {
             object::ObjectError::Io(e) => ApplyError::Io(format!("cannot read it: {e}")),
         })?;
         let settings = self.settings.clone();
+        apply::precheck(&obj.header, &settings)?;
         let who = self.who.clone();
         let client = self
             .client()
@@ -171,6 +173,14 @@ fn ensure_state_table(client: &mut Client) -> Result<(), postgres::Error> {
     let row = client.query_one("SELECT to_regclass('gapsync.applied') IS NOT NULL", &[])?;
     if !row.get::<_, bool>(0) {
         client.batch_execute(STATE_DDL)?;
+    }
+    // A state table made by an earlier version has no read_at yet.
+    let row = client.query_one(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'gapsync.applied'::regclass AND attname = 'read_at' AND NOT attisdropped",
+        &[],
+    )?;
+    if row.get::<_, i64>(0) == 0 {
+        client.batch_execute("ALTER TABLE gapsync.applied ADD COLUMN read_at timestamptz")?;
     }
     Ok(())
 }

@@ -18,11 +18,13 @@
 //! target. Nothing is lost: the inbox is durable.
 
 pub mod apply;
+mod bounds;
 pub mod config;
 pub mod db;
 pub mod names;
 pub mod object;
 mod schema;
+mod swap;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -193,7 +195,7 @@ impl PostgresSink {
                             tracing::warn!(file = %file.display(), error = %e, "cannot remove an applied object from the inbox; it is skipped as already applied next time");
                         }
                     }
-                    Err(ApplyError::Bad(_)) => {}
+                    Err(ApplyError::Bad(_) | ApplyError::Refused(_)) => {}
                     Err(e) => {
                         unreachable = matches!(e, ApplyError::Connection(_));
                         stopped.insert(table);
@@ -239,7 +241,12 @@ impl PostgresSink {
                 }
                 Some(Err(ApplyError::Bad(m))) => {
                     let file = self.inbox.join(&rel);
-                    let e = self.reject(&rel, &file, &m);
+                    let e = self.reject(&rel, &file, &m, "not a usable table object: moved out of the inbox, never applied; check the sender's version");
+                    first.get_or_insert(e);
+                }
+                Some(Err(ApplyError::Refused(m))) => {
+                    let file = self.inbox.join(&rel);
+                    let e = self.reject(&rel, &file, &m, "a table object for a table this sink may not write to: moved out of the inbox, never applied; check the sender's tables and the sink's rename and tables");
                     first.get_or_insert(e);
                 }
                 Some(Err(e)) => {
@@ -252,14 +259,14 @@ impl PostgresSink {
     }
 
     /// Moves a file that is not a usable table object out of the inbox (kept for inspection).
-    fn reject(&mut self, rel: &str, file: &Path, why: &str) -> SinkError {
+    fn reject(&mut self, rel: &str, file: &Path, why: &str, what: &str) -> SinkError {
         let to = self.rejected.join(rel);
         let moved = to
             .parent()
             .map_or(Ok(()), fs::create_dir_all)
             .and_then(|()| fs::rename(file, &to));
         self.pending.remove(rel);
-        tracing::error!(pipe = %self.label, object = %rel, kept_in = %to.display(), moved = moved.is_ok(), error = %why, "not a usable table object: moved out of the inbox, never applied; check the sender's version");
+        tracing::error!(pipe = %self.label, object = %rel, kept_in = %to.display(), moved = moved.is_ok(), error = %why, "{what}");
         SinkError::BadObject {
             path: rel.to_owned(),
             reason: why.to_owned(),
@@ -329,8 +336,8 @@ fn log_outcome(label: &str, rel: &str, o: &Outcome) {
         Done::AlreadyApplied => {
             tracing::info!(table = %t, object = %obj, kind = %kind, pipe = %label, file = %rel, "already applied");
         }
-        Done::OlderSnapshot { newest } => {
-            tracing::info!(table = %t, object = %obj, kind = %kind, newest, pipe = %label, file = %rel, "already applied: a newer snapshot of this table was applied; this older one is skipped");
+        Done::Older { newest } => {
+            tracing::info!(table = %t, object = %obj, kind = %kind, newest = %newest, pipe = %label, file = %rel, "older than applied: a version of this table read later at the source was applied; this one is skipped");
         }
     }
 }
@@ -338,7 +345,7 @@ fn log_outcome(label: &str, rel: &str, o: &Outcome) {
 /// An apply error as the sink reports it.
 pub fn to_sink_error(rel: &str, e: ApplyError) -> SinkError {
     match e {
-        ApplyError::Bad(reason) => SinkError::BadObject {
+        ApplyError::Bad(reason) | ApplyError::Refused(reason) => SinkError::BadObject {
             path: rel.to_owned(),
             reason,
         },

@@ -6,7 +6,7 @@ use gapsync_protocol::table::{Column, TableHeader};
 use postgres::Transaction;
 
 use super::apply::{ApplyError, db_err};
-use super::names::{QualName, quote_ident, type_is_plain};
+use super::names::{QualName, quote_ident};
 
 /// A relation of the target: its oid and kind (`r` table, `p` partitioned table...).
 pub struct Relation {
@@ -101,15 +101,78 @@ pub fn reconcile(
     Ok(())
 }
 
-/// Checks that the header's types may be written into DDL.
-pub fn check_types(h: &TableHeader) -> Result<(), ApplyError> {
-    match h.columns.iter().find(|c| !type_is_plain(&c.type_name)) {
-        Some(c) => Err(ApplyError::Bad(format!(
-            "column {:?} has a type that is not a plain type name: {:?}",
-            c.name, c.type_name
-        ))),
-        None => Ok(()),
+/// Replaces every column type of `h` with the server's own spelling of it: each type is first
+/// parsed by the server as a type name and nothing else (`$1::text::regtype`, which refuses a
+/// type followed by more DDL, a CHECK, a function call), then spelled by `format_type` from a
+/// temporary table made of the types the server accepted. Only that spelling goes into DDL.
+pub fn canonical_types(
+    tx: &mut Transaction<'_>,
+    target: &QualName,
+    h: &mut TableHeader,
+) -> Result<(), ApplyError> {
+    for c in &h.columns {
+        if c.type_name.contains(['\0', ';'])
+            || c.type_name.contains("--")
+            || c.type_name.contains("/*")
+        {
+            return Err(bad_type(target, c, "it is not a type name"));
+        }
+        if let Err(e) = tx.query_one("SELECT $1::text::regtype::text", &[&c.type_name]) {
+            return Err(match e.code() {
+                Some(&postgres::error::SqlState::UNDEFINED_OBJECT) => schema_err(
+                    target,
+                    format!(
+                        "column {:?} has type {:?}, which the target database does not know: create the type or extension on the target, then the pipe resumes by itself",
+                        c.name, c.type_name
+                    ),
+                ),
+                _ => bad_type(target, c, &super::db::describe(&e)),
+            });
+        }
     }
+    if h.columns.is_empty() {
+        return Ok(());
+    }
+    // Every type is a lone type name now (the server parsed it as one): the temporary table
+    // gives each its typmod, which `regtype` alone drops.
+    let defs: Vec<String> = h
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("c{i} {}", c.type_name))
+        .collect();
+    tx.execute(
+        &format!(
+            "CREATE TEMP TABLE gapsync_types ({}) ON COMMIT DROP",
+            defs.join(", ")
+        ),
+        &[],
+    )
+    .map_err(|e| {
+        ApplyError::Bad(format!(
+            "table {target}: the column types are not usable: {}",
+            super::db::describe(&e)
+        ))
+    })?;
+    let rows = tx
+        .query(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'pg_temp.gapsync_types'::regclass AND attnum > 0 ORDER BY attnum",
+            &[],
+        )
+        .map_err(db_err)?;
+    for (c, r) in h.columns.iter_mut().zip(&rows) {
+        c.type_name = r.get(0);
+    }
+    tx.execute("DROP TABLE pg_temp.gapsync_types", &[])
+        .map_err(db_err)?;
+    Ok(())
+}
+
+fn bad_type(target: &QualName, c: &Column, why: &str) -> ApplyError {
+    ApplyError::Bad(format!(
+        "table {target}: column {:?} has type {:?}, which is not a type name the target accepts: {why}",
+        c.name, c.type_name
+    ))
 }
 
 fn column_def(c: &Column) -> String {

@@ -11,14 +11,19 @@ fn settings(root: &Path) -> PostgresSettings {
         password_file: None,
         create_tables: true,
         rename: Default::default(),
+        tables: None,
     }
 }
 
 fn open_sink(root: &Path) -> PostgresSink {
+    open_sink_with(root, settings(root))
+}
+
+fn open_sink_with(root: &Path, settings: PostgresSettings) -> PostgresSink {
     let state = root.join("state");
     let done = replay::open_done_log(&state, None, Duration::from_secs(3600)).expect("done log");
     PostgresSink::open(
-        &settings(root),
+        &settings,
         &state,
         ("plant-a", "db"),
         done,
@@ -29,12 +34,17 @@ fn open_sink(root: &Path) -> PostgresSink {
 
 /// A valid table object with no rows.
 fn object_bytes() -> Vec<u8> {
+    object_for("public.events")
+}
+
+/// A valid table object with no rows, for source table `table`.
+fn object_for(table: &str) -> Vec<u8> {
     use gapsync_protocol::table::{Column, TableHeader, TableKind, VERSION, encode_header};
     let h = TableHeader {
         version: VERSION,
         kind: TableKind::Incremental,
-        table: "public.events".into(),
-        id: "incremental:public.events:1".into(),
+        table: table.into(),
+        id: format!("incremental:{table}:1"),
         batch: 1,
         columns: vec![Column {
             name: "id".into(),
@@ -127,4 +137,41 @@ fn a_file_that_is_not_a_table_object_is_refused_and_moved_out_of_the_inbox() {
     assert_eq!(s.unlanded(), 0, "nothing waits for it");
     let rejected = dir.path().join("state/tables/rejected").join(&open.path);
     assert_eq!(fs::read(rejected).expect("kept for inspection"), data);
+}
+
+/// Sends `data` as `path` through the sink: the flush's error.
+fn send(s: &mut PostgresSink, id: u64, path: &str, data: &[u8]) -> SinkError {
+    let open = OpenFile {
+        path: path.into(),
+        size: data.len() as u64,
+        mtime_ns: 0,
+    };
+    s.open(id, &open).expect("open");
+    s.write(id, 0, data).expect("write");
+    let commit = Commit {
+        size: data.len() as u64,
+        digest: *blake3::hash(data).as_bytes(),
+    };
+    s.commit(id, &commit).expect("commit");
+    s.flush().result.expect_err("refused")
+}
+
+#[test]
+fn objects_for_the_ledger_a_system_schema_or_an_unlisted_table_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut set = settings(dir.path());
+    set.tables = Some(vec!["public.*".into()]);
+    let mut s = open_sink_with(dir.path(), set);
+    for (i, table) in ["gapsync.applied", "pg_catalog.pg_x", "plant_b.events"]
+        .into_iter()
+        .enumerate()
+    {
+        let path = format!("{table}/incremental-000000000001.gst");
+        let err = send(&mut s, 10 + i as u64, &path, &object_for(table));
+        assert!(!err.is_local(), "answered FAIL, not retried: {err}");
+        assert!(err.to_string().contains(table), "names the table: {err}");
+        let rejected = dir.path().join("state/tables/rejected").join(&path);
+        assert!(rejected.exists(), "moved to rejected/: {err}");
+    }
+    assert_eq!(s.unlanded(), 0, "nothing waits for them");
 }
