@@ -14,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 
-echo "=== system parts the tests need (the package check installs its own: systemd, adduser, cargo-deb)"
+echo "=== system parts the tests need: util-linux, PostgreSQL (the package check installs its own: systemd, adduser, cargo-deb)"
 missing=()
 for tool in unshare nsenter setpriv runuser prlimit; do
   command -v "$tool" >/dev/null || missing=(util-linux)
