@@ -44,6 +44,12 @@ struct Args {
     /// Number of small files of scenarios 3 and 6 (default 20000, 300 with --tiny).
     #[arg(long)]
     small_files: Option<u64>,
+    /// pgbench scale of table scenario T1 (default 50, 1 with --tiny).
+    #[arg(long)]
+    pgbench_scale: Option<u32>,
+    /// pgbench scale of T1's second peak-RSS run (default 200, none with --tiny; 0 skips it).
+    #[arg(long)]
+    pgbench_rss_scale: Option<u32>,
     /// Folder on disk for spools, landing folders and sample data.
     #[arg(long, default_value = "/var/tmp")]
     disk: PathBuf,
@@ -269,8 +275,13 @@ fn main() -> anyhow::Result<()> {
     if t1 || t2 {
         let ts = tables::TableScale {
             runs: sc.runs,
-            scale: if args.tiny { 1 } else { 50 },
-            rss_scale: (!args.tiny).then_some(200),
+            scale: args
+                .pgbench_scale
+                .unwrap_or(if args.tiny { 1 } else { 50 }),
+            rss_scale: args
+                .pgbench_rss_scale
+                .or((!args.tiny).then_some(200))
+                .filter(|&s| s > 0),
             lag_secs: if args.tiny { 5 } else { 30 },
             t1,
             t2,

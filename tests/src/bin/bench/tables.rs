@@ -179,15 +179,62 @@ fn reset_gapsync(lab: &mut TableLab) {
     ));
 }
 
+/// The log time of a log line.
+fn line_time(l: &str) -> Option<SystemTime> {
+    let t = l.split_whitespace().next()?;
+    humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok()
+}
+
 /// The log times of the receiver's `applied` lines (not `already applied`), in log order.
 fn applied_times(log: &str) -> Vec<SystemTime> {
     log.lines()
         .filter(|l| l.contains(": applied ") && !l.contains("already applied"))
-        .filter_map(|l| {
-            let t = l.split_whitespace().next()?;
-            humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok()
-        })
+        .filter_map(line_time)
         .collect()
+}
+
+/// Where a run's time went, from the logs: seconds after `t0` at which the sender had the
+/// last object spilled (`table object ready`) and sent, and each table's `applied` line.
+fn breakdown(lab: &TableLab, t0: SystemTime) -> String {
+    let after = |l: &&str| line_time(l).is_some_and(|t| t >= t0);
+    let secs = |l: &str| {
+        line_time(l).map_or(f64::NAN, |t| {
+            t.duration_since(t0).unwrap_or_default().as_secs_f64()
+        })
+    };
+    let slog = lab.sender_log();
+    let last = |needle: &str| {
+        slog.lines()
+            .filter(after)
+            .filter(|l| l.contains(needle))
+            .map(secs)
+            .fold(f64::NAN, f64::max)
+    };
+    let rlog = lab.receiver_log();
+    let applied: Vec<String> = rlog
+        .lines()
+        .filter(after)
+        .filter(|l| l.contains(": applied ") && !l.contains("already applied"))
+        .map(|l| {
+            let table = l
+                .split("table=")
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next())
+                .unwrap_or("?");
+            let ms = l
+                .split(" ms=")
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next())
+                .unwrap_or("?");
+            format!("{table} +{:.1} s (its transaction {ms} ms)", secs(l))
+        })
+        .collect();
+    format!(
+        "spilled +{:.1} s, sent +{:.1} s, applied {}",
+        last("table object ready"),
+        last(": sent pipe="),
+        applied.join(", ")
+    )
 }
 
 /// T1 on profile `prof`: `ts.runs` gapsync runs of the four tables (the first from the
@@ -304,6 +351,7 @@ fn gapsync_run(
         std::thread::sleep(Duration::from_millis(50));
     };
     let end = times[want - 4..want].iter().max().copied().unwrap_or(t0);
+    eprintln!("  gapsync run {i}: {}", breakdown(lab, t0));
     let cpu = pids.map(cpu_seconds);
     Ok(Sample {
         secs: end.duration_since(t0).unwrap_or_default().as_secs_f64(),
