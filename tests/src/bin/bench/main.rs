@@ -275,9 +275,7 @@ fn main() -> anyhow::Result<()> {
     if t1 || t2 {
         let ts = tables::TableScale {
             runs: sc.runs,
-            scale: args
-                .pgbench_scale
-                .unwrap_or(if args.tiny { 1 } else { 50 }),
+            scale: args.pgbench_scale.unwrap_or(if args.tiny { 1 } else { 50 }),
             rss_scale: args
                 .pgbench_rss_scale
                 .or((!args.tiny).then_some(200))

@@ -64,7 +64,8 @@ pub fn scenarios(ts: TableScale, work: &Path) -> anyhow::Result<Vec<Row>> {
         for prof in ["loopback", "syskeeper-2000"] {
             rows.push(t1(&mut lab, prof, &sizes, ts, work)?);
         }
-        lab.target.psql("postgres", &format!("DROP DATABASE {RAW_DB}"));
+        lab.target
+            .psql("postgres", &format!("DROP DATABASE {RAW_DB}"));
     }
     if ts.t2 {
         rows.push(t2(&mut lab, ts.lag_secs)?);
@@ -159,10 +160,9 @@ fn settle(lab: &TableLab) {
 /// Stops the daemons and removes their state and logs, the target's copies and its
 /// `gapsync` schema: the next start is a first start.
 fn reset_gapsync(lab: &mut TableLab) {
-    for p in [lab.sender.take(), lab.sim.take(), lab.receiver.take()] {
-        if let Some(mut p) = p {
-            p.kill9();
-        }
+    let procs = [lab.sender.take(), lab.sim.take(), lab.receiver.take()];
+    for mut p in procs.into_iter().flatten() {
+        p.kill9();
     }
     lab.sim_addr = None;
     for d in ["sstate", "rstate", "slogs", "rlogs"] {
@@ -297,7 +297,10 @@ fn t1(
     );
     row.target
         .push_str("; peak RSS <= 128 MiB each (sender / receiver column)");
-    let rss_ok = row.gap.iter().all(|s| s.rss_kib.iter().all(|&k| k <= 128 * 1024));
+    let rss_ok = row
+        .gap
+        .iter()
+        .all(|s| s.rss_kib.iter().all(|&k| k <= 128 * 1024));
     row.met = row.met.map(|m| m && rss_ok);
     Ok(row)
 }
@@ -351,6 +354,8 @@ fn gapsync_run(
         std::thread::sleep(Duration::from_millis(50));
     };
     let end = times[want - 4..want].iter().max().copied().unwrap_or(t0);
+    // The sender logs `sent` once the answer came, which may follow the last `applied` line.
+    std::thread::sleep(Duration::from_millis(300));
     eprintln!("  gapsync run {i}: {}", breakdown(lab, t0));
     let cpu = pids.map(cpu_seconds);
     Ok(Sample {
@@ -383,11 +388,19 @@ fn baseline_run(
     for (t, rows, bytes) in sizes {
         let send = format!(
             "{} | {rawcopy} send --to 127.0.0.1:{{PORT}} --input -",
-            psql_sh(&lab.source, SOURCE_DB, &format!("COPY {t} TO STDOUT (FORMAT binary)"))
+            psql_sh(
+                &lab.source,
+                SOURCE_DB,
+                &format!("COPY {t} TO STDOUT (FORMAT binary)")
+            )
         );
         let recv = format!(
             "{rawcopy} recv --listen 127.0.0.1:{{PORT}} --out - | {}",
-            psql_sh(&lab.target, RAW_DB, &format!("COPY {t} FROM STDIN (FORMAT binary)"))
+            psql_sh(
+                &lab.target,
+                RAW_DB,
+                &format!("COPY {t} FROM STDIN (FORMAT binary)")
+            )
         );
         let s = crate::runs::baseline(work, &send, &recv, *bytes, *rows)?;
         sum.secs += s.secs;
@@ -508,65 +521,17 @@ fn t2(lab: &mut TableLab, secs: u64) -> anyhow::Result<Row> {
         lab.sender.as_ref().context("sender")?.pid(),
         lab.receiver.as_ref().context("receiver")?.pid(),
     ];
-    let mut writer = Some({
-        let conninfo = lab.source.conninfo(SOURCE_DB);
-        std::thread::spawn(move || -> anyhow::Result<u64> {
-            let mut c = postgres::Client::connect(&conninfo, postgres::NoTls)?;
-            let start = Instant::now();
-            let mut n = 0u64;
-            for i in 0..secs * 100 {
-                let due = Duration::from_millis(i * 10);
-                if let Some(w) = due.checked_sub(start.elapsed()) {
-                    std::thread::sleep(w);
-                }
-                n += c.execute(
-                    "INSERT INTO public.events (writer, payload) SELECT 1, 'row ' || g FROM generate_series(1, 10) g",
-                    &[],
-                )?;
-            }
-            Ok(n)
-        })
-    });
+    let writer = start_writer(lab.source.conninfo(SOURCE_DB), secs);
     let cpu0 = pids.map(cpu_seconds);
-    let mut target = postgres::Client::connect(&lab.target.conninfo(TARGET_DB), postgres::NoTls)?;
-    let (mut seen, mut lags, mut inserted) = (1i64, Vec::new(), None);
-    let mut done_at = None;
-    loop {
-        if let Some(w) = writer.take_if(|w| w.is_finished()) {
-            let n = w
-                .join()
-                .map_err(|_| anyhow::anyhow!("the writer panicked"))??;
-            inserted = Some(n);
-            done_at = Some(Instant::now());
-        }
-        if let Ok(rows) = target.query(
-            "SELECT id, extract(epoch FROM clock_timestamp() - ts)::float8 FROM public.events WHERE id > $1",
-            &[&seen],
-        ) {
-            for r in rows {
-                seen = seen.max(r.get::<_, i64>(0));
-                lags.push(r.get::<_, f64>(1) * 1e3);
-            }
-        }
-        match (inserted, done_at) {
-            (Some(n), _) if lags.len() as u64 >= n => break,
-            (Some(n), Some(t)) if t.elapsed() > Duration::from_secs(60) => {
-                bail!(
-                    "T2: {} of {n} rows on the target 60 s after the writer ended\n{}",
-                    lags.len(),
-                    lab.diagnostics()
-                )
-            }
-            _ => {}
-        }
-        lab.assert_daemons_alive();
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let lags = collect_lags(lab, writer)?;
     let cpu = pids.map(cpu_seconds);
     let bytes = copy_bytes(&lab.source, "public.events")?;
     let (p50, p99) = (quantile(lags.clone(), 0.5), quantile(lags.clone(), 0.99));
     let max = lags.iter().copied().fold(0.0, f64::max);
-    eprintln!("T2: {} rows, lag p50 {p50:.0} ms p99 {p99:.0} ms max {max:.0} ms", lags.len());
+    eprintln!(
+        "T2: {} rows, lag p50 {p50:.0} ms p99 {p99:.0} ms max {max:.0} ms",
+        lags.len()
+    );
     let sample = Sample {
         secs: secs as f64,
         bytes,
@@ -600,11 +565,78 @@ fn t2(lab: &mut TableLab, secs: u64) -> anyhow::Result<Row> {
 fn copy_bytes(c: &PgCluster, table: &str) -> anyhow::Result<u64> {
     let sh = format!(
         "{} | wc -c",
-        psql_sh(c, SOURCE_DB, &format!("COPY {table} TO STDOUT (FORMAT binary)"))
+        psql_sh(
+            c,
+            SOURCE_DB,
+            &format!("COPY {table} TO STDOUT (FORMAT binary)")
+        )
     );
     let out = Command::new("sh").arg("-c").arg(&sh).output()?;
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
         .with_context(|| format!("COPY size of {table}"))
+}
+
+/// A thread inserting 10 rows every 10 ms for `secs` into public.events; the rows inserted.
+fn start_writer(conninfo: String, secs: u64) -> std::thread::JoinHandle<anyhow::Result<u64>> {
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&conninfo, postgres::NoTls)?;
+        let start = Instant::now();
+        let mut n = 0u64;
+        for i in 0..secs * 100 {
+            let due = Duration::from_millis(i * 10);
+            if let Some(w) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(w);
+            }
+            n += c.execute(
+                "INSERT INTO public.events (writer, payload) SELECT 1, 'row ' || g FROM generate_series(1, 10) g",
+                &[],
+            )?;
+        }
+        Ok(n)
+    })
+}
+
+/// Polls the target every 50 ms for rows past the highest id seen (the warm-up row is id 1)
+/// until every row the writer inserted arrived; each row's lag in ms.
+fn collect_lags(
+    lab: &TableLab,
+    writer: std::thread::JoinHandle<anyhow::Result<u64>>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut writer = Some(writer);
+    let mut target = postgres::Client::connect(&lab.target.conninfo(TARGET_DB), postgres::NoTls)?;
+    let (mut seen, mut lags, mut inserted) = (1i64, Vec::new(), None);
+    let mut done_at = None;
+    loop {
+        if let Some(w) = writer.take_if(|w| w.is_finished()) {
+            let n = w
+                .join()
+                .map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+            inserted = Some(n);
+            done_at = Some(Instant::now());
+        }
+        if let Ok(rows) = target.query(
+            "SELECT id, extract(epoch FROM clock_timestamp() - ts)::float8 FROM public.events WHERE id > $1",
+            &[&seen],
+        ) {
+            for r in rows {
+                seen = seen.max(r.get::<_, i64>(0));
+                lags.push(r.get::<_, f64>(1) * 1e3);
+            }
+        }
+        match (inserted, done_at) {
+            (Some(n), _) if lags.len() as u64 >= n => return Ok(lags),
+            (Some(n), Some(t)) if t.elapsed() > Duration::from_secs(60) => {
+                bail!(
+                    "T2: {} of {n} rows on the target 60 s after the writer ended\n{}",
+                    lags.len(),
+                    lab.diagnostics()
+                )
+            }
+            _ => {}
+        }
+        lab.assert_daemons_alive();
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
