@@ -1,11 +1,12 @@
 //! gapsync-bench: the side-by-side benchmark harness (BENCHMARKS.md). Runs each scenario
 //! several times, alternating gapsync and its baseline on the same machine in the same run,
 //! and prints a table of medians, CPU seconds per GiB, peak RSS and the ratio to the baseline.
-//!   cargo run --release -p gapsync-tests --bin gapsync-bench -- [--tiny] [--runs N] [--only S1,S3]
+//!   cargo run --release -p gapsync-tests --bin gapsync-bench -- [--tiny] [--runs N] [--only S1,S3,T]
 //! Figures are printed, never asserted: a slow machine prints lower figures, it does not fail.
 
 mod measure;
 mod runs;
+mod tables;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,8 @@ struct Args {
     /// Runs per scenario and side (default 3, 1 with --tiny; the diode scenario D: 10).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only these scenarios (comma-separated: S1,S2,S3,S4,S5,S6,RSS,D).
+    /// Only these scenarios (comma-separated: S1,S2,S3,S4,S5,S6,RSS,D, and the table
+    /// scenarios T1,T2 or T for both; T1 includes the peak RSS at scale 50 and 200).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these rows of scenario 4, as PROFILE@MS (e.g. forward-gate-pipelined@0).
@@ -42,6 +44,12 @@ struct Args {
     /// Number of small files of scenarios 3 and 6 (default 20000, 300 with --tiny).
     #[arg(long)]
     small_files: Option<u64>,
+    /// pgbench scale of table scenario T1 (default 50, 1 with --tiny).
+    #[arg(long)]
+    pgbench_scale: Option<u32>,
+    /// pgbench scale of T1's second peak-RSS run (default 200, none with --tiny; 0 skips it).
+    #[arg(long)]
+    pgbench_rss_scale: Option<u32>,
     /// Folder on disk for spools, landing folders and sample data.
     #[arg(long, default_value = "/var/tmp")]
     disk: PathBuf,
@@ -262,6 +270,21 @@ fn main() -> anyhow::Result<()> {
     }
     if want("D") {
         rows.extend(diode(&sc, w, &disk_dest)?);
+    }
+    let (t1, t2) = (want("T") || want("T1"), want("T") || want("T2"));
+    if t1 || t2 {
+        let ts = tables::TableScale {
+            runs: sc.runs,
+            scale: args.pgbench_scale.unwrap_or(if args.tiny { 1 } else { 50 }),
+            rss_scale: args
+                .pgbench_rss_scale
+                .or((!args.tiny).then_some(200))
+                .filter(|&s| s > 0),
+            lag_secs: if args.tiny { 5 } else { 30 },
+            t1,
+            t2,
+        };
+        rows.extend(tables::scenarios(ts, w)?);
     }
     let table = render(&rows);
     println!("\n{table}");
