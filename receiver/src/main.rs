@@ -34,6 +34,9 @@ use crate::pipe::Pipes;
 /// How often abandoned partials are looked for (besides at start).
 pub(crate) const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 
+/// How often sinks with background work (postgres) are moved on.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "gapsync-receiver",
@@ -178,7 +181,14 @@ async fn housekeeping(
 ) -> anyhow::Result<()> {
     let stale_after = config.stale_partial_after;
     let mut last_housekeeping = std::time::Instant::now();
-    let every = config.summary_interval.min(HOUSEKEEPING_EVERY);
+    let mut last_summary = std::time::Instant::now();
+    let summary_every = config.summary_interval.min(HOUSEKEEPING_EVERY);
+    // A postgres sink applies in the background: it is moved on every quarter second.
+    let every = if pipes.any_background() {
+        summary_every.min(PROGRESS_EVERY)
+    } else {
+        summary_every
+    };
     let answer = |incoming: control::Incoming| {
         let response = steer.answer(&incoming.request, pipes);
         incoming.answer(response);
@@ -186,6 +196,11 @@ async fn housekeeping(
     gapsync_daemon::cli::serve_until_shutdown(
         every,
         || {
+            tokio::task::block_in_place(|| pipes.progress());
+            if last_summary.elapsed() + every / 2 < summary_every {
+                return;
+            }
+            last_summary = std::time::Instant::now();
             pipes.log_summary();
             if let Some(udp) = udp {
                 udp.summary_due();

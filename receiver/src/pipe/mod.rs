@@ -387,6 +387,20 @@ impl Pipes {
         }
     }
 
+    /// Moves every sink's background work on, without waiting (see [`Sink::progress`]).
+    pub fn progress(&self) {
+        for p in self.by_key.values() {
+            for d in p.with_sink(|s| s.progress()) {
+                p.log_delivered(&d);
+            }
+        }
+    }
+
+    /// True when a sink has background work (a postgres sink), so the loop ticks often.
+    pub fn any_background(&self) -> bool {
+        self.by_key.values().any(|p| p.sink_kind == "postgres")
+    }
+
     /// The pipe `name` from sender `node`.
     pub fn get(&self, node: &str, name: &str) -> Option<Arc<Pipe>> {
         self.by_key

@@ -270,6 +270,12 @@ pub trait Sink: Send {
     /// Lands again the transfers recorded as done whose landing failed (after a restart, or
     /// a rename refused earlier). Each failure is in `result`; they stay staged.
     fn retry_landing(&mut self) -> Flushed;
+    /// Moves background work on without waiting: takes what finished and starts what is due.
+    /// Returns what became visible meanwhile. Called often (a fraction of a second) by the
+    /// receiver's loop; the directory sink has no background work.
+    fn progress(&mut self) -> Vec<Delivered> {
+        Vec::new()
+    }
     /// True when `transfer` is recorded as done but not yet visible (waiting for a retry).
     fn is_unlanded(&self, transfer: u64) -> bool;
     /// How many transfers are recorded as done but not yet visible.
