@@ -238,3 +238,36 @@ fn a_prepared_transaction_holds_the_batch_until_it_is_committed() {
         "1"
     );
 }
+
+/// One incremental table that fails (dropped at the source) rests alone: the next incremental
+/// table of the pipe goes on receiving its rows, and the failure is named in the log.
+#[test]
+fn a_failing_incremental_table_holds_back_no_other_incremental_table() {
+    let mut lab = TableLab::new("loopback");
+    lab.src(
+        "CREATE TABLE public.first (id bigserial PRIMARY KEY, v text);
+         INSERT INTO public.first (v) SELECT 'f' || g FROM generate_series(1, 10) g;
+         CREATE TABLE public.second (id bigserial PRIMARY KEY, v text);
+         INSERT INTO public.second (v) SELECT 's' || g FROM generate_series(1, 10) g;",
+    );
+    let keyed = "watermark = \"id\"\n";
+    lab.tables = tables(&[
+        ("public.first", "incremental", keyed),
+        ("public.second", "incremental", keyed),
+    ]);
+    lab.start_all();
+    lab.wait_equal(
+        &[("public.first", "id"), ("public.second", "id")],
+        Duration::from_secs(60),
+    );
+    // The first table in the list goes away; rows keep coming to the second.
+    lab.src("DROP TABLE public.first");
+    lab.src("INSERT INTO public.second (v) SELECT 'later' || g FROM generate_series(1, 25) g");
+    lab.wait_equal(&[("public.second", "id")], Duration::from_secs(30));
+    assert_eq!(lab.dst("SELECT count(*) FROM public.second"), "35");
+    lab.wait_for(
+        "the failing table named in the sender's log",
+        Duration::from_secs(20),
+        || lab.sender_log().contains("table public.first"),
+    );
+}

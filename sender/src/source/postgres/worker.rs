@@ -208,6 +208,7 @@ pub fn runs_loop(ctx: &Ctx, trigger: &RunTrigger) {
 pub fn incremental_loop(ctx: &Ctx) {
     let mut client: Option<Client> = None;
     let mut held = None;
+    let mut resting = Resting::default();
     loop {
         let now = hold(ctx);
         say_hold(ctx, held, now);
@@ -222,7 +223,7 @@ pub fn incremental_loop(ctx: &Ctx) {
             }
             continue;
         }
-        let result = poll_all(ctx, &mut client);
+        let result = poll_all(ctx, &mut client, &mut resting);
         let wait = match result {
             Ok(true) => Duration::ZERO,
             Ok(false) => ctx.s.poll_interval,
@@ -284,7 +285,32 @@ fn say_hold(ctx: &Ctx, was: Option<Hold>, now: Option<Hold>) {
     }
 }
 
-fn poll_all(ctx: &Ctx, client: &mut Option<Client>) -> anyhow::Result<bool> {
+/// Incremental tables that failed, and when each is tried again (5 s, doubling up to 5 min):
+/// one failing table (dropped, no longer readable) must not hold back the others.
+#[derive(Debug, Default)]
+struct Resting(std::collections::HashMap<String, (Instant, Duration)>);
+
+impl Resting {
+    fn due(&self, table: &str) -> bool {
+        self.0
+            .get(table)
+            .is_none_or(|(at, _)| Instant::now() >= *at)
+    }
+
+    fn failed(&mut self, table: &str) -> Duration {
+        let backoff = self
+            .0
+            .get(table)
+            .map_or(RETRY, |(_, b)| (*b * 2).min(RETRY_MAX));
+        self.0
+            .insert(table.to_owned(), (Instant::now() + backoff, backoff));
+        backoff
+    }
+}
+
+/// One pass over the incremental tables. An error of the connection ends the pass (the
+/// caller reconnects); a table's own error rests that table only.
+fn poll_all(ctx: &Ctx, client: &mut Option<Client>, resting: &mut Resting) -> anyhow::Result<bool> {
     let c = match client {
         Some(c) => c,
         None => {
@@ -298,11 +324,30 @@ fn poll_all(ctx: &Ctx, client: &mut Option<Client>) -> anyhow::Result<bool> {
         }
     };
     let mut more = false;
+    let mut failed = false;
     for t in &ctx.s.tables {
-        if let TableMode::Incremental { .. } = t.mode {
-            more |= incremental::poll(ctx, c, t).with_context(|| format!("table {}", t.name()))?;
+        let name = t.name();
+        if !matches!(t.mode, TableMode::Incremental { .. }) || !resting.due(&name) {
+            continue;
+        }
+        match incremental::poll(ctx, c, t) {
+            Ok(m) => {
+                resting.0.remove(&name);
+                more |= m;
+            }
+            Err(e) => {
+                let e = e.context(format!("table {name}"));
+                if c.is_closed() || ctx.tx.is_closed() {
+                    return Err(e);
+                }
+                failed = true;
+                let backoff = resting.failed(&name);
+                ctx.failed(&e, backoff);
+            }
         }
     }
-    ctx.recovered();
+    if !failed && resting.0.is_empty() {
+        ctx.recovered();
+    }
     Ok(more)
 }
