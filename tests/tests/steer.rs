@@ -362,10 +362,12 @@ fn a_diode_pipe_stopped_mid_file_past_the_deadline_still_lands_the_file_when_sta
         || lab.path("sstate/control.sock").exists(),
     );
     let digest = make_file(&lab.spool.join("big.bin"), 12_000_000, 3);
-    wait_until("the file to be on its way", Duration::from_secs(20), || {
-        row(&config, "scada")["queued_objects"] == 0
+    // On its way = a partial of it is staged at the receiver (a queue count of 0 was also
+    // true before the spool had found the file, so the stop could come before any byte).
+    let staging = lab.dest.join(".gapsync-staging");
+    wait_until("the file to be on its way", Duration::from_secs(30), || {
+        partial_bytes(&staging) > 0
     });
-    std::thread::sleep(Duration::from_secs(1));
     let (code, _, err) = ctl(&config, &["pipe", "stop", "scada"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
@@ -385,4 +387,24 @@ fn a_diode_pipe_stopped_mid_file_past_the_deadline_still_lands_the_file_when_sta
     let (code, _, err) = ctl(&config, &["pipe", "start", "scada"]);
     assert_eq!(code, Some(0), "{err}");
     wait_for(&lab, &BTreeMap::from([("big.bin".to_owned(), digest)]));
+}
+
+/// Bytes of the `.part` files under `dir` (recursively), 0 when there is none.
+fn partial_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => partial_bytes(&p),
+                Ok(_) if p.extension().is_some_and(|x| x == "part") => {
+                    e.metadata().map_or(0, |m| m.len())
+                }
+                _ => 0,
+            }
+        })
+        .sum()
 }
