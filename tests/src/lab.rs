@@ -182,13 +182,8 @@ impl Lab {
             Duration::from_secs(20),
             || {
                 let log = self.receiver_log();
-                if log.matches(" listening ").count() > before {
-                    addr = log
-                        .rsplit(" listening ")
-                        .next()
-                        .and_then(|l| l.split("addr=").nth(1))
-                        .and_then(|a| a.split_whitespace().next())
-                        .and_then(|a| a.parse().ok());
+                if let Some(a) = crate::listening_addr(&log, before) {
+                    addr = Some(a);
                 }
                 if let Some(r) = self.receiver.as_mut() {
                     assert!(

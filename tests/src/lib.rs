@@ -728,3 +728,16 @@ pub fn assert_sighup_is_logged_and_survived(exe: &Path, config: &Path, logs: &Pa
         "SIGTERM still stops it cleanly: {status:?}"
     );
 }
+
+/// The address of a daemon's newest `listening` log line, once there are more than `before`
+/// of them (one per start); `None` until then.
+pub fn listening_addr<T: std::str::FromStr>(log: &str, before: usize) -> Option<T> {
+    if log.matches(" listening ").count() <= before {
+        return None;
+    }
+    log.rsplit(" listening ")
+        .next()
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+}
